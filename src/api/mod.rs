@@ -1,0 +1,109 @@
+//! The gRPC surface: the `cedarpdp.v1.Authorizer` service, `grpc.health.v1.Health` and
+//! server reflection (v1 and v1alpha) on one port, and the server loop with graceful
+//! shutdown.
+//!
+//! This is the only module that knows tonic. It converts wire types to engine types
+//! ([`convert`]), engine errors to status (`status`), and serves whatever snapshot the
+//! [`PolicyStore`] holds at the moment each call starts.
+
+mod authorizer;
+mod convert;
+mod status;
+
+use std::{future::Future, sync::Arc};
+
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+pub use authorizer::AuthorizerService;
+
+use crate::{
+    config::Config,
+    engine::{Engine, EngineOptions},
+    policy::PolicyStore,
+    proto::{FILE_DESCRIPTOR_SET, cedarpdp::v1::authorizer_server::AuthorizerServer},
+};
+
+/// The server could not start or failed while running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Building the reflection service failed (a broken descriptor set).
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("gRPC transport error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `store` on `listener` until `shutdown` resolves, then stops taking calls, marks
+/// itself NOT_SERVING and lets calls in flight finish for up to the configured grace.
+pub async fn serve(
+    config: &Config,
+    store: Arc<PolicyStore>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let limits = &config.limits;
+    let engine = Arc::new(Engine::new(EngineOptions::new(
+        config.validate_requests,
+        limits,
+    )));
+    let authorizer = AuthorizerService::new(
+        store,
+        engine,
+        limits.max_value_depth,
+        limits.max_batch_items,
+    );
+    let authorizer = AuthorizerServer::new(authorizer)
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AuthorizerServer<AuthorizerService>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let (stopping_tx, mut stopping_rx) = watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new calls, finishing calls in flight");
+        health
+            .set_not_serving::<AuthorizerServer<AuthorizerService>>()
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        let _ = stopping_tx.send(true);
+    };
+    let grace = config.shutdown_grace;
+    let server = Server::builder()
+        .timeout(limits.request_timeout)
+        .add_service(authorizer)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    let deadline = async move {
+        if stopping_rx.wait_for(|stopping| *stopping).await.is_err() {
+            // The server ended before any shutdown: nothing to time out.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => result?,
+        () = deadline => tracing::warn!(
+            grace_seconds = grace.as_secs_f64(),
+            "calls still in flight after the shutdown grace period; stopping anyway"
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! The one [`Config`] of the server, layered: built-in defaults < config file (TOML) <
+//! environment (`CEDAR_PDP_*`) < command-line flags.
+//!
+//! [`Settings`] is one layer: every field optional, readable both from TOML (serde) and
+//! from flags with an environment twin (clap), so a setting is declared exactly once.
+//! [`Config::resolve`] folds the layers into plain values that the rest of the crate takes
+//! as arguments; nothing reads configuration from globals.
+
+use std::{
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::{Args, ValueEnum, builder::BoolishValueParser};
+use serde::Deserialize;
+
+use crate::policy::PolicyValidation;
+
+/// How `serve` writes its logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line, for log shippers.
+    #[default]
+    Json,
+    /// Human-readable lines, for a terminal.
+    Text,
+}
+
+/// One layer of settings; `None` means "not set here, ask the layer below".
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Policy directory to serve.
+    #[arg(long, env = "CEDAR_PDP_POLICIES", value_name = "DIR")]
+    pub policies: Option<PathBuf>,
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "CEDAR_PDP_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Policy validation against the schema at load: strict, warn or off.
+    #[arg(long, env = "CEDAR_PDP_POLICY_VALIDATION", value_name = "MODE")]
+    pub policy_validation: Option<PolicyValidation>,
+    /// Validate requests against the schema, when one is loaded.
+    #[arg(long, env = "CEDAR_PDP_VALIDATE_REQUESTS", value_name = "BOOL",
+          value_parser = BoolishValueParser::new())]
+    pub validate_requests: Option<bool>,
+    /// Log format: json or text.
+    #[arg(long, env = "CEDAR_PDP_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter in `RUST_LOG` syntax, e.g. `info` or `cedar_pdp=debug`.
+    #[arg(long, env = "CEDAR_PDP_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Seconds to let calls in flight finish after SIGTERM or Ctrl-C.
+    #[arg(long, env = "CEDAR_PDP_SHUTDOWN_GRACE_SECONDS", value_name = "SECONDS")]
+    pub shutdown_grace_seconds: Option<u64>,
+    /// Limits on what one call may ask for.
+    #[command(flatten)]
+    pub limits: LimitSettings,
+}
+
+/// The `[limits]` table of [`Settings`].
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest gRPC message accepted, in bytes.
+    #[arg(long, env = "CEDAR_PDP_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Most entities one call may send.
+    #[arg(long, env = "CEDAR_PDP_MAX_REQUEST_ENTITIES", value_name = "N")]
+    pub max_request_entities: Option<usize>,
+    /// Most items in one BatchIsAuthorized call.
+    #[arg(long, env = "CEDAR_PDP_MAX_BATCH_ITEMS", value_name = "N")]
+    pub max_batch_items: Option<usize>,
+    /// Deepest nesting of sets and records in a value (typed or JSON).
+    #[arg(long, env = "CEDAR_PDP_MAX_VALUE_DEPTH", value_name = "N")]
+    pub max_value_depth: Option<usize>,
+    /// Longest parent chain among the entities of one call, or of `entities.json`.
+    #[arg(long, env = "CEDAR_PDP_MAX_ANCESTOR_DEPTH", value_name = "N")]
+    pub max_ancestor_depth: Option<usize>,
+    /// Most entities `entities.json` may hold.
+    #[arg(long, env = "CEDAR_PDP_MAX_STORE_ENTITIES", value_name = "N")]
+    pub max_store_entities: Option<usize>,
+    /// Longest a call may take, in milliseconds.
+    #[arg(long, env = "CEDAR_PDP_REQUEST_TIMEOUT_MS", value_name = "MS")]
+    pub request_timeout_ms: Option<u64>,
+}
+
+/// Resolved limits, each with a safe default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest gRPC message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Most entities one call may send.
+    pub max_request_entities: usize,
+    /// Most items in one batch call.
+    pub max_batch_items: usize,
+    /// Deepest nesting of sets and records in one value.
+    pub max_value_depth: usize,
+    /// Longest parent chain among the entities of one call or of `entities.json`.
+    pub max_ancestor_depth: usize,
+    /// Most entities `entities.json` may hold.
+    pub max_store_entities: usize,
+    /// Longest a call may take.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 4 * 1024 * 1024,
+            max_request_entities: 1_000,
+            max_batch_items: 1_000,
+            max_value_depth: 32,
+            max_ancestor_depth: 64,
+            max_store_entities: 1_000_000,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything `serve` needs, resolved from all layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Policy directory to serve.
+    pub policies: PathBuf,
+    /// Address the gRPC server listens on.
+    pub listen: SocketAddr,
+    /// Policy validation at load.
+    pub policy_validation: PolicyValidation,
+    /// Validate requests against the schema when one is loaded.
+    pub validate_requests: bool,
+    /// Log format for `serve`.
+    pub log_format: LogFormat,
+    /// Log filter (`RUST_LOG` syntax); `RUST_LOG` itself wins when set.
+    pub log_level: String,
+    /// How long calls in flight may run on after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// Limits on what one call may ask for.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            policies: PathBuf::from("policies"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            policy_validation: PolicyValidation::Strict,
+            validate_requests: true,
+            log_format: LogFormat::Json,
+            log_level: "info".to_owned(),
+            shutdown_grace: Duration::from_secs(10),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read config file: {source}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`Settings`]; the message carries line and column.
+    #[error("{}: {message}", path.display())]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Folds the config file at `file` (if any) under the environment-and-flags layer.
+    pub fn resolve(file: Option<&Path>, overrides: Settings) -> Result<Self, ConfigError> {
+        let from_file = match file {
+            Some(path) => Settings::from_toml_file(path)?,
+            None => Settings::default(),
+        };
+        Ok(Self::from_layers(from_file, overrides))
+    }
+
+    /// Folds `upper` over `lower` over the defaults.
+    pub fn from_layers(lower: Settings, upper: Settings) -> Self {
+        let d = Config::default();
+        let (lo, up, dl) = (lower.limits, upper.limits, d.limits);
+        Self {
+            policies: pick(upper.policies, lower.policies, d.policies),
+            listen: pick(upper.listen, lower.listen, d.listen),
+            policy_validation: pick(
+                upper.policy_validation,
+                lower.policy_validation,
+                d.policy_validation,
+            ),
+            validate_requests: pick(
+                upper.validate_requests,
+                lower.validate_requests,
+                d.validate_requests,
+            ),
+            log_format: pick(upper.log_format, lower.log_format, d.log_format),
+            log_level: pick(upper.log_level, lower.log_level, d.log_level),
+            shutdown_grace: upper
+                .shutdown_grace_seconds
+                .or(lower.shutdown_grace_seconds)
+                .map_or(d.shutdown_grace, Duration::from_secs),
+            limits: Limits {
+                max_message_bytes: pick(
+                    up.max_message_bytes,
+                    lo.max_message_bytes,
+                    dl.max_message_bytes,
+                ),
+                max_request_entities: pick(
+                    up.max_request_entities,
+                    lo.max_request_entities,
+                    dl.max_request_entities,
+                ),
+                max_batch_items: pick(up.max_batch_items, lo.max_batch_items, dl.max_batch_items),
+                max_value_depth: pick(up.max_value_depth, lo.max_value_depth, dl.max_value_depth),
+                max_ancestor_depth: pick(
+                    up.max_ancestor_depth,
+                    lo.max_ancestor_depth,
+                    dl.max_ancestor_depth,
+                ),
+                max_store_entities: pick(
+                    up.max_store_entities,
+                    lo.max_store_entities,
+                    dl.max_store_entities,
+                ),
+                request_timeout: up
+                    .request_timeout_ms
+                    .or(lo.request_timeout_ms)
+                    .map_or(dl.request_timeout, Duration::from_millis),
+            },
+        }
+    }
+}
+
+/// The upper layer's value if set, else the lower's, else the default.
+fn pick<T>(upper: Option<T>, lower: Option<T>, default: T) -> T {
+    upper.or(lower).unwrap_or(default)
+}
+
+impl Settings {
+    /// Reads one layer from a TOML file; unknown keys are an error, not ignored.
+    pub fn from_toml_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,55 @@
+use super::*;
+
+#[test]
+fn defaults_apply_when_no_layer_sets_a_value() {
+    let config = Config::from_layers(Settings::default(), Settings::default());
+    assert_eq!(config, Config::default());
+    assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+    assert_eq!(config.policies, PathBuf::from("policies"));
+}
+
+#[test]
+fn flags_win_over_file_and_file_over_defaults() {
+    let file: Settings = toml::from_str(
+        r#"
+        listen = "127.0.0.1:7000"
+        policies = "/etc/pdp"
+        policy_validation = "warn"
+        [limits]
+        max_batch_items = 10
+        request_timeout_ms = 250
+        "#,
+    )
+    .unwrap();
+    let flags = Settings {
+        listen: Some("127.0.0.1:8000".parse().unwrap()),
+        limits: LimitSettings {
+            max_value_depth: Some(3),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let config = Config::from_layers(file, flags);
+    assert_eq!(config.listen.to_string(), "127.0.0.1:8000");
+    assert_eq!(config.policies, PathBuf::from("/etc/pdp"));
+    assert_eq!(config.policy_validation, PolicyValidation::Warn);
+    assert_eq!(config.limits.max_batch_items, 10);
+    assert_eq!(config.limits.max_value_depth, 3);
+    assert_eq!(config.limits.request_timeout, Duration::from_millis(250));
+    assert_eq!(
+        config.limits.max_request_entities,
+        Limits::default().max_request_entities
+    );
+}
+
+#[test]
+fn unknown_keys_in_the_file_are_an_error_with_a_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pdp.toml");
+    fs::write(&path, "listen = \"127.0.0.1:1\"\nlisten_addr = \"x\"\n").unwrap();
+    let err = Config::resolve(Some(&path), Settings::default()).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("pdp.toml"), "{message}");
+    assert!(message.contains("listen_addr"), "{message}");
+    assert!(message.contains("line 2"), "{message}");
+}

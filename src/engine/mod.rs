@@ -1,0 +1,232 @@
+//! The decision engine: a [`Snapshot`] plus one request gives a [`Decision`].
+//!
+//! Everything here is synchronous and knows nothing of gRPC: the API layer converts wire
+//! types into a [`Query`] and [`EntitiesInput`], and maps [`RequestError`] to a status.
+//! Cedar's own rules decide: default deny, forbid wins over permit, a policy that errors
+//! is skipped and reported. Inputs are checked against the limits (entity count, parent
+//! chain length, JSON nesting) before Cedar sees them.
+
+mod entities;
+mod json;
+mod request;
+
+use std::borrow::Cow;
+
+use cedar_policy::{
+    AuthorizationError, Authorizer, Context, Entities, EntityUid, RestrictedExpression,
+};
+
+use crate::{config::Limits, policy::Snapshot};
+
+/// Engine settings, fixed for the life of a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Validate requests against the snapshot's schema, when it has one.
+    pub validate_requests: bool,
+    /// Most entities one call may send.
+    pub max_request_entities: usize,
+    /// Longest parent chain among one call's entities.
+    pub max_ancestor_depth: usize,
+    /// Deepest bracket nesting of a JSON field.
+    pub max_value_depth: usize,
+}
+
+impl EngineOptions {
+    /// Options from the resolved limits.
+    pub fn new(validate_requests: bool, limits: &Limits) -> Self {
+        Self {
+            validate_requests,
+            max_request_entities: limits.max_request_entities,
+            max_ancestor_depth: limits.max_ancestor_depth,
+            max_value_depth: limits.max_value_depth,
+        }
+    }
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self::new(true, &Limits::default())
+    }
+}
+
+/// The request context, typed or in Cedar's JSON context format.
+#[derive(Debug, Clone)]
+pub enum ContextInput {
+    /// Built from typed values (an empty context when there are none).
+    Value(Context),
+    /// Cedar JSON; with a schema, `__entity`/`__extn` escapes may be left implicit.
+    Json(String),
+}
+
+/// One authorization question.
+#[derive(Debug, Clone)]
+pub struct Query {
+    /// Who asks.
+    pub principal: EntityUid,
+    /// What they want to do.
+    pub action: EntityUid,
+    /// To what.
+    pub resource: EntityUid,
+    /// The circumstances.
+    pub context: ContextInput,
+}
+
+/// An entity sent with a call, in typed form.
+#[derive(Debug, Clone)]
+pub struct EntityInput {
+    /// Its uid.
+    pub uid: EntityUid,
+    /// Attribute values.
+    pub attrs: Vec<(String, RestrictedExpression)>,
+    /// Direct parents.
+    pub parents: Vec<EntityUid>,
+    /// Tag values.
+    pub tags: Vec<(String, RestrictedExpression)>,
+}
+
+/// The entities sent with a call; they replace stored entities with the same uid.
+#[derive(Debug, Clone, Default)]
+pub enum EntitiesInput {
+    /// None: decide against the stored entities alone.
+    #[default]
+    None,
+    /// Typed entities.
+    Typed(Vec<EntityInput>),
+    /// Cedar's JSON entity format.
+    Json(String),
+}
+
+/// An error inside one policy during evaluation; Cedar skips that policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    /// The policy that errored.
+    pub policy_id: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// The answer to one [`Query`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// `true` only when some permit is satisfied and no forbid is.
+    pub allowed: bool,
+    /// The satisfied forbids (deny) or permits (allow), sorted; empty for a default deny.
+    pub determining_policies: Vec<String>,
+    /// Policies that errored and were skipped, sorted by policy id.
+    pub errors: Vec<PolicyError>,
+}
+
+/// A request the engine refuses to decide; `field` names the input at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The input is malformed or does not match the schema.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The request field at fault, e.g. `context.mfa` or `entities[2]`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The input is past a configured limit.
+    #[error("{field}: {message}")]
+    Limit {
+        /// The request field at fault.
+        field: String,
+        /// Which limit, and by how much.
+        message: String,
+    },
+}
+
+impl RequestError {
+    /// An [`RequestError::Invalid`] for `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A [`RequestError::Limit`] for `field`.
+    pub fn limit(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Limit {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error, its field placed under `prefix` (e.g. `items[3]`).
+    pub fn within(self, prefix: &str) -> Self {
+        let nest = |field: String| format!("{prefix}.{field}");
+        match self {
+            Self::Invalid { field, message } => Self::Invalid {
+                field: nest(field),
+                message,
+            },
+            Self::Limit { field, message } => Self::Limit {
+                field: nest(field),
+                message,
+            },
+        }
+    }
+}
+
+/// Decides queries against snapshots.
+#[derive(Debug, Default)]
+pub struct Engine {
+    authorizer: Authorizer,
+    options: EngineOptions,
+}
+
+impl Engine {
+    /// An engine with these options.
+    pub fn new(options: EngineOptions) -> Self {
+        Self {
+            authorizer: Authorizer::new(),
+            options,
+        }
+    }
+
+    /// The stored entities with the call's entities merged over them (a call's entity
+    /// replaces a stored one with the same uid). Borrows the snapshot's store when the
+    /// call sends none. Build once per call: a batch shares it across items.
+    pub fn entities<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        input: EntitiesInput,
+    ) -> Result<Cow<'s, Entities>, RequestError> {
+        entities::merge(snapshot, input, &self.options)
+    }
+
+    /// Decides `query` against `snapshot`, with `entities` from [`Engine::entities`] on the
+    /// same snapshot.
+    pub fn decide(
+        &self,
+        snapshot: &Snapshot,
+        entities: &Entities,
+        query: Query,
+    ) -> Result<Decision, RequestError> {
+        let request = request::build(snapshot, query, &self.options)?;
+        let response = self
+            .authorizer
+            .is_authorized(&request, snapshot.policies(), entities);
+        let diagnostics = response.diagnostics();
+        let mut determining_policies: Vec<String> =
+            diagnostics.reason().map(ToString::to_string).collect();
+        determining_policies.sort_unstable();
+        let mut errors: Vec<PolicyError> = diagnostics
+            .errors()
+            .map(|e| match e {
+                AuthorizationError::PolicyEvaluationError(e) => PolicyError {
+                    policy_id: e.policy_id().to_string(),
+                    message: e.inner().to_string(),
+                },
+            })
+            .collect();
+        errors.sort_unstable_by(|a, b| a.policy_id.cmp(&b.policy_id));
+        Ok(Decision {
+            allowed: response.decision() == cedar_policy::Decision::Allow,
+            determining_policies,
+            errors,
+        })
+    }
+}

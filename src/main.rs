@@ -1,0 +1,145 @@
+//! The `cedar-pdp` binary: parses flags, sets up logging and the runtime, and hands over
+//! to the library. Exit codes: 0 ok, 1 the policies are wrong, 2 usage or I/O error.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use anyhow::Context as _;
+use cedar_pdp::{
+    Config, api,
+    config::Settings,
+    policy::{LoadError, LoadOptions, PolicyStore},
+    telemetry,
+};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cedar-pdp",
+    version,
+    about = "A Cedar policy decision point over gRPC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the policy directory over gRPC.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML config file; flags and CEDAR_PDP_* variables override its keys.
+    #[arg(long, env = "CEDAR_PDP_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// Worker threads get a larger stack than tokio's 2 MiB default: Cedar evaluates
+/// recursively, and the limits keep inputs well inside this.
+const WORKER_STACK_BYTES: usize = 8 * 1024 * 1024;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match Config::resolve(args.config.as_deref(), args.settings) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = telemetry::init(config.log_format, &config.log_level) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let options = LoadOptions {
+        validation: config.policy_validation,
+        max_store_entities: config.limits.max_store_entities,
+        max_ancestor_depth: config.limits.max_ancestor_depth,
+    };
+    let store = match PolicyStore::open(&config.policies, options) {
+        Ok((store, warnings)) => {
+            for warning in warnings {
+                tracing::warn!(location = %warning.location, "{}", warning.message);
+            }
+            store
+        }
+        Err(e) => {
+            eprintln!("error: cannot serve {}:\n{e}", config.policies.display());
+            return ExitCode::from(match e {
+                LoadError::Directory { .. } => 2,
+                LoadError::Invalid(_) => 1,
+            });
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(WORKER_STACK_BYTES)
+        .build()
+        .expect("the tokio runtime starts");
+    match runtime.block_on(run(config, Arc::new(store))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(config: Config, store: Arc<PolicyStore>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let snapshot = store.current();
+    tracing::info!(
+        %addr,
+        policies = %store.dir().display(),
+        policy_version = snapshot.version(),
+        policy_count = snapshot.policy_count(),
+        entity_count = snapshot.entity_count(),
+        schema_loaded = snapshot.schema().is_some(),
+        "listening"
+    );
+    drop(snapshot);
+    api::serve(&config, store, listener, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,477 @@
+//! Reads a policy directory into a [`Snapshot`], or into the list of everything wrong
+//! with it.
+//!
+//! The rules (see the README, "Policy directory"): `*.cedar` files anywhere except the
+//! top-level `tests/` folder and hidden entries; at most one `*.cedarschema` or
+//! `*.cedarschema.json` and an optional `entities.json`, both at the top. A policy's id is
+//! its `@id("…")` annotation, else its file's relative path without `.cedar` and its
+//! 0-based position in the file (`tenants/acme.2`). The version is a hash of every file
+//! read, so unchanged content always gives the same version.
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::SystemTime,
+};
+
+use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use miette::Diagnostic;
+use sha2::{Digest, Sha256};
+
+use super::{LoadError, Location, PolicyValidation, Problem, Snapshot, hierarchy};
+
+/// How to load a policy directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Policy validation against the schema.
+    pub validation: PolicyValidation,
+    /// Most entities `entities.json` may hold.
+    pub max_store_entities: usize,
+    /// Longest parent chain allowed in `entities.json`.
+    pub max_ancestor_depth: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        let limits = crate::config::Limits::default();
+        Self {
+            validation: PolicyValidation::Strict,
+            max_store_entities: limits.max_store_entities,
+            max_ancestor_depth: limits.max_ancestor_depth,
+        }
+    }
+}
+
+/// A loaded snapshot and the problems that did not stop it loading (validation problems
+/// under `warn`, Cedar's validation and schema warnings).
+#[derive(Debug)]
+pub struct Loaded {
+    /// The new snapshot.
+    pub snapshot: Snapshot,
+    /// Problems worth logging.
+    pub warnings: Vec<Problem>,
+}
+
+/// What a file in the directory is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Policies,
+    CedarSchema,
+    JsonSchema,
+    Entities,
+}
+
+/// One file read from the directory.
+struct Source {
+    /// Relative path with `/` separators.
+    rel: String,
+    kind: Kind,
+    text: String,
+}
+
+/// Reads and validates the whole directory at `dir`.
+pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Loaded, LoadError> {
+    let meta = fs::metadata(dir).map_err(|source| LoadError::Directory {
+        path: dir.to_owned(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(LoadError::Directory {
+            path: dir.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        });
+    }
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let sources = read_sources(dir, &mut problems);
+    let version = content_hash(&sources);
+
+    let policies = parse_policies(&sources, &mut problems);
+    let schema = parse_schema(&sources, &mut problems, &mut warnings);
+    if let (Ok(Some(schema)), true) = (&schema, problems.is_empty()) {
+        validate_policies(
+            schema,
+            &policies,
+            &sources,
+            options,
+            &mut problems,
+            &mut warnings,
+        );
+    }
+    let entities = match &schema {
+        Ok(schema) => load_entities(&sources, schema.as_ref(), options, &mut problems),
+        Err(()) => None,
+    };
+    match (problems.is_empty(), schema, entities) {
+        (true, Ok(schema), Some((entities, entity_count))) => Ok(Loaded {
+            snapshot: Snapshot {
+                policies: policies.set,
+                schema,
+                entities,
+                entity_count,
+                version,
+                loaded_at: SystemTime::now(),
+            },
+            warnings,
+        }),
+        _ => Err(LoadError::Invalid(problems)),
+    }
+}
+
+/// Walks the directory (following links, as a Kubernetes ConfigMap volume needs) and reads
+/// every file that belongs to a snapshot, in a stable order.
+fn read_sources(dir: &Path, problems: &mut Vec<Problem>) -> Vec<Source> {
+    let walker = walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|entry| entry.depth() == 0 || !skipped(entry));
+    let mut sources = Vec::new();
+    for entry in walker {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(err) => {
+                let rel = err.path().map_or_else(String::new, |p| relative(dir, p));
+                problems.push(Problem {
+                    location: Location::file(rel),
+                    message: format!("cannot read: {err}"),
+                });
+                continue;
+            }
+        };
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy();
+        let top = entry.depth() == 1;
+        let kind = if name.ends_with(".cedar") {
+            Kind::Policies
+        } else if name.ends_with(".cedarschema") {
+            Kind::CedarSchema
+        } else if name.ends_with(".cedarschema.json") {
+            Kind::JsonSchema
+        } else if top && name == "entities.json" {
+            Kind::Entities
+        } else {
+            continue;
+        };
+        let rel = relative(dir, entry.path());
+        if !top && kind != Kind::Policies {
+            problems.push(Problem {
+                location: Location::file(rel),
+                message: "a schema is read only at the top of the policy directory; move it there"
+                    .to_owned(),
+            });
+            continue;
+        }
+        match fs::read_to_string(entry.path()) {
+            Ok(text) => sources.push(Source { rel, kind, text }),
+            Err(err) => problems.push(Problem {
+                location: Location::file(rel),
+                message: format!("cannot read: {err}"),
+            }),
+        }
+    }
+    sources
+}
+
+/// Hidden entries (`.git`, a ConfigMap's `..data`) and the top-level `tests/` folder are
+/// not part of a snapshot. A ConfigMap's visible links through `..data` are.
+fn skipped(entry: &walkdir::DirEntry) -> bool {
+    let name = entry.file_name().to_string_lossy();
+    name.starts_with('.') || (entry.depth() == 1 && name == "tests" && entry.file_type().is_dir())
+}
+
+fn relative(dir: &Path, path: &Path) -> String {
+    let rel: PathBuf = path.strip_prefix(dir).unwrap_or(path).to_owned();
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// SHA-256 over each file's relative path and content, length-prefixed so that no two
+/// different directories hash alike. The first 16 hex digits are the version.
+fn content_hash(sources: &[Source]) -> String {
+    let mut hasher = Sha256::new();
+    for source in sources {
+        for part in [source.rel.as_bytes(), source.text.as_bytes()] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+    }
+    hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The policy set and, per policy id, the file it came from.
+struct Policies {
+    set: PolicySet,
+    origin: HashMap<PolicyId, usize>,
+}
+
+fn parse_policies(sources: &[Source], problems: &mut Vec<Problem>) -> Policies {
+    let mut set = PolicySet::new();
+    let mut origin: HashMap<PolicyId, usize> = HashMap::new();
+    for (index, source) in sources.iter().enumerate() {
+        if source.kind != Kind::Policies {
+            continue;
+        }
+        let parsed = match PolicySet::from_str(&source.text) {
+            Ok(parsed) => parsed,
+            Err(errors) => {
+                for error in errors.iter() {
+                    problems.push(diagnostic_problem(error, &source.rel, &source.text));
+                }
+                continue;
+            }
+        };
+        let stem = source.rel.strip_suffix(".cedar").unwrap_or(&source.rel);
+        let mut add =
+            |parsed_id: &PolicyId, annotation: Option<&str>, problems: &mut Vec<Problem>| {
+                let id = match annotation {
+                    Some("") => {
+                        problems.push(Problem {
+                            location: annotation_location(source, ""),
+                            message: "the @id annotation is empty".to_owned(),
+                        });
+                        return None;
+                    }
+                    Some(id) => id.to_owned(),
+                    None => format!("{stem}.{}", position(parsed_id)),
+                };
+                let id = PolicyId::new(id);
+                if let Some(&first) = origin.get(&id) {
+                    problems.push(Problem {
+                        location: id_location(source, &id, annotation.is_some()),
+                        message: format!(
+                            "policy id `{id}` is used twice; it is also the id of a policy in {}",
+                            id_location(&sources[first], &id, true)
+                        ),
+                    });
+                    return None;
+                }
+                origin.insert(id.clone(), index);
+                Some(id)
+            };
+        for policy in parsed.policies() {
+            if let Some(id) = add(policy.id(), policy.annotation("id"), problems) {
+                set.add(policy.new_id(id))
+                    .expect("ids are unique by construction");
+            }
+        }
+        for template in parsed.templates() {
+            if let Some(id) = add(template.id(), template.annotation("id"), problems) {
+                set.add_template(template.new_id(id))
+                    .expect("ids are unique by construction");
+            }
+        }
+    }
+    Policies { set, origin }
+}
+
+/// Cedar names the policies of a parsed text `policy0`, `policy1`, … in text order.
+fn position(parsed_id: &PolicyId) -> &str {
+    let id: &str = parsed_id.as_ref();
+    id.strip_prefix("policy").unwrap_or(id)
+}
+
+/// Where a policy with this id is in `source`: the line of its `@id` annotation when it
+/// has one, else just the file.
+fn id_location(source: &Source, id: &PolicyId, annotated: bool) -> Location {
+    if annotated {
+        annotation_location(source, id.as_ref())
+    } else {
+        Location::file(source.rel.clone())
+    }
+}
+
+fn annotation_location(source: &Source, id: &str) -> Location {
+    let text = &source.text;
+    let found = text.match_indices("@id").find(|(at, tag)| {
+        let rest = text[at + tag.len()..].trim_start();
+        rest.strip_prefix('(')
+            .map(str::trim_start)
+            .and_then(|r| r.strip_prefix('"'))
+            .and_then(|r| r.strip_prefix(id))
+            .is_some_and(|r| r.starts_with('"'))
+    });
+    match found {
+        Some((at, _)) => Location::at_offset(source.rel.clone(), text, at),
+        None => Location::file(source.rel.clone()),
+    }
+}
+
+/// `Ok(None)`: no schema; `Err(())`: a schema that failed to parse (already reported).
+fn parse_schema(
+    sources: &[Source],
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<Problem>,
+) -> Result<Option<Schema>, ()> {
+    let mut schemas = sources
+        .iter()
+        .filter(|s| matches!(s.kind, Kind::CedarSchema | Kind::JsonSchema));
+    let Some(source) = schemas.next() else {
+        return Ok(None);
+    };
+    if let Some(second) = schemas.next() {
+        problems.push(Problem {
+            location: Location::file(second.rel.clone()),
+            message: format!(
+                "a policy directory holds at most one schema; {} is one already",
+                source.rel
+            ),
+        });
+        return Err(());
+    }
+    let parsed = match source.kind {
+        Kind::CedarSchema => Schema::from_cedarschema_str(&source.text)
+            .map(|(schema, schema_warnings)| {
+                for warning in schema_warnings {
+                    warnings.push(diagnostic_problem(&warning, &source.rel, &source.text));
+                }
+                schema
+            })
+            .map_err(|e| diagnostic_problem(&e, &source.rel, &source.text)),
+        _ => Schema::from_json_str(&source.text)
+            .map_err(|e| diagnostic_problem(&e, &source.rel, &source.text)),
+    };
+    parsed.map(Some).map_err(|problem| problems.push(problem))
+}
+
+fn validate_policies(
+    schema: &Schema,
+    policies: &Policies,
+    sources: &[Source],
+    options: &LoadOptions,
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<Problem>,
+) {
+    if options.validation == PolicyValidation::Off {
+        return;
+    }
+    let result = Validator::new(schema.clone()).validate(&policies.set, ValidationMode::Strict);
+    let source_of = |id: &PolicyId| &sources[policies.origin[id]];
+    for error in result.validation_errors() {
+        let source = source_of(error.policy_id());
+        let problem = diagnostic_problem(error, &source.rel, &source.text);
+        match options.validation {
+            PolicyValidation::Strict => problems.push(problem),
+            _ => warnings.push(problem),
+        }
+    }
+    for warning in result.validation_warnings() {
+        let source = source_of(warning.policy_id());
+        warnings.push(diagnostic_problem(warning, &source.rel, &source.text));
+    }
+}
+
+/// The stored entities and how many `entities.json` held, or `None` after reporting why
+/// they cannot be loaded.
+fn load_entities(
+    sources: &[Source],
+    schema: Option<&Schema>,
+    options: &LoadOptions,
+    problems: &mut Vec<Problem>,
+) -> Option<(Entities, usize)> {
+    let Some(source) = sources.iter().find(|s| s.kind == Kind::Entities) else {
+        return match Entities::from_entities([], schema) {
+            Ok(entities) => Some((entities, 0)),
+            Err(e) => {
+                problems.push(Problem {
+                    location: Location::file("(schema actions)"),
+                    message: e.to_string(),
+                });
+                None
+            }
+        };
+    };
+    let mut fail = |location: Location, message: String| {
+        problems.push(Problem { location, message });
+        None
+    };
+    let json: serde_json::Value = match serde_json::from_str(&source.text) {
+        Ok(json) => json,
+        Err(e) => {
+            let location = Location {
+                file: source.rel.clone(),
+                line: Some(e.line()),
+                column: Some(e.column()),
+            };
+            return fail(location, format!("invalid JSON: {e}"));
+        }
+    };
+    let Some(list) = json.as_array() else {
+        return fail(
+            Location::file(source.rel.clone()),
+            "must be a JSON array of entities".to_owned(),
+        );
+    };
+    if list.len() > options.max_store_entities {
+        return fail(
+            Location::file(source.rel.clone()),
+            format!(
+                "holds {} entities, more than the limit of {} (max_store_entities)",
+                list.len(),
+                options.max_store_entities
+            ),
+        );
+    }
+    let nodes: Vec<(String, Vec<String>)> = list.iter().filter_map(json_uid_and_parents).collect();
+    if let Err(e) = hierarchy::check(&nodes, options.max_ancestor_depth) {
+        return fail(
+            Location::file(source.rel.clone()),
+            format!("{e} (max_ancestor_depth)"),
+        );
+    }
+    let count = list.len();
+    match Entities::from_json_value(json, schema) {
+        Ok(entities) => Some((entities, count)),
+        Err(e) => fail(Location::file(source.rel.clone()), describe(&e)),
+    }
+}
+
+/// The uid and parent uids of one entity in Cedar's JSON entity format, as display
+/// strings, for the hierarchy check; `None` when malformed (Cedar then says why).
+pub(crate) fn json_uid_and_parents(entity: &serde_json::Value) -> Option<(String, Vec<String>)> {
+    fn uid(value: &serde_json::Value) -> Option<String> {
+        let value = value.get("__entity").unwrap_or(value);
+        let ty = value.get("type")?.as_str()?;
+        let id = value.get("id")?.as_str()?;
+        Some(format!("{ty}::{id:?}"))
+    }
+    let parents = match entity.get("parents") {
+        Some(list) => list.as_array()?.iter().filter_map(uid).collect(),
+        None => Vec::new(),
+    };
+    Some((uid(entity.get("uid")?)?, parents))
+}
+
+/// A Cedar diagnostic as a problem located at its first label in `text`.
+fn diagnostic_problem(diagnostic: &dyn Diagnostic, file: &str, text: &str) -> Problem {
+    let offset = diagnostic
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .map(|label| label.offset());
+    Problem {
+        location: match offset {
+            Some(offset) => Location::at_offset(file, text, offset),
+            None => Location::file(file),
+        },
+        message: describe(diagnostic),
+    }
+}
+
+/// A diagnostic's message followed by its help, if any.
+pub(crate) fn describe(diagnostic: &dyn Diagnostic) -> String {
+    match diagnostic.help() {
+        Some(help) => format!("{diagnostic} (help: {help})"),
+        None => diagnostic.to_string(),
+    }
+}

@@ -1,0 +1,33 @@
+//! The policy directory: reading it into an immutable [`Snapshot`] and holding the one
+//! that is served.
+//!
+//! [`load_dir`] reads every file a snapshot is built from (policies, schema,
+//! `entities.json`), parses and validates them together, and either returns a whole
+//! snapshot or every problem it found, each with file, line and column. A
+//! [`PolicyStore`] keeps the serving snapshot behind one atomic pointer, so a reader
+//! never sees half of a change. This module knows nothing about requests.
+
+mod error;
+pub mod hierarchy;
+mod loader;
+mod snapshot;
+mod store;
+
+pub use error::{LoadError, Location, Problem};
+pub use loader::{LoadOptions, Loaded, load_dir};
+pub(crate) use loader::{describe, json_uid_and_parents};
+pub use snapshot::Snapshot;
+pub use store::{PolicyStore, ReloadError, ReloadOutcome};
+
+/// What to do with policies that fail validation against the schema at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyValidation {
+    /// Run Cedar's validator in strict mode and refuse a set that fails it.
+    #[default]
+    Strict,
+    /// Load the set anyway and log each problem as a warning.
+    Warn,
+    /// Do not validate policies against the schema.
+    Off,
+}

@@ -1,0 +1,61 @@
+//! [`Snapshot`]: one immutable, fully validated policy set with its schema and entities.
+
+use std::time::SystemTime;
+
+use cedar_policy::{Entities, PolicySet, Schema};
+
+/// Everything a decision needs from the policy directory, built once and never changed.
+///
+/// A snapshot is shared behind an `Arc`; a request holds the one it started with until it
+/// finishes, whatever reloads happen meanwhile.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub(super) policies: PolicySet,
+    pub(super) schema: Option<Schema>,
+    pub(super) entities: Entities,
+    pub(super) entity_count: usize,
+    pub(super) version: String,
+    pub(super) loaded_at: SystemTime,
+}
+
+impl Snapshot {
+    /// The policies (and unlinked templates), with their ids.
+    pub fn policies(&self) -> &PolicySet {
+        &self.policies
+    }
+
+    /// The schema, if the directory has one.
+    pub fn schema(&self) -> Option<&Schema> {
+        self.schema.as_ref()
+    }
+
+    /// The stored entities (`entities.json`, plus the schema's action entities).
+    pub fn entities(&self) -> &Entities {
+        &self.entities
+    }
+
+    /// Content hash of every file the snapshot was built from.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// When this snapshot was built.
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    /// Number of static policies.
+    pub fn policy_count(&self) -> usize {
+        self.policies.num_of_policies()
+    }
+
+    /// Number of templates.
+    pub fn template_count(&self) -> usize {
+        self.policies.num_of_templates()
+    }
+
+    /// Number of entities read from `entities.json` (the schema's actions not counted).
+    pub fn entity_count(&self) -> usize {
+        self.entity_count
+    }
+}
