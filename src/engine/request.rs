@@ -26,7 +26,7 @@ pub(super) fn build(
         ),
     };
     Request::new(principal, action, resource, context, schema)
-        .map_err(|e| explain(e, schema, field))
+        .map_err(|e| explain(e, snapshot, field))
 }
 
 fn context_from_json(
@@ -55,39 +55,37 @@ fn context_from_json(
 }
 
 /// Names the field a request validation error is about. Cedar's "context is not valid"
-/// does not say which attribute is wrong, so the context is parsed once more through the
-/// schema-directed JSON parser, whose errors do; this runs only on the error path.
+/// does not say which attribute is wrong; the schema's shapes do (error path only).
 fn explain(
     error: RequestValidationError,
-    schema: Option<&Schema>,
+    snapshot: &Snapshot,
     context_field: &str,
 ) -> RequestError {
-    let field =
-        match &error {
-            RequestValidationError::UndeclaredAction(_)
-            | RequestValidationError::ExternalAction(_) => "action",
-            RequestValidationError::UndeclaredPrincipalType(_)
-            | RequestValidationError::InvalidPrincipalType(_) => "principal",
-            RequestValidationError::UndeclaredResourceType(_)
-            | RequestValidationError::InvalidResourceType(_) => "resource",
-            RequestValidationError::InvalidContext(invalid) => {
-                let detail = schema.zip(invalid.context().to_json_value().ok()).and_then(
-                    |(schema, json)| {
-                        Context::from_json_value(json, Some((schema, invalid.action()))).err()
-                    },
-                );
-                let message = match detail {
-                    Some(detail) => format!(
-                        "does not match the schema for {}: {}",
-                        invalid.action(),
-                        describe(&detail)
-                    ),
-                    None => describe(&error),
-                };
-                return RequestError::invalid(context_field, message);
-            }
-            RequestValidationError::TypeOfContext(_) => context_field,
-            _ => "request",
-        };
+    let field = match &error {
+        RequestValidationError::UndeclaredAction(_) | RequestValidationError::ExternalAction(_) => {
+            "action"
+        }
+        RequestValidationError::UndeclaredPrincipalType(_)
+        | RequestValidationError::InvalidPrincipalType(_) => "principal",
+        RequestValidationError::UndeclaredResourceType(_)
+        | RequestValidationError::InvalidResourceType(_) => "resource",
+        RequestValidationError::InvalidContext(invalid) => {
+            let found = snapshot
+                .schema_shape()
+                .zip(invalid.context().to_json_value().ok())
+                .and_then(|(shape, json)| {
+                    shape.explain_context(invalid.action(), &json, context_field)
+                });
+            return match found {
+                Some((path, problem)) => RequestError::invalid(
+                    path,
+                    format!("{problem} (context of {})", invalid.action()),
+                ),
+                None => RequestError::invalid(context_field, describe(&error)),
+            };
+        }
+        RequestValidationError::TypeOfContext(_) => context_field,
+        _ => "request",
+    };
     RequestError::invalid(field, describe(&error))
 }

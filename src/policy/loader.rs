@@ -16,11 +16,13 @@ use std::{
     time::SystemTime,
 };
 
-use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use cedar_policy::{
+    Entities, PolicyId, PolicySet, Schema, SchemaFragment, ValidationMode, Validator,
+};
 use miette::Diagnostic;
 use sha2::{Digest, Sha256};
 
-use super::{LoadError, Location, PolicyValidation, Problem, Snapshot, hierarchy};
+use super::{LoadError, Location, PolicyValidation, Problem, SchemaShape, Snapshot, hierarchy};
 
 /// How to load a policy directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +110,7 @@ pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Loaded, LoadError> 
         (true, Ok(schema), Some((entities, entity_count))) => Ok(Loaded {
             snapshot: Snapshot {
                 policies: policies.set,
+                schema_shape: schema.as_ref().and_then(|_| schema_shape(&sources)),
                 schema,
                 entities,
                 entity_count,
@@ -345,6 +348,23 @@ fn parse_schema(
     parsed.map(Some).map_err(|problem| problems.push(problem))
 }
 
+/// The schema in Cedar's JSON format, for [`SchemaShape`]; the schema already parsed, so
+/// this only converts.
+fn schema_shape(sources: &[Source]) -> Option<SchemaShape> {
+    let source = sources
+        .iter()
+        .find(|s| matches!(s.kind, Kind::CedarSchema | Kind::JsonSchema))?;
+    let json = match source.kind {
+        Kind::CedarSchema => SchemaFragment::from_cedarschema_str(&source.text)
+            .ok()?
+            .0
+            .to_json_value()
+            .ok()?,
+        _ => serde_json::from_str(&source.text).ok()?,
+    };
+    SchemaShape::new(json)
+}
+
 fn validate_policies(
     schema: &Schema,
     policies: &Policies,
@@ -468,10 +488,19 @@ fn diagnostic_problem(diagnostic: &dyn Diagnostic, file: &str, text: &str) -> Pr
     }
 }
 
-/// A diagnostic's message followed by its help, if any.
+/// A diagnostic's message, then each underlying cause not already said, then its help.
 pub(crate) fn describe(diagnostic: &dyn Diagnostic) -> String {
-    match diagnostic.help() {
-        Some(help) => format!("{diagnostic} (help: {help})"),
-        None => diagnostic.to_string(),
+    let mut message = diagnostic.to_string();
+    let mut source = diagnostic.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !message.contains(&cause_text) {
+            message = format!("{message}: {cause_text}");
+        }
+        source = cause.source();
     }
+    if let Some(help) = diagnostic.help() {
+        message = format!("{message} (help: {help})");
+    }
+    message
 }

@@ -10,12 +10,14 @@
 mod error;
 pub mod hierarchy;
 mod loader;
+mod shape;
 mod snapshot;
 mod store;
 
 pub use error::{LoadError, Location, Problem};
 pub use loader::{LoadOptions, Loaded, load_dir};
 pub(crate) use loader::{describe, json_uid_and_parents};
+pub use shape::SchemaShape;
 pub use snapshot::Snapshot;
 pub use store::{PolicyStore, ReloadError, ReloadOutcome};
 

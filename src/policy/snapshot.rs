@@ -4,6 +4,8 @@ use std::time::SystemTime;
 
 use cedar_policy::{Entities, PolicySet, Schema};
 
+use super::SchemaShape;
+
 /// Everything a decision needs from the policy directory, built once and never changed.
 ///
 /// A snapshot is shared behind an `Arc`; a request holds the one it started with until it
@@ -12,6 +14,7 @@ use cedar_policy::{Entities, PolicySet, Schema};
 pub struct Snapshot {
     pub(super) policies: PolicySet,
     pub(super) schema: Option<Schema>,
+    pub(super) schema_shape: Option<SchemaShape>,
     pub(super) entities: Entities,
     pub(super) entity_count: usize,
     pub(super) version: String,
@@ -27,6 +30,12 @@ impl Snapshot {
     /// The schema, if the directory has one.
     pub fn schema(&self) -> Option<&Schema> {
         self.schema.as_ref()
+    }
+
+    /// The schema's declared types in JSON form, for explaining a request that does not
+    /// match them.
+    pub fn schema_shape(&self) -> Option<&SchemaShape> {
+        self.schema_shape.as_ref()
     }
 
     /// The stored entities (`entities.json`, plus the schema's action entities).
