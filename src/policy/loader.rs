@@ -216,12 +216,13 @@ fn content_hash(sources: &[Source]) -> String {
 /// The policy set and, per policy id, the file it came from.
 struct Policies {
     set: PolicySet,
-    origin: HashMap<PolicyId, usize>,
+    /// Index into the sources, and whether the id came from an `@id` annotation.
+    origin: HashMap<PolicyId, (usize, bool)>,
 }
 
 fn parse_policies(sources: &[Source], problems: &mut Vec<Problem>) -> Policies {
     let mut set = PolicySet::new();
-    let mut origin: HashMap<PolicyId, usize> = HashMap::new();
+    let mut origin: HashMap<PolicyId, (usize, bool)> = HashMap::new();
     for (index, source) in sources.iter().enumerate() {
         if source.kind != Kind::Policies {
             continue;
@@ -236,75 +237,104 @@ fn parse_policies(sources: &[Source], problems: &mut Vec<Problem>) -> Policies {
             }
         };
         let stem = source.rel.strip_suffix(".cedar").unwrap_or(&source.rel);
-        let mut add =
-            |parsed_id: &PolicyId, annotation: Option<&str>, problems: &mut Vec<Problem>| {
-                let id = match annotation {
-                    Some("") => {
-                        problems.push(Problem {
-                            location: annotation_location(source, ""),
-                            message: "the @id annotation is empty".to_owned(),
-                        });
-                        return None;
-                    }
-                    Some(id) => id.to_owned(),
-                    None => format!("{stem}.{}", position(parsed_id)),
-                };
-                let id = PolicyId::new(id);
-                if let Some(&first) = origin.get(&id) {
+        // The parsed set iterates in no particular order; ids and messages follow the text.
+        let mut entries: Vec<(usize, Entry<'_>)> = parsed
+            .policies()
+            .map(|p| (position(p.id()), Entry::Policy(p)))
+            .chain(
+                parsed
+                    .templates()
+                    .map(|t| (position(t.id()), Entry::Template(t))),
+            )
+            .collect();
+        entries.sort_by_key(|(pos, _)| *pos);
+        // How many policies of this file carried each @id so far: the n-th one is at the
+        // n-th `@id("…")` of the text.
+        let mut seen_in_file: HashMap<String, usize> = HashMap::new();
+        for (pos, entry) in entries {
+            let annotation = entry.annotation();
+            let nth = annotation.map(|a| {
+                let count = seen_in_file.entry(a.to_owned()).or_default();
+                *count += 1;
+                *count - 1
+            });
+            let id = match annotation {
+                Some("") => {
                     problems.push(Problem {
-                        location: id_location(source, &id, annotation.is_some()),
-                        message: format!(
-                            "policy id `{id}` is used twice; it is also the id of a policy in {}",
-                            id_location(&sources[first], &id, true)
-                        ),
+                        location: annotation_location(source, "", nth.unwrap_or(0)),
+                        message: "the @id annotation is empty".to_owned(),
                     });
-                    return None;
+                    continue;
                 }
-                origin.insert(id.clone(), index);
-                Some(id)
+                Some(id) => PolicyId::new(id),
+                None => PolicyId::new(format!("{stem}.{pos}")),
             };
-        for policy in parsed.policies() {
-            if let Some(id) = add(policy.id(), policy.annotation("id"), problems) {
-                set.add(policy.new_id(id))
-                    .expect("ids are unique by construction");
+            if let Some(&(first, first_annotated)) = origin.get(&id) {
+                let here = match nth {
+                    Some(nth) => annotation_location(source, id.as_ref(), nth),
+                    None => Location::file(source.rel.clone()),
+                };
+                let there = match first_annotated {
+                    true => annotation_location(&sources[first], id.as_ref(), 0),
+                    false => Location::file(sources[first].rel.clone()),
+                };
+                problems.push(Problem {
+                    location: here,
+                    message: format!(
+                        "policy id `{id}` is used twice; it is also the id of a policy at {there}"
+                    ),
+                });
+                continue;
             }
-        }
-        for template in parsed.templates() {
-            if let Some(id) = add(template.id(), template.annotation("id"), problems) {
-                set.add_template(template.new_id(id))
-                    .expect("ids are unique by construction");
-            }
+            origin.insert(id.clone(), (index, annotation.is_some()));
+            let added = match entry {
+                Entry::Policy(policy) => set.add(policy.new_id(id)),
+                Entry::Template(template) => set.add_template(template.new_id(id)),
+            };
+            added.expect("ids are unique by construction");
         }
     }
     Policies { set, origin }
 }
 
-/// Cedar names the policies of a parsed text `policy0`, `policy1`, … in text order.
-fn position(parsed_id: &PolicyId) -> &str {
-    let id: &str = parsed_id.as_ref();
-    id.strip_prefix("policy").unwrap_or(id)
+/// A static policy or a template, as parsed from one file.
+enum Entry<'a> {
+    Policy(&'a cedar_policy::Policy),
+    Template(&'a cedar_policy::Template),
 }
 
-/// Where a policy with this id is in `source`: the line of its `@id` annotation when it
-/// has one, else just the file.
-fn id_location(source: &Source, id: &PolicyId, annotated: bool) -> Location {
-    if annotated {
-        annotation_location(source, id.as_ref())
-    } else {
-        Location::file(source.rel.clone())
+impl Entry<'_> {
+    fn annotation(&self) -> Option<&str> {
+        match self {
+            Entry::Policy(p) => p.annotation("id"),
+            Entry::Template(t) => t.annotation("id"),
+        }
     }
 }
 
-fn annotation_location(source: &Source, id: &str) -> Location {
+/// Cedar names the policies of a parsed text `policy0`, `policy1`, … in text order.
+fn position(parsed_id: &PolicyId) -> usize {
+    let id: &str = parsed_id.as_ref();
+    id.strip_prefix("policy")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
+/// The position of the `nth` (from 0) `@id("<id>")` annotation in `source`, or just the
+/// file if it cannot be found.
+fn annotation_location(source: &Source, id: &str, nth: usize) -> Location {
     let text = &source.text;
-    let found = text.match_indices("@id").find(|(at, tag)| {
-        let rest = text[at + tag.len()..].trim_start();
-        rest.strip_prefix('(')
-            .map(str::trim_start)
-            .and_then(|r| r.strip_prefix('"'))
-            .and_then(|r| r.strip_prefix(id))
-            .is_some_and(|r| r.starts_with('"'))
-    });
+    let found = text
+        .match_indices("@id")
+        .filter(|(at, tag)| {
+            let rest = text[at + tag.len()..].trim_start();
+            rest.strip_prefix('(')
+                .map(str::trim_start)
+                .and_then(|r| r.strip_prefix('"'))
+                .and_then(|r| r.strip_prefix(id))
+                .is_some_and(|r| r.starts_with('"'))
+        })
+        .nth(nth);
     match found {
         Some((at, _)) => Location::at_offset(source.rel.clone(), text, at),
         None => Location::file(source.rel.clone()),
@@ -377,7 +407,7 @@ fn validate_policies(
         return;
     }
     let result = Validator::new(schema.clone()).validate(&policies.set, ValidationMode::Strict);
-    let source_of = |id: &PolicyId| &sources[policies.origin[id]];
+    let source_of = |id: &PolicyId| &sources[policies.origin[id].0];
     for error in result.validation_errors() {
         let source = source_of(error.policy_id());
         let problem = diagnostic_problem(error, &source.rel, &source.text);

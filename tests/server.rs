@@ -1,0 +1,157 @@
+//! The server around the Authorizer: gRPC health, server reflection (v1 and v1alpha), and
+//! graceful shutdown.
+
+mod common;
+
+use common::*;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+#[tokio::test]
+async fn health_reports_serving_for_the_server_and_the_authorizer() {
+    let server = TestServer::start(&example_policies()).await;
+    let mut health = HealthClient::new(server.channel().await);
+    for service in ["", "cedarpdp.v1.Authorizer"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "service {service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    server.stop().await;
+}
+
+/// Lists services through one reflection protocol version; the two versions share one
+/// message shape in different packages.
+macro_rules! list_services {
+    ($channel:expr, $pb:path, $service:literal) => {{
+        use reflection::{
+            ServerReflectionRequest, ServerReflectionResponse,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        use $pb as reflection;
+        let mut grpc = tonic::client::Grpc::new($channel);
+        grpc.ready().await.unwrap();
+        let request = tonic::Request::new(tokio_stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }]));
+        let codec =
+            tonic_prost::ProstCodec::<ServerReflectionRequest, ServerReflectionResponse>::default();
+        let path = PathAndQuery::from_static(concat!("/", $service, "/ServerReflectionInfo"));
+        let mut stream = grpc
+            .streaming(request, path, codec)
+            .await
+            .unwrap()
+            .into_inner();
+        let response = stream.message().await.unwrap().expect("one response");
+        match response.message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+                names.sort();
+                names
+            }
+            other => panic!("unexpected reflection response {other:?}"),
+        }
+    }};
+}
+
+#[tokio::test]
+async fn reflection_lists_the_services_in_both_protocol_versions() {
+    let server = TestServer::start(&example_policies()).await;
+    let v1 = list_services!(
+        server.channel().await,
+        tonic_reflection::pb::v1,
+        "grpc.reflection.v1.ServerReflection"
+    );
+    let v1alpha = list_services!(
+        server.channel().await,
+        tonic_reflection::pb::v1alpha,
+        "grpc.reflection.v1alpha.ServerReflection"
+    );
+    for names in [&v1, &v1alpha] {
+        assert!(
+            names.contains(&"cedarpdp.v1.Authorizer".to_owned()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"grpc.health.v1.Health".to_owned()),
+            "{names:?}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_running_clients_finish_cleanly_then_stops_listening() {
+    let server = TestServer::start(&example_policies()).await;
+    let channel = server.channel().await;
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel::<()>(8);
+    // Clients calling in a loop: some call is in flight whenever the shutdown comes.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let mut client =
+                cedar_pdp::proto::cedarpdp::v1::authorizer_client::AuthorizerClient::new(
+                    channel.clone(),
+                );
+            let started = started_tx.clone();
+            tokio::spawn(async move {
+                let mut answered = 0usize;
+                loop {
+                    let call = client
+                        .is_authorized(request(
+                            p("User", "bob"),
+                            action("read"),
+                            p("Document", "acme-roadmap-q3"),
+                        ))
+                        .await;
+                    match call {
+                        Ok(response) => {
+                            // Every answer is the right one, up to the very end.
+                            assert!(is_allow(&response.into_inner()));
+                            answered += 1;
+                            if answered == 1 {
+                                started.send(()).await.unwrap();
+                            }
+                        }
+                        Err(status) => return (answered, status),
+                    }
+                }
+            })
+        })
+        .collect();
+    for _ in 0..4 {
+        started_rx.recv().await.unwrap();
+    }
+    let addr = server.addr;
+    server.stop().await;
+    for client in clients {
+        let (answered, status) = client.await.unwrap();
+        assert!(answered > 0);
+        // After the stop a call is refused, never answered wrongly or left hanging.
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+            ),
+            "{status:?}"
+        );
+    }
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still listening after stop"
+    );
+}
