@@ -759,3 +759,34 @@ async fn without_request_validation_unknown_types_are_evaluated_as_given() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_oversized_message_is_refused_by_the_transport() {
+    let mut config = cedar_pdp::Config {
+        policies: example_policies(),
+        ..Default::default()
+    };
+    config.limits.max_message_bytes = 1024;
+    let server = TestServer::start_with(config).await;
+    let mut r = request(
+        p("User", "bob"),
+        action("read"),
+        p("Document", "acme-roadmap-q3"),
+    );
+    r.context_json = format!("{{\"pad\": \"{}\"}}", "x".repeat(4096));
+    let status = refused(&server, r).await;
+    assert_status(&status, Code::OutOfRange, &["1024"]);
+    // The server is unharmed.
+    let mut client = server.client().await;
+    let ok = client
+        .is_authorized(request(
+            p("User", "bob"),
+            action("read"),
+            p("Document", "acme-roadmap-q3"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(is_allow(&ok));
+    server.stop().await;
+}
