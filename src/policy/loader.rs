@@ -91,7 +91,12 @@ pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Loaded, LoadError> 
     let version = content_hash(&sources);
 
     let policies = parse_policies(&sources, &mut problems);
-    let schema = parse_schema(&sources, &mut problems, &mut warnings);
+    let parsed = parse_schema(&sources, &mut problems, &mut warnings);
+    let (schema, schema_shape) = match parsed {
+        Ok(Some((schema, shape))) => (Ok(Some(schema)), shape),
+        Ok(None) => (Ok(None), None),
+        Err(()) => (Err(()), None),
+    };
     if let (Ok(Some(schema)), true) = (&schema, problems.is_empty()) {
         validate_policies(
             schema,
@@ -110,7 +115,7 @@ pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Loaded, LoadError> 
         (true, Ok(schema), Some((entities, entity_count))) => Ok(Loaded {
             snapshot: Snapshot {
                 policies: policies.set,
-                schema_shape: schema.as_ref().and_then(|_| schema_shape(&sources)),
+                schema_shape,
                 schema,
                 entities,
                 entity_count,
@@ -341,12 +346,13 @@ fn annotation_location(source: &Source, id: &str, nth: usize) -> Location {
     }
 }
 
-/// `Ok(None)`: no schema; `Err(())`: a schema that failed to parse (already reported).
+/// The schema and its JSON shape. `Ok(None)`: no schema; `Err(())`: a schema that failed
+/// to parse (already reported).
 fn parse_schema(
     sources: &[Source],
     problems: &mut Vec<Problem>,
     warnings: &mut Vec<Problem>,
-) -> Result<Option<Schema>, ()> {
+) -> Result<Option<(Schema, Option<SchemaShape>)>, ()> {
     let mut schemas = sources
         .iter()
         .filter(|s| matches!(s.kind, Kind::CedarSchema | Kind::JsonSchema));
@@ -363,36 +369,26 @@ fn parse_schema(
         });
         return Err(());
     }
-    let parsed = match source.kind {
-        Kind::CedarSchema => Schema::from_cedarschema_str(&source.text)
-            .map(|(schema, schema_warnings)| {
-                for warning in schema_warnings {
-                    warnings.push(diagnostic_problem(&warning, &source.rel, &source.text));
-                }
-                schema
-            })
-            .map_err(|e| diagnostic_problem(&e, &source.rel, &source.text)),
-        _ => Schema::from_json_str(&source.text)
-            .map_err(|e| diagnostic_problem(&e, &source.rel, &source.text)),
-    };
-    parsed.map(Some).map_err(|problem| problems.push(problem))
-}
-
-/// The schema in Cedar's JSON format, for [`SchemaShape`]; the schema already parsed, so
-/// this only converts.
-fn schema_shape(sources: &[Source]) -> Option<SchemaShape> {
-    let source = sources
-        .iter()
-        .find(|s| matches!(s.kind, Kind::CedarSchema | Kind::JsonSchema))?;
-    let json = match source.kind {
+    let located = |e: &dyn Diagnostic| diagnostic_problem(e, &source.rel, &source.text);
+    let fragment = match source.kind {
         Kind::CedarSchema => SchemaFragment::from_cedarschema_str(&source.text)
-            .ok()?
-            .0
-            .to_json_value()
-            .ok()?,
-        _ => serde_json::from_str(&source.text).ok()?,
+            .map(|(fragment, found)| {
+                warnings.extend(found.map(|w| located(&w)));
+                fragment
+            })
+            .map_err(|e| located(&e)),
+        _ => SchemaFragment::from_json_str(&source.text).map_err(|e| located(&e)),
     };
-    SchemaShape::new(json)
+    let fragment = fragment.map_err(|problem| problems.push(problem))?;
+    // The JSON form, for explaining requests that do not fit; taken from the one parse.
+    let shape = fragment
+        .clone()
+        .to_json_value()
+        .ok()
+        .and_then(SchemaShape::new);
+    let schema =
+        Schema::from_schema_fragments([fragment]).map_err(|e| problems.push(located(&e)))?;
+    Ok(Some((schema, shape)))
 }
 
 fn validate_policies(
