@@ -61,11 +61,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    let options = LoadOptions {
-        validation: config.policy_validation,
-        max_store_entities: config.limits.max_store_entities,
-        max_ancestor_depth: config.limits.max_ancestor_depth,
-    };
+    let options = LoadOptions::new(config.policy_validation, &config.limits);
     let store = match PolicyStore::open(&config.policies, options) {
         Ok((store, warnings)) => {
             for warning in warnings {

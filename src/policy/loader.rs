@@ -35,14 +35,20 @@ pub struct LoadOptions {
     pub max_ancestor_depth: usize,
 }
 
-impl Default for LoadOptions {
-    fn default() -> Self {
-        let limits = crate::config::Limits::default();
+impl LoadOptions {
+    /// Options from the configured validation mode and limits.
+    pub fn new(validation: PolicyValidation, limits: &crate::config::Limits) -> Self {
         Self {
-            validation: PolicyValidation::Strict,
+            validation,
             max_store_entities: limits.max_store_entities,
             max_ancestor_depth: limits.max_ancestor_depth,
         }
+    }
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self::new(PolicyValidation::Strict, &crate::config::Limits::default())
     }
 }
 

@@ -42,11 +42,7 @@ impl TestServer {
 
     /// Serves with `config` on 127.0.0.1, port 0.
     pub async fn start_with(config: Config) -> Self {
-        let options = LoadOptions {
-            validation: config.policy_validation,
-            max_store_entities: config.limits.max_store_entities,
-            max_ancestor_depth: config.limits.max_ancestor_depth,
-        };
+        let options = LoadOptions::new(config.policy_validation, &config.limits);
         let (store, _warnings) =
             PolicyStore::open(&config.policies, options).expect("policies load");
         let store = Arc::new(store);
