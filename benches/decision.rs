@@ -143,15 +143,19 @@ fn main() {
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let grpc = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listeners = api::Listeners {
+            grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            metrics: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let addr = listeners.grpc.local_addr().unwrap();
         let config = Config {
             policies: dir.clone(),
             ..Config::default()
         };
         let serving = store.clone();
         tokio::spawn(async move {
-            api::serve(&config, serving, listener, std::future::pending()).await
+            let metrics = cedar_pdp::telemetry::Metrics::new();
+            api::serve(&config, serving, metrics, listeners, std::future::pending()).await
         });
         let mut client = AuthorizerClient::connect(format!("http://{addr}"))
             .await

@@ -39,6 +39,13 @@ pub struct Settings {
     /// Address the gRPC server listens on.
     #[arg(long, env = "CEDAR_PDP_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Address the Prometheus `/metrics` endpoint listens on.
+    #[arg(long, env = "CEDAR_PDP_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Reload when files in the policy directory change (false: only on SIGHUP).
+    #[arg(long, env = "CEDAR_PDP_WATCH", value_name = "BOOL",
+          value_parser = BoolishValueParser::new())]
+    pub watch: Option<bool>,
     /// Policy validation against the schema at load: strict, warn or off.
     #[arg(long, env = "CEDAR_PDP_POLICY_VALIDATION", value_name = "MODE")]
     pub policy_validation: Option<PolicyValidation>,
@@ -127,6 +134,10 @@ pub struct Config {
     pub policies: PathBuf,
     /// Address the gRPC server listens on.
     pub listen: SocketAddr,
+    /// Address the Prometheus `/metrics` endpoint listens on.
+    pub metrics_listen: SocketAddr,
+    /// Reload on file-system events (else only on SIGHUP).
+    pub watch: bool,
     /// Policy validation at load.
     pub policy_validation: PolicyValidation,
     /// Validate requests against the schema when one is loaded.
@@ -146,6 +157,8 @@ impl Default for Config {
         Self {
             policies: PathBuf::from("policies"),
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            watch: true,
             policy_validation: PolicyValidation::Strict,
             validate_requests: true,
             log_format: LogFormat::Json,
@@ -194,6 +207,8 @@ impl Config {
         Self {
             policies: pick(upper.policies, lower.policies, d.policies),
             listen: pick(upper.listen, lower.listen, d.listen),
+            metrics_listen: pick(upper.metrics_listen, lower.metrics_listen, d.metrics_listen),
+            watch: pick(upper.watch, lower.watch, d.watch),
             policy_validation: pick(
                 upper.policy_validation,
                 lower.policy_validation,

@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use cedar_pdp::{
     Config, api,
     config::Settings,
-    policy::{LoadError, LoadOptions, PolicyStore},
-    telemetry,
+    policy::{LoadError, LoadOptions, PolicyStore, WatchOptions, Watcher},
+    telemetry::{self, Metrics},
 };
 use clap::{Parser, Subcommand};
 
@@ -93,16 +93,46 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 async fn run(config: Config, store: Arc<PolicyStore>) -> anyhow::Result<()> {
     // Handlers go in before the server says it is listening: from then on SIGTERM means
-    // "drain", never the default "die".
+    // "drain", never the default "die", and SIGHUP means "reload".
     let shutdown = shutdown_signal().context("cannot install signal handlers")?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    #[cfg(unix)]
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
+    let grpc = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for metrics", config.metrics_listen))?;
+    let addr = grpc.local_addr()?;
+    let metrics_addr = metrics_listener.local_addr()?;
+
+    let metrics = Metrics::new();
+    let watch = WatchOptions {
+        watch_files: config.watch,
+        ..WatchOptions::default()
+    };
+    let watcher = Arc::new(
+        Watcher::start(store.clone(), metrics.clone(), watch)
+            .context("cannot watch the policy directory")?,
+    );
+    #[cfg(unix)]
+    let reloads = {
+        let watcher = watcher.clone();
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!(signal = "SIGHUP", "reload requested");
+                watcher.reload_now();
+            }
+        })
+    };
+
     let snapshot = store.current();
     tracing::info!(
         %addr,
+        %metrics_addr,
         policies = %store.dir().display(),
+        watch = config.watch,
         policy_version = snapshot.version(),
         policy_count = snapshot.policy_count(),
         entity_count = snapshot.entity_count(),
@@ -110,7 +140,14 @@ async fn run(config: Config, store: Arc<PolicyStore>) -> anyhow::Result<()> {
         "listening"
     );
     drop(snapshot);
-    api::serve(&config, store, listener, shutdown).await?;
+    let listeners = api::Listeners {
+        grpc,
+        metrics: metrics_listener,
+    };
+    api::serve(&config, store, metrics, listeners, shutdown).await?;
+    #[cfg(unix)]
+    reloads.abort();
+    drop(watcher);
     tracing::info!("stopped");
     Ok(())
 }

@@ -13,6 +13,10 @@ use cedar_pdp::policy::{
     LoadError, LoadOptions, Loaded, PolicyStore, PolicyValidation, Problem, ReloadOutcome, load_dir,
 };
 use cedar_policy::PolicyId;
+#[cfg(unix)]
+use common::configmap;
+
+mod common;
 
 const SCHEMA: &str = "entity User;\n\
                       entity Doc = { owner: User };\n\
@@ -793,30 +797,8 @@ fn a_reload_back_to_the_serving_content_after_a_failure_clears_the_error() {
 
 // ---- Kubernetes ConfigMap volume --------------------------------------------------------
 
-#[cfg(unix)]
-fn symlink(target: &str, link: &Path) {
-    std::os::unix::fs::symlink(target, link).expect("create symlink");
-}
-
 /// Lays out `files` as a ConfigMap volume does: the content in a hidden timestamped
 /// folder, `..data` linking to it, and one visible link per file through `..data`.
-#[cfg(unix)]
-fn configmap(dir: &Path, stamp: &str, files: &[(&str, &str)]) {
-    let data = format!("..{stamp}");
-    for (name, text) in files {
-        write(dir, &format!("{data}/{name}"), text);
-    }
-    let tmp = dir.join("..data_tmp");
-    symlink(&data, &tmp);
-    fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
-    for (name, _) in files {
-        let link = dir.join(name);
-        if fs::symlink_metadata(&link).is_err() {
-            symlink(&format!("..data/{name}"), &link);
-        }
-    }
-}
-
 #[cfg(unix)]
 #[test]
 fn a_configmap_volume_loads_each_policy_once() {

@@ -1,6 +1,6 @@
-//! The gRPC surface: the `cedarpdp.v1.Authorizer` service, `grpc.health.v1.Health` and
-//! server reflection (v1 and v1alpha) on one port, and the server loop with graceful
-//! shutdown.
+//! The network surface: the `cedarpdp.v1.Authorizer` service, `grpc.health.v1.Health` and
+//! server reflection (v1 and v1alpha) on one port, the Prometheus `/metrics` endpoint on
+//! another ([`metrics`]), and the server loop with graceful shutdown.
 //!
 //! This is the only module that knows tonic. It converts wire types to engine types
 //! ([`convert`]), engine errors to status (`status`), and serves whatever snapshot the
@@ -8,6 +8,7 @@
 
 mod authorizer;
 mod convert;
+mod metrics;
 mod status;
 
 use std::{future::Future, sync::Arc};
@@ -17,13 +18,25 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 pub use authorizer::AuthorizerService;
+pub use metrics::serve_metrics;
 
 use crate::{
     config::Config,
     engine::{Engine, EngineOptions},
     policy::PolicyStore,
     proto::{FILE_DESCRIPTOR_SET, cedarpdp::v1::authorizer_server::AuthorizerServer},
+    telemetry::Metrics,
 };
+
+/// The sockets [`serve`] answers on, bound by the caller (so tests can bind port 0 and
+/// read the address first).
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC: the authorizer, health and reflection.
+    pub grpc: TcpListener,
+    /// Plain HTTP: `GET /metrics`.
+    pub metrics: TcpListener,
+}
 
 /// The server could not start or failed while running.
 #[derive(Debug, thiserror::Error)]
@@ -36,9 +49,28 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves `store` on `listener` until `shutdown` resolves, then stops taking calls, marks
-/// itself NOT_SERVING and lets calls in flight finish for up to the configured grace.
+/// Serves `store` until `shutdown` resolves, then stops taking calls, marks itself
+/// NOT_SERVING and lets calls in flight finish for up to the configured grace. The
+/// metrics endpoint answers until the gRPC server has stopped.
 pub async fn serve(
+    config: &Config,
+    store: Arc<PolicyStore>,
+    metrics: Metrics,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = tokio::spawn(serve_metrics(metrics, listeners.metrics, async {
+        let _ = metrics_stopped.await;
+    }));
+    let served = serve_grpc(config, store, listeners.grpc, shutdown).await;
+    let _ = stop_metrics.send(());
+    let _ = metrics_server.await;
+    served
+}
+
+/// The gRPC half of [`serve`].
+async fn serve_grpc(
     config: &Config,
     store: Arc<PolicyStore>,
     listener: TcpListener,

@@ -81,6 +81,34 @@ struct Source {
 
 /// Reads and validates the whole directory at `dir`.
 pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Loaded, LoadError> {
+    build(read_dir(dir)?, options)
+}
+
+/// Everything a snapshot is built from, read from the directory but not yet parsed: the
+/// I/O half of [`load_dir`], so that a reload can check the directory held still while
+/// it was read before spending time on parsing.
+pub struct Sources {
+    sources: Vec<Source>,
+    /// Files that could not be read.
+    problems: Vec<Problem>,
+    version: String,
+}
+
+impl Sources {
+    /// The version a snapshot built from these sources has.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// How many files were read.
+    pub fn files(&self) -> usize {
+        self.sources.len()
+    }
+}
+
+/// Reads every file a snapshot is built from; only a missing or unusable directory is an
+/// error here, unreadable files are problems reported by [`build`].
+pub fn read_dir(dir: &Path) -> Result<Sources, LoadError> {
     let meta = fs::metadata(dir).map_err(|source| LoadError::Directory {
         path: dir.to_owned(),
         source,
@@ -92,9 +120,24 @@ pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Loaded, LoadError> 
         });
     }
     let mut problems = Vec::new();
-    let mut warnings = Vec::new();
     let sources = read_sources(dir, &mut problems);
     let version = content_hash(&sources);
+    Ok(Sources {
+        sources,
+        problems,
+        version,
+    })
+}
+
+/// Parses and validates what [`read_dir`] read into a snapshot: the CPU half of
+/// [`load_dir`].
+pub fn build(read: Sources, options: &LoadOptions) -> Result<Loaded, LoadError> {
+    let Sources {
+        sources,
+        mut problems,
+        version,
+    } = read;
+    let mut warnings = Vec::new();
 
     let policies = parse_policies(&sources, &mut problems);
     let parsed = parse_schema(&sources, &mut problems, &mut warnings);

@@ -5,7 +5,8 @@
 //! `entities.json`), parses and validates them together, and either returns a whole
 //! snapshot or every problem it found, each with file, line and column. A
 //! [`PolicyStore`] keeps the serving snapshot behind one atomic pointer, so a reader
-//! never sees half of a change. This module knows nothing about requests.
+//! never sees half of a change, and the [`Watcher`] rebuilds it when the files change.
+//! This module knows nothing about requests.
 
 mod error;
 pub mod hierarchy;
@@ -13,13 +14,15 @@ mod loader;
 mod shape;
 mod snapshot;
 mod store;
+mod watch;
 
 pub use error::{LoadError, Location, Problem};
-pub use loader::{LoadOptions, Loaded, load_dir};
+pub use loader::{LoadOptions, Loaded, Sources, build, load_dir, read_dir};
 pub(crate) use loader::{describe, json_uid_and_parents};
 pub use shape::SchemaShape;
 pub use snapshot::Snapshot;
 pub use store::{PolicyStore, ReloadError, ReloadOutcome};
+pub use watch::{WatchError, WatchOptions, Watcher};
 
 /// What to do with policies that fail validation against the schema at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]

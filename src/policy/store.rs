@@ -81,31 +81,53 @@ impl PolicyStore {
             .clone()
     }
 
-    /// Rebuilds from disk. A failure keeps the serving snapshot and is remembered until
-    /// the next successful reload; unchanged content keeps the snapshot (and its
-    /// `loaded_at`) as is.
-    pub fn reload(&self) -> Result<(ReloadOutcome, Vec<Problem>), LoadError> {
-        let result = load_dir(&self.dir, &self.options);
+    /// The options every rebuild of this store loads with.
+    pub fn options(&self) -> &LoadOptions {
+        &self.options
+    }
+
+    /// Reads and validates the directory into a new snapshot without serving it; see
+    /// [`install`](Self::install) and [`fail`](Self::fail) for what to do with the result.
+    pub fn build(&self) -> Result<Loaded, LoadError> {
+        load_dir(&self.dir, &self.options)
+    }
+
+    /// Serves `snapshot` from the next call on, unless its content equals the serving
+    /// snapshot's (then the serving one, and its `loaded_at`, stay). Clears the last error.
+    pub fn install(&self, snapshot: Snapshot) -> ReloadOutcome {
         let mut last_error = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
-        match result {
-            Ok(Loaded { snapshot, warnings }) => {
-                *last_error = None;
-                let old = self.current.load();
-                if old.version() == snapshot.version() {
-                    return Ok((ReloadOutcome::Unchanged, warnings));
-                }
-                let outcome = ReloadOutcome::Swapped {
-                    old_version: old.version().to_owned(),
-                    new_version: snapshot.version().to_owned(),
-                };
-                self.current.store(Arc::new(snapshot));
-                Ok((outcome, warnings))
-            }
+        *last_error = None;
+        let old = self.current.load();
+        if old.version() == snapshot.version() {
+            return ReloadOutcome::Unchanged;
+        }
+        let outcome = ReloadOutcome::Swapped {
+            old_version: old.version().to_owned(),
+            new_version: snapshot.version().to_owned(),
+        };
+        self.current.store(Arc::new(snapshot));
+        outcome
+    }
+
+    /// Remembers a failed rebuild (shown by `GetPolicySetInfo`) and keeps serving the
+    /// last good snapshot.
+    pub fn fail(&self, error: &LoadError) -> ReloadError {
+        let failure = ReloadError {
+            message: error.to_string(),
+            at: SystemTime::now(),
+        };
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure.clone());
+        failure
+    }
+
+    /// Rebuilds from disk once, with no debounce and no check that the directory held
+    /// still while it was read: [`build`](Self::build), then [`install`](Self::install)
+    /// or [`fail`](Self::fail). The watcher adds those checks.
+    pub fn reload(&self) -> Result<(ReloadOutcome, Vec<Problem>), LoadError> {
+        match self.build() {
+            Ok(Loaded { snapshot, warnings }) => Ok((self.install(snapshot), warnings)),
             Err(err) => {
-                *last_error = Some(ReloadError {
-                    message: err.to_string(),
-                    at: SystemTime::now(),
-                });
+                self.fail(&err);
                 Err(err)
             }
         }

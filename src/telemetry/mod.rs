@@ -1,5 +1,11 @@
-//! Logging setup: `tracing` events as JSON lines (the default for `serve`) or as text,
-//! filtered by `RUST_LOG` when set, else by the configured level.
+//! Telemetry: logging setup here, Prometheus metrics in [`metrics`].
+//!
+//! Logs are `tracing` events as JSON lines (the default for `serve`) or as text, filtered
+//! by `RUST_LOG` when set, else by the configured level.
+
+pub mod metrics;
+
+pub use metrics::Metrics;
 
 use tracing_subscriber::EnvFilter;
 

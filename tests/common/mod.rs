@@ -11,8 +11,9 @@ use std::{
 
 use cedar_pdp::{
     Config, api,
-    policy::{LoadOptions, PolicyStore},
+    policy::{LoadOptions, PolicyStore, WatchOptions, Watcher},
     proto::cedarpdp::v1::{self as pb, authorizer_client::AuthorizerClient},
+    telemetry::Metrics,
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
@@ -22,10 +23,12 @@ pub fn example_policies() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
 }
 
-/// A running server and the means to stop it.
+/// A running server, its policy watcher, and the means to stop them.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     pub store: Arc<PolicyStore>,
+    pub watcher: Option<Watcher>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), api::ServeError>>>,
 }
@@ -40,28 +43,48 @@ impl TestServer {
         .await
     }
 
-    /// Serves with `config` on 127.0.0.1, port 0.
+    /// Serves with `config` on 127.0.0.1, port 0 (gRPC and metrics), watching the
+    /// policy directory as `serve` does.
     pub async fn start_with(config: Config) -> Self {
+        Self::start_watching(config, WatchOptions::default()).await
+    }
+
+    /// Serves with `config`, watching the policy directory with `watch`.
+    pub async fn start_watching(config: Config, watch: WatchOptions) -> Self {
         let options = LoadOptions::new(config.policy_validation, &config.limits);
         let (store, _warnings) =
             PolicyStore::open(&config.policies, options).expect("policies load");
         let store = Arc::new(store);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let metrics = Metrics::new();
+        let watcher =
+            Watcher::start(store.clone(), metrics.clone(), watch).expect("watcher starts");
+        let listeners = api::Listeners {
+            grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            metrics: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let addr = listeners.grpc.local_addr().unwrap();
+        let metrics_addr = listeners.metrics.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let serving = store.clone();
         let task = tokio::spawn(async move {
-            api::serve(&config, serving, listener, async {
+            api::serve(&config, serving, metrics, listeners, async {
                 let _ = rx.await;
             })
             .await
         });
         Self {
             addr,
+            metrics_addr,
             store,
+            watcher: Some(watcher),
             shutdown: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// The body of `GET /metrics`.
+    pub async fn metrics_text(&self) -> String {
+        http_get(self.metrics_addr, "/metrics").await.1
     }
 
     pub fn endpoint(&self) -> String {
@@ -82,6 +105,7 @@ impl TestServer {
 
     /// Signals shutdown and waits for the server to finish cleanly.
     pub async fn stop(mut self) {
+        drop(self.watcher.take());
         self.shutdown.take().unwrap().send(()).ok();
         let task = self.task.take().unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(30), task)
@@ -208,4 +232,79 @@ pub fn policy_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
         std::fs::write(path, content).unwrap();
     }
     dir
+}
+
+/// A plain HTTP/1.1 GET of `path` on `addr`: the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a complete response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    (status, body.to_owned())
+}
+
+/// The value of the metric series `series` (name and labels exactly as rendered) in a
+/// Prometheus text exposition, if it is there.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().expect("a metric value"))
+}
+
+/// Publishes `files` into `dir` as the kubelet updates a ConfigMap volume: the files go to
+/// a new hidden folder `..<stamp>`, the `..data` link is swapped to it in one rename,
+/// each visible name is a link through `..data`, and the folder it replaced is removed.
+#[cfg(unix)]
+pub fn configmap(dir: &Path, stamp: &str, files: &[(&str, &str)]) {
+    use std::os::unix::fs::symlink;
+    let data = format!("..{stamp}");
+    std::fs::create_dir_all(dir.join(&data)).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(&data).join(name), text).unwrap();
+    }
+    let previous = std::fs::read_link(dir.join("..data")).ok();
+    let tmp = dir.join("..data_tmp");
+    symlink(&data, &tmp).expect("create ..data_tmp");
+    std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
+    for (name, _) in files {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            symlink(format!("..data/{name}"), &link).expect("create the visible link");
+        }
+    }
+    if let Some(previous) = previous.filter(|p| *p != Path::new(&data)) {
+        std::fs::remove_dir_all(dir.join(previous)).expect("remove the replaced folder");
+    }
+}
+
+/// Polls `check` every 10 ms until it gives `Some`, failing the test with `what` if
+/// `within` passes first.
+pub async fn eventually<T, F, Fut>(within: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

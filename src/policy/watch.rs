@@ -1,0 +1,749 @@
+//! The [`Watcher`]: follows the policy directory and rebuilds the served snapshot when it
+//! changes, on a thread of its own so that no rebuild ever runs on the request path.
+//!
+//! Changes arrive as `notify` events (inotify on Linux) for the directory, recursively,
+//! and for the directory's own entry in its parent (a `--policies` path that is a symlink
+//! swapped by git-sync). A burst of events becomes one rebuild: the rebuild starts once
+//! the directory has been quiet for [`WatchOptions::quiet`], or at the latest
+//! [`WatchOptions::max_wait`] after the burst's first event, so a directory rewritten
+//! without pause is still followed.
+//!
+//! A rebuild is only served if the directory held still while it was read. Reading (the
+//! I/O half of a load, [`read_dir`]) is kept apart from parsing (the CPU half, [`build`])
+//! so that this window is short; then:
+//! - no file the loader reads may be open for writing (written to and not yet closed)
+//!   when reading starts, so a file written in two chunks is never read half-way;
+//! - no change may have happened while the files were read, which the watcher knows for
+//!   certain by *fencing*: it creates a uniquely named file in a private, watched folder
+//!   of its own (in the temp directory), and since the kernel queues the events of one
+//!   watcher in order, once that creation's event comes back every change made before it
+//!   has been seen;
+//! - reading the files a second time must give the same content hash.
+//!
+//! A read that fails those checks is thrown away and tried again after the next quiet
+//! period; changes made while parsing simply start the next rebuild. A rebuild that fails
+//! to load keeps the last good snapshot serving and is recorded in the store (for
+//! `GetPolicySetInfo`), the log (file, line and reason) and the metrics. Nothing makes
+//! the watcher give up: errors from `notify` are logged and answered with a rebuild, and a
+//! directory that disappears is watched again when it comes back.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use notify::{
+    EventKind, RecursiveMode, Watcher as _,
+    event::{AccessKind, AccessMode, ModifyKind, RenameMode},
+};
+
+use super::{LoadError, Loaded, PolicyStore, ReloadOutcome, build, read_dir};
+use crate::telemetry::metrics::{Metrics, ReloadResult};
+
+/// Timing of the watcher; the defaults suit people editing files and Kubernetes alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchOptions {
+    /// Follow the directory with file-system events; `false` rebuilds only on
+    /// [`Watcher::reload_now`] (SIGHUP), e.g. on a network file system without them.
+    pub watch_files: bool,
+    /// How long the directory must be quiet before a rebuild starts.
+    pub quiet: Duration,
+    /// The longest a burst of changes can put a rebuild off.
+    pub max_wait: Duration,
+    /// The pause between reading the directory and reading it again to check nothing
+    /// changed (a write's data can be visible a little before its event), and without a
+    /// fence (no writable temp directory for it) how long events may take to arrive.
+    pub settle: Duration,
+    /// A file written to and not closed holds rebuilds back; after this long without a
+    /// further write it is taken as abandoned and no longer does.
+    pub write_hold: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        Self {
+            watch_files: true,
+            quiet: Duration::from_millis(20),
+            max_wait: Duration::from_millis(250),
+            settle: Duration::from_millis(10),
+            write_hold: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The watcher could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// `notify` refused to watch the directory (e.g. the inotify watch limit is reached).
+    #[error("cannot watch {path}: {source}")]
+    Watch {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: notify::Error,
+    },
+    /// The watcher thread could not be started.
+    #[error("cannot start the policy watcher thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// What wakes the watcher thread.
+enum Signal {
+    /// A file-system event, or an error `notify` met.
+    Fs(notify::Result<notify::Event>),
+    /// Rebuild now, without waiting for quiet or for files open for writing (SIGHUP).
+    ReloadNow,
+    /// The watcher is being dropped.
+    Stop,
+}
+
+/// Keeps the store's snapshot following the policy directory until dropped.
+#[derive(Debug)]
+pub struct Watcher {
+    signals: mpsc::Sender<Signal>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Watcher {
+    /// Starts watching `store`'s directory and records its current snapshot in `metrics`
+    /// as the one serving.
+    pub fn start(
+        store: Arc<PolicyStore>,
+        metrics: Metrics,
+        options: WatchOptions,
+    ) -> Result<Self, WatchError> {
+        let (signals, receiver) = mpsc::channel();
+        let dir = std::path::absolute(store.dir()).unwrap_or_else(|_| store.dir().to_owned());
+        let files = if options.watch_files {
+            let events = signals.clone();
+            let watcher = notify::recommended_watcher(move |event| {
+                // The receiver is gone only once the watcher thread has ended.
+                let _ = events.send(Signal::Fs(event));
+            })
+            .map_err(|source| WatchError::Watch {
+                path: dir.clone(),
+                source,
+            })?;
+            let mut files = Files {
+                watcher,
+                dir: dir.clone(),
+                watched: None,
+                fence: None,
+            };
+            files.watch_parent()?;
+            files.fence = Fence::create(&mut files.watcher);
+            files.rewatch().map_err(|source| WatchError::Watch {
+                path: dir.clone(),
+                source,
+            })?;
+            Some(files)
+        } else {
+            None
+        };
+        metrics.started(&store.current());
+        let run = Run {
+            store,
+            metrics,
+            options,
+            dir,
+            files,
+            receiver,
+            writing: HashMap::new(),
+            opens: 0,
+            reading: false,
+            opened_until: None,
+        };
+        let thread = thread::Builder::new()
+            .name("policy-watch".to_owned())
+            .spawn(move || run.run())?;
+        Ok(Self {
+            signals,
+            thread: Some(thread),
+        })
+    }
+
+    /// Rebuilds as soon as possible, even while a file is open for writing (SIGHUP).
+    pub fn reload_now(&self) {
+        let _ = self.signals.send(Signal::ReloadNow);
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.signals.send(Signal::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The `notify` side: what is watched, and re-watching when the directory is replaced.
+struct Files {
+    watcher: notify::RecommendedWatcher,
+    /// The policy directory, absolute but with symlinks kept (so a swap is seen).
+    dir: PathBuf,
+    /// Identity (device, inode) of the directory the recursive watch is on.
+    watched: Option<(u64, u64)>,
+    /// `None` without a fence (or once it stopped answering); the watcher then waits
+    /// [`WatchOptions::settle`] instead.
+    fence: Option<Fence>,
+}
+
+/// A private folder, watched with the policy directory; creating a file in it marks a
+/// point in the stream of events.
+struct Fence {
+    path: PathBuf,
+    /// Markers made so far; marker `n` is the file `n` in the folder. Unique names make
+    /// the marker unmistakable even when a second watch (on the temp directory, say)
+    /// reports the same creation again.
+    issued: u64,
+}
+
+impl Fence {
+    /// Makes and watches the folder; `None` (logged) where no temp directory is writable.
+    fn create(watcher: &mut notify::RecommendedWatcher) -> Option<Self> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("cedar-pdp-fence-{}-{n}", std::process::id()));
+        let made = std::fs::create_dir(&path)
+            .map_err(notify::Error::io)
+            .and_then(|()| watcher.watch(&path, RecursiveMode::NonRecursive));
+        match made {
+            Ok(()) => Some(Self { path, issued: 0 }),
+            Err(err) => {
+                let _ = std::fs::remove_dir(&path);
+                tracing::info!(
+                    error = %err,
+                    "no private folder to fence policy reads with; a reload waits a settle period instead"
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Fence {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+impl Files {
+    /// Watches the directory's parent, without recursion, for the directory's own entry
+    /// being replaced, removed or created.
+    fn watch_parent(&mut self) -> Result<(), WatchError> {
+        let Some(parent) = self.dir.parent() else {
+            return Ok(());
+        };
+        self.watcher
+            .watch(parent, RecursiveMode::NonRecursive)
+            .map_err(|source| WatchError::Watch {
+                path: parent.to_owned(),
+                source,
+            })
+    }
+
+    /// Puts the recursive watch on whatever directory the path names now, if that is not
+    /// the one already watched.
+    fn rewatch(&mut self) -> notify::Result<()> {
+        let now = identity(&self.dir);
+        if now.is_some() && now == self.watched {
+            return Ok(());
+        }
+        if self.watched.take().is_some() {
+            let _ = self.watcher.unwatch(&self.dir);
+        }
+        if now.is_some() {
+            self.watcher.watch(&self.dir, RecursiveMode::Recursive)?;
+            self.watched = now;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|_| (0, 0))
+}
+
+/// The watcher thread's state.
+struct Run {
+    store: Arc<PolicyStore>,
+    metrics: Metrics,
+    options: WatchOptions,
+    dir: PathBuf,
+    files: Option<Files>,
+    receiver: mpsc::Receiver<Signal>,
+    /// Files the loader reads that someone else has opened or written to and not closed
+    /// since: possible writers.
+    writing: HashMap<PathBuf, Writer>,
+    /// Opens of files the loader reads, by anyone (this watcher's reads included).
+    opens: usize,
+    /// Between the fences around this watcher's reads: opens then may be its own.
+    reading: bool,
+    /// Someone else opened a policy file while this watcher read: hold rebuilds until then.
+    opened_until: Option<Instant>,
+}
+
+/// A file that may be being written.
+#[derive(Debug, Clone, Copy)]
+struct Writer {
+    /// When it was opened, or last written to.
+    since: Instant,
+    /// Whether it has been written to (else it was only opened, perhaps only to be read).
+    wrote: bool,
+}
+
+/// How long an open by someone else holds rebuilds back when no write follows: a
+/// truncating open shows the file empty a moment before its event, and a mere reader
+/// never sends another event, so the hold has to end by itself.
+const OPEN_HOLD: Duration = Duration::from_millis(100);
+
+/// What one attempt at a rebuild came to.
+enum Attempt {
+    /// Served, found unchanged, or recorded as failed.
+    Done,
+    /// A file is open for writing: look again shortly.
+    Held,
+    /// The directory changed while it was read: try again after the next quiet period.
+    Changed,
+    /// The watcher is stopping.
+    Stop,
+}
+
+/// What waiting for a signal came to.
+enum Wait {
+    /// A change to the directory.
+    Change,
+    /// Rebuild now (SIGHUP).
+    ReloadNow,
+    /// Nothing relevant arrived before the deadline.
+    Timeout,
+    /// The watcher is stopping.
+    Stop,
+}
+
+/// A burst of changes waiting for its rebuild.
+struct Pending {
+    /// The burst's first change.
+    since: Instant,
+    /// Its latest change.
+    last_change: Instant,
+    /// Rebuild without waiting for quiet (SIGHUP).
+    immediate: bool,
+    /// Rebuild even while files are open for writing (SIGHUP).
+    forced: bool,
+    /// When files open for writing began holding the rebuild back, and whether that has
+    /// been logged.
+    held: Option<(Instant, bool)>,
+    /// While held: when to look again.
+    next_try: Option<Instant>,
+}
+
+impl Pending {
+    fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            last_change: now,
+            immediate: false,
+            forced: false,
+            held: None,
+            next_try: None,
+        }
+    }
+}
+
+impl Run {
+    fn run(mut self) {
+        let mut pending: Option<Pending> = None;
+        loop {
+            let deadline = pending.as_ref().map(|p| self.due(p));
+            match self.wait(deadline) {
+                Wait::Stop => return,
+                Wait::Change => {
+                    let now = Instant::now();
+                    pending.get_or_insert_with(|| Pending::new(now)).last_change = now;
+                }
+                Wait::ReloadNow => {
+                    let burst = pending.get_or_insert_with(|| Pending::new(Instant::now()));
+                    burst.immediate = true;
+                    burst.forced = true;
+                }
+                Wait::Timeout => {
+                    let Some(burst) = pending.as_mut() else {
+                        continue;
+                    };
+                    match self.attempt(burst.forced) {
+                        Attempt::Stop => return,
+                        Attempt::Done => pending = None,
+                        Attempt::Held => self.hold(burst),
+                        Attempt::Changed => {
+                            // Start over as a new burst, keeping only "ignore open files".
+                            let forced = burst.forced;
+                            *burst = Pending::new(Instant::now());
+                            burst.forced = forced;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// When the burst's rebuild is due: after quiet, but no later than `max_wait` after
+    /// its first change.
+    fn due(&self, burst: &Pending) -> Instant {
+        if let Some(next_try) = burst.next_try {
+            return next_try;
+        }
+        if burst.immediate {
+            return burst.since;
+        }
+        (burst.last_change + self.options.quiet).min(burst.since + self.options.max_wait)
+    }
+
+    /// Waits for the next relevant signal until `deadline` (forever if `None`).
+    fn wait(&mut self, deadline: Option<Instant>) -> Wait {
+        loop {
+            let signal = match deadline {
+                None => self
+                    .receiver
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                Some(deadline) => self
+                    .receiver
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now())),
+            };
+            match signal {
+                Ok(Signal::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Wait::Stop;
+                }
+                Ok(Signal::ReloadNow) => return Wait::ReloadNow,
+                Ok(Signal::Fs(event)) => {
+                    if self.note(event) {
+                        return Wait::Change;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => return Wait::Timeout,
+            }
+        }
+    }
+
+    /// Whether a file the loader reads may be open for writing. Writes left open longer
+    /// than [`WatchOptions::write_hold`] are taken as abandoned and stop counting; opens
+    /// with no write stop counting after [`OPEN_HOLD`].
+    fn writers_open(&mut self) -> bool {
+        let now = Instant::now();
+        let hold = self.options.write_hold;
+        self.writing.retain(|path, writer| {
+            let age = now.duration_since(writer.since);
+            if !writer.wrote {
+                return age < OPEN_HOLD;
+            }
+            let abandoned = age >= hold;
+            if abandoned {
+                tracing::warn!(
+                    file = %path.display(),
+                    hold_seconds = hold.as_secs_f64(),
+                    "a policy file was written to and left open; reloading without waiting for it"
+                );
+            }
+            !abandoned
+        });
+        !self.writing.is_empty() || self.opened_until.is_some_and(|until| now < until)
+    }
+
+    /// Puts the burst's rebuild off a little while files are open for writing (their
+    /// close is a change and brings it forward); a hold of over a second is logged once.
+    fn hold(&self, burst: &mut Pending) {
+        let now = Instant::now();
+        let (since, logged) = burst.held.get_or_insert((now, false));
+        if !*logged && now.duration_since(*since) >= Duration::from_secs(1) {
+            *logged = true;
+            let files: Vec<_> = self
+                .writing
+                .keys()
+                .map(|p| p.display().to_string())
+                .collect();
+            tracing::info!(?files, "reload waits for files still open for writing");
+        }
+        burst.next_try = Some(now + Duration::from_millis(20).min(self.options.quiet));
+    }
+
+    /// Takes in one `notify` event; `true` if it is a change that calls for a rebuild.
+    fn note(&mut self, event: notify::Result<notify::Event>) -> bool {
+        let event = match event {
+            Ok(event) => event,
+            Err(err) => {
+                tracing::warn!(error = %err, "the policy directory watch reported an error; rebuilding");
+                return true;
+            }
+        };
+        if event.need_rescan() {
+            // Events were lost: nothing is known about open files any more.
+            self.writing.clear();
+            return true;
+        }
+        let paths: Vec<&PathBuf> = event.paths.iter().filter(|p| self.concerns(p)).collect();
+        if paths.is_empty() && !event.paths.is_empty() {
+            return false;
+        }
+        match event.kind {
+            // Opening and reading (the loader's own reads among them) change nothing.
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                for path in paths {
+                    self.writing.remove(path);
+                }
+                true
+            }
+            EventKind::Access(AccessKind::Open(_)) => {
+                let now = Instant::now();
+                for path in paths
+                    .into_iter()
+                    .filter(|p| is_loaded_name(p) && !p.is_dir())
+                {
+                    self.opens += 1;
+                    if !self.reading {
+                        // Not this watcher's: a reader, or a writer about to truncate.
+                        self.writing.entry(path.clone()).or_insert(Writer {
+                            since: now,
+                            wrote: false,
+                        });
+                    }
+                }
+                false
+            }
+            EventKind::Access(_) => false,
+            EventKind::Modify(ModifyKind::Data(_)) => {
+                let now = Instant::now();
+                for path in paths.into_iter().filter(|p| is_loaded_name(p)) {
+                    self.writing.insert(
+                        path.clone(),
+                        Writer {
+                            since: now,
+                            wrote: true,
+                        },
+                    );
+                }
+                true
+            }
+            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+                for path in paths {
+                    self.writing.retain(|open, _| !open.starts_with(path));
+                }
+                true
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether a change at `path` can change the snapshot: anything inside the directory
+    /// (hidden entries too: a ConfigMap's `..data` swap) except the top-level `tests/`,
+    /// and the directory's own entry in its parent.
+    fn concerns(&self, path: &Path) -> bool {
+        let fence = self.files.as_ref().and_then(|f| f.fence.as_ref());
+        if fence.is_some_and(|fence| path.starts_with(&fence.path)) {
+            return false;
+        }
+        match path.strip_prefix(&self.dir) {
+            Ok(rel) => rel
+                .components()
+                .next()
+                .is_none_or(|first| first.as_os_str() != "tests"),
+            Err(_) => false,
+        }
+    }
+
+    /// Reads the directory, checks it held still, builds a snapshot and serves it.
+    fn attempt(&mut self, forced: bool) -> Attempt {
+        if let Some(files) = &mut self.files
+            && let Err(err) = files.rewatch()
+        {
+            tracing::warn!(dir = %self.dir.display(), error = %err, "cannot watch the policy directory; will try again on the next change");
+        }
+        // Take in every change made so far, so "open for writing" is up to date.
+        if self.fence().is_none() {
+            return Attempt::Stop;
+        }
+        if !forced && self.writers_open() {
+            return Attempt::Held;
+        }
+        let started = Instant::now();
+        let opens_before = self.opens;
+        self.reading = true;
+        let read = read_dir(self.store.dir());
+        // A write can make its data visible before its event is queued (a truncating
+        // open that blocks, say), so read a second time a little later and compare.
+        let settled = self.changed_until(Instant::now() + self.options.settle);
+        let again = (settled == Some(false)).then(|| read_dir(self.store.dir()));
+        // Fence even when already changed, so this watcher's own opens are all taken in
+        // while they are known to be its own.
+        let fenced = self.fence();
+        self.reading = false;
+        match (settled, fenced) {
+            (None, _) | (_, None) => return Attempt::Stop,
+            (Some(true), _) | (_, Some(true)) => return self.changed(),
+            (Some(false), Some(false)) => {}
+        }
+        let Some(again) = again else {
+            return self.changed();
+        };
+        // Every open of a policy file while reading that was not one of ours may have
+        // been a writer's, whose truncation the reads saw before its event.
+        let ours = [&read, &again]
+            .iter()
+            .map(|r| r.as_ref().map_or(0, |r| r.files()))
+            .sum::<usize>();
+        if self.opens - opens_before > ours {
+            self.opened_until = Some(Instant::now() + OPEN_HOLD);
+            return self.changed();
+        }
+        let built = match (read, again) {
+            (Ok(read), Ok(again)) if again.version() != read.version() => return self.changed(),
+            (Ok(read), _) => build(read, self.store.options()),
+            (Err(err), _) => Err(err),
+        };
+        match built {
+            Ok(Loaded { snapshot, warnings }) => {
+                for warning in &warnings {
+                    tracing::warn!(location = %warning.location, "{}", warning.message);
+                }
+                let policy_count = snapshot.policy_count();
+                let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+                match self.store.install(snapshot) {
+                    ReloadOutcome::Swapped {
+                        old_version,
+                        new_version,
+                    } => {
+                        self.metrics.serving(&self.store.current());
+                        tracing::info!(
+                            old_version,
+                            new_version,
+                            policy_count,
+                            elapsed_ms,
+                            "policies reloaded"
+                        );
+                    }
+                    ReloadOutcome::Unchanged => {
+                        tracing::debug!(elapsed_ms, "policy directory rebuilt; content unchanged");
+                    }
+                }
+                self.metrics.reloaded(ReloadResult::Success);
+            }
+            Err(err) => {
+                self.store.fail(&err);
+                self.metrics.reloaded(ReloadResult::Failure);
+                log_failure(&err, self.store.current().version());
+            }
+        }
+        Attempt::Done
+    }
+
+    fn changed(&self) -> Attempt {
+        tracing::debug!("the policy directory changed while it was read; trying again");
+        Attempt::Changed
+    }
+
+    /// Takes in every event queued before now: `Some(true)` if one was a change, `None`
+    /// if the watcher is stopping. With a fence this is exact (see the module docs);
+    /// without, it waits [`WatchOptions::settle`]. A SIGHUP meanwhile is answered by the
+    /// rebuild under way.
+    fn fence(&mut self) -> Option<bool> {
+        let Some(fence) = self.files.as_mut().and_then(|f| f.fence.as_mut()) else {
+            return self.changed_until(Instant::now() + self.options.settle);
+        };
+        fence.issued += 1;
+        let marker = fence.path.join(fence.issued.to_string());
+        if let Err(err) = std::fs::File::create(&marker) {
+            return self.fence_lost(&err.to_string());
+        }
+        // Its removal is an event too, but not one anybody waits for.
+        let _ = std::fs::remove_file(&marker);
+        let deadline = Instant::now() + FENCE_TIMEOUT;
+        let mut changed = false;
+        loop {
+            let signal = self
+                .receiver
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()));
+            match signal {
+                Ok(Signal::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                Ok(Signal::ReloadNow) => {}
+                Ok(Signal::Fs(Ok(event)))
+                    if matches!(event.kind, EventKind::Create(_))
+                        && event.paths.contains(&marker) =>
+                {
+                    return Some(changed);
+                }
+                Ok(Signal::Fs(event)) => changed |= self.note(event),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return self.fence_lost("its event did not come back in time");
+                }
+            }
+        }
+    }
+
+    /// The fence cannot be used any more: fall back to waiting a settle period, and count
+    /// this read as changed, since it was not checked.
+    fn fence_lost(&mut self, why: &str) -> Option<bool> {
+        if let Some(fence) = self.files.as_mut().and_then(|f| f.fence.take()) {
+            tracing::warn!(fence = %fence.path.display(), why, "cannot fence policy reads any more; a reload waits a settle period instead");
+        }
+        self.changed_until(Instant::now() + self.options.settle)
+            .map(|_| true)
+    }
+
+    /// Takes in signals until `deadline`: `Some(true)` if a change arrived, `None` if the
+    /// watcher is stopping.
+    fn changed_until(&mut self, deadline: Instant) -> Option<bool> {
+        let mut changed = false;
+        loop {
+            match self.wait(Some(deadline)) {
+                Wait::Stop => return None,
+                Wait::Change => changed = true,
+                Wait::ReloadNow => {}
+                Wait::Timeout => return Some(changed),
+            }
+        }
+    }
+}
+
+/// How long a fence's event may take to come back before the fence is given up.
+const FENCE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Logs every problem of a failed rebuild with its file and line.
+fn log_failure(err: &LoadError, serving: &str) {
+    match err {
+        LoadError::Invalid(problems) => {
+            for problem in problems {
+                tracing::error!(
+                    location = %problem.location,
+                    serving_version = serving,
+                    "policy reload refused: {}",
+                    problem.message
+                );
+            }
+        }
+        LoadError::Directory { .. } => {
+            tracing::error!(serving_version = serving, "policy reload failed: {err}");
+        }
+    }
+}
+
+/// Whether the loader reads files with this name (so a write to it must finish first).
+fn is_loaded_name(path: &Path) -> bool {
+    path.file_name().is_some_and(|name| {
+        let name = name.to_string_lossy();
+        name.ends_with(".cedar")
+            || name.ends_with(".cedarschema")
+            || name.ends_with(".cedarschema.json")
+            || name == "entities.json"
+    })
+}

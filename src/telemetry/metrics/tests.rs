@@ -1,0 +1,101 @@
+use super::*;
+use crate::policy::{LoadOptions, load_dir};
+
+fn example() -> Snapshot {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+    load_dir(dir.as_ref(), &LoadOptions::default())
+        .expect("the example policies load")
+        .snapshot
+}
+
+/// The value of the series whose line starts with `series ` in `text`.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().expect("a number"))
+}
+
+#[test]
+fn every_reload_series_exists_with_help_text_before_anything_happens() {
+    let text = Metrics::new().render();
+    for name in [
+        POLICY_RELOADS,
+        POLICY_LAST_RELOAD_SUCCESS,
+        POLICY_LAST_RELOAD_SUCCESSFUL,
+        POLICIES_LOADED,
+        ENTITIES_LOADED,
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}:\n{text}"
+        );
+    }
+    assert_eq!(
+        value(&text, &format!("{POLICY_RELOADS}{{result=\"success\"}}")),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&text, &format!("{POLICY_RELOADS}{{result=\"failure\"}}")),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn reloads_count_by_result_and_the_last_result_is_a_gauge() {
+    let metrics = Metrics::new();
+    metrics.reloaded(ReloadResult::Failure);
+    metrics.reloaded(ReloadResult::Failure);
+    let text = metrics.render();
+    assert_eq!(
+        value(&text, &format!("{POLICY_RELOADS}{{result=\"failure\"}}")),
+        Some(2.0)
+    );
+    assert_eq!(value(&text, POLICY_LAST_RELOAD_SUCCESSFUL), Some(0.0));
+
+    metrics.reloaded(ReloadResult::Success);
+    let text = metrics.render();
+    assert_eq!(
+        value(&text, &format!("{POLICY_RELOADS}{{result=\"success\"}}")),
+        Some(1.0)
+    );
+    assert_eq!(value(&text, POLICY_LAST_RELOAD_SUCCESSFUL), Some(1.0));
+    assert!(value(&text, POLICY_LAST_RELOAD_SUCCESS).unwrap() > 1.7e9);
+}
+
+#[test]
+fn policy_info_marks_only_the_serving_version() {
+    let metrics = Metrics::new();
+    let snapshot = example();
+    metrics.started(&snapshot);
+    let text = metrics.render();
+    let serving = format!("{POLICY_INFO}{{version=\"{}\"}}", snapshot.version());
+    assert_eq!(value(&text, &serving), Some(1.0));
+    assert_eq!(
+        value(&text, POLICIES_LOADED),
+        Some(snapshot.policy_count() as f64)
+    );
+    assert_eq!(
+        value(&text, ENTITIES_LOADED),
+        Some(snapshot.entity_count() as f64)
+    );
+    assert_eq!(
+        value(&text, POLICY_LAST_RELOAD_SUCCESS),
+        Some(unix_seconds(snapshot.loaded_at()))
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.cedar"),
+        "permit(principal, action, resource);",
+    )
+    .unwrap();
+    let next = load_dir(dir.path(), &LoadOptions::default())
+        .unwrap()
+        .snapshot;
+    metrics.serving(&next);
+    let text = metrics.render();
+    assert_eq!(value(&text, &serving), Some(0.0));
+    let now = format!("{POLICY_INFO}{{version=\"{}\"}}", next.version());
+    assert_eq!(value(&text, &now), Some(1.0));
+    assert_eq!(value(&text, POLICIES_LOADED), Some(1.0));
+}

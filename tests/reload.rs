@@ -1,0 +1,391 @@
+//! Hot reload as an operator sees it: real files, the real watcher, the real server. Every
+//! wait polls with a deadline; nothing sleeps to let the watcher "catch up".
+
+mod common;
+
+use std::{fs, io::Write as _, time::Duration};
+
+use cedar_pdp::{
+    policy::{LoadOptions, load_dir},
+    proto::cedarpdp::v1::{self as pb, authorizer_client::AuthorizerClient},
+};
+use common::*;
+use tonic::transport::Channel;
+
+/// How long a change may take to be served, as the issue promises.
+const FOLLOW: Duration = Duration::from_secs(1);
+/// A generous bound for waits that are not the point of the test.
+const LONG: Duration = Duration::from_secs(10);
+
+const ALICE_READS: &str =
+    "permit(principal == User::\"alice\", action == Action::\"read\", resource);\n";
+const ALICE_FORBIDDEN: &str =
+    "forbid(principal == User::\"alice\", action == Action::\"read\", resource);\n";
+
+fn read_by(user: &str) -> pb::IsAuthorizedRequest {
+    request(uid("User", user), uid("Action", "read"), uid("Doc", "d"))
+}
+
+async fn allowed(client: &mut AuthorizerClient<Channel>, user: &str) -> (bool, String) {
+    let response = client
+        .is_authorized(read_by(user))
+        .await
+        .expect("the call succeeds")
+        .into_inner();
+    (is_allow(&response), response.policy_version)
+}
+
+async fn info(client: &mut AuthorizerClient<Channel>) -> pb::PolicySetInfo {
+    client
+        .get_policy_set_info(pb::GetPolicySetInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner()
+}
+
+/// The version the server will report for a directory holding exactly `files`.
+fn version_of(files: &[(&str, &str)]) -> String {
+    let dir = policy_dir(files);
+    load_dir(dir.path(), &LoadOptions::default())
+        .expect("the expected content loads")
+        .snapshot
+        .version()
+        .to_owned()
+}
+
+fn reloads(text: &str, result: &str) -> f64 {
+    metric(
+        text,
+        &format!("cedar_pdp_policy_reloads_total{{result=\"{result}\"}}"),
+    )
+    .expect("the reload counter is exported")
+}
+
+#[tokio::test]
+async fn an_edit_that_flips_a_decision_is_served_within_a_second() {
+    let dir = policy_dir(&[("a.cedar", ALICE_READS)]);
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.client().await;
+    assert!(allowed(&mut client, "alice").await.0);
+
+    fs::write(dir.path().join("a.cedar"), ALICE_FORBIDDEN).unwrap();
+    let expected = version_of(&[("a.cedar", ALICE_FORBIDDEN)]);
+    let version = eventually(FOLLOW, "the edit to be served", || {
+        let mut client = client.clone();
+        async move {
+            let (allow, version) = allowed(&mut client, "alice").await;
+            (!allow).then_some(version)
+        }
+    })
+    .await;
+    assert_eq!(version, expected);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_edit_keeps_the_last_good_set_serving_and_says_why_until_fixed() {
+    let dir = policy_dir(&[("a.cedar", ALICE_READS)]);
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.client().await;
+    let good = info(&mut client).await;
+    assert!(good.last_reload_error.is_empty());
+    assert_eq!(reloads(&server.metrics_text().await, "failure"), 0.0);
+
+    // A syntax error on line 2 of a new file.
+    fs::write(
+        dir.path().join("team.cedar"),
+        "// team rules\nforbid(principal, action resource);\n",
+    )
+    .unwrap();
+    let failed = eventually(LONG, "the failed reload to be reported", || {
+        let mut client = client.clone();
+        async move { Some(info(&mut client).await).filter(|i| !i.last_reload_error.is_empty()) }
+    })
+    .await;
+    assert!(
+        failed.last_reload_error.contains("team.cedar:2"),
+        "the error names file and line: {}",
+        failed.last_reload_error
+    );
+    assert!(failed.last_reload_error_at.is_some());
+    assert_eq!(failed.policy_version, good.policy_version);
+    assert_eq!(failed.loaded_at, good.loaded_at);
+    let (allow, version) = allowed(&mut client, "alice").await;
+    assert!(allow, "the last good set still decides");
+    assert_eq!(version, good.policy_version);
+    let text = server.metrics_text().await;
+    assert!(reloads(&text, "failure") >= 1.0, "{text}");
+    assert_eq!(
+        metric(&text, "cedar_pdp_policy_last_reload_successful"),
+        Some(0.0)
+    );
+
+    // Fixing the file recovers without a restart.
+    fs::write(
+        dir.path().join("team.cedar"),
+        "// team rules\nforbid(principal, action, resource);\n",
+    )
+    .unwrap();
+    let fixed = eventually(LONG, "the fixed set to be served", || {
+        let mut client = client.clone();
+        let good = good.policy_version.clone();
+        async move { Some(info(&mut client).await).filter(|i| i.policy_version != good) }
+    })
+    .await;
+    assert!(fixed.last_reload_error.is_empty());
+    assert!(fixed.last_reload_error_at.is_none());
+    assert!(!allowed(&mut client, "alice").await.0);
+    let text = server.metrics_text().await;
+    assert!(reloads(&text, "success") >= 1.0, "{text}");
+    assert_eq!(
+        metric(&text, "cedar_pdp_policy_last_reload_successful"),
+        Some(1.0)
+    );
+    let info_series = format!(
+        "cedar_pdp_policy_info{{version=\"{}\"}}",
+        fixed.policy_version
+    );
+    assert_eq!(metric(&text, &info_series), Some(1.0));
+    let old_series = format!(
+        "cedar_pdp_policy_info{{version=\"{}\"}}",
+        good.policy_version
+    );
+    assert_eq!(metric(&text, &old_series), Some(0.0));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_touch_that_changes_no_content_keeps_the_version() {
+    let dir = policy_dir(&[("a.cedar", ALICE_READS)]);
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.client().await;
+    let before = info(&mut client).await;
+    let successes = reloads(&server.metrics_text().await, "success");
+
+    let file = fs::File::options()
+        .append(true)
+        .open(dir.path().join("a.cedar"))
+        .unwrap();
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(60))
+        .unwrap();
+    drop(file);
+    eventually(LONG, "the touch to cause a rebuild", || async {
+        (reloads(&server.metrics_text().await, "success") > successes).then_some(())
+    })
+    .await;
+    let after = info(&mut client).await;
+    assert_eq!(after.policy_version, before.policy_version);
+    assert_eq!(after.loaded_at, before.loaded_at, "the snapshot was kept");
+    server.stop().await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_configmap_data_swap_flips_a_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    configmap(dir.path(), "2026_11_23_1", &[("a.cedar", ALICE_READS)]);
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.client().await;
+    assert!(allowed(&mut client, "alice").await.0);
+
+    configmap(dir.path(), "2026_11_23_2", &[("a.cedar", ALICE_FORBIDDEN)]);
+    let expected = version_of(&[("a.cedar", ALICE_FORBIDDEN)]);
+    let version = eventually(FOLLOW, "the swapped ConfigMap to be served", || {
+        let mut client = client.clone();
+        async move {
+            let (allow, version) = allowed(&mut client, "alice").await;
+            (!allow).then_some(version)
+        }
+    })
+    .await;
+    assert_eq!(version, expected);
+    assert!(info(&mut client).await.last_reload_error.is_empty());
+    server.stop().await;
+}
+
+/// git-sync publishes each revision as a new folder and swaps one symlink to it; the
+/// server is pointed at the symlink, so the swap happens in the folder above.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_policy_path_that_is_a_swapped_symlink_is_followed_and_watched_anew() {
+    use std::os::unix::fs::symlink;
+    let root = tempfile::tempdir().unwrap();
+    let publish = |rev: &str, text: &str| {
+        let folder = root.path().join(rev);
+        fs::create_dir(&folder).unwrap();
+        fs::write(folder.join("a.cedar"), text).unwrap();
+        let tmp = root.path().join("current.tmp");
+        symlink(rev, &tmp).unwrap();
+        fs::rename(&tmp, root.path().join("current")).unwrap();
+    };
+    publish("rev1", ALICE_READS);
+    let current = root.path().join("current");
+    let server = TestServer::start(&current).await;
+    let mut client = server.client().await;
+    assert!(allowed(&mut client, "alice").await.0);
+
+    publish("rev2", ALICE_FORBIDDEN);
+    eventually(LONG, "the new revision to be served", || {
+        let mut client = client.clone();
+        async move { (!allowed(&mut client, "alice").await.0).then_some(()) }
+    })
+    .await;
+
+    // The watch moved to the new revision: an edit inside it is followed too.
+    fs::write(root.path().join("rev2/a.cedar"), ALICE_READS).unwrap();
+    eventually(LONG, "an edit inside the new revision to be served", || {
+        let mut client = client.clone();
+        async move { allowed(&mut client, "alice").await.0.then_some(()) }
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_directory_that_disappears_keeps_serving_and_recovers_when_it_returns() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("policies");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("a.cedar"), ALICE_READS).unwrap();
+    let server = TestServer::start(&dir).await;
+    let mut client = server.client().await;
+    let good = info(&mut client).await;
+
+    fs::rename(&dir, root.path().join("elsewhere")).unwrap();
+    let failed = eventually(LONG, "the missing directory to be reported", || {
+        let mut client = client.clone();
+        async move { Some(info(&mut client).await).filter(|i| !i.last_reload_error.is_empty()) }
+    })
+    .await;
+    assert!(
+        failed.last_reload_error.contains("policies"),
+        "{}",
+        failed.last_reload_error
+    );
+    assert_eq!(failed.policy_version, good.policy_version);
+    assert!(allowed(&mut client, "alice").await.0, "still serving");
+
+    fs::rename(root.path().join("elsewhere"), &dir).unwrap();
+    eventually(LONG, "the returned directory to clear the error", || {
+        let mut client = client.clone();
+        async move {
+            info(&mut client)
+                .await
+                .last_reload_error
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+    // And it is watched again.
+    fs::write(dir.join("a.cedar"), ALICE_FORBIDDEN).unwrap();
+    eventually(LONG, "an edit after the return to be served", || {
+        let mut client = client.clone();
+        async move { (!allowed(&mut client, "alice").await.0).then_some(()) }
+    })
+    .await;
+    server.stop().await;
+}
+
+/// A file written in two chunks with a pause longer than the debounce: the first chunk is
+/// valid Cedar on its own and would allow bob, so serving it would show.
+#[tokio::test]
+async fn a_half_written_file_is_never_served() {
+    const FIRST: &str = "permit(principal, action, resource);\n";
+    const SECOND: &str = "forbid(principal == User::\"bob\", action, resource);\n";
+    let dir = policy_dir(&[("a.cedar", ALICE_READS)]);
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.client().await;
+    let initial = info(&mut client).await.policy_version;
+    let whole = format!("{FIRST}{SECOND}");
+    let complete = version_of(&[("a.cedar", &whole)]);
+
+    // Watch bob's decision the whole time, from another task.
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut watcher_client = client.clone();
+    let observer = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        loop {
+            let (allow, version) = allowed(&mut watcher_client, "bob").await;
+            seen.push((allow, version));
+            if stopped.try_recv().is_ok() {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+
+    let path = dir.path().join("a.cedar");
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut file = fs::File::create(&path).unwrap();
+        file.write_all(FIRST.as_bytes()).unwrap();
+        file.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        file.write_all(SECOND.as_bytes()).unwrap();
+    });
+    writer.await.unwrap();
+    eventually(LONG, "the complete file to be served", || {
+        let mut client = client.clone();
+        let complete = complete.clone();
+        async move { (info(&mut client).await.policy_version == complete).then_some(()) }
+    })
+    .await;
+    stop.send(()).unwrap();
+    let seen = observer.await.unwrap();
+    assert!(
+        seen.len() > 20,
+        "the observer kept asking ({} answers)",
+        seen.len()
+    );
+    for (allow, version) in &seen {
+        assert!(
+            !allow,
+            "bob was allowed by version {version}: the half file was served"
+        );
+        assert!(
+            *version == initial || *version == complete,
+            "served version {version} is neither the old nor the complete file"
+        );
+    }
+    assert!(info(&mut client).await.last_reload_error.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn with_watching_off_the_files_are_read_only_on_request() {
+    let dir = policy_dir(&[("a.cedar", ALICE_READS)]);
+    let config = cedar_pdp::Config {
+        policies: dir.path().to_owned(),
+        ..cedar_pdp::Config::default()
+    };
+    let watch = cedar_pdp::policy::WatchOptions {
+        watch_files: false,
+        ..Default::default()
+    };
+    let server = TestServer::start_watching(config, watch).await;
+    let client = server.client().await;
+    fs::write(dir.path().join("a.cedar"), ALICE_FORBIDDEN).unwrap();
+    server.watcher.as_ref().unwrap().reload_now();
+    eventually(LONG, "the requested reload to be served", || {
+        let mut client = client.clone();
+        async move { (!allowed(&mut client, "alice").await.0).then_some(()) }
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_metrics_endpoint_serves_only_metrics() {
+    let dir = policy_dir(&[("a.cedar", ALICE_READS)]);
+    let server = TestServer::start(dir.path()).await;
+    let (status, body) = http_get(server.metrics_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("# HELP cedar_pdp_policy_reloads_total"),
+        "{body}"
+    );
+    assert_eq!(metric(&body, "cedar_pdp_policies_loaded"), Some(1.0));
+    let (status, _) = http_get(server.metrics_addr, "/").await;
+    assert_eq!(status, 404);
+    server.stop().await;
+}
