@@ -1,5 +1,6 @@
 //! The `cedar-pdp` binary as an operator runs it: exit codes, error messages on stderr,
-//! start-up on an ephemeral port and a clean exit on SIGTERM.
+//! start-up on an ephemeral port, a clean exit on SIGTERM, reloads (on SIGHUP and on file
+//! changes) and what they show on the Prometheus `/metrics` endpoint.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -255,6 +256,20 @@ fn lines_of(stream: impl Read + Send + 'static) -> mpsc::Receiver<String> {
 
 /// Waits for the JSON log line announcing the listening address.
 fn listening_addr(lines: &mpsc::Receiver<String>, seen: &mut Vec<String>) -> SocketAddr {
+    socket_addr(&listening_line(lines, seen), "addr")
+}
+
+/// The socket address in `field` of a JSON log line.
+fn socket_addr(line: &serde_json::Value, field: &str) -> SocketAddr {
+    let addr = line[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {field} field in {line}"));
+    addr.parse()
+        .unwrap_or_else(|e| panic!("{field} {addr:?} is not a socket address: {e}"))
+}
+
+/// Waits for the JSON log line that says `listening` and returns it, parsed.
+fn listening_line(lines: &mpsc::Receiver<String>, seen: &mut Vec<String>) -> serde_json::Value {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -272,12 +287,7 @@ fn listening_addr(lines: &mpsc::Receiver<String>, seen: &mut Vec<String>) -> Soc
             panic!("a log line that is not JSON under --log-format json: {line}");
         };
         if json["message"] == "listening" {
-            let addr = json["addr"]
-                .as_str()
-                .unwrap_or_else(|| panic!("no addr field in {line}"));
-            return addr
-                .parse()
-                .unwrap_or_else(|e| panic!("addr {addr:?} is not a socket address: {e}"));
+            return json;
         }
     }
 }
@@ -380,4 +390,335 @@ fn sigterm_right_after_the_listening_line_still_exits_0() {
             "attempt {attempt}: SIGTERM just after the listening line gave {status:?}"
         );
     }
+}
+
+/// How often a test asks again while it waits for the server to catch up.
+#[cfg(unix)]
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// A `cedar-pdp serve` child on ephemeral ports that has logged `listening`, its stdout
+/// and stderr read continuously on threads, killed when dropped.
+#[cfg(unix)]
+struct Server {
+    child: KillOnDrop,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+    /// Every stdout line taken in so far.
+    seen: Vec<String>,
+    listening: serde_json::Value,
+}
+
+#[cfg(unix)]
+impl Server {
+    /// Starts `cedar-pdp serve` on `dir` with `flags` besides the ephemeral addresses and
+    /// JSON logs, and waits for its `listening` line.
+    fn start(dir: &Path, flags: &[&str]) -> Self {
+        let child = cedar_pdp()
+            .arg("serve")
+            .arg("--policies")
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .args(flags)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cedar-pdp");
+        let mut child = KillOnDrop(child);
+        let stdout = lines_of(child.0.stdout.take().unwrap());
+        let stderr = lines_of(child.0.stderr.take().unwrap());
+        let mut seen = Vec::new();
+        let listening = listening_line(&stdout, &mut seen);
+        Self {
+            child,
+            stdout,
+            stderr,
+            seen,
+            listening,
+        }
+    }
+
+    /// The address `/metrics` is served on, from the `listening` line.
+    fn metrics_addr(&self) -> SocketAddr {
+        socket_addr(&self.listening, "metrics_addr")
+    }
+
+    /// The policy version served at start-up, from the `listening` line.
+    fn first_version(&self) -> String {
+        let version = self.listening["policy_version"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no policy_version field in {}", self.listening));
+        assert!(
+            version.len() == 16 && version.bytes().all(|b| b.is_ascii_hexdigit()),
+            "policy_version {version:?} is not 16 hex digits"
+        );
+        version.to_owned()
+    }
+
+    /// Stdout and stderr so far, for a failure message.
+    fn output(&mut self) -> String {
+        self.seen.extend(self.stdout.try_iter());
+        let stderr: Vec<String> = self.stderr.try_iter().collect();
+        format!("stdout:\n{:#?}\nstderr:\n{stderr:#?}", self.seen)
+    }
+
+    /// Panics if the child has exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.0.try_wait().expect("poll child") {
+            panic!("cedar-pdp exited with {status:?}; {}", self.output());
+        }
+    }
+
+    /// Sends `signal` (a name `kill` knows, such as `HUP`) to the child.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.0.id().to_string();
+        let kill = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(kill.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// Polls `/metrics` until `ready` holds for its body and returns that body; panics
+    /// after [`DEADLINE`], or if the child exits meanwhile, saying it was waiting for `what`.
+    fn metrics_until(&mut self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            self.assert_running();
+            let (status, body) = http_get(self.metrics_addr(), "/metrics");
+            assert_eq!(status, 200, "GET /metrics answered {status}:\n{body}");
+            if ready(&body) {
+                return body;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "no {what} on /metrics within {DEADLINE:?}; last body:\n{body}\n{}",
+                    self.output()
+                );
+            }
+            thread::sleep(POLL_EVERY);
+        }
+    }
+
+    /// Waits for a stdout line for which `wanted` holds and returns it, parsed; panics
+    /// after [`DEADLINE`] saying it was waiting for `what`.
+    fn log_line_until(
+        &mut self,
+        what: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let parsed = |line: &String| serde_json::from_str::<serde_json::Value>(line).ok();
+        if let Some(json) = self.seen.iter().filter_map(parsed).find(|j| wanted(j)) {
+            return json;
+        }
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) => {
+                    let json = parsed(&line);
+                    self.seen.push(line);
+                    if let Some(json) = json.filter(|j| wanted(j)) {
+                        return json;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line with {what} within {DEADLINE:?}; {}",
+                    self.output()
+                ),
+            }
+        }
+    }
+
+    /// Sends SIGTERM and checks the child exits 0 within [`DEADLINE`].
+    fn stop(mut self) {
+        self.signal("TERM");
+        let status = wait_until(&mut self.child.0, Instant::now() + DEADLINE);
+        self.seen.extend(drain(&self.stdout));
+        let stderr = drain(&self.stderr);
+        let seen = &self.seen;
+        let status = status.unwrap_or_else(|| {
+            panic!(
+                "no exit within {DEADLINE:?} of SIGTERM; stdout:\n{seen:#?}\nstderr:\n{stderr:#?}"
+            )
+        });
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "exit status {status:?}; stdout:\n{seen:#?}\nstderr:\n{stderr:#?}"
+        );
+    }
+}
+
+/// Sends `GET path` over plain HTTP/1.1 to `addr` and returns the status code and body.
+#[cfg(unix)]
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, DEADLINE).expect("connect to /metrics");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.set_write_timeout(Some(DEADLINE)).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response to its end");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of headers in the response:\n{response}"));
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "a chunked response, which this client does not decode:\n{head}"
+    );
+    let status = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP/1.1 status line:\n{head}"));
+    (status, body.to_owned())
+}
+
+/// The value of `series` (its name and labels exactly as exposed) in a Prometheus text
+/// body, if the body has it.
+#[cfg(unix)]
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+}
+
+#[cfg(unix)]
+const RELOAD_SUCCESSES: &str = r#"cedar_pdp_policy_reloads_total{result="success"}"#;
+#[cfg(unix)]
+const RELOAD_FAILURES: &str = r#"cedar_pdp_policy_reloads_total{result="failure"}"#;
+#[cfg(unix)]
+const POLICIES_LOADED: &str = "cedar_pdp_policies_loaded";
+#[cfg(unix)]
+const LAST_RELOAD_SUCCESSFUL: &str = "cedar_pdp_policy_last_reload_successful";
+
+/// The `policy_info` series of `version`.
+#[cfg(unix)]
+fn policy_info(version: &str) -> String {
+    format!(r#"cedar_pdp_policy_info{{version="{version}"}}"#)
+}
+
+/// A policy directory holding `a.cedar` with one permit.
+#[cfg(unix)]
+fn one_policy_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "a.cedar",
+        "permit(principal, action, resource);\n",
+    );
+    dir
+}
+
+#[cfg(unix)]
+#[test]
+fn sighup_reloads_the_policy_directory_when_watching_is_off() {
+    let dir = one_policy_dir();
+    let mut server = Server::start(dir.path(), &["--watch", "false"]);
+    let first = server.first_version();
+    let (status, body) = http_get(server.metrics_addr(), "/metrics");
+    assert_eq!(status, 200, "GET /metrics answered {status}:\n{body}");
+    assert_eq!(sample(&body, POLICIES_LOADED), Some(1.0), "{body}");
+    assert_eq!(sample(&body, &policy_info(&first)), Some(1.0), "{body}");
+    assert_eq!(sample(&body, RELOAD_SUCCESSES), Some(0.0), "{body}");
+
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("a.cedar"))
+        .unwrap();
+    file.write_all(b"forbid(principal, action, resource);\n")
+        .unwrap();
+    drop(file);
+    server.signal("HUP");
+
+    let body = server.metrics_until("two policies after a successful reload", |body| {
+        sample(body, POLICIES_LOADED) == Some(2.0)
+            && sample(body, RELOAD_SUCCESSES).is_some_and(|n| n >= 1.0)
+    });
+    assert_eq!(
+        sample(&body, &policy_info(&first)),
+        Some(0.0),
+        "the replaced version reads 0:\n{body}"
+    );
+    assert_eq!(sample(&body, RELOAD_FAILURES), Some(0.0), "{body}");
+    assert_eq!(sample(&body, LAST_RELOAD_SUCCESSFUL), Some(1.0), "{body}");
+
+    server.log_line_until("\"reload requested\"", |json| {
+        json["message"] == "reload requested"
+    });
+    let reloaded = server.log_line_until("\"policies reloaded\"", |json| {
+        json["message"] == "policies reloaded"
+    });
+    assert_eq!(reloaded["old_version"], first.as_str(), "{reloaded}");
+    let new = reloaded["new_version"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no new_version in {reloaded}"));
+    assert_ne!(new, first, "{reloaded}");
+    assert_eq!(
+        sample(&body, &policy_info(new)),
+        Some(1.0),
+        "the new version reads 1:\n{body}"
+    );
+
+    server.stop();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_failed_reload_in_the_binary_shows_in_metrics_and_keeps_serving() {
+    let dir = one_policy_dir();
+    let mut server = Server::start(dir.path(), &[]);
+    let first = server.first_version();
+
+    write(
+        dir.path(),
+        "bad.cedar",
+        "permit(principal, action resource);\n",
+    );
+    let body = server.metrics_until("a failed reload", |body| {
+        sample(body, RELOAD_FAILURES).is_some_and(|n| n >= 1.0)
+            && sample(body, LAST_RELOAD_SUCCESSFUL) == Some(0.0)
+    });
+    assert_eq!(
+        sample(&body, POLICIES_LOADED),
+        Some(1.0),
+        "the last good snapshot still serves:\n{body}"
+    );
+    assert_eq!(sample(&body, &policy_info(&first)), Some(1.0), "{body}");
+    let refused = server.log_line_until("a location in bad.cedar:1", |json| {
+        json["location"]
+            .as_str()
+            .is_some_and(|location| location.contains("bad.cedar:1"))
+    });
+    assert_eq!(refused["level"], "ERROR", "{refused}");
+    server.assert_running();
+    assert_speaks_http2(socket_addr(&server.listening, "addr"));
+
+    std::fs::remove_file(dir.path().join("bad.cedar")).unwrap();
+    let body = server.metrics_until("a successful reload after the fix", |body| {
+        sample(body, LAST_RELOAD_SUCCESSFUL) == Some(1.0)
+    });
+    assert!(
+        sample(&body, RELOAD_SUCCESSES).is_some_and(|n| n >= 1.0),
+        "{body}"
+    );
+    assert_eq!(sample(&body, POLICIES_LOADED), Some(1.0), "{body}");
+    server.assert_running();
+}
+
+#[cfg(unix)]
+#[test]
+fn metrics_endpoint_answers_404_elsewhere() {
+    let dir = one_policy_dir();
+    let server = Server::start(dir.path(), &[]);
+    let (status, body) = http_get(server.metrics_addr(), "/nope");
+    assert_eq!(status, 404, "GET /nope answered {status}:\n{body}");
 }

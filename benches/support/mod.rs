@@ -1,0 +1,148 @@
+//! What the benchmarks share: timing loops, quantiles, the table they print, and a real
+//! server on a loopback port.
+#![allow(dead_code)] // each benchmark uses a different part of it
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use cedar_pdp::{
+    Config, api,
+    policy::PolicyStore,
+    proto::cedarpdp::v1::{self as pb, authorizer_client::AuthorizerClient},
+    telemetry::Metrics,
+};
+use tonic::transport::Channel;
+
+/// The first number among the benchmark's arguments, else `default`.
+pub fn iterations_arg(default: usize) -> usize {
+    std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Times `iterations` calls of `f` after a tenth as many warm-up calls and returns the
+/// sorted per-call durations.
+pub fn measure(iterations: usize, mut f: impl FnMut()) -> Vec<Duration> {
+    for _ in 0..iterations / 10 {
+        f();
+    }
+    let mut samples: Vec<Duration> = (0..iterations)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .collect();
+    samples.sort_unstable();
+    samples
+}
+
+/// The `quantile` of sorted `samples`.
+pub fn at(samples: &[Duration], quantile: f64) -> Duration {
+    samples[((samples.len() - 1) as f64 * quantile) as usize]
+}
+
+/// Prints one row per case: p50 and p99 in µs, and p50 as a ratio of the first case's.
+pub fn print_table(results: &[(&str, Vec<Duration>)]) {
+    let base = at(&results[0].1, 0.5).as_secs_f64();
+    println!(
+        "{:<44} {:>10} {:>10} {:>8}",
+        "case", "p50 µs", "p99 µs", "x p50"
+    );
+    for (name, samples) in results {
+        let p50 = at(samples, 0.5);
+        println!(
+            "{:<44} {:>10.1} {:>10.1} {:>8.2}",
+            name,
+            p50.as_secs_f64() * 1e6,
+            at(samples, 0.99).as_secs_f64() * 1e6,
+            p50.as_secs_f64() / base
+        );
+    }
+}
+
+/// Serves `store` on a loopback port for the rest of the process; returns the address.
+pub fn serve(runtime: &tokio::runtime::Runtime, store: Arc<PolicyStore>) -> SocketAddr {
+    runtime.block_on(async {
+        let listeners = api::Listeners {
+            grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            metrics: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let addr = listeners.grpc.local_addr().unwrap();
+        let config = Config {
+            policies: store.dir().to_owned(),
+            ..Config::default()
+        };
+        tokio::spawn(async move {
+            api::serve(
+                &config,
+                store,
+                Metrics::new(),
+                listeners,
+                std::future::pending(),
+            )
+            .await
+        });
+        addr
+    })
+}
+
+/// A client connected to `addr`.
+pub fn client(runtime: &tokio::runtime::Runtime, addr: SocketAddr) -> AuthorizerClient<Channel> {
+    runtime.block_on(async {
+        AuthorizerClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connects to the benchmark server")
+    })
+}
+
+/// Times `iterations` IsAuthorized calls of `request` one after another (after a tenth
+/// as many warm-up calls), checking each answer is `allow`; sorted durations.
+pub fn grpc_samples(
+    runtime: &tokio::runtime::Runtime,
+    client: &mut AuthorizerClient<Channel>,
+    request: &pb::IsAuthorizedRequest,
+    allow: bool,
+    iterations: usize,
+) -> Vec<Duration> {
+    runtime.block_on(async {
+        let mut samples = Vec::with_capacity(iterations);
+        for i in 0..iterations + iterations / 10 {
+            let start = Instant::now();
+            let response = client
+                .is_authorized(request.clone())
+                .await
+                .expect("the call succeeds")
+                .into_inner();
+            let elapsed = start.elapsed();
+            assert_eq!(response.decision == pb::Decision::Allow as i32, allow);
+            if i >= iterations / 10 {
+                samples.push(elapsed);
+            }
+        }
+        samples.sort_unstable();
+        samples
+    })
+}
+
+/// A request naming `principal`, `action` and `resource` as `Type::"id"` pairs.
+pub fn request(
+    principal: (&str, &str),
+    action: (&str, &str),
+    resource: (&str, &str),
+) -> pb::IsAuthorizedRequest {
+    let uid = |(ty, id): (&str, &str)| pb::EntityUid {
+        r#type: ty.into(),
+        id: id.into(),
+    };
+    pb::IsAuthorizedRequest {
+        principal: Some(uid(principal)),
+        action: Some(uid(action)),
+        resource: Some(uid(resource)),
+        ..Default::default()
+    }
+}
