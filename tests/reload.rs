@@ -5,10 +5,7 @@ mod common;
 
 use std::{fs, io::Write as _, time::Duration};
 
-use cedar_pdp::{
-    policy::{LoadOptions, load_dir},
-    proto::cedarpdp::v1::{self as pb, authorizer_client::AuthorizerClient},
-};
+use cedar_pdp::proto::cedarpdp::v1::{self as pb, authorizer_client::AuthorizerClient};
 use common::*;
 use tonic::transport::Channel;
 
@@ -43,14 +40,35 @@ async fn info(client: &mut AuthorizerClient<Channel>) -> pb::PolicySetInfo {
         .into_inner()
 }
 
-/// The version the server will report for a directory holding exactly `files`.
-fn version_of(files: &[(&str, &str)]) -> String {
-    let dir = policy_dir(files);
-    load_dir(dir.path(), &LoadOptions::default())
-        .expect("the expected content loads")
-        .snapshot
-        .version()
-        .to_owned()
+/// Polls until alice's read is decided `allow`, within `within`; the version that did.
+async fn until_alice(
+    client: &AuthorizerClient<Channel>,
+    allow: bool,
+    within: Duration,
+    what: &str,
+) -> String {
+    eventually(within, what, || {
+        let mut client = client.clone();
+        async move {
+            let (allowed, version) = allowed(&mut client, "alice").await;
+            (allowed == allow).then_some(version)
+        }
+    })
+    .await
+}
+
+/// Polls `GetPolicySetInfo` until `accept` takes it, within [`LONG`].
+async fn until_info(
+    client: &AuthorizerClient<Channel>,
+    what: &str,
+    accept: impl Fn(&pb::PolicySetInfo) -> bool,
+) -> pb::PolicySetInfo {
+    let accept = &accept;
+    eventually(LONG, what, || {
+        let mut client = client.clone();
+        async move { Some(info(&mut client).await).filter(accept) }
+    })
+    .await
 }
 
 fn reloads(text: &str, result: &str) -> f64 {
@@ -70,14 +88,7 @@ async fn an_edit_that_flips_a_decision_is_served_within_a_second() {
 
     fs::write(dir.path().join("a.cedar"), ALICE_FORBIDDEN).unwrap();
     let expected = version_of(&[("a.cedar", ALICE_FORBIDDEN)]);
-    let version = eventually(FOLLOW, "the edit to be served", || {
-        let mut client = client.clone();
-        async move {
-            let (allow, version) = allowed(&mut client, "alice").await;
-            (!allow).then_some(version)
-        }
-    })
-    .await;
+    let version = until_alice(&client, false, FOLLOW, "the edit to be served").await;
     assert_eq!(version, expected);
     server.stop().await;
 }
@@ -97,9 +108,8 @@ async fn an_invalid_edit_keeps_the_last_good_set_serving_and_says_why_until_fixe
         "// team rules\nforbid(principal, action resource);\n",
     )
     .unwrap();
-    let failed = eventually(LONG, "the failed reload to be reported", || {
-        let mut client = client.clone();
-        async move { Some(info(&mut client).await).filter(|i| !i.last_reload_error.is_empty()) }
+    let failed = until_info(&client, "the failed reload to be reported", |i| {
+        !i.last_reload_error.is_empty()
     })
     .await;
     assert!(
@@ -126,10 +136,8 @@ async fn an_invalid_edit_keeps_the_last_good_set_serving_and_says_why_until_fixe
         "// team rules\nforbid(principal, action, resource);\n",
     )
     .unwrap();
-    let fixed = eventually(LONG, "the fixed set to be served", || {
-        let mut client = client.clone();
-        let good = good.policy_version.clone();
-        async move { Some(info(&mut client).await).filter(|i| i.policy_version != good) }
+    let fixed = until_info(&client, "the fixed set to be served", |i| {
+        i.policy_version != good.policy_version
     })
     .await;
     assert!(fixed.last_reload_error.is_empty());
@@ -190,14 +198,7 @@ async fn a_configmap_data_swap_flips_a_decision() {
 
     configmap(dir.path(), "2026_11_23_2", &[("a.cedar", ALICE_FORBIDDEN)]);
     let expected = version_of(&[("a.cedar", ALICE_FORBIDDEN)]);
-    let version = eventually(FOLLOW, "the swapped ConfigMap to be served", || {
-        let mut client = client.clone();
-        async move {
-            let (allow, version) = allowed(&mut client, "alice").await;
-            (!allow).then_some(version)
-        }
-    })
-    .await;
+    let version = until_alice(&client, false, FOLLOW, "the swapped ConfigMap to be served").await;
     assert_eq!(version, expected);
     assert!(info(&mut client).await.last_reload_error.is_empty());
     server.stop().await;
@@ -225,18 +226,16 @@ async fn a_policy_path_that_is_a_swapped_symlink_is_followed_and_watched_anew() 
     assert!(allowed(&mut client, "alice").await.0);
 
     publish("rev2", ALICE_FORBIDDEN);
-    eventually(LONG, "the new revision to be served", || {
-        let mut client = client.clone();
-        async move { (!allowed(&mut client, "alice").await.0).then_some(()) }
-    })
-    .await;
+    until_alice(&client, false, LONG, "the new revision to be served").await;
 
     // The watch moved to the new revision: an edit inside it is followed too.
     fs::write(root.path().join("rev2/a.cedar"), ALICE_READS).unwrap();
-    eventually(LONG, "an edit inside the new revision to be served", || {
-        let mut client = client.clone();
-        async move { allowed(&mut client, "alice").await.0.then_some(()) }
-    })
+    until_alice(
+        &client,
+        true,
+        LONG,
+        "an edit inside the new revision to be served",
+    )
     .await;
     server.stop().await;
 }
@@ -252,9 +251,8 @@ async fn a_directory_that_disappears_keeps_serving_and_recovers_when_it_returns(
     let good = info(&mut client).await;
 
     fs::rename(&dir, root.path().join("elsewhere")).unwrap();
-    let failed = eventually(LONG, "the missing directory to be reported", || {
-        let mut client = client.clone();
-        async move { Some(info(&mut client).await).filter(|i| !i.last_reload_error.is_empty()) }
+    let failed = until_info(&client, "the missing directory to be reported", |i| {
+        !i.last_reload_error.is_empty()
     })
     .await;
     assert!(
@@ -266,23 +264,18 @@ async fn a_directory_that_disappears_keeps_serving_and_recovers_when_it_returns(
     assert!(allowed(&mut client, "alice").await.0, "still serving");
 
     fs::rename(root.path().join("elsewhere"), &dir).unwrap();
-    eventually(LONG, "the returned directory to clear the error", || {
-        let mut client = client.clone();
-        async move {
-            info(&mut client)
-                .await
-                .last_reload_error
-                .is_empty()
-                .then_some(())
-        }
+    until_info(&client, "the returned directory to clear the error", |i| {
+        i.last_reload_error.is_empty()
     })
     .await;
     // And it is watched again.
     fs::write(dir.join("a.cedar"), ALICE_FORBIDDEN).unwrap();
-    eventually(LONG, "an edit after the return to be served", || {
-        let mut client = client.clone();
-        async move { (!allowed(&mut client, "alice").await.0).then_some(()) }
-    })
+    until_alice(
+        &client,
+        false,
+        LONG,
+        "an edit after the return to be served",
+    )
     .await;
     server.stop().await;
 }
@@ -366,11 +359,7 @@ async fn with_watching_off_the_files_are_read_only_on_request() {
     let client = server.client().await;
     fs::write(dir.path().join("a.cedar"), ALICE_FORBIDDEN).unwrap();
     server.watcher.as_ref().unwrap().reload_now();
-    eventually(LONG, "the requested reload to be served", || {
-        let mut client = client.clone();
-        async move { (!allowed(&mut client, "alice").await.0).then_some(()) }
-    })
-    .await;
+    until_alice(&client, false, LONG, "the requested reload to be served").await;
     server.stop().await;
 }
 

@@ -20,10 +20,7 @@ use std::{
     time::Duration,
 };
 
-use cedar_pdp::{
-    policy::{LoadOptions, load_dir},
-    proto::cedarpdp::v1 as pb,
-};
+use cedar_pdp::proto::cedarpdp::v1 as pb;
 use common::*;
 
 const RUN_FOR: Duration = Duration::from_secs(10);
@@ -65,15 +62,6 @@ impl Variant {
     fn files(&self) -> Vec<(&str, &str)> {
         self.files.iter().map(|(n, t)| (*n, t.as_str())).collect()
     }
-}
-
-fn version_of(files: &[(&str, &str)]) -> String {
-    let dir = policy_dir(files);
-    load_dir(dir.path(), &LoadOptions::default())
-        .expect("the variant loads")
-        .snapshot
-        .version()
-        .to_owned()
 }
 
 fn read_by(user: &str) -> pb::IsAuthorizedRequest {

@@ -223,6 +223,16 @@ pub fn is_allow(response: &pb::IsAuthorizedResponse) -> bool {
     response.decision == pb::Decision::Allow as i32
 }
 
+/// The version the server reports for a directory holding exactly `files`.
+pub fn version_of(files: &[(&str, &str)]) -> String {
+    let dir = policy_dir(files);
+    cedar_pdp::policy::load_dir(dir.path(), &LoadOptions::default())
+        .expect("the expected content loads")
+        .snapshot
+        .version()
+        .to_owned()
+}
+
 /// Writes `files` (relative path → content) under a new temporary directory.
 pub fn policy_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
