@@ -38,10 +38,6 @@ struct ServeArgs {
     settings: Settings,
 }
 
-/// Worker threads get a larger stack than tokio's 2 MiB default: Cedar evaluates
-/// recursively, and the limits keep inputs well inside this.
-const WORKER_STACK_BYTES: usize = 8 * 1024 * 1024;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -79,7 +75,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_stack_size(WORKER_STACK_BYTES)
+        .thread_stack_size(cedar_pdp::policy::STACK_BYTES)
         .build()
         .expect("the tokio runtime starts");
     match runtime.block_on(run(config, Arc::new(store))) {
@@ -145,8 +141,12 @@ async fn run(config: Config, store: Arc<PolicyStore>) -> anyhow::Result<()> {
         metrics: metrics_listener,
     };
     api::serve(&config, store, metrics, listeners, shutdown).await?;
+    // Stop the SIGHUP loop first, so the watcher below is the last handle and stops now.
     #[cfg(unix)]
-    reloads.abort();
+    {
+        reloads.abort();
+        let _ = reloads.await;
+    }
     drop(watcher);
     tracing::info!("stopped");
     Ok(())

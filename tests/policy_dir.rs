@@ -10,7 +10,8 @@ use std::{
 };
 
 use cedar_pdp::policy::{
-    LoadError, LoadOptions, Loaded, PolicyStore, PolicyValidation, Problem, ReloadOutcome, load_dir,
+    LoadError, LoadOptions, Loaded, MAX_POLICY_NESTING, PolicyStore, PolicyValidation, Problem,
+    ReloadOutcome, load_dir,
 };
 use cedar_policy::PolicyId;
 #[cfg(unix)]
@@ -875,4 +876,29 @@ fn the_example_policy_directory_loads_under_strict() {
         .policy(&PolicyId::new("tenants/acme.0"))
         .unwrap();
     assert_eq!(acme0.effect(), cedar_policy::Effect::Forbid);
+}
+
+#[test]
+fn brackets_nested_past_the_limit_are_refused_with_the_line() {
+    let nested = |depth: usize| {
+        format!(
+            "// a comment with ((((( is not counted\npermit(principal, action, resource)\n  when {{ {}true{} && \"(((\" != \"\" }};\n",
+            "(".repeat(depth),
+            ")".repeat(depth)
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // `when {` is one level, so this nests exactly at the limit.
+    write(dir.path(), "ok.cedar", &nested(MAX_POLICY_NESTING - 1));
+    load(dir.path());
+
+    write(dir.path(), "deep.cedar", &nested(MAX_POLICY_NESTING));
+    let problems = problems(dir.path(), &options(PolicyValidation::Strict));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].location.to_string(), "deep.cedar:3");
+    assert!(
+        problems[0].message.contains("nest"),
+        "{}",
+        problems[0].message
+    );
 }

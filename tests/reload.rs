@@ -378,3 +378,148 @@ async fn the_metrics_endpoint_serves_only_metrics() {
     assert_eq!(status, 404);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_policy_file_that_cannot_be_read_is_a_reported_failure() {
+    let dir = policy_dir(&[("a.cedar", ALICE_READS)]);
+    let server = TestServer::start(dir.path()).await;
+    let client = server.client().await;
+    fs::write(dir.path().join("bad.cedar"), [0xff, 0xfe, b'\n']).unwrap();
+    let failed = until_info(&client, "the unreadable file to be reported", |i| {
+        !i.last_reload_error.is_empty()
+    })
+    .await;
+    assert!(
+        failed.last_reload_error.contains("bad.cedar")
+            && failed.last_reload_error.contains("cannot read"),
+        "{}",
+        failed.last_reload_error
+    );
+    fs::remove_file(dir.path().join("bad.cedar")).unwrap();
+    until_info(&client, "the error to clear", |i| {
+        i.last_reload_error.is_empty()
+    })
+    .await;
+    server.stop().await;
+}
+
+/// A nesting deep enough to exhaust a thread's stack in Cedar's parser is refused before
+/// Cedar sees it, so a reload cannot take the process down.
+#[tokio::test]
+async fn a_deeply_nested_policy_is_refused_without_harm() {
+    let dir = policy_dir(&[("a.cedar", ALICE_READS)]);
+    let server = TestServer::start(dir.path()).await;
+    let client = server.client().await;
+    let deep = format!(
+        "permit(principal, action, resource) when {{ {}true{} }};\n",
+        "(".repeat(5000),
+        ")".repeat(5000)
+    );
+    fs::write(dir.path().join("deep.cedar"), deep).unwrap();
+    let failed = until_info(&client, "the deep policy to be refused", |i| {
+        !i.last_reload_error.is_empty()
+    })
+    .await;
+    assert!(
+        failed.last_reload_error.contains("deep.cedar:1")
+            && failed.last_reload_error.contains("nest"),
+        "{}",
+        failed.last_reload_error
+    );
+    until_alice(&client, true, LONG, "the old set to keep serving").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_directory_moved_away_and_straight_back_is_still_followed() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("policies");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("a.cedar"), ALICE_READS).unwrap();
+    let server = TestServer::start(&dir).await;
+    let client = server.client().await;
+
+    fs::rename(&dir, root.path().join("x")).unwrap();
+    fs::rename(root.path().join("x"), &dir).unwrap();
+    // Let the watcher take in the moves (a rebuild confirms the content) before editing.
+    let text = server.metrics_text().await;
+    let successes = reloads(&text, "success");
+    fs::write(dir.join("other.cedar"), "// nothing yet\n").unwrap();
+    eventually(LONG, "a rebuild after the moves", || async {
+        (reloads(&server.metrics_text().await, "success") > successes).then_some(())
+    })
+    .await;
+    fs::write(dir.join("a.cedar"), ALICE_FORBIDDEN).unwrap();
+    until_alice(&client, false, LONG, "an edit after the moves to be served").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_directory_deleted_and_recreated_is_still_followed() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("policies");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("a.cedar"), ALICE_READS).unwrap();
+    let server = TestServer::start(&dir).await;
+    let client = server.client().await;
+
+    fs::remove_dir_all(&dir).unwrap();
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("a.cedar"), ALICE_FORBIDDEN).unwrap();
+    until_alice(&client, false, LONG, "the recreated directory to be served").await;
+    fs::write(dir.join("a.cedar"), ALICE_READS).unwrap();
+    until_alice(
+        &client,
+        true,
+        LONG,
+        "an edit in the recreated directory to be served",
+    )
+    .await;
+    server.stop().await;
+}
+
+/// The first load and the start of the watch are two steps; a change between them counts.
+#[tokio::test]
+async fn a_change_made_before_the_watch_started_is_picked_up() {
+    use cedar_pdp::policy::{LoadOptions, PolicyStore, WatchOptions, Watcher};
+    let dir = policy_dir(&[("a.cedar", ALICE_READS)]);
+    let (store, _) = PolicyStore::open(dir.path(), LoadOptions::default()).unwrap();
+    let store = std::sync::Arc::new(store);
+    fs::write(dir.path().join("a.cedar"), ALICE_FORBIDDEN).unwrap();
+    let expected = version_of(&[("a.cedar", ALICE_FORBIDDEN)]);
+    let watcher = Watcher::start(
+        store.clone(),
+        cedar_pdp::telemetry::Metrics::new(),
+        WatchOptions::default(),
+    )
+    .unwrap();
+    eventually(LONG, "the earlier change to be served", || {
+        let version = store.current().version().to_owned();
+        let expected = expected.clone();
+        async move { (version == expected).then_some(()) }
+    })
+    .await;
+    drop(watcher);
+}
+
+/// SIGHUP means "reload now": not after whoever holds a file open for writing closes it.
+#[tokio::test]
+async fn a_requested_reload_does_not_wait_for_a_file_held_open() {
+    let dir = policy_dir(&[("a.cedar", ALICE_READS)]);
+    let server = TestServer::start(dir.path()).await;
+    let client = server.client().await;
+    let mut held = fs::File::create(dir.path().join("a.cedar")).unwrap();
+    held.write_all(ALICE_FORBIDDEN.as_bytes()).unwrap();
+    held.flush().unwrap();
+    server.watcher.as_ref().unwrap().reload_now();
+    // Well inside the 10 s after which an idle open file stops holding reloads back.
+    until_alice(
+        &client,
+        false,
+        Duration::from_secs(5),
+        "the requested reload",
+    )
+    .await;
+    drop(held);
+    server.stop().await;
+}

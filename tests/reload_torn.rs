@@ -222,6 +222,26 @@ async fn torn_state_run(dir: PathBuf, churn: Churn) {
     let tally = hammer(&server, Arc::new(expected), stop).await;
     timer.await.unwrap();
     let rounds = writer.join().expect("the writer does not panic");
+    // Once the writing stops, the last variant written is served: no change was lost.
+    let last = version_of(&Variant::new(rounds % 2 == 1, two_files).files());
+    let client = server.client().await;
+    eventually(
+        Duration::from_secs(2),
+        "the last variant written to be served",
+        || {
+            let mut client = client.clone();
+            let last = last.clone();
+            async move {
+                let info = client
+                    .get_policy_set_info(pb::GetPolicySetInfoRequest {})
+                    .await
+                    .ok()?
+                    .into_inner();
+                (info.policy_version == last).then_some(())
+            }
+        },
+    )
+    .await;
     server.stop().await;
 
     assert!(

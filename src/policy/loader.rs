@@ -92,6 +92,8 @@ pub struct Sources {
     /// Files that could not be read.
     problems: Vec<Problem>,
     version: String,
+    /// Files opened, whether or not they could then be read.
+    opened: usize,
 }
 
 impl Sources {
@@ -100,9 +102,14 @@ impl Sources {
         &self.version
     }
 
-    /// How many files were read.
-    pub fn files(&self) -> usize {
-        self.sources.len()
+    /// Whether every file could be read (else [`build`] reports which could not).
+    pub fn complete(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// How many files were opened to read them (an unreadable one included).
+    pub fn opened(&self) -> usize {
+        self.opened
     }
 }
 
@@ -120,12 +127,14 @@ pub fn read_dir(dir: &Path) -> Result<Sources, LoadError> {
         });
     }
     let mut problems = Vec::new();
-    let sources = read_sources(dir, &mut problems);
+    let mut opened = 0;
+    let sources = read_sources(dir, &mut problems, &mut opened);
     let version = content_hash(&sources);
     Ok(Sources {
         sources,
         problems,
         version,
+        opened,
     })
 }
 
@@ -136,6 +145,7 @@ pub fn build(read: Sources, options: &LoadOptions) -> Result<Loaded, LoadError> 
         sources,
         mut problems,
         version,
+        opened: _,
     } = read;
     let mut warnings = Vec::new();
 
@@ -179,7 +189,7 @@ pub fn build(read: Sources, options: &LoadOptions) -> Result<Loaded, LoadError> 
 
 /// Walks the directory (following links, as a Kubernetes ConfigMap volume needs) and reads
 /// every file that belongs to a snapshot, in a stable order.
-fn read_sources(dir: &Path, problems: &mut Vec<Problem>) -> Vec<Source> {
+fn read_sources(dir: &Path, problems: &mut Vec<Problem>, opened: &mut usize) -> Vec<Source> {
     let walker = walkdir::WalkDir::new(dir)
         .follow_links(true)
         .sort_by_file_name()
@@ -223,7 +233,12 @@ fn read_sources(dir: &Path, problems: &mut Vec<Problem>) -> Vec<Source> {
             });
             continue;
         }
-        match fs::read_to_string(entry.path()) {
+        let read = fs::File::open(entry.path()).and_then(|mut file| {
+            *opened += 1;
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut file, &mut text).map(|_| text)
+        });
+        match read {
             Ok(text) => sources.push(Source { rel, kind, text }),
             Err(err) => problems.push(Problem {
                 location: Location::file(rel),
@@ -267,6 +282,52 @@ fn content_hash(sources: &[Source]) -> String {
         .collect()
 }
 
+/// Deepest nesting of `(`, `[` and `{` a policy file may have. Cedar parses and evaluates
+/// expressions recursively: a debug build overflows a 2 MiB thread stack somewhere
+/// between 32 and 40 levels, a release build past 100. Real policies stay far below.
+pub const MAX_POLICY_NESTING: usize = 32;
+
+/// The 1-based line where brackets first nest deeper than [`MAX_POLICY_NESTING`], if
+/// they do; string literals and `//` comments are skipped.
+fn too_deep(text: &str) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => line += 1,
+            '"' => {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        '\n' => line += 1,
+                        _ => {}
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'/') => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        line += 1;
+                        break;
+                    }
+                }
+            }
+            '(' | '[' | '{' => {
+                depth += 1;
+                if depth > MAX_POLICY_NESTING {
+                    return Some(line);
+                }
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// The policy set and, per policy id, the file it came from.
 struct Policies {
     set: PolicySet,
@@ -279,6 +340,20 @@ fn parse_policies(sources: &[Source], problems: &mut Vec<Problem>) -> Policies {
     let mut origin: HashMap<PolicyId, (usize, bool)> = HashMap::new();
     for (index, source) in sources.iter().enumerate() {
         if source.kind != Kind::Policies {
+            continue;
+        }
+        if let Some(line) = too_deep(&source.text) {
+            problems.push(Problem {
+                location: Location {
+                    file: source.rel.clone(),
+                    line: Some(line),
+                    column: None,
+                },
+                message: format!(
+                    "brackets nest deeper than {MAX_POLICY_NESTING}; \
+                     split the expression (deep nesting can exhaust the parser's stack)"
+                ),
+            });
             continue;
         }
         let parsed = match PolicySet::from_str(&source.text) {

@@ -17,12 +17,16 @@ mod store;
 mod watch;
 
 pub use error::{LoadError, Location, Problem};
-pub use loader::{LoadOptions, Loaded, Sources, build, load_dir, read_dir};
+pub use loader::{LoadOptions, Loaded, MAX_POLICY_NESTING, Sources, build, load_dir, read_dir};
 pub(crate) use loader::{describe, json_uid_and_parents};
 pub use shape::SchemaShape;
 pub use snapshot::Snapshot;
 pub use store::{PolicyStore, ReloadError, ReloadOutcome};
 pub use watch::{WatchError, WatchOptions, Watcher};
+
+/// Stack size for threads that parse or evaluate policies (tokio's workers, the watcher):
+/// Cedar recurses over expressions, and the limits keep inputs well inside this.
+pub const STACK_BYTES: usize = 8 * 1024 * 1024;
 
 /// What to do with policies that fail validation against the schema at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]

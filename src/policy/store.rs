@@ -109,6 +109,11 @@ impl PolicyStore {
         outcome
     }
 
+    /// Records a rebuild that found the serving content unchanged: clears the last error.
+    pub fn unchanged(&self) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// Remembers a failed rebuild (shown by `GetPolicySetInfo`) and keeps serving the
     /// last good snapshot.
     pub fn fail(&self, error: &LoadError) -> ReloadError {

@@ -116,7 +116,7 @@ impl Watcher {
         options: WatchOptions,
     ) -> Result<Self, WatchError> {
         let (signals, receiver) = mpsc::channel();
-        let dir = std::path::absolute(store.dir()).unwrap_or_else(|_| store.dir().to_owned());
+        let dir = watched_path(store.dir());
         let files = if options.watch_files {
             let events = signals.clone();
             let watcher = notify::recommended_watcher(move |event| {
@@ -131,10 +131,10 @@ impl Watcher {
                 watcher,
                 dir: dir.clone(),
                 watched: None,
+                parent_watched: false,
                 fence: None,
+                fence_logged: false,
             };
-            files.watch_parent()?;
-            files.fence = Fence::create(&mut files.watcher);
             files.rewatch().map_err(|source| WatchError::Watch {
                 path: dir.clone(),
                 source,
@@ -155,9 +155,11 @@ impl Watcher {
             opens: 0,
             reading: false,
             opened_until: None,
+            reload_requested: false,
         };
         let thread = thread::Builder::new()
             .name("policy-watch".to_owned())
+            .stack_size(super::STACK_BYTES)
             .spawn(move || run.run())?;
         Ok(Self {
             signals,
@@ -185,17 +187,23 @@ struct Files {
     watcher: notify::RecommendedWatcher,
     /// The policy directory, absolute but with symlinks kept (so a swap is seen).
     dir: PathBuf,
-    /// Identity (device, inode) of the directory the recursive watch is on.
+    /// Identity (device, inode) of the directory the recursive watch is on; `None` when
+    /// it must be (re)made at the next rebuild.
     watched: Option<(u64, u64)>,
-    /// `None` without a fence (or once it stopped answering); the watcher then waits
-    /// [`WatchOptions::settle`] instead.
+    /// Whether the directory's parent is watched (for swaps of the directory's entry).
+    parent_watched: bool,
+    /// `None` without a fence; the watcher then waits [`WatchOptions::settle`] instead,
+    /// and tries to make one again at the next rebuild.
     fence: Option<Fence>,
+    /// Whether a missing fence has been logged (once is enough).
+    fence_logged: bool,
 }
 
 /// A private folder, watched with the policy directory; creating a file in it marks a
 /// point in the stream of events.
 struct Fence {
-    path: PathBuf,
+    /// Removed with everything in it when the fence is dropped.
+    folder: tempfile::TempDir,
     /// Markers made so far; marker `n` is the file `n` in the folder. Unique names make
     /// the marker unmistakable even when a second watch (on the temp directory, say)
     /// reports the same creation again.
@@ -203,64 +211,82 @@ struct Fence {
 }
 
 impl Fence {
-    /// Makes and watches the folder; `None` (logged) where no temp directory is writable.
-    fn create(watcher: &mut notify::RecommendedWatcher) -> Option<Self> {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("cedar-pdp-fence-{}-{n}", std::process::id()));
-        let made = std::fs::create_dir(&path)
-            .map_err(notify::Error::io)
-            .and_then(|()| watcher.watch(&path, RecursiveMode::NonRecursive));
-        match made {
-            Ok(()) => Some(Self { path, issued: 0 }),
-            Err(err) => {
-                let _ = std::fs::remove_dir(&path);
-                tracing::info!(
-                    error = %err,
-                    "no private folder to fence policy reads with; a reload waits a settle period instead"
-                );
-                None
-            }
-        }
+    /// Makes a folder with a fresh random name in the temp directory and watches it.
+    fn create(watcher: &mut notify::RecommendedWatcher) -> notify::Result<Self> {
+        let temp = std::path::absolute(std::env::temp_dir()).map_err(notify::Error::io)?;
+        let folder = tempfile::Builder::new()
+            .prefix("cedar-pdp-fence-")
+            .tempdir_in(temp)
+            .map_err(notify::Error::io)?;
+        watcher.watch(folder.path(), RecursiveMode::NonRecursive)?;
+        Ok(Self { folder, issued: 0 })
     }
-}
 
-impl Drop for Fence {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+    fn path(&self) -> &Path {
+        self.folder.path()
     }
 }
 
 impl Files {
-    /// Watches the directory's parent, without recursion, for the directory's own entry
-    /// being replaced, removed or created.
-    fn watch_parent(&mut self) -> Result<(), WatchError> {
-        let Some(parent) = self.dir.parent() else {
-            return Ok(());
-        };
-        self.watcher
-            .watch(parent, RecursiveMode::NonRecursive)
-            .map_err(|source| WatchError::Watch {
-                path: parent.to_owned(),
-                source,
-            })
-    }
-
-    /// Puts the recursive watch on whatever directory the path names now, if that is not
-    /// the one already watched.
+    /// Puts the recursive watch on whatever directory the path names now, unless that is
+    /// the one already watched; also (re)makes the parent watch and the fence if missing.
+    /// Only failing to watch the directory itself is an error.
     fn rewatch(&mut self) -> notify::Result<()> {
+        if !self.parent_watched
+            && let Some(parent) = self.dir.parent()
+        {
+            match self.watcher.watch(parent, RecursiveMode::NonRecursive) {
+                Ok(()) => self.parent_watched = true,
+                Err(err) => tracing::debug!(
+                    parent = %parent.display(),
+                    error = %err,
+                    "cannot watch the policy directory's parent; a swap of the directory itself is seen at the next change inside it"
+                ),
+            }
+        }
+        if self.fence.is_none() {
+            match Fence::create(&mut self.watcher) {
+                Ok(fence) => self.fence = Some(fence),
+                Err(err) if !self.fence_logged => {
+                    self.fence_logged = true;
+                    tracing::info!(
+                        error = %err,
+                        "no private folder to fence policy reads with; a reload waits a settle period instead"
+                    );
+                }
+                Err(_) => {}
+            }
+        }
         let now = identity(&self.dir);
         if now.is_some() && now == self.watched {
             return Ok(());
         }
-        if self.watched.take().is_some() {
-            let _ = self.watcher.unwatch(&self.dir);
-        }
+        // notify keys watches by path: drop what is left of the old one, whatever it was.
+        let _ = self.watcher.unwatch(&self.dir);
+        self.watched = None;
         if now.is_some() {
             self.watcher.watch(&self.dir, RecursiveMode::Recursive)?;
             self.watched = now;
         }
         Ok(())
+    }
+
+    /// Makes the next rebuild watch everything again (events were lost, or the
+    /// directory's entry changed).
+    fn forget(&mut self) {
+        self.watched = None;
+        self.parent_watched = false;
+    }
+}
+
+/// The path to watch for `dir`: absolute, keeping a final symlink (its swap is the
+/// change), but resolved when it ends in `..` (whose "parent" would be wrong).
+fn watched_path(dir: &Path) -> PathBuf {
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+    if absolute.file_name().is_none() {
+        std::fs::canonicalize(&absolute).unwrap_or(absolute)
+    } else {
+        absolute
     }
 }
 
@@ -292,6 +318,8 @@ struct Run {
     reading: bool,
     /// Someone else opened a policy file while this watcher read: hold rebuilds until then.
     opened_until: Option<Instant>,
+    /// A SIGHUP arrived while a rebuild was under way; answer it with another.
+    reload_requested: bool,
 }
 
 /// A file that may be being written.
@@ -364,7 +392,8 @@ impl Pending {
 
 impl Run {
     fn run(mut self) {
-        let mut pending: Option<Pending> = None;
+        // The directory may have changed between the first load and the watch starting.
+        let mut pending = Some(Pending::new(Instant::now()));
         loop {
             let deadline = pending.as_ref().map(|p| self.due(p));
             match self.wait(deadline) {
@@ -387,11 +416,20 @@ impl Run {
                         Attempt::Done => pending = None,
                         Attempt::Held => self.hold(burst),
                         Attempt::Changed => {
-                            // Start over as a new burst, keeping only "ignore open files".
+                            // Start over as a new burst, keeping only "ignore open files",
+                            // a little later at random: two servers reading one directory
+                            // must not keep meeting.
                             let forced = burst.forced;
                             *burst = Pending::new(Instant::now());
                             burst.forced = forced;
+                            burst.last_change += jitter(self.options.quiet);
                         }
+                    }
+                    if std::mem::take(&mut self.reload_requested) {
+                        let burst = pending.get_or_insert_with(|| Pending::new(Instant::now()));
+                        burst.immediate = true;
+                        burst.forced = true;
+                        burst.next_try = None;
                     }
                 }
             }
@@ -475,7 +513,8 @@ impl Run {
                 .collect();
             tracing::info!(?files, "reload waits for files still open for writing");
         }
-        burst.next_try = Some(now + Duration::from_millis(20).min(self.options.quiet));
+        let pause = Duration::from_millis(20).min(self.options.quiet);
+        burst.next_try = Some(now + pause.max(Duration::from_millis(1)) + jitter(pause));
     }
 
     /// Takes in one `notify` event; `true` if it is a change that calls for a rebuild.
@@ -484,32 +523,41 @@ impl Run {
             Ok(event) => event,
             Err(err) => {
                 tracing::warn!(error = %err, "the policy directory watch reported an error; rebuilding");
+                self.forget();
                 return true;
             }
         };
         if event.need_rescan() {
-            // Events were lost: nothing is known about open files any more.
+            // Events were lost: nothing is known about open files or new folders.
             self.writing.clear();
+            self.forget();
             return true;
         }
         let paths: Vec<&PathBuf> = event.paths.iter().filter(|p| self.concerns(p)).collect();
         if paths.is_empty() && !event.paths.is_empty() {
             return false;
         }
+        if paths.iter().any(|p| **p == self.dir) && !matches!(event.kind, EventKind::Access(_)) {
+            // The directory's own entry changed (moved, removed, replaced): watch anew.
+            self.forget();
+        }
+        // Writes and closes matter only for files the loader reads; a log file or an
+        // editor's swap file next to the policies must not hold reloads back.
+        let loaded: Vec<&PathBuf> = paths
+            .iter()
+            .copied()
+            .filter(|p| is_loaded_name(p))
+            .collect();
         match event.kind {
-            // Opening and reading (the loader's own reads among them) change nothing.
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
-                for path in paths {
-                    self.writing.remove(path);
+                for path in &loaded {
+                    self.writing.remove(*path);
                 }
-                true
+                !loaded.is_empty()
             }
             EventKind::Access(AccessKind::Open(_)) => {
                 let now = Instant::now();
-                for path in paths
-                    .into_iter()
-                    .filter(|p| is_loaded_name(p) && !p.is_dir())
-                {
+                for path in loaded.into_iter().filter(|p| !p.is_dir()) {
                     self.opens += 1;
                     if !self.reading {
                         // Not this watcher's: a reader, or a writer about to truncate.
@@ -521,27 +569,37 @@ impl Run {
                 }
                 false
             }
+            // Other reads change nothing.
             EventKind::Access(_) => false,
             EventKind::Modify(ModifyKind::Data(_)) => {
                 let now = Instant::now();
-                for path in paths.into_iter().filter(|p| is_loaded_name(p)) {
+                for path in &loaded {
                     self.writing.insert(
-                        path.clone(),
+                        (*path).clone(),
                         Writer {
                             since: now,
                             wrote: true,
                         },
                     );
                 }
-                true
+                !loaded.is_empty()
             }
+            EventKind::Modify(ModifyKind::Metadata(_)) => !loaded.is_empty(),
             EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
                 for path in paths {
                     self.writing.retain(|open, _| !open.starts_with(path));
                 }
                 true
             }
+            // Creations, renames and anything unknown: entries came or went.
             _ => true,
+        }
+    }
+
+    /// See [`Files::forget`].
+    fn forget(&mut self) {
+        if let Some(files) = &mut self.files {
+            files.forget();
         }
     }
 
@@ -550,7 +608,7 @@ impl Run {
     /// and the directory's own entry in its parent.
     fn concerns(&self, path: &Path) -> bool {
         let fence = self.files.as_ref().and_then(|f| f.fence.as_ref());
-        if fence.is_some_and(|fence| path.starts_with(&fence.path)) {
+        if fence.is_some_and(|fence| path.starts_with(fence.path())) {
             return false;
         }
         match path.strip_prefix(&self.dir) {
@@ -600,16 +658,28 @@ impl Run {
         // been a writer's, whose truncation the reads saw before its event.
         let ours = [&read, &again]
             .iter()
-            .map(|r| r.as_ref().map_or(0, |r| r.files()))
+            .map(|r| r.as_ref().map_or(0, |r| r.opened()))
             .sum::<usize>();
         if self.opens - opens_before > ours {
-            self.opened_until = Some(Instant::now() + OPEN_HOLD);
+            self.opened_until = Some(Instant::now() + OPEN_HOLD + jitter(OPEN_HOLD));
             return self.changed();
         }
-        let built = match (read, again) {
-            (Ok(read), Ok(again)) if again.version() != read.version() => return self.changed(),
-            (Ok(read), _) => build(read, self.store.options()),
+        let read = match (read, again) {
+            (Ok(read), Ok(again)) if again.version() == read.version() => Ok(read),
+            (Ok(_), _) => return self.changed(),
             (Err(err), _) => Err(err),
+        };
+        // Metrics first: whoever sees the new snapshot or error also sees them counted.
+        let built = match read {
+            Ok(read) if read.complete() && read.version() == self.store.current().version() => {
+                // Same content (a touch, an editor's swap file): nothing to parse.
+                self.metrics.reloaded(ReloadResult::Success);
+                self.store.unchanged();
+                tracing::debug!("policy directory read again; content unchanged");
+                return Attempt::Done;
+            }
+            Ok(read) => build(read, self.store.options()),
+            Err(err) => Err(err),
         };
         match built {
             Ok(Loaded { snapshot, warnings }) => {
@@ -618,29 +688,25 @@ impl Run {
                 }
                 let policy_count = snapshot.policy_count();
                 let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-                match self.store.install(snapshot) {
-                    ReloadOutcome::Swapped {
+                self.metrics.reloaded(ReloadResult::Success);
+                self.metrics.serving(&snapshot);
+                if let ReloadOutcome::Swapped {
+                    old_version,
+                    new_version,
+                } = self.store.install(snapshot)
+                {
+                    tracing::info!(
                         old_version,
                         new_version,
-                    } => {
-                        self.metrics.serving(&self.store.current());
-                        tracing::info!(
-                            old_version,
-                            new_version,
-                            policy_count,
-                            elapsed_ms,
-                            "policies reloaded"
-                        );
-                    }
-                    ReloadOutcome::Unchanged => {
-                        tracing::debug!(elapsed_ms, "policy directory rebuilt; content unchanged");
-                    }
+                        policy_count,
+                        elapsed_ms,
+                        "policies reloaded"
+                    );
                 }
-                self.metrics.reloaded(ReloadResult::Success);
             }
             Err(err) => {
-                self.store.fail(&err);
                 self.metrics.reloaded(ReloadResult::Failure);
+                self.store.fail(&err);
                 log_failure(&err, self.store.current().version());
             }
         }
@@ -657,44 +723,57 @@ impl Run {
     /// without, it waits [`WatchOptions::settle`]. A SIGHUP meanwhile is answered by the
     /// rebuild under way.
     fn fence(&mut self) -> Option<bool> {
-        let Some(fence) = self.files.as_mut().and_then(|f| f.fence.as_mut()) else {
-            return self.changed_until(Instant::now() + self.options.settle);
-        };
-        fence.issued += 1;
-        let marker = fence.path.join(fence.issued.to_string());
-        if let Err(err) = std::fs::File::create(&marker) {
-            return self.fence_lost(&err.to_string());
-        }
-        // Its removal is an event too, but not one anybody waits for.
-        let _ = std::fs::remove_file(&marker);
-        let deadline = Instant::now() + FENCE_TIMEOUT;
         let mut changed = false;
-        loop {
-            let signal = self
-                .receiver
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()));
-            match signal {
-                Ok(Signal::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return None,
-                Ok(Signal::ReloadNow) => {}
-                Ok(Signal::Fs(Ok(event)))
-                    if matches!(event.kind, EventKind::Create(_))
-                        && event.paths.contains(&marker) =>
-                {
-                    return Some(changed);
-                }
-                Ok(Signal::Fs(event)) => changed |= self.note(event),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    return self.fence_lost("its event did not come back in time");
+        // A marker's own event can be lost with others when the kernel's queue overflows;
+        // then a new marker is made, and waited for instead.
+        'marker: loop {
+            let Some(fence) = self.files.as_mut().and_then(|f| f.fence.as_mut()) else {
+                let settled = self.changed_until(Instant::now() + self.options.settle)?;
+                return Some(changed || settled);
+            };
+            fence.issued += 1;
+            let marker = fence.path().join(fence.issued.to_string());
+            if let Err(err) = std::fs::File::create(&marker) {
+                return self.fence_lost(&err.to_string());
+            }
+            // Its removal is an event too, but not one anybody waits for.
+            let _ = std::fs::remove_file(&marker);
+            let deadline = Instant::now() + FENCE_TIMEOUT;
+            loop {
+                let signal = self
+                    .receiver
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()));
+                match signal {
+                    Ok(Signal::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                    Ok(Signal::ReloadNow) => self.reload_requested = true,
+                    Ok(Signal::Fs(Ok(event)))
+                        if matches!(event.kind, EventKind::Create(_))
+                            && event.paths.contains(&marker) =>
+                    {
+                        return Some(changed);
+                    }
+                    Ok(Signal::Fs(event)) => {
+                        let rescan = event.as_ref().is_ok_and(notify::Event::need_rescan);
+                        changed |= self.note(event);
+                        if rescan {
+                            continue 'marker;
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        return self.fence_lost("its event did not come back in time");
+                    }
                 }
             }
         }
     }
 
-    /// The fence cannot be used any more: fall back to waiting a settle period, and count
-    /// this read as changed, since it was not checked.
+    /// The fence failed: drop it (the next rebuild makes a new one), wait a settle period
+    /// instead, and count this read as changed, since it was not checked.
     fn fence_lost(&mut self, why: &str) -> Option<bool> {
-        if let Some(fence) = self.files.as_mut().and_then(|f| f.fence.take()) {
-            tracing::warn!(fence = %fence.path.display(), why, "cannot fence policy reads any more; a reload waits a settle period instead");
+        if let Some(files) = &mut self.files
+            && let Some(fence) = files.fence.take()
+        {
+            tracing::warn!(fence = %fence.path().display(), why, "policy read fence failed; making a new one");
         }
         self.changed_until(Instant::now() + self.options.settle)
             .map(|_| true)
@@ -708,11 +787,18 @@ impl Run {
             match self.wait(Some(deadline)) {
                 Wait::Stop => return None,
                 Wait::Change => changed = true,
-                Wait::ReloadNow => {}
+                Wait::ReloadNow => self.reload_requested = true,
                 Wait::Timeout => return Some(changed),
             }
         }
     }
+}
+
+/// A random pause of up to `bound`, so that retries of two processes drift apart.
+fn jitter(bound: Duration) -> Duration {
+    use std::hash::{BuildHasher as _, RandomState};
+    let random = RandomState::new().hash_one(Instant::now());
+    bound.mul_f64((random % 1024) as f64 / 1024.0)
 }
 
 /// How long a fence's event may take to come back before the fence is given up.
