@@ -16,7 +16,10 @@ use std::{
 use clap::{Args, ValueEnum, builder::BoolishValueParser};
 use serde::Deserialize;
 
-use crate::policy::PolicyValidation;
+use crate::{
+    policy::PolicyValidation,
+    telemetry::{AuditOptions, AuditSink},
+};
 
 /// How `serve` writes its logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
@@ -65,6 +68,40 @@ pub struct Settings {
     /// Limits on what one call may ask for.
     #[command(flatten)]
     pub limits: LimitSettings,
+    /// The decision log.
+    #[command(flatten)]
+    pub audit: AuditSettings,
+}
+
+/// The `[audit]` table of [`Settings`].
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Where decision records go: stdout, off, or a file path to append to.
+    #[arg(long = "audit-sink", env = "CEDAR_PDP_AUDIT_SINK", value_name = "SINK")]
+    pub sink: Option<String>,
+    /// Share of allows recorded, 0 to 1 (denies are always recorded).
+    #[arg(
+        long = "audit-allow-sample-rate",
+        env = "CEDAR_PDP_AUDIT_ALLOW_SAMPLE_RATE",
+        value_name = "RATE"
+    )]
+    pub allow_sample_rate: Option<f64>,
+    /// Context keys whose values may be recorded (comma-separated); others never are.
+    #[arg(
+        long = "audit-context-keys",
+        env = "CEDAR_PDP_AUDIT_CONTEXT_KEYS",
+        value_name = "KEYS",
+        value_delimiter = ','
+    )]
+    pub context_keys: Option<Vec<String>>,
+    /// Records that may wait for the writer before new ones are dropped (and counted).
+    #[arg(
+        long = "audit-queue-capacity",
+        env = "CEDAR_PDP_AUDIT_QUEUE_CAPACITY",
+        value_name = "N"
+    )]
+    pub queue_capacity: Option<usize>,
 }
 
 /// The `[limits]` table of [`Settings`].
@@ -128,7 +165,7 @@ impl Default for Limits {
 }
 
 /// Everything `serve` needs, resolved from all layers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Policy directory to serve.
     pub policies: PathBuf,
@@ -150,6 +187,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Limits on what one call may ask for.
     pub limits: Limits,
+    /// The decision log.
+    pub audit: AuditOptions,
 }
 
 impl Default for Config {
@@ -165,6 +204,7 @@ impl Default for Config {
             log_level: "info".to_owned(),
             shutdown_grace: Duration::from_secs(10),
             limits: Limits::default(),
+            audit: AuditOptions::default(),
         }
     }
 }
@@ -204,6 +244,7 @@ impl Config {
     pub fn from_layers(lower: Settings, upper: Settings) -> Self {
         let d = Config::default();
         let (lo, up, dl) = (lower.limits, upper.limits, d.limits);
+        let (la, ua, da) = (lower.audit, upper.audit, d.audit);
         Self {
             policies: pick(upper.policies, lower.policies, d.policies),
             listen: pick(upper.listen, lower.listen, d.listen),
@@ -252,6 +293,19 @@ impl Config {
                     .request_timeout_ms
                     .or(lo.request_timeout_ms)
                     .map_or(dl.request_timeout, Duration::from_millis),
+            },
+            audit: AuditOptions {
+                sink: ua
+                    .sink
+                    .or(la.sink)
+                    .map_or(da.sink, |text| AuditSink::from(text.as_str())),
+                allow_sample_rate: pick(
+                    ua.allow_sample_rate,
+                    la.allow_sample_rate,
+                    da.allow_sample_rate,
+                ),
+                context_keys: pick(ua.context_keys, la.context_keys, da.context_keys),
+                queue_capacity: pick(ua.queue_capacity, la.queue_capacity, da.queue_capacity),
             },
         }
     }

@@ -8,7 +8,7 @@ use cedar_pdp::{
     Config, api,
     config::Settings,
     policy::{LoadError, LoadOptions, PolicyStore, WatchOptions, Watcher},
-    telemetry::{self, Metrics},
+    telemetry::{self, AuditLog, Metrics},
 };
 use clap::{Parser, Subcommand};
 
@@ -104,6 +104,8 @@ async fn run(config: Config, store: Arc<PolicyStore>) -> anyhow::Result<()> {
     let metrics_addr = metrics_listener.local_addr()?;
 
     let metrics = Metrics::new();
+    let audit =
+        AuditLog::start(&config.audit, metrics.clone()).context("cannot open the audit log")?;
     let watch = WatchOptions {
         watch_files: config.watch,
         ..WatchOptions::default()
@@ -140,7 +142,11 @@ async fn run(config: Config, store: Arc<PolicyStore>) -> anyhow::Result<()> {
         grpc,
         metrics: metrics_listener,
     };
-    api::serve(&config, store, metrics, listeners, shutdown).await?;
+    let telemetry = api::Telemetry {
+        metrics,
+        audit: Arc::new(audit),
+    };
+    api::serve(&config, store, telemetry, listeners, shutdown).await?;
     // Stop the SIGHUP loop first, so the watcher below is the last handle and stops now.
     #[cfg(unix)]
     {

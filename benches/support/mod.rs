@@ -78,14 +78,8 @@ pub fn serve(runtime: &tokio::runtime::Runtime, store: Arc<PolicyStore>) -> Sock
             ..Config::default()
         };
         tokio::spawn(async move {
-            api::serve(
-                &config,
-                store,
-                Metrics::new(),
-                listeners,
-                std::future::pending(),
-            )
-            .await
+            let telemetry = api::Telemetry::metrics_only(Metrics::new());
+            api::serve(&config, store, telemetry, listeners, std::future::pending()).await
         });
         addr
     })

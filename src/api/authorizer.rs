@@ -1,15 +1,21 @@
 //! The `cedarpdp.v1.Authorizer` service: IsAuthorized, BatchIsAuthorized and
 //! GetPolicySetInfo over the serving snapshot.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use tonic::{Request, Response, Status};
 
-use super::{convert::Converter, status::to_status};
+use super::{
+    convert::Converter,
+    observe::{Call, Question},
+    request_id::{self, RequestId},
+    status::to_status,
+};
 use crate::{
     engine::{Decision, Engine, RequestError},
     policy::{PolicyStore, Snapshot},
     proto::cedarpdp::v1::{self as pb, authorizer_server},
+    telemetry::{AuditLog, Metrics, metrics::Api},
 };
 
 /// Serves decisions from a [`PolicyStore`] with an [`Engine`].
@@ -19,21 +25,40 @@ pub struct AuthorizerService {
     engine: Arc<Engine>,
     convert: Converter,
     max_batch_items: usize,
+    metrics: Metrics,
+    audit: Arc<AuditLog>,
 }
 
 impl AuthorizerService {
-    /// A service deciding with `engine` against whatever `store` serves at each call.
+    /// A service deciding with `engine` against whatever `store` serves at each call,
+    /// counting into `metrics` and recording decisions in `audit`.
     pub fn new(
         store: Arc<PolicyStore>,
         engine: Arc<Engine>,
         max_value_depth: usize,
         max_batch_items: usize,
+        metrics: Metrics,
+        audit: Arc<AuditLog>,
     ) -> Self {
         Self {
             store,
             engine,
             convert: Converter { max_value_depth },
             max_batch_items,
+            metrics,
+            audit,
+        }
+    }
+
+    /// Starts observing a call: its id (from `x-request-id`, else new), peer and clock.
+    fn call<T>(&self, api: Api, request: &Request<T>) -> Call<'_> {
+        Call {
+            api,
+            id: RequestId::of(request.metadata()),
+            peer: request.remote_addr(),
+            started: Instant::now(),
+            metrics: &self.metrics,
+            audit: &self.audit,
         }
     }
 
@@ -123,24 +148,92 @@ fn response(decision: Decision, snapshot: &Snapshot) -> pb::IsAuthorizedResponse
     }
 }
 
+/// The answer with the call's request id echoed back, or the refusal as a status that
+/// carries it too.
+fn reply<T>(id: &RequestId, result: Result<T, RequestError>) -> Result<Response<T>, Status> {
+    match result {
+        Ok(answer) => {
+            let mut response = Response::new(answer);
+            response
+                .metadata_mut()
+                .insert(request_id::HEADER, id.to_metadata());
+            Ok(response)
+        }
+        Err(error) => {
+            let mut status = to_status(error);
+            status
+                .metadata_mut()
+                .insert(request_id::HEADER, id.to_metadata());
+            Err(status)
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl authorizer_server::Authorizer for AuthorizerService {
     async fn is_authorized(
         &self,
         request: Request<pb::IsAuthorizedRequest>,
     ) -> Result<Response<pb::IsAuthorizedResponse>, Status> {
+        let call = self.call(Api::IsAuthorized, &request);
+        let span = tracing::info_span!("call", api = "is_authorized", request_id = %call.id);
+        let _in_span = span.enter();
+        let request = request.into_inner();
+        let question = call.auditing().then(|| {
+            Question::new(
+                request.principal.as_ref(),
+                request.action.as_ref(),
+                request.resource.as_ref(),
+                &request.context,
+                &request.context_json,
+                self.audit.context_keys(),
+            )
+        });
         let snapshot = self.store.current();
-        let result = AuthorizerService::is_authorized(self, &snapshot, request.into_inner());
-        result.map(Response::new).map_err(to_status)
+        let result = AuthorizerService::is_authorized(self, &snapshot, request);
+        match &result {
+            Ok(answer) => call.answered([(answer, question)], false),
+            Err(error) => call.refused(error),
+        }
+        reply(&call.id, result)
     }
 
     async fn batch_is_authorized(
         &self,
         request: Request<pb::BatchIsAuthorizedRequest>,
     ) -> Result<Response<pb::BatchIsAuthorizedResponse>, Status> {
+        let call = self.call(Api::Batch, &request);
+        let span = tracing::info_span!("call", api = "batch", request_id = %call.id);
+        let _in_span = span.enter();
+        let request = request.into_inner();
+        let questions: Vec<Question> = if call.auditing() {
+            request
+                .items
+                .iter()
+                .map(|item| {
+                    Question::new(
+                        item.principal.as_ref(),
+                        item.action.as_ref(),
+                        item.resource.as_ref(),
+                        &item.context,
+                        &item.context_json,
+                        self.audit.context_keys(),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let snapshot = self.store.current();
-        let result = self.batch(&snapshot, request.into_inner());
-        result.map(Response::new).map_err(to_status)
+        let result = self.batch(&snapshot, request);
+        match &result {
+            Ok(answer) => {
+                let mut questions = questions.into_iter();
+                call.answered(answer.results.iter().map(|r| (r, questions.next())), true);
+            }
+            Err(error) => call.refused(error),
+        }
+        reply(&call.id, result)
     }
 
     async fn get_policy_set_info(

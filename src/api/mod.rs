@@ -9,6 +9,8 @@
 mod authorizer;
 mod convert;
 mod metrics;
+mod observe;
+pub mod request_id;
 mod status;
 
 use std::{future::Future, sync::Arc};
@@ -25,8 +27,27 @@ use crate::{
     engine::{Engine, EngineOptions},
     policy::PolicyStore,
     proto::{FILE_DESCRIPTOR_SET, cedarpdp::v1::authorizer_server::AuthorizerServer},
-    telemetry::Metrics,
+    telemetry::{AuditLog, Metrics},
 };
+
+/// Where [`serve`] reports: the metrics registry and the decision log.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    /// Counted into by every call and reload; rendered at `/metrics`.
+    pub metrics: Metrics,
+    /// One record per decision (or none, when off).
+    pub audit: Arc<AuditLog>,
+}
+
+impl Telemetry {
+    /// Metrics only; the audit log off (tests and benchmarks).
+    pub fn metrics_only(metrics: Metrics) -> Self {
+        Self {
+            audit: Arc::new(AuditLog::off(metrics.clone())),
+            metrics,
+        }
+    }
+}
 
 /// The sockets [`serve`] answers on, bound by the caller (so tests can bind port 0 and
 /// read the address first).
@@ -55,15 +76,19 @@ pub enum ServeError {
 pub async fn serve(
     config: &Config,
     store: Arc<PolicyStore>,
-    metrics: Metrics,
+    telemetry: Telemetry,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics_server = tokio::spawn(serve_metrics(metrics, listeners.metrics, async {
-        let _ = metrics_stopped.await;
-    }));
-    let served = serve_grpc(config, store, listeners.grpc, shutdown).await;
+    let metrics_server = tokio::spawn(serve_metrics(
+        telemetry.metrics.clone(),
+        listeners.metrics,
+        async {
+            let _ = metrics_stopped.await;
+        },
+    ));
+    let served = serve_grpc(config, store, telemetry, listeners.grpc, shutdown).await;
     let _ = stop_metrics.send(());
     let _ = metrics_server.await;
     served
@@ -73,6 +98,7 @@ pub async fn serve(
 async fn serve_grpc(
     config: &Config,
     store: Arc<PolicyStore>,
+    telemetry: Telemetry,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
@@ -86,6 +112,8 @@ async fn serve_grpc(
         engine,
         limits.max_value_depth,
         limits.max_batch_items,
+        telemetry.metrics,
+        telemetry.audit,
     );
     let authorizer = AuthorizerServer::new(authorizer)
         .max_decoding_message_size(limits.max_message_bytes)

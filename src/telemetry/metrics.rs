@@ -9,14 +9,24 @@
 
 use std::{
     sync::{Arc, Mutex},
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use metrics::{Counter, Gauge, Key, Label, Metadata, Recorder, SharedString, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 use crate::policy::Snapshot;
 
+/// `decisions_total{api,decision}`: decisions made; a batch counts one per item.
+pub const DECISIONS: &str = "cedar_pdp_decisions_total";
+/// `decision_duration_seconds{api}`: time to answer a whole call.
+pub const DECISION_DURATION: &str = "cedar_pdp_decision_duration_seconds";
+/// `requests_rejected_total{api,reason}`: calls refused for bad input or a limit.
+pub const REQUESTS_REJECTED: &str = "cedar_pdp_requests_rejected_total";
+/// `audit_records_dropped_total`: audit records lost because the queue was full.
+pub const AUDIT_DROPPED: &str = "cedar_pdp_audit_records_dropped_total";
 /// `policy_reloads_total{result}`: rebuilds of the policy directory by outcome.
 pub const POLICY_RELOADS: &str = "cedar_pdp_policy_reloads_total";
 /// `policy_last_reload_success_timestamp_seconds`: when a rebuild last succeeded.
@@ -30,6 +40,57 @@ pub const POLICIES_LOADED: &str = "cedar_pdp_policies_loaded";
 pub const ENTITIES_LOADED: &str = "cedar_pdp_entities_loaded";
 /// `policy_info{version}`: 1 for the serving version, 0 for versions it replaced.
 pub const POLICY_INFO: &str = "cedar_pdp_policy_info";
+
+/// Bucket bounds of [`DECISION_DURATION`], in seconds: 10 µs to 1 s, so both an
+/// in-memory decision and a slow batch land in a bucket of their own.
+pub const DURATION_BUCKETS: [f64; 16] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// The `api` label: which API answered. The values are fixed, so the label set is small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `cedarpdp.v1.Authorizer/IsAuthorized`.
+    IsAuthorized,
+    /// `cedarpdp.v1.Authorizer/BatchIsAuthorized`.
+    Batch,
+    /// Envoy's `envoy.service.auth.v3.Authorization/Check`.
+    ExtAuthz,
+}
+
+impl Api {
+    const ALL: [Api; 3] = [Api::IsAuthorized, Api::Batch, Api::ExtAuthz];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::IsAuthorized => "is_authorized",
+            Self::Batch => "batch",
+            Self::ExtAuthz => "ext_authz",
+        }
+    }
+}
+
+/// The `reason` label of [`REQUESTS_REJECTED`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Malformed input (INVALID_ARGUMENT).
+    Invalid,
+    /// Past a configured limit (RESOURCE_EXHAUSTED).
+    Limit,
+}
+
+impl Rejection {
+    const ALL: [Rejection; 2] = [Rejection::Invalid, Rejection::Limit];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid_argument",
+            Self::Limit => "limit_exceeded",
+        }
+    }
+}
 
 /// The `result` label of [`POLICY_RELOADS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +119,12 @@ pub struct Metrics {
 struct Inner {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// Per api: [deny, allow].
+    decisions: [[Counter; 2]; 3],
+    durations: [Histogram; 3],
+    /// Per api: [invalid, limit].
+    rejected: [[Counter; 2]; 3],
+    audit_dropped: Counter,
     reload_success: Counter,
     reload_failure: Counter,
     last_success: Gauge,
@@ -89,7 +156,13 @@ fn metadata() -> Metadata<'static> {
 impl Metrics {
     /// A fresh registry with every series registered and described.
     pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(DECISION_DURATION.to_owned()),
+                &DURATION_BUCKETS,
+            )
+            .expect("the duration buckets are a valid, non-empty list")
+            .build_recorder();
         let handle = recorder.handle();
         let describe_counter = |name: &'static str, help: &'static str| {
             recorder.describe_counter(name.into(), None, SharedString::const_str(help));
@@ -97,6 +170,23 @@ impl Metrics {
         let describe_gauge = |name: &'static str, unit: Option<Unit>, help: &'static str| {
             recorder.describe_gauge(name.into(), unit, SharedString::const_str(help));
         };
+        describe_counter(
+            DECISIONS,
+            "Decisions made, by API and decision (allow or deny); a batch counts one per item.",
+        );
+        recorder.describe_histogram(
+            DECISION_DURATION.into(),
+            Some(Unit::Seconds),
+            SharedString::const_str("Time to answer a whole call, by API."),
+        );
+        describe_counter(
+            REQUESTS_REJECTED,
+            "Calls refused, by API and reason (invalid_argument or limit_exceeded).",
+        );
+        describe_counter(
+            AUDIT_DROPPED,
+            "Audit records dropped because the audit queue was full.",
+        );
         describe_counter(
             POLICY_RELOADS,
             "Rebuilds of the policy directory, by result (success or failure).",
@@ -136,7 +226,34 @@ impl Metrics {
             counter.absolute(0);
             counter
         };
+        let zero = |counter: Counter| {
+            counter.absolute(0);
+            counter
+        };
+        let api = |api: Api| Label::new("api", api.label());
+        let decisions = Api::ALL.map(|a| {
+            ["deny", "allow"]
+                .map(|d| zero(counter(DECISIONS, vec![api(a), Label::new("decision", d)])))
+        });
+        let durations = Api::ALL.map(|a| {
+            recorder.register_histogram(
+                &Key::from_parts(DECISION_DURATION, vec![api(a)]),
+                &metadata(),
+            )
+        });
+        let rejected = Api::ALL.map(|a| {
+            Rejection::ALL.map(|r| {
+                zero(counter(
+                    REQUESTS_REJECTED,
+                    vec![api(a), Label::new("reason", r.label())],
+                ))
+            })
+        });
         let inner = Inner {
+            decisions,
+            durations,
+            rejected,
+            audit_dropped: zero(counter(AUDIT_DROPPED, vec![])),
             reload_success: reload(ReloadResult::Success),
             reload_failure: reload(ReloadResult::Failure),
             last_success: gauge(POLICY_LAST_RELOAD_SUCCESS),
@@ -162,6 +279,26 @@ impl Metrics {
     /// `/metrics` endpoint runs it on a timer.
     pub fn run_upkeep(&self) {
         self.inner.handle.run_upkeep();
+    }
+
+    /// Counts one decision.
+    pub fn decided(&self, api: Api, allowed: bool) {
+        self.inner.decisions[api as usize][usize::from(allowed)].increment(1);
+    }
+
+    /// Records how long a whole call took.
+    pub fn call_took(&self, api: Api, took: Duration) {
+        self.inner.durations[api as usize].record(took.as_secs_f64());
+    }
+
+    /// Counts one refused call.
+    pub fn rejected(&self, api: Api, reason: Rejection) {
+        self.inner.rejected[api as usize][reason as usize].increment(1);
+    }
+
+    /// Counts one audit record dropped for want of queue space.
+    pub fn audit_dropped(&self) {
+        self.inner.audit_dropped.increment(1);
     }
 
     /// Records `snapshot` as the one serving: its counts and its `policy_info` series.

@@ -3,8 +3,10 @@
 //! Logs are `tracing` events as JSON lines (the default for `serve`) or as text, filtered
 //! by `RUST_LOG` when set, else by the configured level.
 
+pub mod audit;
 pub mod metrics;
 
+pub use audit::{AuditLog, AuditOptions, AuditSink};
 pub use metrics::Metrics;
 
 use tracing_subscriber::EnvFilter;

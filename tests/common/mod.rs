@@ -13,7 +13,7 @@ use cedar_pdp::{
     Config, api,
     policy::{LoadOptions, PolicyStore, WatchOptions, Watcher},
     proto::cedarpdp::v1::{self as pb, authorizer_client::AuthorizerClient},
-    telemetry::Metrics,
+    telemetry::{AuditLog, AuditSink, Metrics},
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
@@ -49,13 +49,22 @@ impl TestServer {
         Self::start_watching(config, WatchOptions::default()).await
     }
 
-    /// Serves with `config`, watching the policy directory with `watch`.
-    pub async fn start_watching(config: Config, watch: WatchOptions) -> Self {
+    /// Serves with `config`, watching the policy directory with `watch`. An audit log
+    /// configured for stdout is turned off: the test harness owns stdout.
+    pub async fn start_watching(mut config: Config, watch: WatchOptions) -> Self {
+        if config.audit.sink == AuditSink::Stdout {
+            config.audit.sink = AuditSink::Off;
+        }
         let options = LoadOptions::new(config.policy_validation, &config.limits);
         let (store, _warnings) =
             PolicyStore::open(&config.policies, options).expect("policies load");
         let store = Arc::new(store);
         let metrics = Metrics::new();
+        let audit = AuditLog::start(&config.audit, metrics.clone()).expect("audit log opens");
+        let telemetry = api::Telemetry {
+            metrics: metrics.clone(),
+            audit: Arc::new(audit),
+        };
         let watcher =
             Watcher::start(store.clone(), metrics.clone(), watch).expect("watcher starts");
         let listeners = api::Listeners {
@@ -67,7 +76,7 @@ impl TestServer {
         let (tx, rx) = oneshot::channel::<()>();
         let serving = store.clone();
         let task = tokio::spawn(async move {
-            api::serve(&config, serving, metrics, listeners, async {
+            api::serve(&config, serving, telemetry, listeners, async {
                 let _ = rx.await;
             })
             .await

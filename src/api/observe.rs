@@ -1,0 +1,167 @@
+//! What a call leaves behind besides its answer: metrics, a log span with its request id,
+//! and audit records. The question of each decision is noted before the request is
+//! consumed, and only when the audit log is on.
+
+use std::{collections::HashMap, net::SocketAddr, time::Instant};
+
+use serde_json::{Map, Value as Json};
+
+use super::request_id::RequestId;
+use crate::engine::RequestError;
+use crate::{
+    proto::cedarpdp::v1 as pb,
+    telemetry::{
+        AuditLog, Metrics,
+        audit::{AuditError, Record},
+        metrics::{Api, Rejection},
+    },
+};
+
+/// The principal, action, resource and allow-listed context of one decision, as the
+/// audit log writes them.
+#[derive(Debug, Clone)]
+pub(crate) struct Question {
+    principal: String,
+    action: String,
+    resource: String,
+    context: Map<String, Json>,
+}
+
+impl Question {
+    /// Notes a question, keeping context values only for `keys`.
+    pub(crate) fn new(
+        principal: Option<&pb::EntityUid>,
+        action: Option<&pb::EntityUid>,
+        resource: Option<&pb::EntityUid>,
+        context: &HashMap<String, pb::Value>,
+        context_json: &str,
+        keys: &[String],
+    ) -> Self {
+        let mut allowed = Map::new();
+        if !keys.is_empty() {
+            if context_json.is_empty() {
+                for key in keys {
+                    if let Some(value) = context.get(key) {
+                        allowed.insert(key.clone(), value_json(value));
+                    }
+                }
+            } else if let Ok(Json::Object(mut all)) = serde_json::from_str(context_json) {
+                for key in keys {
+                    if let Some(value) = all.remove(key) {
+                        allowed.insert(key.clone(), value);
+                    }
+                }
+            }
+        }
+        Self {
+            principal: uid_text(principal),
+            action: uid_text(action),
+            resource: uid_text(resource),
+            context: allowed,
+        }
+    }
+}
+
+/// `Type::"id"`, as Cedar writes an entity.
+fn uid_text(uid: Option<&pb::EntityUid>) -> String {
+    uid.map_or_else(String::new, |uid| {
+        format!("{}::\"{}\"", uid.r#type, uid.id.escape_default())
+    })
+}
+
+/// A typed value in Cedar's JSON form (entities as `__entity`, extensions as `__extn`).
+fn value_json(value: &pb::Value) -> Json {
+    use pb::value::Kind;
+    match &value.kind {
+        None => Json::Null,
+        Some(Kind::Boolean(b)) => Json::Bool(*b),
+        Some(Kind::Long(n)) => Json::from(*n),
+        Some(Kind::String(s)) => Json::String(s.clone()),
+        Some(Kind::Set(list)) => Json::Array(list.values.iter().map(value_json).collect()),
+        Some(Kind::Record(record)) => Json::Object(
+            record
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), value_json(v)))
+                .collect(),
+        ),
+        Some(Kind::Entity(uid)) => {
+            serde_json::json!({ "__entity": { "type": uid.r#type, "id": uid.id } })
+        }
+        Some(Kind::Extension(ext)) => {
+            serde_json::json!({ "__extn": { "fn": ext.r#fn, "arg": ext.arg } })
+        }
+    }
+}
+
+/// One call being observed: its id, where it came from, when it started.
+pub(crate) struct Call<'a> {
+    pub(crate) api: Api,
+    pub(crate) id: RequestId,
+    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) started: Instant,
+    pub(crate) metrics: &'a Metrics,
+    pub(crate) audit: &'a AuditLog,
+}
+
+impl Call<'_> {
+    /// Whether questions should be noted for the audit log at all.
+    pub(crate) fn auditing(&self) -> bool {
+        self.audit.enabled()
+    }
+
+    /// Records a refused call: counted by reason, logged at debug in the call's span.
+    pub(crate) fn refused(&self, error: &RequestError) {
+        self.metrics.call_took(self.api, self.started.elapsed());
+        let reason = match error {
+            RequestError::Invalid { .. } => Rejection::Invalid,
+            RequestError::Limit { .. } => Rejection::Limit,
+        };
+        self.metrics.rejected(self.api, reason);
+        tracing::debug!(error = %error, "request refused");
+    }
+
+    /// Records the answers of a call: the call's time, each decision counted, and each
+    /// one the audit log wants written (with its question, when noted).
+    pub(crate) fn answered<'r>(
+        &self,
+        answers: impl IntoIterator<Item = (&'r pb::IsAuthorizedResponse, Option<Question>)>,
+        batch: bool,
+    ) {
+        let took = self.started.elapsed();
+        self.metrics.call_took(self.api, took);
+        for (item, (answer, question)) in answers.into_iter().enumerate() {
+            let allowed = answer.decision == pb::Decision::Allow as i32;
+            self.metrics.decided(self.api, allowed);
+            let Some(question) = question else { continue };
+            if !self.audit.wants(allowed, self.id.as_str()) {
+                continue;
+            }
+            self.audit.submit(Record {
+                time: std::time::SystemTime::now(),
+                kind: "decision",
+                request_id: self.id.as_str().to_owned(),
+                api: self.api,
+                caller: None,
+                peer: self.peer.map(|p| p.to_string()),
+                item: batch.then_some(item),
+                principal: question.principal,
+                action: question.action,
+                resource: question.resource,
+                allowed,
+                determining_policies: answer.determining_policies.clone(),
+                errors: answer
+                    .errors
+                    .iter()
+                    .map(|e| AuditError {
+                        policy_id: e.policy_id.clone(),
+                        message: e.message.clone(),
+                    })
+                    .collect(),
+                policy_version: answer.policy_version.clone(),
+                latency: took,
+                context: question.context,
+            });
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The decision log: one JSON line per decision, written by a thread of its own so that
+//! a slow disk or a full pipe never slows a decision.
+//!
+//! Calls hand records to a bounded queue and never wait: when the queue is full the
+//! record is dropped and counted in `cedar_pdp_audit_records_dropped_total`. Denies are
+//! always offered to the queue; allows only at the configured sample rate. Context values
+//! are left out unless their key is on the allow-list, so credentials and tokens passed
+//! in the context are never written.
+
+use std::{
+    fs::OpenOptions,
+    hash::{BuildHasher as _, RandomState},
+    io::{self, BufWriter, Write},
+    path::PathBuf,
+    sync::mpsc::{self, SyncSender, TryRecvError, TrySendError},
+    thread,
+    time::{Duration, SystemTime},
+};
+
+use serde::Serialize;
+
+use super::metrics::{Api, Metrics};
+
+/// Where audit records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
+    /// Nowhere: no records are made.
+    Off,
+    /// Standard output, interleaved (line by line) with the logs.
+    Stdout,
+    /// Appended to this file.
+    File(PathBuf),
+}
+
+impl From<&str> for AuditSink {
+    /// `off` (or empty), `stdout` (or `-`), or any other text as a file path.
+    fn from(text: &str) -> Self {
+        match text {
+            "off" | "" => Self::Off,
+            "stdout" | "-" => Self::Stdout,
+            path => Self::File(PathBuf::from(path)),
+        }
+    }
+}
+
+/// How the audit log behaves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditOptions {
+    /// Where records go.
+    pub sink: AuditSink,
+    /// Share of allows written, from 0 (none) to 1 (all); denies are always written.
+    pub allow_sample_rate: f64,
+    /// Context keys whose values may be written; all others are left out.
+    pub context_keys: Vec<String>,
+    /// Records that may wait for the writer before new ones are dropped.
+    pub queue_capacity: usize,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        Self {
+            sink: AuditSink::Stdout,
+            allow_sample_rate: 1.0,
+            context_keys: Vec::new(),
+            queue_capacity: 10_000,
+        }
+    }
+}
+
+/// One decision, as written. Built by the caller only when [`AuditLog::wants`] says so.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    /// When the call was decided (RFC 3339, UTC).
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    /// Always `"decision"`, to tell audit lines from log lines on a shared stdout.
+    pub kind: &'static str,
+    /// The call's request id (its `x-request-id`, or one made up for it).
+    pub request_id: String,
+    /// Which API answered.
+    #[serde(serialize_with = "api_label")]
+    pub api: Api,
+    /// The caller's verified identity (a TLS client certificate), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    /// The caller's network address, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// The item's position in a batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<usize>,
+    /// `Type::"id"` of the principal.
+    pub principal: String,
+    /// `Type::"id"` of the action.
+    pub action: String,
+    /// `Type::"id"` of the resource.
+    pub resource: String,
+    /// `allow` or `deny`.
+    #[serde(serialize_with = "decision_label")]
+    pub allowed: bool,
+    /// Ids of the policies that decided.
+    pub determining_policies: Vec<String>,
+    /// Policies that failed to evaluate, and why.
+    pub errors: Vec<AuditError>,
+    /// The policy set that decided.
+    pub policy_version: String,
+    /// Time to answer the whole call, in microseconds.
+    #[serde(serialize_with = "micros")]
+    pub latency: Duration,
+    /// Values of allow-listed context keys only.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub context: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A policy that failed to evaluate.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditError {
+    /// Its id.
+    pub policy_id: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+fn rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_micros(*time))
+}
+
+fn api_label<S: serde::Serializer>(api: &Api, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(api.label())
+}
+
+fn decision_label<S: serde::Serializer>(allowed: &bool, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if *allowed { "allow" } else { "deny" })
+}
+
+fn micros<S: serde::Serializer>(latency: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The audit log: cheap to share; dropping the last handle flushes and stops the writer.
+#[derive(Debug)]
+pub struct AuditLog {
+    queue: Option<SyncSender<Record>>,
+    writer: Option<thread::JoinHandle<()>>,
+    /// Allows are kept when the request id hashes below this (out of `u64::MAX`).
+    allow_below: u64,
+    context_keys: Vec<String>,
+    hasher: RandomState,
+    metrics: Metrics,
+}
+
+impl AuditLog {
+    /// Opens the sink (a file is created or appended to) and starts the writer thread.
+    pub fn start(options: &AuditOptions, metrics: Metrics) -> io::Result<Self> {
+        let out: Box<dyn Write + Send> = match &options.sink {
+            AuditSink::Off => return Ok(Self::off(metrics)),
+            AuditSink::Stdout => Box::new(io::stdout()),
+            AuditSink::File(path) => Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?,
+            ),
+        };
+        Self::with_writer(options, out, metrics)
+    }
+
+    /// An audit log that records nothing.
+    pub fn off(metrics: Metrics) -> Self {
+        Self {
+            queue: None,
+            writer: None,
+            allow_below: 0,
+            context_keys: Vec::new(),
+            hasher: RandomState::new(),
+            metrics,
+        }
+    }
+
+    /// An audit log writing to `out` (tests use a writer of their own).
+    pub fn with_writer(
+        options: &AuditOptions,
+        out: Box<dyn Write + Send>,
+        metrics: Metrics,
+    ) -> io::Result<Self> {
+        let (queue, records) = mpsc::sync_channel::<Record>(options.queue_capacity);
+        let writer = thread::Builder::new()
+            .name("audit-writer".to_owned())
+            .spawn(move || write_records(&records, out))?;
+        let rate = options.allow_sample_rate.clamp(0.0, 1.0);
+        Ok(Self {
+            queue: Some(queue),
+            writer: Some(writer),
+            allow_below: if rate >= 1.0 {
+                u64::MAX
+            } else {
+                (rate * u64::MAX as f64) as u64
+            },
+            context_keys: options.context_keys.clone(),
+            hasher: RandomState::new(),
+            metrics,
+        })
+    }
+
+    /// Whether records are made at all.
+    pub fn enabled(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    /// Whether a decision should be recorded: every deny, allows at the sample rate (by
+    /// request id, so all items of one batch share the choice).
+    pub fn wants(&self, allowed: bool, request_id: &str) -> bool {
+        if self.queue.is_none() {
+            return false;
+        }
+        !allowed
+            || self.allow_below == u64::MAX
+            || self.hasher.hash_one(request_id) < self.allow_below
+    }
+
+    /// The context keys whose values may be recorded.
+    pub fn context_keys(&self) -> &[String] {
+        &self.context_keys
+    }
+
+    /// Queues a record without waiting; a full queue drops it and counts the drop.
+    pub fn submit(&self, record: Record) {
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        match queue.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.metrics.audit_dropped(),
+            Err(TrySendError::Disconnected(_)) => self.metrics.audit_dropped(),
+        }
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer drain what is left, flush and end.
+        drop(self.queue.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// The writer thread: one JSON line per record, flushed whenever the queue runs dry.
+fn write_records(records: &mpsc::Receiver<Record>, out: Box<dyn Write + Send>) {
+    let mut out = BufWriter::new(out);
+    let mut line = Vec::with_capacity(512);
+    let mut failing = false;
+    while let Ok(mut record) = records.recv() {
+        loop {
+            line.clear();
+            if serde_json::to_writer(&mut line, &record).is_ok() {
+                line.push(b'\n');
+                match out.write_all(&line) {
+                    Ok(()) => failing = false,
+                    Err(err) if !failing => {
+                        failing = true;
+                        tracing::error!(error = %err, "cannot write the audit log; records are lost until it works again");
+                    }
+                    Err(_) => {}
+                }
+            }
+            match records.try_recv() {
+                Ok(next) => record = next,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        if let Err(err) = out.flush()
+            && !failing
+        {
+            failing = true;
+            tracing::error!(error = %err, "cannot write the audit log; records are lost until it works again");
+        }
+    }
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests;
