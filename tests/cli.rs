@@ -722,3 +722,61 @@ fn metrics_endpoint_answers_404_elsewhere() {
     let (status, body) = http_get(server.metrics_addr(), "/nope");
     assert_eq!(status, 404, "GET /nope answered {status}:\n{body}");
 }
+
+/// A call's log lines carry its request id (from the span), and its decision is audited
+/// on stdout as a JSON line of its own.
+#[cfg(unix)]
+#[test]
+fn a_calls_log_lines_and_audit_record_carry_its_request_id() {
+    use cedar_pdp::proto::cedarpdp::v1::{self as pb, authorizer_client::AuthorizerClient};
+    let mut server = Server::start(
+        Path::new(EXAMPLE_POLICIES),
+        &["--log-level", "info,cedar_pdp=debug"],
+    );
+    let grpc = socket_addr(&server.listening, "addr");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut client = AuthorizerClient::connect(format!("http://{grpc}"))
+            .await
+            .unwrap();
+        let uid = |ty: &str, id: &str| pb::EntityUid {
+            r#type: format!("Platform::{ty}"),
+            id: id.to_owned(),
+        };
+        // Refused (no principal): logged at debug inside the call's span.
+        let mut refused = tonic::Request::new(pb::IsAuthorizedRequest {
+            action: Some(uid("Action", "read")),
+            resource: Some(uid("Document", "acme-roadmap-q3")),
+            ..Default::default()
+        });
+        refused
+            .metadata_mut()
+            .insert("x-request-id", "cli-refused-1".parse().unwrap());
+        client.is_authorized(refused).await.unwrap_err();
+        // Denied: audited.
+        let mut denied = tonic::Request::new(pb::IsAuthorizedRequest {
+            principal: Some(uid("User", "carol")),
+            action: Some(uid("Action", "write")),
+            resource: Some(uid("Document", "acme-roadmap-q3")),
+            ..Default::default()
+        });
+        denied
+            .metadata_mut()
+            .insert("x-request-id", "cli-denied-1".parse().unwrap());
+        client.is_authorized(denied).await.unwrap();
+    });
+    let refusal = server.log_line_until("the refusal's log line", |json| {
+        json["message"] == "request refused"
+    });
+    let text = refusal.to_string();
+    assert!(
+        text.contains("cli-refused-1"),
+        "the span's request id is on the line: {text}"
+    );
+    let record = server.log_line_until("the deny's audit record", |json| {
+        json["kind"] == "decision" && json["request_id"] == "cli-denied-1"
+    });
+    assert_eq!(record["allowed"], "deny");
+    assert_eq!(record["principal"], r#"Platform::User::"carol""#);
+    server.stop();
+}
