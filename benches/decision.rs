@@ -126,6 +126,24 @@ fn main() {
     let grpc = grpc_samples(&runtime, &mut client, &request, true, iterations);
     results.push(("gRPC IsAuthorized, loopback", grpc));
 
+    // The same with every decision audited to a file, context allow-listed.
+    let audit_dir = tempfile::tempdir().unwrap();
+    let metrics = cedar_pdp::telemetry::Metrics::new();
+    let options = cedar_pdp::telemetry::AuditOptions {
+        sink: cedar_pdp::telemetry::AuditSink::File(audit_dir.path().join("audit.jsonl")),
+        context_keys: vec!["mfa".to_owned()],
+        ..Default::default()
+    };
+    let audit = cedar_pdp::telemetry::AuditLog::start(&options, metrics.clone()).unwrap();
+    let telemetry = cedar_pdp::api::Telemetry {
+        metrics,
+        audit: Arc::new(audit),
+    };
+    let addr = serve_with(&runtime, store.clone(), telemetry);
+    let mut audited = support::client(&runtime, addr);
+    let grpc_audited = grpc_samples(&runtime, &mut audited, &request, true, iterations);
+    results.push(("gRPC IsAuthorized, every decision audited", grpc_audited));
+
     println!("{iterations} iterations per case, example policy set (19 policies, 40 entities)");
     print_table(&results);
 }

@@ -65,8 +65,18 @@ pub fn print_table(results: &[(&str, Vec<Duration>)]) {
     }
 }
 
-/// Serves `store` on a loopback port for the rest of the process; returns the address.
+/// Serves `store` on a loopback port for the rest of the process, audit log off;
+/// returns the address.
 pub fn serve(runtime: &tokio::runtime::Runtime, store: Arc<PolicyStore>) -> SocketAddr {
+    serve_with(runtime, store, api::Telemetry::metrics_only(Metrics::new()))
+}
+
+/// [`serve`] reporting to `telemetry`.
+pub fn serve_with(
+    runtime: &tokio::runtime::Runtime,
+    store: Arc<PolicyStore>,
+    telemetry: api::Telemetry,
+) -> SocketAddr {
     runtime.block_on(async {
         let listeners = api::Listeners {
             grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -78,7 +88,6 @@ pub fn serve(runtime: &tokio::runtime::Runtime, store: Arc<PolicyStore>) -> Sock
             ..Config::default()
         };
         tokio::spawn(async move {
-            let telemetry = api::Telemetry::metrics_only(Metrics::new());
             api::serve(&config, store, telemetry, listeners, std::future::pending()).await
         });
         addr
