@@ -220,6 +220,14 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
+    /// A setting has a value that cannot work.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The setting, as its config key.
+        key: &'static str,
+        /// What is wrong with its value.
+        message: String,
+    },
     /// The file is not valid TOML for [`Settings`]; the message carries line and column.
     #[error("{}: {message}", path.display())]
     Parse {
@@ -237,7 +245,27 @@ impl Config {
             Some(path) => Settings::from_toml_file(path)?,
             None => Settings::default(),
         };
-        Ok(Self::from_layers(from_file, overrides))
+        let config = Self::from_layers(from_file, overrides);
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Refuses values that would quietly do the wrong thing.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let rate = self.audit.allow_sample_rate;
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(ConfigError::Invalid {
+                key: "audit.allow_sample_rate",
+                message: format!("{rate} is not a share between 0 and 1"),
+            });
+        }
+        if self.audit.queue_capacity == 0 {
+            return Err(ConfigError::Invalid {
+                key: "audit.queue_capacity",
+                message: "must be at least 1 (0 would drop every record)".to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// Folds `upper` over `lower` over the defaults.

@@ -158,7 +158,11 @@ async fn an_invalid_edit_keeps_the_last_good_set_serving_and_says_why_until_fixe
         "cedar_pdp_policy_info{{version=\"{}\"}}",
         good.policy_version
     );
-    assert_eq!(metric(&text, &old_series), Some(0.0));
+    assert_eq!(
+        metric(&text, &old_series),
+        None,
+        "only the serving version is exported"
+    );
     server.stop().await;
 }
 

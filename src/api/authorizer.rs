@@ -59,6 +59,7 @@ impl AuthorizerService {
             started: Instant::now(),
             metrics: &self.metrics,
             audit: &self.audit,
+            keep_allows: self.audit.sample_allows(),
         }
     }
 
@@ -206,24 +207,26 @@ impl authorizer_server::Authorizer for AuthorizerService {
         let span = tracing::info_span!("call", api = "batch", request_id = %call.id);
         let _in_span = span.enter();
         let request = request.into_inner();
-        let questions: Vec<Question> = if call.auditing() {
-            request
-                .items
-                .iter()
-                .map(|item| {
-                    Question::new(
-                        item.principal.as_ref(),
-                        item.action.as_ref(),
-                        item.resource.as_ref(),
-                        &item.context,
-                        &item.context_json,
-                        self.audit.context_keys(),
-                    )
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        // Past the batch limit the call is refused below; note nothing for it.
+        let questions: Vec<Question> =
+            if call.auditing() && request.items.len() <= self.max_batch_items {
+                request
+                    .items
+                    .iter()
+                    .map(|item| {
+                        Question::new(
+                            item.principal.as_ref(),
+                            item.action.as_ref(),
+                            item.resource.as_ref(),
+                            &item.context,
+                            &item.context_json,
+                            self.audit.context_keys(),
+                        )
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
         let snapshot = self.store.current();
         let result = self.batch(&snapshot, request);
         match &result {

@@ -1,19 +1,36 @@
 //! The Prometheus scrape endpoint: `GET /metrics` over plain HTTP/1.1 on a port of its
 //! own (`--metrics-listen`), rendering the server's [`Metrics`]. Anything else is 404,
 //! and a method other than GET or HEAD is 405.
+//!
+//! A scraper needs little, so the endpoint gives little: at most [`MAX_CONNECTIONS`]
+//! connections (more are closed at once), request headers within [`HEADER_TIMEOUT`], and
+//! no connection longer than [`CONNECTION_LIFETIME`], so idle or trickling clients cannot
+//! hold file descriptors the gRPC port needs.
 
-use std::{convert::Infallible, future::Future, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, header, service::service_fn};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::telemetry::Metrics;
 
 /// How often the exporter's housekeeping runs (it folds histogram samples).
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Most connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Longest a client may take to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest any one connection stays open.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// The content type of the Prometheus text exposition format.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -26,6 +43,8 @@ pub async fn serve_metrics(
 ) {
     let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut last_warning: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -35,11 +54,19 @@ pub async fn serve_metrics(
                 let stream = match accepted {
                     Ok((stream, _)) => stream,
                     Err(err) => {
-                        // Out of file descriptors and the like: say so, and keep serving.
-                        tracing::warn!(error = %err, "metrics endpoint cannot accept a connection");
+                        // Out of file descriptors and the like: say so (once a second at
+                        // most), and keep serving.
+                        if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                            last_warning = Some(Instant::now());
+                            tracing::warn!(error = %err, "metrics endpoint cannot accept a connection");
+                        }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    // Full: closing at once costs less than queueing.
+                    continue;
                 };
                 let metrics = metrics.clone();
                 tokio::spawn(async move {
@@ -47,12 +74,17 @@ pub async fn serve_metrics(
                         let response = respond(&metrics, &request);
                         async move { Ok::<_, Infallible>(response) }
                     });
-                    let served = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                    if let Err(err) = served {
-                        tracing::debug!(error = %err, "metrics connection ended with an error");
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), service);
+                    match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                        Ok(Ok(())) | Err(_) => {}
+                        Ok(Err(err)) => {
+                            tracing::debug!(error = %err, "metrics connection ended with an error");
+                        }
                     }
+                    drop(slot);
                 });
             }
         }

@@ -64,9 +64,7 @@ impl Question {
 
 /// `Type::"id"`, as Cedar writes an entity.
 fn uid_text(uid: Option<&pb::EntityUid>) -> String {
-    uid.map_or_else(String::new, |uid| {
-        format!("{}::\"{}\"", uid.r#type, uid.id.escape_default())
-    })
+    uid.map_or_else(String::new, |uid| format!("{}::{:?}", uid.r#type, uid.id))
 }
 
 /// A typed value in Cedar's JSON form (entities as `__entity`, extensions as `__extn`).
@@ -102,6 +100,9 @@ pub(crate) struct Call<'a> {
     pub(crate) started: Instant,
     pub(crate) metrics: &'a Metrics,
     pub(crate) audit: &'a AuditLog,
+    /// Whether this call's allows are audited: drawn once per call by the server, so a
+    /// caller cannot choose it (a batch is kept or left whole).
+    pub(crate) keep_allows: bool,
 }
 
 impl Call<'_> {
@@ -118,7 +119,8 @@ impl Call<'_> {
             RequestError::Limit { .. } => Rejection::Limit,
         };
         self.metrics.rejected(self.api, reason);
-        tracing::debug!(error = %error, "request refused");
+        // The field only: the message quotes what was sent, which may be a credential.
+        tracing::debug!(field = error.field(), reason = ?reason, "request refused");
     }
 
     /// Records the answers of a call: the call's time, each decision counted, and each
@@ -134,7 +136,7 @@ impl Call<'_> {
             let allowed = answer.decision == pb::Decision::Allow as i32;
             self.metrics.decided(self.api, allowed);
             let Some(question) = question else { continue };
-            if !self.audit.wants(allowed, self.id.as_str()) {
+            if allowed && !self.keep_allows {
                 continue;
             }
             self.audit.submit(Record {

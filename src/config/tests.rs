@@ -53,3 +53,22 @@ fn unknown_keys_in_the_file_are_an_error_with_a_position() {
     assert!(message.contains("listen_addr"), "{message}");
     assert!(message.contains("line 2"), "{message}");
 }
+
+#[test]
+fn audit_settings_that_cannot_work_are_refused() {
+    let mut settings = Settings::default();
+    settings.audit.allow_sample_rate = Some(f64::NAN);
+    let err = Config::resolve(None, settings).unwrap_err();
+    assert!(
+        err.to_string().starts_with("audit.allow_sample_rate:"),
+        "{err}"
+    );
+
+    let mut settings = Settings::default();
+    settings.audit.queue_capacity = Some(0);
+    let err = Config::resolve(None, settings).unwrap_err();
+    assert!(
+        err.to_string().starts_with("audit.queue_capacity:"),
+        "{err}"
+    );
+}

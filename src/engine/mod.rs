@@ -154,6 +154,13 @@ impl RequestError {
         }
     }
 
+    /// The request field at fault (never the value sent, which may be a secret).
+    pub fn field(&self) -> &str {
+        match self {
+            Self::Invalid { field, .. } | Self::Limit { field, .. } => field,
+        }
+    }
+
     /// The same error, its field placed under `prefix` (e.g. `items[3]`).
     pub fn within(self, prefix: &str) -> Self {
         let nest = |field: String| format!("{prefix}.{field}");

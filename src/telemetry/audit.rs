@@ -10,7 +10,7 @@
 use std::{
     fs::OpenOptions,
     hash::{BuildHasher as _, RandomState},
-    io::{self, BufWriter, Write},
+    io::{self, Write},
     path::PathBuf,
     sync::mpsc::{self, SyncSender, TryRecvError, TrySendError},
     thread,
@@ -187,7 +187,10 @@ impl AuditLog {
         let (queue, records) = mpsc::sync_channel::<Record>(options.queue_capacity);
         let writer = thread::Builder::new()
             .name("audit-writer".to_owned())
-            .spawn(move || write_records(&records, out))?;
+            .spawn({
+                let metrics = metrics.clone();
+                move || write_records(&records, out, &metrics)
+            })?;
         let rate = options.allow_sample_rate.clamp(0.0, 1.0);
         Ok(Self {
             queue: Some(queue),
@@ -203,20 +206,22 @@ impl AuditLog {
         })
     }
 
-    /// Whether records are made at all.
+    /// Whether records are made at all (denies always are, when it is on).
     pub fn enabled(&self) -> bool {
         self.queue.is_some()
     }
 
-    /// Whether a decision should be recorded: every deny, allows at the sample rate (by
-    /// request id, so all items of one batch share the choice).
-    pub fn wants(&self, allowed: bool, request_id: &str) -> bool {
+    /// Whether this call's allows are to be recorded: a fresh draw at the sample rate
+    /// (denies are always recorded while the log is on).
+    pub fn sample_allows(&self) -> bool {
         if self.queue.is_none() {
             return false;
         }
-        !allowed
-            || self.allow_below == u64::MAX
-            || self.hasher.hash_one(request_id) < self.allow_below
+        self.allow_below == u64::MAX || {
+            static DRAWS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let draw = DRAWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.hasher.hash_one(draw) < self.allow_below
+        }
     }
 
     /// The context keys whose values may be recorded.
@@ -251,35 +256,48 @@ impl Drop for AuditLog {
 /// record spares every call a thread wake-up; a record reaches the sink within this.
 const WRITE_EVERY: Duration = Duration::from_millis(10);
 
-/// The writer thread: every [`WRITE_EVERY`], one JSON line per queued record, then a
-/// flush; it ends once the queue is closed and drained.
-fn write_records(records: &mpsc::Receiver<Record>, out: Box<dyn Write + Send>) {
-    let mut out = BufWriter::new(out);
-    let mut line = Vec::with_capacity(512);
+/// The writer thread: every [`WRITE_EVERY`], one JSON line per queued record, written
+/// and flushed as one batch; it ends once the queue is closed and drained. A batch the
+/// sink refuses is lost and counted as dropped, and the failure logged once until the
+/// sink works again.
+fn write_records(
+    records: &mpsc::Receiver<Record>,
+    mut out: Box<dyn Write + Send>,
+    metrics: &Metrics,
+) {
+    let mut batch = Vec::with_capacity(64 * 1024);
     let mut failing = false;
-    let report = |result: io::Result<()>, failing: &mut bool| match result {
-        Ok(()) => *failing = false,
-        Err(err) if !*failing => {
-            *failing = true;
-            tracing::error!(error = %err, "cannot write the audit log; records are lost until it works again");
-        }
-        Err(_) => {}
-    };
     loop {
+        let mut count = 0u64;
         let closed = loop {
             match records.try_recv() {
                 Ok(record) => {
-                    line.clear();
-                    if serde_json::to_writer(&mut line, &record).is_ok() {
-                        line.push(b'\n');
-                        report(out.write_all(&line), &mut failing);
+                    if serde_json::to_writer(&mut batch, &record).is_ok() {
+                        batch.push(b'\n');
+                        count += 1;
                     }
                 }
                 Err(TryRecvError::Empty) => break false,
                 Err(TryRecvError::Disconnected) => break true,
             }
         };
-        report(out.flush(), &mut failing);
+        if count > 0 {
+            match out.write_all(&batch).and_then(|()| out.flush()) {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("the audit log is writable again");
+                }
+                Ok(()) => {}
+                Err(err) => {
+                    metrics.audit_dropped_n(count);
+                    if !failing {
+                        failing = true;
+                        tracing::error!(error = %err, "cannot write the audit log; records are dropped and counted until it works again");
+                    }
+                }
+            }
+            batch.clear();
+        }
         if closed {
             return;
         }

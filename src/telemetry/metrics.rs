@@ -13,9 +13,7 @@ use std::{
 };
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, SharedString, Unit};
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::policy::Snapshot;
 
@@ -38,7 +36,8 @@ pub const POLICY_LAST_RELOAD_SUCCESSFUL: &str = "cedar_pdp_policy_last_reload_su
 pub const POLICIES_LOADED: &str = "cedar_pdp_policies_loaded";
 /// `entities_loaded`: entities in the serving snapshot's `entities.json`.
 pub const ENTITIES_LOADED: &str = "cedar_pdp_entities_loaded";
-/// `policy_info{version}`: 1 for the serving version, 0 for versions it replaced.
+/// `policy_info{version}`: 1, labelled with the serving version; only that one series is
+/// exported, so the label cannot pile up values as versions come and go.
 pub const POLICY_INFO: &str = "cedar_pdp_policy_info";
 
 /// Bucket bounds of [`DECISION_DURATION`], in seconds: 10 µs to 1 s, so both an
@@ -92,6 +91,9 @@ impl Rejection {
     }
 }
 
+/// HELP text of [`POLICY_INFO`].
+const POLICY_INFO_HELP: &str = "1, labelled with the policy version being served.";
+
 /// The `result` label of [`POLICY_RELOADS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadResult {
@@ -117,7 +119,6 @@ pub struct Metrics {
 }
 
 struct Inner {
-    recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     /// Per api: [deny, allow].
     decisions: [[Counter; 2]; 3],
@@ -131,9 +132,9 @@ struct Inner {
     last_successful: Gauge,
     policies_loaded: Gauge,
     entities_loaded: Gauge,
-    /// The serving version's `policy_info` series, set to 0 when a new version replaces
-    /// it. A std mutex: held for two gauge writes, never across an await.
-    serving_info: Mutex<Option<Gauge>>,
+    /// The serving version, rendered as the one `policy_info` series. A std mutex: held
+    /// for a string copy, never across an await.
+    serving_version: Mutex<String>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -185,7 +186,7 @@ impl Metrics {
         );
         describe_counter(
             AUDIT_DROPPED,
-            "Audit records dropped because the audit queue was full.",
+            "Audit records dropped because the audit queue was full or the sink refused them.",
         );
         describe_counter(
             POLICY_RELOADS,
@@ -210,11 +211,6 @@ impl Metrics {
             ENTITIES_LOADED,
             None,
             "Entities in the served snapshot's entities.json.",
-        );
-        describe_gauge(
-            POLICY_INFO,
-            None,
-            "1 for the policy version being served, 0 for versions it replaced.",
         );
         let counter = |name: &'static str, labels: Vec<Label>| {
             recorder.register_counter(&Key::from_parts(name, labels), &metadata())
@@ -260,9 +256,8 @@ impl Metrics {
             last_successful: gauge(POLICY_LAST_RELOAD_SUCCESSFUL),
             policies_loaded: gauge(POLICIES_LOADED),
             entities_loaded: gauge(ENTITIES_LOADED),
-            serving_info: Mutex::new(None),
+            serving_version: Mutex::new(String::new()),
             handle,
-            recorder,
         };
         inner.last_successful.set(1.0);
         Self {
@@ -272,7 +267,21 @@ impl Metrics {
 
     /// The registry in the Prometheus text format, as `/metrics` serves it.
     pub fn render(&self) -> String {
-        self.inner.handle.render()
+        let mut text = self.inner.handle.render();
+        let version = self
+            .inner
+            .serving_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !version.is_empty() {
+            // Rendered here rather than registered: the registry keeps every series it
+            // was ever given, and a version that stopped serving should disappear.
+            text.push_str(&format!(
+                "# HELP {POLICY_INFO} {POLICY_INFO_HELP}\n# TYPE {POLICY_INFO} gauge\n{POLICY_INFO}{{version=\"{version}\"}} 1\n\n"
+            ));
+        }
+        text
     }
 
     /// Housekeeping the exporter needs now and then (folding histogram samples); the
@@ -298,7 +307,12 @@ impl Metrics {
 
     /// Counts one audit record dropped for want of queue space.
     pub fn audit_dropped(&self) {
-        self.inner.audit_dropped.increment(1);
+        self.audit_dropped_n(1);
+    }
+
+    /// Counts `n` audit records lost (the sink refused them).
+    pub fn audit_dropped_n(&self, n: u64) {
+        self.inner.audit_dropped.increment(n);
     }
 
     /// Records `snapshot` as the one serving: its counts and its `policy_info` series.
@@ -307,17 +321,10 @@ impl Metrics {
         let inner = &self.inner;
         inner.policies_loaded.set(snapshot.policy_count() as f64);
         inner.entities_loaded.set(snapshot.entity_count() as f64);
-        let key = Key::from_parts(
-            POLICY_INFO,
-            vec![Label::new("version", snapshot.version().to_owned())],
-        );
-        let info = inner.recorder.register_gauge(&key, &metadata());
-        let mut serving = inner.serving_info.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = serving.take() {
-            old.set(0.0);
-        }
-        info.set(1.0);
-        *serving = Some(info);
+        *inner
+            .serving_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = snapshot.version().to_owned();
     }
 
     /// Counts one rebuild of the policy directory and its result.

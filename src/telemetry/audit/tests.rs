@@ -85,33 +85,49 @@ fn a_record_is_one_json_line_with_every_field() {
 }
 
 #[test]
-fn denies_are_always_wanted_and_allows_at_the_sample_rate() {
-    let none = AuditOptions {
-        allow_sample_rate: 0.0,
-        ..AuditOptions::default()
+fn allows_are_drawn_at_the_sample_rate_by_the_server() {
+    let at = |rate: f64| {
+        let options = AuditOptions {
+            allow_sample_rate: rate,
+            ..AuditOptions::default()
+        };
+        AuditLog::with_writer(&options, Box::new(io::sink()), Metrics::new()).unwrap()
     };
-    let log = AuditLog::with_writer(&none, Box::new(io::sink()), Metrics::new()).unwrap();
-    assert!(log.wants(false, "a"));
-    assert!(!(0..100).any(|i| log.wants(true, &i.to_string())));
-
-    let half = AuditOptions {
-        allow_sample_rate: 0.5,
-        ..AuditOptions::default()
-    };
-    let log = AuditLog::with_writer(&half, Box::new(io::sink()), Metrics::new()).unwrap();
-    let kept = (0..10_000)
-        .filter(|i| log.wants(true, &i.to_string()))
-        .count();
+    let none = at(0.0);
+    assert!(none.enabled(), "denies are still recorded");
+    assert!(!(0..1000).any(|_| none.sample_allows()));
+    let all = at(1.0);
+    assert!((0..1000).all(|_| all.sample_allows()));
+    let half = at(0.5);
+    let kept = (0..10_000).filter(|_| half.sample_allows()).count();
     assert!(
         (4_000..6_000).contains(&kept),
         "{kept} of 10000 allows kept at 0.5"
     );
-    // One request id, one choice: every item of a batch shares it.
-    let first = log.wants(true, "batch-7");
-    assert!((0..10).all(|_| log.wants(true, "batch-7") == first));
-
     let off = AuditLog::off(Metrics::new());
-    assert!(!off.wants(false, "a"));
+    assert!(!off.enabled() && !off.sample_allows());
+}
+
+/// A sink that refuses every write: the records are counted as dropped.
+#[test]
+fn records_the_sink_refuses_are_counted_as_dropped() {
+    struct Full;
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::new(io::ErrorKind::StorageFull, "no space left"))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let metrics = Metrics::new();
+    let log =
+        AuditLog::with_writer(&AuditOptions::default(), Box::new(Full), metrics.clone()).unwrap();
+    for _ in 0..20 {
+        log.submit(record(false));
+    }
+    drop(log); // the writer drains and ends
+    assert_eq!(dropped(&metrics), 20.0);
 }
 
 /// The writer is stuck (a full pipe, a hung disk): submitting must still return at once,

@@ -94,7 +94,11 @@ fn policy_info_marks_only_the_serving_version() {
         .snapshot;
     metrics.serving(&next);
     let text = metrics.render();
-    assert_eq!(value(&text, &serving), Some(0.0));
+    assert_eq!(value(&text, &serving), None, "the replaced version is gone");
+    assert_eq!(
+        text.matches(&format!("# TYPE {POLICY_INFO} gauge")).count(),
+        1
+    );
     let now = format!("{POLICY_INFO}{{version=\"{}\"}}", next.version());
     assert_eq!(value(&text, &now), Some(1.0));
     assert_eq!(value(&text, POLICIES_LOADED), Some(1.0));
