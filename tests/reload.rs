@@ -71,6 +71,16 @@ async fn until_info(
     .await
 }
 
+/// A folder holding `policies/a.cedar` (alice may read), for tests that move, remove or
+/// replace the policy directory itself; the folder and the directory's path.
+fn policies_in_a_folder() -> (tempfile::TempDir, std::path::PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("policies");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("a.cedar"), ALICE_READS).unwrap();
+    (root, dir)
+}
+
 fn reloads(text: &str, result: &str) -> f64 {
     metric(
         text,
@@ -246,10 +256,7 @@ async fn a_policy_path_that_is_a_swapped_symlink_is_followed_and_watched_anew() 
 
 #[tokio::test]
 async fn a_directory_that_disappears_keeps_serving_and_recovers_when_it_returns() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("policies");
-    fs::create_dir(&dir).unwrap();
-    fs::write(dir.join("a.cedar"), ALICE_READS).unwrap();
+    let (root, dir) = policies_in_a_folder();
     let server = TestServer::start(&dir).await;
     let mut client = server.client().await;
     let good = info(&mut client).await;
@@ -436,10 +443,7 @@ async fn a_deeply_nested_policy_is_refused_without_harm() {
 
 #[tokio::test]
 async fn a_directory_moved_away_and_straight_back_is_still_followed() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("policies");
-    fs::create_dir(&dir).unwrap();
-    fs::write(dir.join("a.cedar"), ALICE_READS).unwrap();
+    let (root, dir) = policies_in_a_folder();
     let server = TestServer::start(&dir).await;
     let client = server.client().await;
 
@@ -460,10 +464,7 @@ async fn a_directory_moved_away_and_straight_back_is_still_followed() {
 
 #[tokio::test]
 async fn a_directory_deleted_and_recreated_is_still_followed() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("policies");
-    fs::create_dir(&dir).unwrap();
-    fs::write(dir.join("a.cedar"), ALICE_READS).unwrap();
+    let (_root, dir) = policies_in_a_folder();
     let server = TestServer::start(&dir).await;
     let client = server.client().await;
 
