@@ -94,6 +94,8 @@ pub struct Sources {
     version: String,
     /// Files opened, whether or not they could then be read.
     opened: usize,
+    /// The latest modification time among the files read.
+    newest: Option<SystemTime>,
 }
 
 impl Sources {
@@ -105,6 +107,11 @@ impl Sources {
     /// Whether every file could be read (else [`build`] reports which could not).
     pub fn complete(&self) -> bool {
         self.problems.is_empty()
+    }
+
+    /// The latest modification time among the files read, if any could be read.
+    pub fn newest_modification(&self) -> Option<SystemTime> {
+        self.newest
     }
 
     /// How many files were opened to read them (an unreadable one included).
@@ -128,13 +135,15 @@ pub fn read_dir(dir: &Path) -> Result<Sources, LoadError> {
     }
     let mut problems = Vec::new();
     let mut opened = 0;
-    let sources = read_sources(dir, &mut problems, &mut opened);
+    let mut newest = None;
+    let sources = read_sources(dir, &mut problems, &mut opened, &mut newest);
     let version = content_hash(&sources);
     Ok(Sources {
         sources,
         problems,
         version,
         opened,
+        newest,
     })
 }
 
@@ -146,6 +155,7 @@ pub fn build(read: Sources, options: &LoadOptions) -> Result<Loaded, LoadError> 
         mut problems,
         version,
         opened: _,
+        newest: _,
     } = read;
     let mut warnings = Vec::new();
 
@@ -189,7 +199,12 @@ pub fn build(read: Sources, options: &LoadOptions) -> Result<Loaded, LoadError> 
 
 /// Walks the directory (following links, as a Kubernetes ConfigMap volume needs) and reads
 /// every file that belongs to a snapshot, in a stable order.
-fn read_sources(dir: &Path, problems: &mut Vec<Problem>, opened: &mut usize) -> Vec<Source> {
+fn read_sources(
+    dir: &Path,
+    problems: &mut Vec<Problem>,
+    opened: &mut usize,
+    newest: &mut Option<SystemTime>,
+) -> Vec<Source> {
     let walker = walkdir::WalkDir::new(dir)
         .follow_links(true)
         .sort_by_file_name()
@@ -235,6 +250,9 @@ fn read_sources(dir: &Path, problems: &mut Vec<Problem>, opened: &mut usize) -> 
         }
         let read = fs::File::open(entry.path()).and_then(|mut file| {
             *opened += 1;
+            if let Ok(modified) = file.metadata().and_then(|m| m.modified()) {
+                *newest = (*newest).max(Some(modified));
+            }
             let mut text = String::new();
             std::io::Read::read_to_string(&mut file, &mut text).map(|_| text)
         });

@@ -18,7 +18,9 @@
 //!   of its own (in the temp directory), and since the kernel queues the events of one
 //!   watcher in order, once that creation's event comes back every change made before it
 //!   has been seen;
-//! - reading the files a second time must give the same content hash.
+//! - reading the files a second time must give the same content hash;
+//! - the newest file must be at least 25 ms old ([`SETTLED_AFTER`]): a truncating open
+//!   that blocks can show a file empty before any event says so.
 //!
 //! A read that fails those checks is thrown away and tried again after the next quiet
 //! period; changes made while parsing simply start the next rebuild. A rebuild that fails
@@ -638,6 +640,9 @@ impl Run {
         let opens_before = self.opens;
         self.reading = true;
         let read = read_dir(self.store.dir());
+        let fresh = read
+            .as_ref()
+            .is_ok_and(|read| modified_just_now(read.newest_modification()));
         // A write can make its data visible before its event is queued (a truncating
         // open that blocks, say), so read a second time a little later and compare.
         let settled = self.changed_until(Instant::now() + self.options.settle);
@@ -649,6 +654,7 @@ impl Run {
         match (settled, fenced) {
             (None, _) | (_, None) => return Attempt::Stop,
             (Some(true), _) | (_, Some(true)) => return self.changed(),
+            (Some(false), Some(false)) if fresh => return self.changed(),
             (Some(false), Some(false)) => {}
         }
         let Some(again) = again else {
@@ -791,6 +797,24 @@ impl Run {
                 Wait::Timeout => return Some(changed),
             }
         }
+    }
+}
+
+/// How old the newest policy file must be before it is read into a snapshot. A truncating
+/// `open` that blocks (on the file system's journal, say) shows the file empty before its
+/// event is queued, and its open event can merge with this watcher's own; a modification
+/// this recent may be such a write still under way.
+const SETTLED_AFTER: Duration = Duration::from_millis(25);
+
+/// Whether `modified` is within [`SETTLED_AFTER`] of now. A time in the future (a clock
+/// step, a `touch -d`) does not count, or it would hold reloads back until then.
+fn modified_just_now(modified: Option<std::time::SystemTime>) -> bool {
+    let Some(modified) = modified else {
+        return false;
+    };
+    match std::time::SystemTime::now().duration_since(modified) {
+        Ok(age) => age < SETTLED_AFTER,
+        Err(ahead) => ahead.duration() < Duration::from_millis(5),
     }
 }
 
