@@ -49,30 +49,24 @@ fn main() {
     let snapshot = store.current();
     let engine = Engine::new(EngineOptions::default());
 
+    // One engine decision, as a call makes it: merge entities, then decide; bob may read.
+    let decide = |entities: EntitiesInput, context: ContextInput| {
+        let entities = engine.entities(&snapshot, entities).unwrap();
+        let decision = engine.decide(&snapshot, &entities, query(context)).unwrap();
+        assert!(decision.allowed);
+    };
     let mut results: Vec<(&str, Vec<Duration>)> = Vec::new();
     results.push((
         "engine, typed context",
         measure(iterations, || {
-            let entities = engine.entities(&snapshot, EntitiesInput::None).unwrap();
-            let decision = engine
-                .decide(
-                    &snapshot,
-                    &entities,
-                    query(ContextInput::Value(typed_context())),
-                )
-                .unwrap();
-            assert!(decision.allowed);
+            decide(EntitiesInput::None, ContextInput::Value(typed_context()))
         }),
     ));
     results.push((
         "engine, JSON context",
         measure(iterations, || {
-            let entities = engine.entities(&snapshot, EntitiesInput::None).unwrap();
             let json = r#"{"mfa": true, "source_ip": "10.1.2.3"}"#.to_owned();
-            let decision = engine
-                .decide(&snapshot, &entities, query(ContextInput::Json(json)))
-                .unwrap();
-            assert!(decision.allowed);
+            decide(EntitiesInput::None, ContextInput::Json(json));
         }),
     ));
     results.push((
@@ -101,17 +95,10 @@ fn main() {
                 parents: vec![uid(r#"Platform::Group::"acme-engineering""#)],
                 tags: vec![],
             };
-            let entities = engine
-                .entities(&snapshot, EntitiesInput::Typed(vec![bob]))
-                .unwrap();
-            let decision = engine
-                .decide(
-                    &snapshot,
-                    &entities,
-                    query(ContextInput::Value(typed_context())),
-                )
-                .unwrap();
-            assert!(decision.allowed);
+            decide(
+                EntitiesInput::Typed(vec![bob]),
+                ContextInput::Value(typed_context()),
+            );
         }),
     ));
 

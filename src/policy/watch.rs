@@ -320,7 +320,8 @@ struct Run {
     reading: bool,
     /// Someone else opened a policy file while this watcher read: hold rebuilds until then.
     opened_until: Option<Instant>,
-    /// A SIGHUP arrived while a rebuild was under way; answer it with another.
+    /// A SIGHUP arrived and is not answered yet (it may have come in while a rebuild was
+    /// reading); the loop answers it with an immediate, forced rebuild.
     reload_requested: bool,
 }
 
@@ -394,9 +395,19 @@ impl Pending {
 
 impl Run {
     fn run(mut self) {
-        // The directory may have changed between the first load and the watch starting.
-        let mut pending = Some(Pending::new(Instant::now()));
+        let mut pending = match self.changed_before_watch() {
+            None => return,
+            Some(true) => Some(Pending::new(Instant::now())),
+            Some(false) => None,
+        };
         loop {
+            // A SIGHUP, whether it arrived here or while a rebuild was reading: rebuild now.
+            if std::mem::take(&mut self.reload_requested) {
+                let burst = pending.get_or_insert_with(|| Pending::new(Instant::now()));
+                burst.immediate = true;
+                burst.forced = true;
+                burst.next_try = None;
+            }
             let deadline = pending.as_ref().map(|p| self.due(p));
             match self.wait(deadline) {
                 Wait::Stop => return,
@@ -404,11 +415,7 @@ impl Run {
                     let now = Instant::now();
                     pending.get_or_insert_with(|| Pending::new(now)).last_change = now;
                 }
-                Wait::ReloadNow => {
-                    let burst = pending.get_or_insert_with(|| Pending::new(Instant::now()));
-                    burst.immediate = true;
-                    burst.forced = true;
-                }
+                Wait::ReloadNow => self.reload_requested = true,
                 Wait::Timeout => {
                     let Some(burst) = pending.as_mut() else {
                         continue;
@@ -427,15 +434,28 @@ impl Run {
                             burst.last_change += jitter(self.options.quiet);
                         }
                     }
-                    if std::mem::take(&mut self.reload_requested) {
-                        let burst = pending.get_or_insert_with(|| Pending::new(Instant::now()));
-                        burst.immediate = true;
-                        burst.forced = true;
-                        burst.next_try = None;
-                    }
                 }
             }
         }
+    }
+
+    /// Whether the directory differs from the snapshot loaded before the watch began
+    /// (changes made in between left no events): compared by version, nothing parsed and
+    /// nothing counted. `None` if the watcher is stopping.
+    fn changed_before_watch(&mut self) -> Option<bool> {
+        self.reading = true;
+        let read = read_dir(self.store.dir());
+        let fenced = self.fence();
+        self.reading = false;
+        // A change seen meanwhile counts as well: the read may have missed it.
+        let changed_meanwhile = fenced?;
+        let serving = self.store.current();
+        Some(
+            changed_meanwhile
+                || read.map_or(true, |read| {
+                    !read.complete() || read.version() != serving.version()
+                }),
+        )
     }
 
     /// When the burst's rebuild is due: after quiet, but no later than `max_wait` after
