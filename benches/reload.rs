@@ -96,7 +96,7 @@ fn main() {
         let start = Instant::now();
         let sources = read_dir(large.path()).unwrap();
         reads.push(start.elapsed());
-        build(sources, &options).expect("the large directory is valid");
+        build(&sources, &options).expect("the large directory is valid");
         rebuilds.push(start.elapsed());
     }
     reads.sort_unstable();

@@ -1,13 +1,21 @@
 //! The `cedar-pdp` binary: parses flags, sets up logging and the runtime, and hands over
-//! to the library. Exit codes: 0 ok, 1 the policies are wrong, 2 usage or I/O error.
+//! to the library. Exit codes: 0 ok, 1 the policies or tests are wrong, 2 usage or I/O
+//! error.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+};
 
 use anyhow::Context as _;
 use cedar_pdp::{
     Config, api,
-    config::Settings,
-    policy::{LoadError, LoadOptions, PolicyStore, WatchOptions, Watcher},
+    authoring::{self, diagnostics, format::FileStatus, request::RequestSpec, suite},
+    config::{Limits, Settings},
+    engine::{Engine, EngineOptions},
+    policy::{LoadError, LoadOptions, PolicyStore, PolicyValidation, WatchOptions, Watcher},
     telemetry::{self, AuditLog, Metrics},
 };
 use clap::{Parser, Subcommand};
@@ -27,6 +35,91 @@ struct Cli {
 enum Command {
     /// Serve the policy directory over gRPC.
     Serve(ServeArgs),
+    /// Check a policy directory as `serve` would load it and report every problem.
+    Validate(ValidateArgs),
+    /// Run the test cases in DIR/tests against the policy directory.
+    Test(TestArgs),
+    /// Decide one request against a policy directory and say why.
+    Authorize(AuthorizeArgs),
+    /// Format the policy files with Cedar's formatter.
+    Fmt(FmtArgs),
+}
+
+/// How a command prints its findings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// For a person.
+    Text,
+    /// For a program (CI annotations, scripts).
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct ValidateArgs {
+    /// The policy directory.
+    #[arg(default_value = "policies")]
+    dir: PathBuf,
+    /// Policy validation against the schema, as `serve --policy-validation` does it.
+    #[arg(long, value_enum, default_value = "strict")]
+    policy_validation: PolicyValidation,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+#[derive(Debug, clap::Args)]
+struct TestArgs {
+    /// The policy directory; cases are read from its `tests/` folder.
+    #[arg(default_value = "policies")]
+    dir: PathBuf,
+    /// Also write the results as JUnit XML to FILE.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Report which policies determined at least one case and which never did.
+    #[arg(long)]
+    coverage: bool,
+    /// Run only the cases whose `file: name` contains TEXT.
+    #[arg(long, value_name = "TEXT")]
+    filter: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct AuthorizeArgs {
+    /// The policy directory.
+    #[arg(long, default_value = "policies", value_name = "DIR")]
+    policies: PathBuf,
+    /// A request file (JSON or YAML, the fields of a test case; `-` reads standard input).
+    /// Flags given as well override its fields.
+    #[arg(long, value_name = "FILE")]
+    request: Option<PathBuf>,
+    /// Who asks, e.g. 'Platform::User::"alice"'.
+    #[arg(long, value_name = "UID")]
+    principal: Option<String>,
+    /// The action, e.g. 'Platform::Action::"read"'.
+    #[arg(long, value_name = "UID")]
+    action: Option<String>,
+    /// The resource, e.g. 'Platform::Document::"acme-roadmap-q3"'.
+    #[arg(long, value_name = "UID")]
+    resource: Option<String>,
+    /// The context as a JSON object, e.g. '{"mfa": true}'.
+    #[arg(long, value_name = "JSON")]
+    context: Option<String>,
+    /// A JSON file of entities sent with the request (Cedar's entity format).
+    #[arg(long, value_name = "FILE")]
+    entities: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+#[derive(Debug, clap::Args)]
+struct FmtArgs {
+    /// The policy directory.
+    #[arg(default_value = "policies")]
+    dir: PathBuf,
+    /// Change nothing; list the files that are not formatted and exit 1 if any.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -42,6 +135,218 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Validate(args) => validate(args),
+        Command::Test(args) => test(args),
+        Command::Authorize(args) => authorize(args),
+        Command::Fmt(args) => fmt(args),
+    }
+}
+
+/// Exit code 1: the policies or the tests are wrong.
+const WRONG: u8 = 1;
+/// Exit code 2: a usage or I/O error.
+const USAGE: u8 = 2;
+
+fn validate(args: ValidateArgs) -> ExitCode {
+    let options = LoadOptions::new(args.policy_validation, &Limits::default());
+    let validation = match authoring::validate(&args.dir, &options) {
+        Ok(validation) => validation,
+        Err(e) => return usage_error(e),
+    };
+    match args.format {
+        Format::Text => print!("{}", validation.text()),
+        Format::Json => print!("{}", validation.json()),
+    }
+    if validation.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(WRONG)
+    }
+}
+
+/// Loads `dir` for `test` and `authorize`: strict, default limits; prints why not.
+fn load_strict(dir: &Path) -> Result<cedar_pdp::policy::Snapshot, ExitCode> {
+    let options = LoadOptions::default();
+    match authoring::validate(dir, &options) {
+        Err(e) => Err(usage_error(e)),
+        Ok(validation) => match validation.snapshot {
+            Some(snapshot) => Ok(snapshot),
+            None => {
+                eprint!("{}", validation.text());
+                eprintln!("error: the policies in {} do not load", dir.display());
+                Err(ExitCode::from(WRONG))
+            }
+        },
+    }
+}
+
+fn usage_error(error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(USAGE)
+}
+
+fn test(args: TestArgs) -> ExitCode {
+    let snapshot = match load_strict(&args.dir) {
+        Ok(snapshot) => snapshot,
+        Err(code) => return code,
+    };
+    let suites = match suite::discover(&args.dir) {
+        Ok(suites) => suites,
+        Err(problems) => {
+            for problem in &problems {
+                eprint!(
+                    "{}",
+                    diagnostics::render(diagnostics::Severity::Error, problem, None)
+                );
+            }
+            eprintln!(
+                "error: the test cases in {} cannot be read",
+                args.dir.join("tests").display()
+            );
+            return ExitCode::from(WRONG);
+        }
+    };
+    let engine = Engine::new(EngineOptions::default());
+    let report = suite::run(&snapshot, &engine, &suites, args.filter.as_deref());
+    print!("{}", report.text(args.coverage));
+    if let Some(path) = &args.junit
+        && let Err(e) = std::fs::write(path, report.junit())
+    {
+        return usage_error(format!("cannot write {}: {e}", path.display()));
+    }
+    if report.passed() + report.failed() == 0 {
+        eprintln!(
+            "error: no case matches --filter {:?}",
+            args.filter.unwrap_or_default()
+        );
+        return ExitCode::from(WRONG);
+    }
+    match report.failed() {
+        0 => ExitCode::SUCCESS,
+        _ => ExitCode::from(WRONG),
+    }
+}
+
+fn authorize(args: AuthorizeArgs) -> ExitCode {
+    let request = match authorize_request(&args) {
+        Ok(request) => request,
+        Err(message) => return usage_error(message),
+    };
+    let snapshot = match load_strict(&args.policies) {
+        Ok(snapshot) => snapshot,
+        Err(code) => return code,
+    };
+    let engine = Engine::new(EngineOptions::default());
+    match authoring::decide(&snapshot, &engine, &request) {
+        Ok(decision) => {
+            match args.format {
+                Format::Text => print!("{}", authoring::decision_text(&snapshot, &decision)),
+                Format::Json => print!("{}", authoring::decision_json(&snapshot, &decision)),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => usage_error(format!("the request is refused: {e}")),
+    }
+}
+
+/// The request from `--request` with the flags laid over it.
+fn authorize_request(args: &AuthorizeArgs) -> Result<RequestSpec, String> {
+    let mut fields = match &args.request {
+        None => serde_json::Map::new(),
+        Some(path) => {
+            let text = read_input(path)?;
+            let value: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            } else {
+                serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            };
+            match value {
+                serde_json::Value::Object(fields) => fields,
+                _ => return Err(format!("{}: must hold one request object", path.display())),
+            }
+        }
+    };
+    for (key, flag) in [
+        ("principal", &args.principal),
+        ("action", &args.action),
+        ("resource", &args.resource),
+    ] {
+        if let Some(uid) = flag {
+            uid.parse::<authoring::request::Uid>()
+                .map_err(|e| format!("--{key}: {e}"))?;
+            fields.insert(key.to_owned(), uid.clone().into());
+        }
+    }
+    if let Some(context) = &args.context {
+        let value = serde_json::from_str(context).map_err(|e| format!("--context: {e}"))?;
+        fields.insert("context".to_owned(), value);
+    }
+    if let Some(path) = &args.entities {
+        let text = read_input(path)?;
+        let value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        fields.insert("entities".to_owned(), value);
+    }
+    serde_json::from_value(serde_json::Value::Object(fields)).map_err(|e| {
+        match e.to_string().starts_with("missing field") {
+            true => format!(
+                "request: {e} (give --principal, --action and --resource, or a --request file)"
+            ),
+            false => format!("request: {e}"),
+        }
+    })
+}
+
+/// A file's text, or standard input for `-`.
+fn read_input(path: &Path) -> Result<String, String> {
+    let mut text = String::new();
+    let read = if path == Path::new("-") {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::read_to_string(path).map(|t| text = t)
+    };
+    read.map(|()| text)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+fn fmt(args: FmtArgs) -> ExitCode {
+    let statuses = match authoring::format::format_dir(&args.dir, args.check) {
+        Ok(statuses) => statuses,
+        Err(e) => return usage_error(e),
+    };
+    let (mut changed, mut failed) = (0, 0);
+    for (file, status) in &statuses {
+        match status {
+            FileStatus::Formatted => {}
+            FileStatus::Changed if args.check => {
+                changed += 1;
+                println!("not formatted: {file}");
+            }
+            FileStatus::Changed => {
+                changed += 1;
+                println!("formatted: {file}");
+            }
+            FileStatus::Failed(problem) => {
+                failed += 1;
+                eprint!(
+                    "{}",
+                    diagnostics::render(diagnostics::Severity::Error, problem, None)
+                );
+            }
+        }
+    }
+    let verb = if args.check {
+        "need formatting"
+    } else {
+        "reformatted"
+    };
+    println!(
+        "{} files checked, {changed} {verb}, {failed} could not be formatted",
+        statuses.len()
+    );
+    if failed > 0 || (args.check && changed > 0) {
+        ExitCode::from(WRONG)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

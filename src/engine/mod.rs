@@ -163,14 +163,19 @@ impl RequestError {
 
     /// The same error, its field placed under `prefix` (e.g. `items[3]`).
     pub fn within(self, prefix: &str) -> Self {
-        let nest = |field: String| format!("{prefix}.{field}");
+        self.map_field(|field| format!("{prefix}.{field}"))
+    }
+
+    /// The same error with its field renamed by `rename` (e.g. a wire name to the name
+    /// the caller wrote).
+    pub fn map_field(self, rename: impl FnOnce(String) -> String) -> Self {
         match self {
             Self::Invalid { field, message } => Self::Invalid {
-                field: nest(field),
+                field: rename(field),
                 message,
             },
             Self::Limit { field, message } => Self::Limit {
-                field: nest(field),
+                field: rename(field),
                 message,
             },
         }

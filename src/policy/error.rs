@@ -59,6 +59,17 @@ impl fmt::Display for Location {
     }
 }
 
+/// The stretch of a file a problem points at, for showing it under the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    /// Byte offset of its start in the file.
+    pub offset: usize,
+    /// Length in bytes (0: a point).
+    pub len: usize,
+    /// What to say at the spot, when Cedar says something there.
+    pub label: Option<String>,
+}
+
 /// One thing wrong with a policy directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -66,6 +77,19 @@ pub struct Problem {
     pub location: Location,
     /// What is wrong, as a sentence.
     pub message: String,
+    /// The exact stretch of the file, when known (for a source snippet).
+    pub span: Option<Span>,
+}
+
+impl Problem {
+    /// A problem at `location` with no span.
+    pub fn new(location: Location, message: impl Into<String>) -> Self {
+        Self {
+            location,
+            message: message.into(),
+            span: None,
+        }
+    }
 }
 
 impl fmt::Display for Problem {

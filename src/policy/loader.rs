@@ -22,7 +22,9 @@ use cedar_policy::{
 use miette::Diagnostic;
 use sha2::{Digest, Sha256};
 
-use super::{LoadError, Location, PolicyValidation, Problem, SchemaShape, Snapshot, hierarchy};
+use super::{
+    LoadError, Location, PolicyValidation, Problem, SchemaShape, Snapshot, Span, hierarchy,
+};
 
 /// How to load a policy directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +83,7 @@ struct Source {
 
 /// Reads and validates the whole directory at `dir`.
 pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Loaded, LoadError> {
-    build(read_dir(dir)?, options)
+    build(&read_dir(dir)?, options)
 }
 
 /// Everything a snapshot is built from, read from the directory but not yet parsed: the
@@ -118,6 +120,22 @@ impl Sources {
     pub fn opened(&self) -> usize {
         self.opened
     }
+
+    /// The text read from `rel` (relative, `/`-separated), for showing a problem's spot.
+    pub fn text(&self, rel: &str) -> Option<&str> {
+        self.sources
+            .iter()
+            .find(|s| s.rel == rel)
+            .map(|s| s.text.as_str())
+    }
+
+    /// The policy files read (relative path and text), in directory order.
+    pub fn policy_files(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.sources
+            .iter()
+            .filter(|s| s.kind == Kind::Policies)
+            .map(|s| (s.rel.as_str(), s.text.as_str()))
+    }
 }
 
 /// Reads every file a snapshot is built from; only a missing or unusable directory is an
@@ -149,46 +167,48 @@ pub fn read_dir(dir: &Path) -> Result<Sources, LoadError> {
 
 /// Parses and validates what [`read_dir`] read into a snapshot: the CPU half of
 /// [`load_dir`].
-pub fn build(read: Sources, options: &LoadOptions) -> Result<Loaded, LoadError> {
-    let Sources {
-        sources,
-        mut problems,
-        version,
-        opened: _,
-        newest: _,
-    } = read;
+pub fn build(read: &Sources, options: &LoadOptions) -> Result<Loaded, LoadError> {
+    let sources = &read.sources;
+    let mut problems = read.problems.clone();
     let mut warnings = Vec::new();
 
-    let policies = parse_policies(&sources, &mut problems);
-    let parsed = parse_schema(&sources, &mut problems, &mut warnings);
+    let policies = parse_policies(sources, &mut problems);
+    let parsed = parse_schema(sources, &mut problems, &mut warnings);
     let (schema, schema_shape) = match parsed {
         Ok(Some((schema, shape))) => (Ok(Some(schema)), shape),
         Ok(None) => (Ok(None), None),
         Err(()) => (Err(()), None),
     };
-    if let (Ok(Some(schema)), true) = (&schema, problems.is_empty()) {
+    // Policies that parsed are validated even when others did not, so that one run
+    // reports every problem.
+    if let Ok(Some(schema)) = &schema {
         validate_policies(
             schema,
             &policies,
-            &sources,
+            sources,
             options,
             &mut problems,
             &mut warnings,
         );
     }
     let entities = match &schema {
-        Ok(schema) => load_entities(&sources, schema.as_ref(), options, &mut problems),
+        Ok(schema) => load_entities(sources, schema.as_ref(), options, &mut problems),
         Err(()) => None,
     };
     match (problems.is_empty(), schema, entities) {
         (true, Ok(schema), Some((entities, entity_count))) => Ok(Loaded {
             snapshot: Snapshot {
+                policy_locations: policies
+                    .origin
+                    .into_iter()
+                    .map(|(id, origin)| (id.to_string(), origin.location))
+                    .collect(),
                 policies: policies.set,
                 schema_shape,
                 schema,
                 entities,
                 entity_count,
-                version,
+                version: read.version.clone(),
                 loaded_at: SystemTime::now(),
             },
             warnings,
@@ -216,10 +236,10 @@ fn read_sources(
             Ok(entry) => entry,
             Err(err) => {
                 let rel = err.path().map_or_else(String::new, |p| relative(dir, p));
-                problems.push(Problem {
-                    location: Location::file(rel),
-                    message: format!("cannot read: {err}"),
-                });
+                problems.push(Problem::new(
+                    Location::file(rel),
+                    format!("cannot read: {err}"),
+                ));
                 continue;
             }
         };
@@ -241,11 +261,10 @@ fn read_sources(
         };
         let rel = relative(dir, entry.path());
         if !top && kind != Kind::Policies {
-            problems.push(Problem {
-                location: Location::file(rel),
-                message: "a schema is read only at the top of the policy directory; move it there"
-                    .to_owned(),
-            });
+            problems.push(Problem::new(
+                Location::file(rel),
+                "a schema is read only at the top of the policy directory; move it there",
+            ));
             continue;
         }
         let read = fs::File::open(entry.path()).and_then(|mut file| {
@@ -258,10 +277,10 @@ fn read_sources(
         });
         match read {
             Ok(text) => sources.push(Source { rel, kind, text }),
-            Err(err) => problems.push(Problem {
-                location: Location::file(rel),
-                message: format!("cannot read: {err}"),
-            }),
+            Err(err) => problems.push(Problem::new(
+                Location::file(rel),
+                format!("cannot read: {err}"),
+            )),
         }
     }
     sources
@@ -305,34 +324,54 @@ fn content_hash(sources: &[Source]) -> String {
 /// between 32 and 40 levels, a release build past 100. Real policies stay far below.
 pub const MAX_POLICY_NESTING: usize = 32;
 
-/// The 1-based line where brackets first nest deeper than [`MAX_POLICY_NESTING`], if
-/// they do; string literals and `//` comments are skipped.
-fn too_deep(text: &str) -> Option<usize> {
-    let (mut depth, mut line) = (0usize, 1usize);
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\n' => line += 1,
-            '"' => {
-                while let Some(c) = chars.next() {
-                    match c {
-                        '\\' => {
-                            chars.next();
+/// The characters of Cedar or JSON text that are code: outside string literals and `//`
+/// comments, each with its byte offset and 1-based line. One scanner serves the nesting
+/// check, finding where each policy starts, and finding each entity in `entities.json`.
+fn code_chars(text: &str) -> impl Iterator<Item = (usize, char, usize)> + '_ {
+    let mut chars = text.char_indices().peekable();
+    let mut line = 1usize;
+    std::iter::from_fn(move || {
+        loop {
+            let (at, c) = chars.next()?;
+            match c {
+                '"' => {
+                    while let Some((_, c)) = chars.next() {
+                        match c {
+                            '\\' => {
+                                if let Some((_, '\n')) = chars.next() {
+                                    line += 1;
+                                }
+                            }
+                            '"' => break,
+                            '\n' => line += 1,
+                            _ => {}
                         }
-                        '"' => break,
-                        '\n' => line += 1,
-                        _ => {}
                     }
                 }
-            }
-            '/' if chars.peek() == Some(&'/') => {
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        line += 1;
-                        break;
+                '/' if chars.peek().map(|&(_, c)| c) == Some('/') => {
+                    for (_, c) in chars.by_ref() {
+                        if c == '\n' {
+                            line += 1;
+                            break;
+                        }
                     }
                 }
+                '\n' => {
+                    line += 1;
+                    return Some((at, c, line - 1));
+                }
+                _ => return Some((at, c, line)),
             }
+        }
+    })
+}
+
+/// The 1-based line where brackets first nest deeper than [`MAX_POLICY_NESTING`], if
+/// they do.
+pub(crate) fn too_deep(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (_, c, line) in code_chars(text) {
+        match c {
             '(' | '[' | '{' => {
                 depth += 1;
                 if depth > MAX_POLICY_NESTING {
@@ -346,44 +385,91 @@ fn too_deep(text: &str) -> Option<usize> {
     None
 }
 
-/// The policy set and, per policy id, the file it came from.
+/// Byte offsets where the policies of a text that parsed start (their first annotation
+/// or keyword), in order: the first code after the start and after each `;`.
+fn policy_starts(text: &str) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut want = true;
+    for (at, c, _) in code_chars(text) {
+        if c == ';' {
+            want = true;
+        } else if want && !c.is_whitespace() {
+            starts.push(at);
+            want = false;
+        }
+    }
+    starts
+}
+
+/// Byte offsets where the elements of a top-level JSON array start.
+fn array_element_starts(text: &str) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let (mut depth, mut want) = (0usize, false);
+    for (at, c, _) in code_chars(text) {
+        if depth == 1 && want && !c.is_whitespace() && c != ']' {
+            starts.push(at);
+            want = false;
+        }
+        match c {
+            '[' | '{' => {
+                depth += 1;
+                want = depth == 1;
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 1 => want = true,
+            _ => {}
+        }
+    }
+    starts
+}
+
+/// The policy set and, per policy id, where it came from.
 struct Policies {
     set: PolicySet,
-    /// Index into the sources, and whether the id came from an `@id` annotation.
-    origin: HashMap<PolicyId, (usize, bool)>,
+    origin: HashMap<PolicyId, Origin>,
+}
+
+/// The file a policy came from (index into the sources) and where in it it starts.
+struct Origin {
+    source: usize,
+    location: Location,
 }
 
 fn parse_policies(sources: &[Source], problems: &mut Vec<Problem>) -> Policies {
     let mut set = PolicySet::new();
-    let mut origin: HashMap<PolicyId, (usize, bool)> = HashMap::new();
+    let mut origin: HashMap<PolicyId, Origin> = HashMap::new();
     for (index, source) in sources.iter().enumerate() {
         if source.kind != Kind::Policies {
             continue;
         }
         if let Some(line) = too_deep(&source.text) {
-            problems.push(Problem {
-                location: Location {
-                    file: source.rel.clone(),
-                    line: Some(line),
-                    column: None,
-                },
-                message: format!(
+            let location = Location {
+                file: source.rel.clone(),
+                line: Some(line),
+                column: None,
+            };
+            problems.push(Problem::new(
+                location,
+                format!(
                     "brackets nest deeper than {MAX_POLICY_NESTING}; \
                      split the expression (deep nesting can exhaust the parser's stack)"
                 ),
-            });
+            ));
             continue;
         }
-        let parsed = match PolicySet::from_str(&source.text) {
+        let parsed = match parse_file(&source.rel, &source.text) {
             Ok(parsed) => parsed,
-            Err(errors) => {
-                for error in errors.iter() {
-                    problems.push(diagnostic_problem(error, &source.rel, &source.text));
-                }
+            Err(found) => {
+                problems.extend(found);
                 continue;
             }
         };
         let stem = source.rel.strip_suffix(".cedar").unwrap_or(&source.rel);
+        let starts = policy_starts(&source.text);
+        let located = |pos: usize| match starts.get(pos) {
+            Some(&offset) => Location::at_offset(source.rel.clone(), &source.text, offset),
+            None => Location::file(source.rel.clone()),
+        };
         // The parsed set iterates in no particular order; ids and messages follow the text.
         let mut entries: Vec<(usize, Entry<'_>)> = parsed
             .policies()
@@ -395,45 +481,31 @@ fn parse_policies(sources: &[Source], problems: &mut Vec<Problem>) -> Policies {
             )
             .collect();
         entries.sort_by_key(|(pos, _)| *pos);
-        // How many policies of this file carried each @id so far: the n-th one is at the
-        // n-th `@id("…")` of the text.
-        let mut seen_in_file: HashMap<String, usize> = HashMap::new();
         for (pos, entry) in entries {
-            let annotation = entry.annotation();
-            let nth = annotation.map(|a| {
-                let count = seen_in_file.entry(a.to_owned()).or_default();
-                *count += 1;
-                *count - 1
-            });
-            let id = match annotation {
+            let location = located(pos);
+            let id = match entry.annotation() {
                 Some("") => {
-                    problems.push(Problem {
-                        location: annotation_location(source, "", nth.unwrap_or(0)),
-                        message: "the @id annotation is empty".to_owned(),
-                    });
+                    problems.push(Problem::new(location, "the @id annotation is empty"));
                     continue;
                 }
                 Some(id) => PolicyId::new(id),
                 None => PolicyId::new(format!("{stem}.{pos}")),
             };
-            if let Some(&(first, first_annotated)) = origin.get(&id) {
-                let here = match nth {
-                    Some(nth) => annotation_location(source, id.as_ref(), nth),
-                    None => Location::file(source.rel.clone()),
-                };
-                let there = match first_annotated {
-                    true => annotation_location(&sources[first], id.as_ref(), 0),
-                    false => Location::file(sources[first].rel.clone()),
-                };
-                problems.push(Problem {
-                    location: here,
-                    message: format!(
-                        "policy id `{id}` is used twice; it is also the id of a policy at {there}"
-                    ),
-                });
+            if let Some(first) = origin.get(&id) {
+                let message = format!(
+                    "policy id `{id}` is used twice; it is also the id of the policy at {}",
+                    first.location
+                );
+                problems.push(Problem::new(location, message));
                 continue;
             }
-            origin.insert(id.clone(), (index, annotation.is_some()));
+            origin.insert(
+                id.clone(),
+                Origin {
+                    source: index,
+                    location,
+                },
+            );
             let added = match entry {
                 Entry::Policy(policy) => set.add(policy.new_id(id)),
                 Entry::Template(template) => set.add_template(template.new_id(id)),
@@ -442,6 +514,21 @@ fn parse_policies(sources: &[Source], problems: &mut Vec<Problem>) -> Policies {
         }
     }
     Policies { set, origin }
+}
+
+/// One policy file's text parsed, or every syntax problem in it, located.
+fn parse_file(rel: &str, text: &str) -> Result<PolicySet, Vec<Problem>> {
+    PolicySet::from_str(text).map_err(|errors| {
+        errors
+            .iter()
+            .map(|error| diagnostic_problem(error, rel, text))
+            .collect()
+    })
+}
+
+/// The syntax problems of one policy file's text, located as the loader locates them.
+pub(crate) fn parse_problems(rel: &str, text: &str) -> Vec<Problem> {
+    parse_file(rel, text).err().unwrap_or_default()
 }
 
 /// A static policy or a template, as parsed from one file.
@@ -467,27 +554,6 @@ fn position(parsed_id: &PolicyId) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-/// The position of the `nth` (from 0) `@id("<id>")` annotation in `source`, or just the
-/// file if it cannot be found.
-fn annotation_location(source: &Source, id: &str, nth: usize) -> Location {
-    let text = &source.text;
-    let found = text
-        .match_indices("@id")
-        .filter(|(at, tag)| {
-            let rest = text[at + tag.len()..].trim_start();
-            rest.strip_prefix('(')
-                .map(str::trim_start)
-                .and_then(|r| r.strip_prefix('"'))
-                .and_then(|r| r.strip_prefix(id))
-                .is_some_and(|r| r.starts_with('"'))
-        })
-        .nth(nth);
-    match found {
-        Some((at, _)) => Location::at_offset(source.rel.clone(), text, at),
-        None => Location::file(source.rel.clone()),
-    }
-}
-
 /// The schema and its JSON shape. `Ok(None)`: no schema; `Err(())`: a schema that failed
 /// to parse (already reported).
 fn parse_schema(
@@ -502,13 +568,13 @@ fn parse_schema(
         return Ok(None);
     };
     if let Some(second) = schemas.next() {
-        problems.push(Problem {
-            location: Location::file(second.rel.clone()),
-            message: format!(
+        problems.push(Problem::new(
+            Location::file(second.rel.clone()),
+            format!(
                 "a policy directory holds at most one schema; {} is one already",
                 source.rel
             ),
-        });
+        ));
         return Err(());
     }
     let located = |e: &dyn Diagnostic| diagnostic_problem(e, &source.rel, &source.text);
@@ -545,7 +611,7 @@ fn validate_policies(
         return;
     }
     let result = Validator::new(schema.clone()).validate(&policies.set, ValidationMode::Strict);
-    let source_of = |id: &PolicyId| &sources[policies.origin[id].0];
+    let source_of = |id: &PolicyId| &sources[policies.origin[id].source];
     for error in result.validation_errors() {
         let source = source_of(error.policy_id());
         let problem = diagnostic_problem(error, &source.rel, &source.text);
@@ -572,16 +638,16 @@ fn load_entities(
         return match Entities::from_entities([], schema) {
             Ok(entities) => Some((entities, 0)),
             Err(e) => {
-                problems.push(Problem {
-                    location: Location::file("(schema actions)"),
-                    message: e.to_string(),
-                });
+                problems.push(Problem::new(
+                    Location::file("(schema actions)"),
+                    e.to_string(),
+                ));
                 None
             }
         };
     };
     let mut fail = |location: Location, message: String| {
-        problems.push(Problem { location, message });
+        problems.push(Problem::new(location, message));
         None
     };
     let json: serde_json::Value = match serde_json::from_str(&source.text) {
@@ -619,40 +685,90 @@ fn load_entities(
         );
     }
     let count = list.len();
-    match Entities::from_json_value(json, schema) {
+    match Entities::from_json_value(json.clone(), schema) {
         Ok(entities) => Some((entities, count)),
-        Err(e) => fail(Location::file(source.rel.clone()), describe(&e)),
+        Err(e) => {
+            let found = entity_problems(source, list, schema);
+            if found.is_empty() {
+                fail(Location::file(source.rel.clone()), describe(&e))
+            } else {
+                problems.extend(found);
+                None
+            }
+        }
     }
+}
+
+/// Every entity of `list` (the parsed text of `source`) that fails on its own, each
+/// located at its line: Cedar stops at the first bad entity and does not say where it is.
+/// Empty when each entity is fine alone (the fault is between entities, e.g. a uid used
+/// twice), and the caller then reports Cedar's message for the whole file.
+fn entity_problems(
+    source: &Source,
+    list: &[serde_json::Value],
+    schema: Option<&Schema>,
+) -> Vec<Problem> {
+    let starts = array_element_starts(&source.text);
+    let location = |i: usize| match starts.get(i) {
+        Some(&offset) if starts.len() == list.len() => {
+            Location::at_offset(source.rel.clone(), &source.text, offset)
+        }
+        _ => Location::file(source.rel.clone()),
+    };
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, entity)| {
+            let alone = serde_json::Value::Array(vec![entity.clone()]);
+            let e = Entities::from_json_value(alone, schema).err()?;
+            let name = json_uid_and_parents(entity).map_or_else(
+                || format!("entity [{i}]"),
+                |(uid, _)| format!("entity {uid}"),
+            );
+            Some(Problem::new(
+                location(i),
+                format!("{name}: {}", describe(&e)),
+            ))
+        })
+        .collect()
 }
 
 /// The uid and parent uids of one entity in Cedar's JSON entity format, as display
 /// strings, for the hierarchy check; `None` when malformed (Cedar then says why).
 pub(crate) fn json_uid_and_parents(entity: &serde_json::Value) -> Option<(String, Vec<String>)> {
-    fn uid(value: &serde_json::Value) -> Option<String> {
-        let value = value.get("__entity").unwrap_or(value);
-        let ty = value.get("type")?.as_str()?;
-        let id = value.get("id")?.as_str()?;
-        Some(format!("{ty}::{id:?}"))
-    }
     let parents = match entity.get("parents") {
-        Some(list) => list.as_array()?.iter().filter_map(uid).collect(),
+        Some(list) => list.as_array()?.iter().filter_map(json_uid).collect(),
         None => Vec::new(),
     };
-    Some((uid(entity.get("uid")?)?, parents))
+    Some((entity_uid(entity)?, parents))
+}
+
+/// The uid of one entity in Cedar's JSON entity format, as a display string.
+pub(crate) fn entity_uid(entity: &serde_json::Value) -> Option<String> {
+    json_uid(entity.get("uid")?)
+}
+
+/// A uid in Cedar's JSON form (`{"type", "id"}`, optionally under `__entity`).
+fn json_uid(value: &serde_json::Value) -> Option<String> {
+    let value = value.get("__entity").unwrap_or(value);
+    let ty = value.get("type")?.as_str()?;
+    let id = value.get("id")?.as_str()?;
+    Some(format!("{ty}::{id:?}"))
 }
 
 /// A Cedar diagnostic as a problem located at its first label in `text`.
 fn diagnostic_problem(diagnostic: &dyn Diagnostic, file: &str, text: &str) -> Problem {
-    let offset = diagnostic
-        .labels()
-        .and_then(|mut labels| labels.next())
-        .map(|label| label.offset());
+    let label = diagnostic.labels().and_then(|mut labels| labels.next());
     Problem {
-        location: match offset {
-            Some(offset) => Location::at_offset(file, text, offset),
+        location: match &label {
+            Some(label) => Location::at_offset(file, text, label.offset()),
             None => Location::file(file),
         },
         message: describe(diagnostic),
+        span: label.map(|label| Span {
+            offset: label.offset(),
+            len: label.len(),
+            label: label.label().map(str::to_owned),
+        }),
     }
 }
 

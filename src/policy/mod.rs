@@ -16,9 +16,9 @@ mod snapshot;
 mod store;
 mod watch;
 
-pub use error::{LoadError, Location, Problem};
+pub use error::{LoadError, Location, Problem, Span};
 pub use loader::{LoadOptions, Loaded, MAX_POLICY_NESTING, Sources, build, load_dir, read_dir};
-pub(crate) use loader::{describe, json_uid_and_parents};
+pub(crate) use loader::{describe, entity_uid, json_uid_and_parents, parse_problems, too_deep};
 pub use shape::SchemaShape;
 pub use snapshot::Snapshot;
 pub use store::{PolicyStore, ReloadError, ReloadOutcome};

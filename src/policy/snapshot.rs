@@ -1,10 +1,10 @@
 //! [`Snapshot`]: one immutable, fully validated policy set with its schema and entities.
 
-use std::time::SystemTime;
+use std::{collections::HashMap, time::SystemTime};
 
 use cedar_policy::{Entities, PolicySet, Schema};
 
-use super::SchemaShape;
+use super::{Location, SchemaShape};
 
 /// Everything a decision needs from the policy directory, built once and never changed.
 ///
@@ -13,6 +13,8 @@ use super::SchemaShape;
 #[derive(Debug)]
 pub struct Snapshot {
     pub(super) policies: PolicySet,
+    /// Where each policy (and template) starts, by id.
+    pub(super) policy_locations: HashMap<String, Location>,
     pub(super) schema: Option<Schema>,
     pub(super) schema_shape: Option<SchemaShape>,
     pub(super) entities: Entities,
@@ -25,6 +27,12 @@ impl Snapshot {
     /// The policies (and unlinked templates), with their ids.
     pub fn policies(&self) -> &PolicySet {
         &self.policies
+    }
+
+    /// Where the policy or template `id` starts (file, line, column), for pointing a
+    /// reader at the policies behind a decision.
+    pub fn policy_location(&self, id: &str) -> Option<&Location> {
+        self.policy_locations.get(id)
     }
 
     /// The schema, if the directory has one.

@@ -704,7 +704,7 @@ impl Run {
                 tracing::debug!("policy directory read again; content unchanged");
                 return Attempt::Done;
             }
-            Ok(read) => build(read, self.store.options()),
+            Ok(read) => build(&read, self.store.options()),
             Err(err) => Err(err),
         };
         match built {

@@ -1,0 +1,136 @@
+//! Problems shown to a person or a CI system: as text with the source line and a caret
+//! under the spot (the way rustc and Cedar's own CLI show them), or as JSON objects that a
+//! CI step turns into annotations on the pull request.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::policy::{LoadError, Problem, Sources};
+
+/// How bad a problem is: errors refuse the directory, warnings do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The directory cannot be served.
+    Error,
+    /// Worth a look; the directory still loads.
+    Warning,
+}
+
+impl Severity {
+    fn word(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
+/// One problem in machine-readable form (`--format json`); lines and columns are 1-based.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JsonDiagnostic {
+    /// `error` or `warning`.
+    pub severity: Severity,
+    /// File relative to the policy directory.
+    pub file: String,
+    /// Where it starts, when known.
+    pub line: Option<usize>,
+    /// Column of the start, when known.
+    pub column: Option<usize>,
+    /// Where it ends, when Cedar gave a span.
+    pub end_line: Option<usize>,
+    /// Column just past the end, when Cedar gave a span.
+    pub end_column: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+    /// What Cedar says at the spot, if anything.
+    pub label: Option<String>,
+}
+
+/// `problem` as JSON; `text` is its file's content, for the end of its span.
+pub fn to_json(severity: Severity, problem: &Problem, text: Option<&str>) -> JsonDiagnostic {
+    let end = problem
+        .span
+        .as_ref()
+        .zip(text)
+        .map(|(span, text)| line_and_column(text, span.offset + span.len));
+    JsonDiagnostic {
+        severity,
+        file: problem.location.file.clone(),
+        line: problem.location.line,
+        column: problem.location.column,
+        end_line: end.map(|(line, _)| line),
+        end_column: end.map(|(_, column)| column),
+        message: problem.message.clone(),
+        label: problem.span.as_ref().and_then(|s| s.label.clone()),
+    }
+}
+
+/// `problem` as text: a headline, the location, and the source line with the spot marked
+/// when the file's `text` is at hand and the problem has a line.
+pub fn render(severity: Severity, problem: &Problem, text: Option<&str>) -> String {
+    let line = problem.location.line;
+    let gutter = line.map_or(1, |line| line.to_string().len());
+    let pad = " ".repeat(gutter);
+    let mut out = format!(
+        "{}: {}\n{pad}--> {}\n",
+        severity.word(),
+        problem.message,
+        problem.location
+    );
+    let (Some(text), Some(line)) = (text, line) else {
+        return out;
+    };
+    let Some(source_line) = text.lines().nth(line - 1) else {
+        return out;
+    };
+    let column = problem.location.column.unwrap_or(1);
+    // Tabs become one space so the caret lines up whatever the terminal's tab width.
+    let shown: String = source_line
+        .chars()
+        .map(|c| if c == '\t' { ' ' } else { c })
+        .collect();
+    let line_chars = shown.chars().count();
+    let width = match (&problem.span, problem.location.column) {
+        (Some(span), Some(_)) => {
+            let (end_line, end_column) = line_and_column(text, span.offset + span.len);
+            if end_line == line {
+                end_column.saturating_sub(column)
+            } else {
+                (line_chars + 1).saturating_sub(column)
+            }
+        }
+        _ => 1,
+    }
+    .max(1);
+    let _ = writeln!(out, "{pad} |");
+    let _ = writeln!(out, "{line} | {}", shown.trim_end());
+    let mut marker = format!("{pad} | {}{}", " ".repeat(column - 1), "^".repeat(width));
+    if let Some(label) = problem.span.as_ref().and_then(|s| s.label.as_deref()) {
+        let _ = write!(marker, " {label}");
+    }
+    let _ = writeln!(out, "{marker}");
+    out
+}
+
+/// The 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let location = crate::policy::Location::at_offset("", text, offset);
+    (location.line.unwrap_or(1), location.column.unwrap_or(1))
+}
+
+/// Every problem of a failed load, rendered, errors first; the sources give the snippets.
+pub fn render_load_error(sources: Option<&Sources>, error: &LoadError) -> String {
+    match error {
+        LoadError::Directory { .. } => format!("error: {error}\n"),
+        LoadError::Invalid(problems) => problems
+            .iter()
+            .map(|p| {
+                let text = sources.and_then(|s| s.text(&p.location.file));
+                render(Severity::Error, p, text)
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
+}

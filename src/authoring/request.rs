@@ -1,0 +1,129 @@
+//! One authorization question as a policy author writes it, in a test case, a request file
+//! for `authorize`, or its flags, and the way it becomes the engine's [`Query`] — the same
+//! engine, request validation and limits `serve` uses, so a case passes here exactly when
+//! the server would answer the same.
+
+use std::{fmt, str::FromStr};
+
+use cedar_policy::EntityUid;
+use serde::{Deserialize, Deserializer, de};
+use serde_json::{Map, Value};
+
+use crate::engine::{ContextInput, EntitiesInput, Query};
+
+/// An entity uid, written as Cedar writes it (`Platform::User::"alice"`) or as Cedar's JSON
+/// form (`{type: Platform::User, id: alice}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uid(pub EntityUid);
+
+impl FromStr for Uid {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        EntityUid::from_str(text.trim()).map(Uid).map_err(|e| {
+            format!(
+                "`{text}` is not an entity uid ({}); write it as Type::\"id\", \
+                 e.g. Platform::User::\"alice\"",
+                crate::policy::describe(&e)
+            )
+        })
+    }
+}
+
+impl fmt::Display for Uid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Uid {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // A visitor rather than an untagged enum: errors raised while the field is being
+        // read keep the file's line and column.
+        struct UidVisitor;
+
+        impl<'de> de::Visitor<'de> for UidVisitor {
+            type Value = Uid;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an entity uid: Type::\"id\" or {type: Type, id: \"id\"}")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Uid, E> {
+                text.parse().map_err(E::custom)
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Uid, A::Error> {
+                let (mut ty, mut id) = (None::<String>, None::<String>);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "type" => ty = Some(map.next_value()?),
+                        "id" => id = Some(map.next_value()?),
+                        other => return Err(de::Error::unknown_field(other, &["type", "id"])),
+                    }
+                }
+                let ty = ty.ok_or_else(|| de::Error::missing_field("type"))?;
+                let id = id.ok_or_else(|| de::Error::missing_field("id"))?;
+                let name = cedar_policy::EntityTypeName::from_str(&ty).map_err(|e| {
+                    de::Error::custom(format!(
+                        "`{ty}` is not an entity type: {}",
+                        crate::policy::describe(&e)
+                    ))
+                })?;
+                let id = cedar_policy::EntityId::new(id);
+                Ok(Uid(EntityUid::from_type_name_and_id(name, id)))
+            }
+        }
+
+        deserializer.deserialize_any(UidVisitor)
+    }
+}
+
+/// A request: who, doing what, to what, in which circumstances, with which extra entities.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    /// Who asks.
+    pub principal: Uid,
+    /// What they want to do.
+    pub action: Uid,
+    /// To what.
+    pub resource: Uid,
+    /// Cedar's JSON context format; with a schema, extension values may be given as
+    /// `{"__extn": {"fn": "ip", "arg": "10.0.0.1"}}`.
+    #[serde(default)]
+    pub context: Map<String, Value>,
+    /// Entities sent with the request, in Cedar's JSON entity format; they replace stored
+    /// entities with the same uid.
+    #[serde(default)]
+    pub entities: Vec<Value>,
+}
+
+impl RequestSpec {
+    /// The engine's query and the request's entities.
+    pub fn query(&self) -> (Query, EntitiesInput) {
+        let query = Query {
+            principal: self.principal.0.clone(),
+            action: self.action.0.clone(),
+            resource: self.resource.0.clone(),
+            context: ContextInput::Json(Value::Object(self.context.clone()).to_string()),
+        };
+        let entities = match self.entities.is_empty() {
+            true => EntitiesInput::None,
+            false => EntitiesInput::Json(Value::Array(self.entities.clone()).to_string()),
+        };
+        (query, entities)
+    }
+}
+
+/// `extra` placed over `base`: an entity of `extra` replaces one of `base` with the same
+/// uid. For a test file's shared entities and a case's own.
+pub fn merge_entities(base: &[Value], extra: &[Value]) -> Vec<Value> {
+    let uid = |e: &Value| crate::policy::entity_uid(e);
+    let replaced: std::collections::HashSet<String> = extra.iter().filter_map(uid).collect();
+    base.iter()
+        .filter(|e| uid(e).is_none_or(|u| !replaced.contains(&u)))
+        .chain(extra)
+        .cloned()
+        .collect()
+}
