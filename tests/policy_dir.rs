@@ -902,3 +902,134 @@ fn brackets_nested_past_the_limit_are_refused_with_the_line() {
         problems[0].message
     );
 }
+
+// ---- where policies and problems are ---------------------------------------------------
+
+#[test]
+fn every_policy_is_located_at_its_first_annotation_or_keyword() {
+    let dir = tempfile::tempdir().unwrap();
+    // Semicolons inside strings and comments do not end a policy.
+    write(
+        dir.path(),
+        "team/a.cedar",
+        "// header; with a semicolon\n\
+         permit(principal, action, resource) when { \"a;b\" != \"\" };\n\
+         \n\
+         // the next one; annotated\n\
+         @id(\"named\")\n\
+         @reason(\"x;y\")\n\
+         forbid(principal, action, resource) when { false };  permit(principal, action, resource);\n",
+    );
+    let loaded = load(dir.path());
+    let at = |id: &str| {
+        loaded
+            .snapshot
+            .policy_location(id)
+            .unwrap_or_else(|| panic!("{id} has a location"))
+            .to_string()
+    };
+    assert_eq!(at("team/a.0"), "team/a.cedar:2:1");
+    assert_eq!(at("named"), "team/a.cedar:5:1");
+    assert_eq!(at("team/a.2"), "team/a.cedar:7:54");
+    assert!(loaded.snapshot.policy_location("team/a.3").is_none());
+}
+
+#[test]
+fn an_id_mentioned_in_a_comment_does_not_move_a_duplicate_to_the_comment() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "a.cedar",
+        "@id(\"dup\")\npermit(principal, action, resource);\n",
+    );
+    write(
+        dir.path(),
+        "b.cedar",
+        "// was @id(\"dup\") before the rename\npermit(principal, action, resource);\n\n@id(\"dup\")\nforbid(principal, action, resource);\n",
+    );
+    let problems = problems(dir.path(), &options(PolicyValidation::Strict));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].location.to_string(), "b.cedar:4:1");
+    assert!(
+        problems[0].message.contains("a.cedar:1:1"),
+        "{}",
+        problems[0]
+    );
+}
+
+#[test]
+fn a_syntax_error_and_a_validation_error_in_other_files_are_reported_together() {
+    let dir = undeclared_attribute_dir();
+    write(
+        dir.path(),
+        "broken.cedar",
+        "permit(principal, action, resource) when { 1 + };\n",
+    );
+    let problems = problems(dir.path(), &options(PolicyValidation::Strict));
+    let files: Vec<String> = problems.iter().map(|p| p.location.to_string()).collect();
+    assert!(
+        files.iter().any(|f| f.starts_with("broken.cedar:1:")),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f.starts_with("bad.cedar:3:")),
+        "{files:?}"
+    );
+}
+
+#[test]
+fn a_syntax_error_carries_the_span_it_points_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "permit(principal, action, resource) when { principal.x == ) };\n";
+    write(dir.path(), "p.cedar", text);
+    let problems = problems(dir.path(), &options(PolicyValidation::Strict));
+    let span = problems[0].span.as_ref().expect("a span");
+    assert_eq!(&text[span.offset..span.offset + span.len.max(1)], ")");
+    assert_eq!(problems[0].location.column, Some(span.offset + 1));
+}
+
+#[test]
+fn each_entity_failing_the_schema_is_reported_at_its_own_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "schema.cedarschema", SCHEMA);
+    write(dir.path(), "good.cedar", OWNER_READS);
+    write(
+        dir.path(),
+        "entities.json",
+        r#"[
+  {"uid": {"type": "User", "id": "alice"}, "attrs": {}, "parents": []},
+  {"uid": {"type": "Doc", "id": "d1"}, "attrs": {"owner": "alice"}, "parents": []},
+  {"uid": {"type": "Doc", "id": "d2"},
+   "attrs": {"owner": {"__entity": {"type": "User", "id": "alice"}}}, "parents": []},
+  {"uid": {"type": "Doc", "id": "d3"}, "attrs": {}, "parents": []}
+]"#,
+    );
+    let problems = problems(dir.path(), &options(PolicyValidation::Strict));
+    let found: Vec<(String, bool)> = problems
+        .iter()
+        .map(|p| (p.location.to_string(), p.message.contains("Doc::\"d")))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("entities.json:3:3".to_owned(), true),
+            ("entities.json:6:3".to_owned(), true)
+        ],
+        "{problems:?}"
+    );
+    assert!(problems[0].message.contains(r#"Doc::"d1""#));
+    assert!(problems[1].message.contains(r#"Doc::"d3""#));
+}
+
+#[test]
+fn entities_wrong_only_together_are_reported_for_the_whole_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each entry is fine alone; two different entries for one uid are not.
+    let alice = |n: u8| format!(r#"{{"uid": {{"type": "User", "id": "alice"}}, "attrs": {{"n": {n}}}, "parents": []}}"#);
+    write(dir.path(), "p.cedar", OWNER_READS);
+    write(dir.path(), "entities.json", &format!("[{}, {}]", alice(1), alice(2)));
+    let problems = problems(dir.path(), &options(PolicyValidation::Strict));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].location.to_string(), "entities.json");
+    assert!(problems[0].message.contains("alice"), "{}", problems[0]);
+}
