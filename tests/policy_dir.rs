@@ -1025,9 +1025,17 @@ fn each_entity_failing_the_schema_is_reported_at_its_own_line() {
 fn entities_wrong_only_together_are_reported_for_the_whole_file() {
     let dir = tempfile::tempdir().unwrap();
     // Each entry is fine alone; two different entries for one uid are not.
-    let alice = |n: u8| format!(r#"{{"uid": {{"type": "User", "id": "alice"}}, "attrs": {{"n": {n}}}, "parents": []}}"#);
+    let alice = |n: u8| {
+        format!(
+            r#"{{"uid": {{"type": "User", "id": "alice"}}, "attrs": {{"n": {n}}}, "parents": []}}"#
+        )
+    };
     write(dir.path(), "p.cedar", OWNER_READS);
-    write(dir.path(), "entities.json", &format!("[{}, {}]", alice(1), alice(2)));
+    write(
+        dir.path(),
+        "entities.json",
+        &format!("[{}, {}]", alice(1), alice(2)),
+    );
     let problems = problems(dir.path(), &options(PolicyValidation::Strict));
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(problems[0].location.to_string(), "entities.json");
