@@ -134,3 +134,71 @@ pub fn render_load_error(sources: Option<&Sources>, error: &LoadError) -> String
             .join("\n"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Location, Span};
+
+    fn problem(text: &str, offset: usize, len: usize, label: Option<&str>) -> Problem {
+        Problem {
+            location: Location::at_offset("p.cedar", text, offset),
+            message: "bad".to_owned(),
+            span: Some(Span {
+                offset,
+                len,
+                label: label.map(str::to_owned),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_caret_sits_under_the_span_counting_characters_not_bytes() {
+        let text = "permit(principal, action, resource)\nwhen { \"é\"\t== oops };\n";
+        let offset = text.find("oops").unwrap();
+        let rendered = render(
+            Severity::Error,
+            &problem(text, offset, 4, Some("here")),
+            Some(text),
+        );
+        let lines: Vec<&str> = rendered.lines().collect();
+        assert_eq!(lines[0], "error: bad");
+        assert_eq!(lines[1], " --> p.cedar:2:15");
+        assert_eq!(lines[3], "2 | when { \"é\" == oops };");
+        let caret = lines[4].find('^').unwrap();
+        assert_eq!(
+            lines[3].chars().position(|c| c == 'o'),
+            Some(lines[4][..caret].chars().count())
+        );
+        assert!(lines[4].ends_with("^^^^ here"), "{rendered}");
+    }
+
+    #[test]
+    fn a_span_over_several_lines_is_underlined_to_the_end_of_its_first() {
+        let text = "when {\n  a &&\n  b\n};\n";
+        let offset = text.find("a &&").unwrap();
+        let rendered = render(
+            Severity::Warning,
+            &problem(text, offset, 9, None),
+            Some(text),
+        );
+        assert!(rendered.starts_with("warning: bad\n"), "{rendered}");
+        assert!(rendered.contains("2 |   a &&\n  |   ^^^^\n"), "{rendered}");
+    }
+
+    #[test]
+    fn without_the_text_only_the_headline_and_location_are_shown() {
+        let text = "x\n";
+        let rendered = render(Severity::Error, &problem(text, 0, 1, None), None);
+        assert_eq!(rendered, "error: bad\n --> p.cedar:1:1\n");
+    }
+
+    #[test]
+    fn json_gives_the_end_of_the_span() {
+        let text = "ab\ncd oops\n";
+        let offset = text.find("oops").unwrap();
+        let json = to_json(Severity::Error, &problem(text, offset, 4, None), Some(text));
+        assert_eq!((json.line, json.column), (Some(2), Some(4)));
+        assert_eq!((json.end_line, json.end_column), (Some(2), Some(8)));
+    }
+}

@@ -127,3 +127,37 @@ pub fn merge_entities(base: &[Value], extra: &[Value]) -> Vec<Value> {
         .cloned()
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_case_entity_replaces_a_file_entity_with_the_same_uid_only() {
+        let base = [
+            json!({"uid": {"type": "U", "id": "a"}, "attrs": {"n": 1}}),
+            json!({"uid": {"type": "U", "id": "b"}, "attrs": {"n": 1}}),
+        ];
+        let extra = [json!({"uid": {"type": "U", "id": "a"}, "attrs": {"n": 2}})];
+        let merged = merge_entities(&base, &extra);
+        assert_eq!(merged, [base[1].clone(), extra[0].clone()]);
+    }
+
+    #[test]
+    fn a_uid_reads_from_cedar_text_or_json_parts_and_names_what_is_wrong() {
+        let text: Uid = serde_json::from_value(json!("A::B::\"x y\"")).unwrap();
+        let parts: Uid = serde_json::from_value(json!({"type": "A::B", "id": "x y"})).unwrap();
+        assert_eq!(text, parts);
+        let bad = serde_json::from_value::<Uid>(json!("alice")).unwrap_err();
+        assert!(
+            bad.to_string().contains("`alice` is not an entity uid"),
+            "{bad}"
+        );
+        let bad = serde_json::from_value::<Uid>(json!({"type": "A"})).unwrap_err();
+        assert!(bad.to_string().contains("missing field `id`"), "{bad}");
+        let bad = serde_json::from_value::<Uid>(json!(3)).unwrap_err();
+        assert!(bad.to_string().contains("entity uid"), "{bad}");
+    }
+}

@@ -1,0 +1,76 @@
+//! `cedar-pdp test` and the server agree: every case of the example `policies/tests/`,
+//! sent over gRPC in Cedar's JSON forms (`context_json`, `entities_json`), gets the
+//! decision and determining policies the test runner reported, and the one it expects.
+
+mod common;
+
+use cedar_pdp::{
+    authoring::{
+        request::merge_entities,
+        suite::{self, Expect},
+    },
+    engine::{Engine, EngineOptions},
+    policy::{LoadOptions, load_dir},
+    proto::cedarpdp::v1 as pb,
+};
+use cedar_policy::EntityUid;
+use common::*;
+
+fn wire_uid(uid: &EntityUid) -> pb::EntityUid {
+    pb::EntityUid {
+        r#type: uid.type_name().to_string(),
+        id: uid.id().unescaped().to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn every_example_case_decides_over_grpc_as_the_test_runner_reported() {
+    let dir = example_policies();
+    let snapshot = load_dir(&dir, &LoadOptions::default())
+        .expect("the example loads")
+        .snapshot;
+    let suites = suite::discover(&dir).expect("the example cases read");
+    let report = suite::run(
+        &snapshot,
+        &Engine::new(EngineOptions::default()),
+        &suites,
+        None,
+    );
+    assert_eq!(report.failed(), 0, "{}", report.text(false));
+
+    let server = TestServer::start(&dir).await;
+    let mut client = server.client().await;
+    let mut compared = 0;
+    for (suite, suite_report) in suites.iter().zip(&report.suites) {
+        assert_eq!(suite.file, suite_report.file);
+        for (case, case_report) in suite.cases.iter().zip(&suite_report.cases) {
+            let entities = merge_entities(&suite.entities, &case.entities);
+            let request = pb::IsAuthorizedRequest {
+                principal: Some(wire_uid(&case.principal.0)),
+                action: Some(wire_uid(&case.action.0)),
+                resource: Some(wire_uid(&case.resource.0)),
+                context_json: serde_json::Value::Object(case.context.clone()).to_string(),
+                entities_json: match entities.is_empty() {
+                    true => String::new(),
+                    false => serde_json::Value::Array(entities).to_string(),
+                },
+                ..Default::default()
+            };
+            let answer = client
+                .is_authorized(request)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {}: {e}", suite.file, case.name))
+                .into_inner();
+            let decided = case_report.result.as_ref().expect("the case was decided");
+            let what = format!("{}: {}", suite.file, case.name);
+            assert_eq!(is_allow(&answer), decided.allowed, "{what}");
+            assert_eq!(is_allow(&answer), case.expect == Expect::Allow, "{what}");
+            let mut served = answer.determining_policies.clone();
+            served.sort();
+            assert_eq!(served, decided.determining_policies, "{what}");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 30, "only {compared} cases compared");
+    server.stop().await;
+}
