@@ -59,12 +59,25 @@ struct ValidateArgs {
     /// The policy directory.
     #[arg(default_value = "policies")]
     dir: PathBuf,
-    /// Policy validation against the schema, as `serve --policy-validation` does it.
-    #[arg(long, value_enum, default_value = "strict")]
-    policy_validation: PolicyValidation,
+    #[command(flatten)]
+    load: LoadArgs,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
+}
+
+/// How the author commands load a directory: as `serve` would with the same flag.
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// Policy validation against the schema, as `serve --policy-validation` does it.
+    #[arg(long, value_enum, default_value = "strict")]
+    policy_validation: PolicyValidation,
+}
+
+impl LoadArgs {
+    fn options(&self) -> LoadOptions {
+        LoadOptions::new(self.policy_validation, &Limits::default())
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,6 +94,8 @@ struct TestArgs {
     /// Run only the cases whose `file: name` contains TEXT.
     #[arg(long, value_name = "TEXT")]
     filter: Option<String>,
+    #[command(flatten)]
+    load: LoadArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -107,6 +122,8 @@ struct AuthorizeArgs {
     /// A JSON file of entities sent with the request (Cedar's entity format).
     #[arg(long, value_name = "FILE")]
     entities: Option<PathBuf>,
+    #[command(flatten)]
+    load: LoadArgs,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
@@ -148,8 +165,7 @@ const WRONG: u8 = 1;
 const USAGE: u8 = 2;
 
 fn validate(args: ValidateArgs) -> ExitCode {
-    let options = LoadOptions::new(args.policy_validation, &Limits::default());
-    let validation = match authoring::validate(&args.dir, &options) {
+    let validation = match authoring::validate(&args.dir, &args.load.options()) {
         Ok(validation) => validation,
         Err(e) => return usage_error(e),
     };
@@ -164,13 +180,17 @@ fn validate(args: ValidateArgs) -> ExitCode {
     }
 }
 
-/// Loads `dir` for `test` and `authorize`: strict, default limits; prints why not.
-fn load_strict(dir: &Path) -> Result<cedar_pdp::policy::Snapshot, ExitCode> {
-    let options = LoadOptions::default();
-    match authoring::validate(dir, &options) {
+/// Loads `dir` for `test` and `authorize`; prints every problem when it does not load.
+fn load(dir: &Path, args: &LoadArgs) -> Result<cedar_pdp::policy::Snapshot, ExitCode> {
+    match authoring::validate(dir, &args.options()) {
         Err(e) => Err(usage_error(e)),
         Ok(validation) => match validation.snapshot {
-            Some(snapshot) => Ok(snapshot),
+            Some(snapshot) => {
+                if !validation.warnings.is_empty() {
+                    eprint!("{}", validation.text());
+                }
+                Ok(snapshot)
+            }
             None => {
                 eprint!("{}", validation.text());
                 eprintln!("error: the policies in {} do not load", dir.display());
@@ -186,7 +206,7 @@ fn usage_error(error: impl std::fmt::Display) -> ExitCode {
 }
 
 fn test(args: TestArgs) -> ExitCode {
-    let snapshot = match load_strict(&args.dir) {
+    let snapshot = match load(&args.dir, &args.load) {
         Ok(snapshot) => snapshot,
         Err(code) => return code,
     };
@@ -232,7 +252,7 @@ fn authorize(args: AuthorizeArgs) -> ExitCode {
         Ok(request) => request,
         Err(message) => return usage_error(message),
     };
-    let snapshot = match load_strict(&args.policies) {
+    let snapshot = match load(&args.policies, &args.load) {
         Ok(snapshot) => snapshot,
         Err(code) => return code,
     };
