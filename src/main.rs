@@ -184,11 +184,9 @@ fn validate(args: ValidateArgs) -> ExitCode {
 fn load(dir: &Path, args: &LoadArgs) -> Result<cedar_pdp::policy::Snapshot, ExitCode> {
     match authoring::validate(dir, &args.options()) {
         Err(e) => Err(usage_error(e)),
-        Ok(validation) => match validation.snapshot {
+        Ok(mut validation) => match validation.snapshot.take() {
             Some(snapshot) => {
-                if !validation.warnings.is_empty() {
-                    eprint!("{}", validation.text());
-                }
+                eprint!("{}", validation.problems_text());
                 Ok(snapshot)
             }
             None => {

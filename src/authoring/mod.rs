@@ -61,14 +61,20 @@ impl Validation {
         errors.chain(self.warnings.iter().map(|p| (Severity::Warning, p)))
     }
 
-    /// Every problem with its source snippet, then a summary line.
-    pub fn text(&self) -> String {
+    /// Every problem with its source snippet.
+    pub fn problems_text(&self) -> String {
         let mut out = String::new();
         for (severity, problem) in self.all() {
             let text = self.sources.text(&problem.location.file);
             out.push_str(&diagnostics::render(severity, problem, text));
             out.push('\n');
         }
+        out
+    }
+
+    /// Every problem with its source snippet, then a summary line.
+    pub fn text(&self) -> String {
+        let mut out = self.problems_text();
         let counts = format!(
             "{} error{}, {} warning{}",
             self.errors.len(),
