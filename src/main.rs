@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use cedar_pdp::{
     Config, api,
     authoring::{self, diagnostics, format::FileStatus, request::RequestSpec, suite},
-    config::{Limits, Settings},
+    config::Settings,
     engine::{Engine, EngineOptions},
     policy::{LoadError, LoadOptions, PolicyStore, PolicyValidation, WatchOptions, Watcher},
     telemetry::{self, AuditLog, Metrics},
@@ -56,9 +56,8 @@ enum Format {
 
 #[derive(Debug, clap::Args)]
 struct ValidateArgs {
-    /// The policy directory.
-    #[arg(default_value = "policies")]
-    dir: PathBuf,
+    /// The policy directory [default: the config file's `policies`, else `policies`].
+    dir: Option<PathBuf>,
     #[command(flatten)]
     load: LoadArgs,
     /// Output format.
@@ -66,25 +65,49 @@ struct ValidateArgs {
     format: Format,
 }
 
-/// How the author commands load a directory: as `serve` would with the same flag.
+/// How the author commands load a directory and decide: as the server would, with its
+/// config file when given.
 #[derive(Debug, clap::Args)]
 struct LoadArgs {
-    /// Policy validation against the schema, as `serve --policy-validation` does it.
-    #[arg(long, value_enum, default_value = "strict")]
-    policy_validation: PolicyValidation,
+    /// The server's TOML config file: its policy validation, request validation and limits
+    /// apply, so that what passes here is what that server does.
+    #[arg(long, env = "CEDAR_PDP_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Policy validation against the schema, as `serve --policy-validation` does it
+    /// [default: the config file's, else strict].
+    #[arg(long, value_enum)]
+    policy_validation: Option<PolicyValidation>,
+}
+
+/// The directory an author command works on and the settings it decides with.
+struct Setup {
+    dir: PathBuf,
+    load: LoadOptions,
+    engine: EngineOptions,
 }
 
 impl LoadArgs {
-    fn options(&self) -> LoadOptions {
-        LoadOptions::new(self.policy_validation, &Limits::default())
+    /// The directory (`dir`, else the config file's) and the server's settings.
+    fn setup(&self, dir: Option<PathBuf>) -> Result<Setup, ExitCode> {
+        let overrides = Settings {
+            policies: dir,
+            policy_validation: self.policy_validation,
+            ..Settings::default()
+        };
+        let config = Config::resolve(self.config.as_deref(), overrides).map_err(usage_error)?;
+        Ok(Setup {
+            load: LoadOptions::new(config.policy_validation, &config.limits),
+            engine: EngineOptions::new(config.validate_requests, &config.limits),
+            dir: config.policies,
+        })
     }
 }
 
 #[derive(Debug, clap::Args)]
 struct TestArgs {
-    /// The policy directory; cases are read from its `tests/` folder.
-    #[arg(default_value = "policies")]
-    dir: PathBuf,
+    /// The policy directory; cases are read from its `tests/` folder [default: the config
+    /// file's `policies`, else `policies`].
+    dir: Option<PathBuf>,
     /// Also write the results as JUnit XML to FILE.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
@@ -100,9 +123,9 @@ struct TestArgs {
 
 #[derive(Debug, clap::Args)]
 struct AuthorizeArgs {
-    /// The policy directory.
-    #[arg(long, default_value = "policies", value_name = "DIR")]
-    policies: PathBuf,
+    /// The policy directory [default: the config file's `policies`, else `policies`].
+    #[arg(long, value_name = "DIR")]
+    policies: Option<PathBuf>,
     /// A request file (JSON or YAML, the fields of a test case; `-` reads standard input).
     /// Flags given as well override its fields.
     #[arg(long, value_name = "FILE")]
@@ -165,7 +188,11 @@ const WRONG: u8 = 1;
 const USAGE: u8 = 2;
 
 fn validate(args: ValidateArgs) -> ExitCode {
-    let validation = match authoring::validate(&args.dir, &args.load.options()) {
+    let setup = match args.load.setup(args.dir) {
+        Ok(setup) => setup,
+        Err(code) => return code,
+    };
+    let validation = match authoring::validate(&setup.dir, &setup.load) {
         Ok(validation) => validation,
         Err(e) => return usage_error(e),
     };
@@ -181,8 +208,9 @@ fn validate(args: ValidateArgs) -> ExitCode {
 }
 
 /// Loads `dir` for `test` and `authorize`; prints every problem when it does not load.
-fn load(dir: &Path, args: &LoadArgs) -> Result<cedar_pdp::policy::Snapshot, ExitCode> {
-    match authoring::validate(dir, &args.options()) {
+fn load(setup: &Setup) -> Result<cedar_pdp::policy::Snapshot, ExitCode> {
+    let dir = &setup.dir;
+    match authoring::validate(dir, &setup.load) {
         Err(e) => Err(usage_error(e)),
         Ok(mut validation) => match validation.snapshot.take() {
             Some(snapshot) => {
@@ -204,11 +232,15 @@ fn usage_error(error: impl std::fmt::Display) -> ExitCode {
 }
 
 fn test(args: TestArgs) -> ExitCode {
-    let snapshot = match load(&args.dir, &args.load) {
+    let setup = match args.load.setup(args.dir) {
+        Ok(setup) => setup,
+        Err(code) => return code,
+    };
+    let snapshot = match load(&setup) {
         Ok(snapshot) => snapshot,
         Err(code) => return code,
     };
-    let suites = match suite::discover(&args.dir) {
+    let suites = match suite::discover(&setup.dir) {
         Ok(suites) => suites,
         Err(problems) => {
             for problem in &problems {
@@ -219,12 +251,12 @@ fn test(args: TestArgs) -> ExitCode {
             }
             eprintln!(
                 "error: the test cases in {} cannot be read",
-                args.dir.join("tests").display()
+                setup.dir.join("tests").display()
             );
             return ExitCode::from(WRONG);
         }
     };
-    let engine = Engine::new(EngineOptions::default());
+    let engine = Engine::new(setup.engine);
     let report = suite::run(&snapshot, &engine, &suites, args.filter.as_deref());
     print!("{}", report.text(args.coverage));
     if let Some(path) = &args.junit
@@ -250,16 +282,20 @@ fn authorize(args: AuthorizeArgs) -> ExitCode {
         Ok(request) => request,
         Err(message) => return usage_error(message),
     };
-    let snapshot = match load(&args.policies, &args.load) {
+    let setup = match args.load.setup(args.policies.clone()) {
+        Ok(setup) => setup,
+        Err(code) => return code,
+    };
+    let snapshot = match load(&setup) {
         Ok(snapshot) => snapshot,
         Err(code) => return code,
     };
-    let engine = Engine::new(EngineOptions::default());
+    let engine = Engine::new(setup.engine);
     match authoring::decide(&snapshot, &engine, &request) {
-        Ok(decision) => {
+        Ok(answer) => {
             match args.format {
-                Format::Text => print!("{}", authoring::decision_text(&snapshot, &decision)),
-                Format::Json => print!("{}", authoring::decision_json(&snapshot, &decision)),
+                Format::Text => print!("{}", authoring::decision_text(&snapshot, &answer)),
+                Format::Json => print!("{}", authoring::decision_json(&snapshot, &answer)),
             }
             ExitCode::SUCCESS
         }
@@ -304,14 +340,7 @@ fn authorize_request(args: &AuthorizeArgs) -> Result<RequestSpec, String> {
         let value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         fields.insert("entities".to_owned(), value);
     }
-    serde_json::from_value(serde_json::Value::Object(fields)).map_err(|e| {
-        match e.to_string().starts_with("missing field") {
-            true => format!(
-                "request: {e} (give --principal, --action and --resource, or a --request file)"
-            ),
-            false => format!("request: {e}"),
-        }
-    })
+    RequestSpec::from_fields(fields).map_err(|e| format!("request: {e}"))
 }
 
 /// A file's text, or standard input for `-`.
@@ -331,26 +360,32 @@ fn fmt(args: FmtArgs) -> ExitCode {
         Ok(statuses) => statuses,
         Err(e) => return usage_error(e),
     };
-    let (mut changed, mut failed) = (0, 0);
+    let (mut changed, mut failed, mut unwritable) = (0, 0, 0);
     for (file, status) in &statuses {
-        match status {
-            FileStatus::Formatted => {}
-            FileStatus::Changed if args.check => {
-                changed += 1;
-                println!("not formatted: {file}");
-            }
+        let problem = match status {
+            FileStatus::Formatted => continue,
             FileStatus::Changed => {
                 changed += 1;
-                println!("formatted: {file}");
+                let verb = if args.check {
+                    "not formatted"
+                } else {
+                    "formatted"
+                };
+                println!("{verb}: {file}");
+                continue;
             }
             FileStatus::Failed(problem) => {
                 failed += 1;
-                eprint!(
-                    "{}",
-                    diagnostics::render(diagnostics::Severity::Error, problem, None)
-                );
+                problem
             }
-        }
+            FileStatus::Unwritable(problem) => {
+                unwritable += 1;
+                problem
+            }
+        };
+        let text = std::fs::read_to_string(args.dir.join(&problem.location.file)).ok();
+        let shown = diagnostics::render(diagnostics::Severity::Error, problem, text.as_deref());
+        eprint!("{shown}");
     }
     let verb = if args.check {
         "need formatting"
@@ -358,10 +393,13 @@ fn fmt(args: FmtArgs) -> ExitCode {
         "reformatted"
     };
     println!(
-        "{} files checked, {changed} {verb}, {failed} could not be formatted",
-        statuses.len()
+        "{} files checked, {changed} {verb}, {} could not be formatted",
+        statuses.len(),
+        failed + unwritable
     );
-    if failed > 0 || (args.check && changed > 0) {
+    if unwritable > 0 {
+        ExitCode::from(USAGE)
+    } else if failed > 0 || (args.check && changed > 0) {
         ExitCode::from(WRONG)
     } else {
         ExitCode::SUCCESS

@@ -1258,3 +1258,212 @@ fn fmt_reports_a_file_with_a_syntax_error_and_still_formats_the_others() {
         "the broken file is left alone"
     );
 }
+
+// ---- found in review: typos, evaluation errors, the server's config, odd files ----------
+
+/// A case file `tests/extra.yaml` in a copy of the example, holding `cases`.
+fn with_cases(cases: &str) -> Scratch {
+    let scratch = Scratch::new();
+    scratch.write("tests/extra.yaml", &format!("cases:\n{cases}"));
+    scratch
+}
+
+#[test]
+fn test_fails_a_case_whose_principal_is_a_misspelt_uid() {
+    let scratch = with_cases(
+        "  - name: typo\n    principal: Platform::User::\"dvae\"\n    action: Platform::Action::\"read\"\n    resource: Platform::Document::\"acme-roadmap-q3\"\n    expect: deny\n",
+    );
+    let output = run(["test", scratch.path(), "--filter", "extra"]);
+    assert_exit(&output, 1);
+    let stdout = stdout_of(&output);
+    assert!(
+        stdout.contains("the principal Platform::User::\"dvae\" is not a known entity"),
+        "{stdout}"
+    );
+    // Unknown, the principal has no tenant: the tenant-isolation forbid errors and is
+    // skipped, which the case must also own up to.
+    assert!(stdout.contains("tenant-isolation: entity"), "{stdout}");
+    assert_eq!(last_line(&stdout), "0 passed, 1 failed");
+}
+
+#[test]
+fn test_passes_an_unknown_principal_and_its_errors_only_when_the_case_says_so() {
+    let scratch = with_cases(
+        "  - name: an unknown user gets nothing\n    principal: Platform::User::\"nobody\"\n    action: Platform::Action::\"read\"\n    resource: Platform::Document::\"acme-roadmap-q3\"\n    expect: deny\n    determining: []\n    allow_unknown_entities: true\n    errors: [tenant-isolation, suspended-users, tenant-admins]\n",
+    );
+    let output = run(["test", scratch.path(), "--filter", "extra"]);
+    assert_exit(&output, 0);
+    assert_eq!(last_line(&stdout_of(&output)), "1 passed, 0 failed");
+
+    scratch.edit(
+        "tests/extra.yaml",
+        "errors: [tenant-isolation, suspended-users, tenant-admins]",
+        "errors: [tenant-isolation]",
+    );
+    let output = run(["test", scratch.path(), "--filter", "extra"]);
+    assert_exit(&output, 1);
+    let stdout = stdout_of(&output);
+    assert!(
+        stdout.contains(
+            "expected evaluation errors in [tenant-isolation], got [suspended-users, tenant-admins, tenant-isolation]"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn authorize_notes_a_principal_that_is_not_a_known_entity() {
+    let output = run([
+        "authorize",
+        "--policies",
+        EXAMPLE_POLICIES,
+        "--principal",
+        r#"Platform::User::"dvae""#,
+        "--action",
+        READ,
+        "--resource",
+        ROADMAP,
+    ]);
+    assert_exit(&output, 0);
+    let stdout = stdout_of(&output);
+    assert!(stdout.starts_with("decision: deny\n"), "{stdout}");
+    assert!(
+        stdout.contains("note: the principal Platform::User::\"dvae\" is not a known entity"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn authorize_takes_one_case_of_a_case_file_as_its_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let request = tmp.path().join("case.yaml");
+    fs::write(
+        &request,
+        format!(
+            "name: copied from a failing case\nprincipal: {DAVE}\naction: {READ}\nresource: {ROADMAP}\nexpect: allow\ndeterminng: []\n"
+        ),
+    )
+    .unwrap();
+    let output = run([
+        "authorize",
+        "--policies",
+        EXAMPLE_POLICIES,
+        "--request",
+        path_arg(&request),
+    ]);
+    // The typo `determinng` is not a case key: refused, named.
+    assert_exit(&output, 2);
+    assert!(stderr_of(&output).contains("unknown field `determinng`"));
+
+    let text = fs::read_to_string(&request)
+        .unwrap()
+        .replace("determinng", "determining");
+    fs::write(&request, text).unwrap();
+    let output = run([
+        "authorize",
+        "--policies",
+        EXAMPLE_POLICIES,
+        "--request",
+        path_arg(&request),
+    ]);
+    assert_exit(&output, 0);
+    assert!(stdout_of(&output).starts_with("decision: deny\n"));
+}
+
+#[test]
+fn authorize_names_the_request_field_of_the_wrong_type() {
+    let output = run([
+        "authorize",
+        "--policies",
+        EXAMPLE_POLICIES,
+        "--principal",
+        BOB,
+        "--action",
+        READ,
+        "--resource",
+        ROADMAP,
+        "--context",
+        "[1]",
+    ]);
+    assert_exit(&output, 2);
+    assert!(
+        stderr_of(&output).contains("context: invalid type: sequence"),
+        "{}",
+        stderr_of(&output)
+    );
+}
+
+#[test]
+fn the_servers_config_file_applies_to_validate_and_test() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("cedar-pdp.toml");
+
+    // A store limit below the example's 40 entities refuses it, as serve would.
+    fs::write(&config, "[limits]\nmax_store_entities = 10\n").unwrap();
+    let output = run(["validate", EXAMPLE_POLICIES, "--config", path_arg(&config)]);
+    assert_exit(&output, 1);
+    assert!(
+        stdout_of(&output).contains("max_store_entities"),
+        "{}",
+        stdout_of(&output)
+    );
+
+    // Without request validation, `source_ip: "10.1.2.3"` stays a string, the network
+    // check errors and is skipped: the cases that rely on it fail, as the server would.
+    fs::write(&config, "validate_requests = false\n").unwrap();
+    let output = run([
+        "test",
+        EXAMPLE_POLICIES,
+        "--config",
+        path_arg(&config),
+        "--filter",
+        "from outside the corporate network",
+    ]);
+    assert_exit(&output, 1);
+    let stdout = stdout_of(&output);
+    assert!(stdout.contains("sensitive-from-corp-network"), "{stdout}");
+    assert_eq!(last_line(&stdout), "0 passed, 1 failed");
+
+    // The policy directory can come from the config file too.
+    fs::write(&config, format!("policies = {EXAMPLE_POLICIES:?}\n")).unwrap();
+    let output = run(["validate", "--config", path_arg(&config)]);
+    assert_exit(&output, 0);
+
+    fs::write(&config, "no_such_key = 1\n").unwrap();
+    let output = run(["validate", EXAMPLE_POLICIES, "--config", path_arg(&config)]);
+    assert_exit(&output, 2);
+    assert!(stderr_of(&output).contains("no_such_key"));
+}
+
+#[test]
+fn validate_locates_a_json_error_at_a_line_start_without_crashing() {
+    let scratch = Scratch::new();
+    // A raw line break inside a string: serde_json reports column 0 of the next line.
+    scratch.write("entities.json", "[{\"uid\": \"a\nb\"}]\n");
+    for format in ["text", "json"] {
+        let output = run(["validate", scratch.path(), "--format", format]);
+        assert_exit(&output, 1);
+        let stdout = stdout_of(&output);
+        assert!(
+            stdout.contains("entities.json:2:1") || stdout.contains("\"column\": 1"),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn fmt_reports_a_policy_file_it_cannot_read() {
+    let scratch = Scratch::new();
+    fs::write(
+        scratch.dir.join("latin1.cedar"),
+        b"permit(principal, action, resource);\n// caf\xe9\n",
+    )
+    .unwrap();
+    let output = run(["fmt", scratch.path(), "--check"]);
+    assert_exit(&output, 1);
+    assert!(
+        stderr_of(&output).contains("latin1.cedar"),
+        "{}",
+        stderr_of(&output)
+    );
+}

@@ -61,7 +61,11 @@ async fn every_example_case_decides_over_grpc_as_the_test_runner_reported() {
                 .await
                 .unwrap_or_else(|e| panic!("{}: {}: {e}", suite.file, case.name))
                 .into_inner();
-            let decided = case_report.result.as_ref().expect("the case was decided");
+            let decided = &case_report
+                .result
+                .as_ref()
+                .expect("the case was decided")
+                .decision;
             let what = format!("{}: {}", suite.file, case.name);
             assert_eq!(is_allow(&answer), decided.allowed, "{what}");
             assert_eq!(is_allow(&answer), case.expect == Expect::Allow, "{what}");

@@ -1041,3 +1041,22 @@ fn entities_wrong_only_together_are_reported_for_the_whole_file() {
     assert_eq!(problems[0].location.to_string(), "entities.json");
     assert!(problems[0].message.contains("alice"), "{}", problems[0]);
 }
+
+#[test]
+fn an_entity_after_a_string_element_is_still_located_at_its_own_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "schema.cedarschema", SCHEMA);
+    write(dir.path(), "good.cedar", OWNER_READS);
+    write(
+        dir.path(),
+        "entities.json",
+        "[\n  \"not an entity\",\n  {\"uid\": {\"type\": \"Doc\", \"id\": \"d1\"}, \"attrs\": {}, \"parents\": []}\n]",
+    );
+    let problems = problems(dir.path(), &options(PolicyValidation::Strict));
+    let at: Vec<String> = problems.iter().map(|p| p.location.to_string()).collect();
+    assert_eq!(
+        at,
+        ["entities.json:2:3", "entities.json:3:3"],
+        "{problems:?}"
+    );
+}

@@ -82,10 +82,10 @@ pub fn render(severity: Severity, problem: &Problem, text: Option<&str>) -> Stri
     let (Some(text), Some(line)) = (text, line) else {
         return out;
     };
-    let Some(source_line) = text.lines().nth(line - 1) else {
+    let Some(source_line) = text.lines().nth(line.saturating_sub(1)) else {
         return out;
     };
-    let column = problem.location.column.unwrap_or(1);
+    let column = problem.location.column.unwrap_or(1).max(1);
     // Tabs become one space so the caret lines up whatever the terminal's tab width.
     let shown: String = source_line
         .chars()

@@ -16,15 +16,23 @@ pub enum FileStatus {
     Formatted,
     /// Not formatted: rewritten, or (with `--check`) only reported.
     Changed,
-    /// Cannot be formatted (it does not parse); the problem says where.
+    /// Cannot be formatted (it does not parse, or cannot be read); the problem says
+    /// where.
     Failed(Problem),
+    /// Formatted, but the result could not be written back (an I/O error).
+    Unwritable(Problem),
 }
 
 /// Formats each policy file under `dir` (or, when `check`, only says which would change),
 /// returning every file's status in directory order.
 pub fn format_dir(dir: &Path, check: bool) -> Result<Vec<(String, FileStatus)>, LoadError> {
     let sources: Sources = read_dir(dir)?;
-    let mut statuses = Vec::new();
+    let mut statuses: Vec<(String, FileStatus)> = sources
+        .problems()
+        .iter()
+        .filter(|p| p.location.file.ends_with(".cedar"))
+        .map(|p| (p.location.file.clone(), FileStatus::Failed(p.clone())))
+        .collect();
     for (rel, text) in sources.policy_files() {
         let status = match format_text(rel, text) {
             Err(problem) => FileStatus::Failed(problem),
@@ -33,7 +41,7 @@ pub fn format_dir(dir: &Path, check: bool) -> Result<Vec<(String, FileStatus)>, 
                 true => FileStatus::Changed,
                 false => match replace(&dir.join(rel), &formatted) {
                     Ok(()) => FileStatus::Changed,
-                    Err(e) => FileStatus::Failed(Problem::new(
+                    Err(e) => FileStatus::Unwritable(Problem::new(
                         Location::file(rel),
                         format!("cannot write the formatted file: {e}"),
                     )),
@@ -42,6 +50,7 @@ pub fn format_dir(dir: &Path, check: bool) -> Result<Vec<(String, FileStatus)>, 
         };
         statuses.push((rel.to_owned(), status));
     }
+    statuses.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(statuses)
 }
 

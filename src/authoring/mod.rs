@@ -120,18 +120,25 @@ impl Validation {
     }
 }
 
+/// A decision, and the request's principal or resource that no entity stands for.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// What the server would answer.
+    pub decision: Decision,
+    /// `principal` or `resource`, with its uid, when it is neither stored nor sent with
+    /// the request: Cedar then sees an entity with no attributes and no parents, which in
+    /// a test is almost always a misspelt uid.
+    pub unknown: Vec<(&'static str, String)>,
+}
+
 /// Decides `request` against `snapshot` as the server would.
 pub fn decide(
     snapshot: &Snapshot,
     engine: &Engine,
     request: &RequestSpec,
-) -> Result<Decision, RequestError> {
-    let (query, entities) = request.query();
-    let decided = engine
-        .entities(snapshot, entities)
-        .and_then(|entities| engine.decide(snapshot, &entities, query));
+) -> Result<Answer, RequestError> {
     // The engine names the gRPC fields; a request file calls them `context`, `entities`.
-    decided.map_err(|e| {
+    let rename = |e: RequestError| {
         e.map_field(|field| {
             for (wire, written) in [("context_json", "context"), ("entities_json", "entities")] {
                 if let Some(rest) = field.strip_prefix(wire) {
@@ -140,14 +147,45 @@ pub fn decide(
             }
             field
         })
-    })
+    };
+    let (query, entities) = request.query();
+    let entities = engine.entities(snapshot, entities).map_err(rename)?;
+    let unknown = [
+        ("principal", &request.principal),
+        ("resource", &request.resource),
+    ]
+    .into_iter()
+    .filter(|(_, uid)| entities.get(&uid.0).is_none())
+    .map(|(role, uid)| (role, uid.to_string()))
+    .collect();
+    let decision = engine.decide(snapshot, &entities, query).map_err(rename)?;
+    Ok(Answer { decision, unknown })
+}
+
+/// Notes on an answer's unknown entities, a line each.
+pub fn unknown_lines(answer: &Answer) -> Vec<String> {
+    answer
+        .unknown
+        .iter()
+        .map(|(role, uid)| {
+            format!(
+                "note: the {role} {uid} is not a known entity (not in entities.json, not sent \
+                 with the request): Cedar sees it with no attributes and no parents"
+            )
+        })
+        .collect()
 }
 
 /// `authorize`'s answer for a reader: the decision, why, and the policy version.
-pub fn decision_text(snapshot: &Snapshot, decision: &Decision) -> String {
+pub fn decision_text(snapshot: &Snapshot, answer: &Answer) -> String {
+    let decision = &answer.decision;
     let word = if decision.allowed { "allow" } else { "deny" };
     let mut out = format!("decision: {word}\n");
     for line in suite::decision_lines(snapshot, decision) {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    for line in unknown_lines(answer) {
         out.push_str(&line);
         out.push('\n');
     }
@@ -156,7 +194,8 @@ pub fn decision_text(snapshot: &Snapshot, decision: &Decision) -> String {
 }
 
 /// `authorize`'s answer as JSON, each determining policy with where it is.
-pub fn decision_json(snapshot: &Snapshot, decision: &Decision) -> String {
+pub fn decision_json(snapshot: &Snapshot, answer: &Answer) -> String {
+    let decision = &answer.decision;
     let determining: Vec<_> = decision
         .determining_policies
         .iter()
@@ -179,6 +218,11 @@ pub fn decision_json(snapshot: &Snapshot, decision: &Decision) -> String {
         "decision": if decision.allowed { "allow" } else { "deny" },
         "determining_policies": determining,
         "errors": errors,
+        "unknown_entities": answer
+            .unknown
+            .iter()
+            .map(|(role, uid)| json!({"role": role, "uid": uid}))
+            .collect::<Vec<_>>(),
         "policy_version": snapshot.version(),
     });
     serde_json::to_string_pretty(&value).expect("JSON values serialize") + "\n"

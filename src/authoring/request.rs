@@ -80,8 +80,7 @@ impl<'de> Deserialize<'de> for Uid {
 }
 
 /// A request: who, doing what, to what, in which circumstances, with which extra entities.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct RequestSpec {
     /// Who asks.
     pub principal: Uid,
@@ -91,15 +90,64 @@ pub struct RequestSpec {
     pub resource: Uid,
     /// Cedar's JSON context format; with a schema, extension values may be given as
     /// `{"__extn": {"fn": "ip", "arg": "10.0.0.1"}}`.
-    #[serde(default)]
     pub context: Map<String, Value>,
     /// Entities sent with the request, in Cedar's JSON entity format; they replace stored
     /// entities with the same uid.
-    #[serde(default)]
     pub entities: Vec<Value>,
 }
 
+/// Keys of a test case that a request file may carry (so that a failing case can be
+/// given to `authorize` as it is); they say nothing about the request itself.
+const CASE_ONLY: [&str; 5] = [
+    "name",
+    "expect",
+    "determining",
+    "errors",
+    "allow_unknown_entities",
+];
+
 impl RequestSpec {
+    /// A request from the fields of a request file (with any flags laid over them): each
+    /// field is read on its own, so an error names it. A test case's own keys are ignored.
+    pub fn from_fields(mut fields: Map<String, Value>) -> Result<Self, String> {
+        fn take<T: serde::de::DeserializeOwned>(
+            fields: &mut Map<String, Value>,
+            key: &str,
+        ) -> Result<Option<T>, String> {
+            fields
+                .remove(key)
+                .map(|value| serde_json::from_value(value).map_err(|e| format!("{key}: {e}")))
+                .transpose()
+        }
+        fn required<T>(value: Option<T>, key: &str) -> Result<T, String> {
+            value.ok_or_else(|| {
+                format!("no `{key}` (give --{key}, or `{key}` in the --request file)")
+            })
+        }
+        for key in CASE_ONLY {
+            fields.remove(key);
+        }
+        const FIELDS: [&str; 5] = ["principal", "action", "resource", "context", "entities"];
+        if let Some(key) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(format!(
+                "unknown field `{key}`; a request has principal, action, resource, context \
+                 and entities (one request, or one case of a case file)"
+            ));
+        }
+        let principal = required(take(&mut fields, "principal")?, "principal")?;
+        let action = required(take(&mut fields, "action")?, "action")?;
+        let resource = required(take(&mut fields, "resource")?, "resource")?;
+        let context = take(&mut fields, "context")?.unwrap_or_default();
+        let entities = take(&mut fields, "entities")?.unwrap_or_default();
+        Ok(Self {
+            principal,
+            action,
+            resource,
+            context,
+            entities,
+        })
+    }
+
     /// The engine's query and the request's entities.
     pub fn query(&self) -> (Query, EntitiesInput) {
         let query = Query {

@@ -80,6 +80,14 @@ pub struct Case {
     /// When given, exactly these policy ids must be the determining ones.
     #[serde(default)]
     pub determining: Option<Vec<String>>,
+    /// The policies expected to fail evaluation (and so be skipped); any other
+    /// evaluation error fails the case.
+    #[serde(default)]
+    pub errors: Vec<String>,
+    /// Let the principal or resource be an entity that is neither stored nor sent;
+    /// otherwise that fails the case, as it is almost always a misspelt uid.
+    #[serde(default)]
+    pub allow_unknown_entities: bool,
 }
 
 /// A case file as written.
@@ -176,7 +184,8 @@ fn relative(dir: &Path, path: &Path) -> String {
 /// One case file's text, as YAML or JSON, into a suite; a problem names the line.
 fn parse(rel: &str, text: &str, json: bool) -> Result<Suite, Problem> {
     let parsed: Result<CaseFile, (String, Option<(usize, usize)>)> = if json {
-        serde_json::from_str(text).map_err(|e| (e.to_string(), Some((e.line(), e.column()))))
+        serde_json::from_str(text)
+            .map_err(|e| (e.to_string(), Some((e.line().max(1), e.column().max(1)))))
     } else {
         serde_yaml_ng::from_str(text).map_err(|e| {
             let at = e.location().map(|l| (l.line(), l.column()));
@@ -219,7 +228,7 @@ pub struct CaseReport {
     /// Time to decide it (building the request included).
     pub elapsed: Duration,
     /// The decision, or why the engine refused the request.
-    pub result: Result<Decision, RequestError>,
+    pub result: Result<super::Answer, RequestError>,
     /// Why it failed: one line per unmet expectation; empty when it passed.
     pub failures: Vec<String>,
     /// Failure details for a reader: the decision, determining policies, errors.
@@ -288,8 +297,8 @@ pub fn run(snapshot: &Snapshot, engine: &Engine, suites: &[Suite], filter: Optio
                 continue;
             }
             let report = run_case(snapshot, engine, suite, case, &known);
-            if let Ok(decision) = &report.result {
-                for id in &decision.determining_policies {
+            if let Ok(answer) = &report.result {
+                for id in &answer.decision.determining_policies {
                     *determined.entry(id.clone()).or_default() += 1;
                 }
             }
@@ -346,7 +355,33 @@ fn run_case(
     let mut details = Vec::new();
     match &result {
         Err(e) => failures.push(format!("the request was refused: {e}")),
-        Ok(decision) => {
+        Ok(answer) => {
+            let decision = &answer.decision;
+            if !case.allow_unknown_entities {
+                for (role, uid) in &answer.unknown {
+                    failures.push(format!(
+                        "the {role} {uid} is not a known entity (not in entities.json, not \
+                         sent with the case); fix the uid, or set allow_unknown_entities: true"
+                    ));
+                }
+            }
+            let mut errored: Vec<&str> = decision
+                .errors
+                .iter()
+                .map(|e| e.policy_id.as_str())
+                .collect();
+            errored.dedup();
+            let mut expected_errors: Vec<&str> = case.errors.iter().map(String::as_str).collect();
+            expected_errors.sort_unstable();
+            expected_errors.dedup();
+            if errored != expected_errors {
+                failures.push(format!(
+                    "expected evaluation errors in [{}], got [{}] (an erroring policy is \
+                     skipped; list the ones you expect under `errors`)",
+                    expected_errors.join(", "),
+                    errored.join(", ")
+                ));
+            }
             let got = Expect::of(decision.allowed);
             details.push(format!("decision: {}", got.word()));
             if got != case.expect {

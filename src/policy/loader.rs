@@ -121,6 +121,11 @@ impl Sources {
         self.opened
     }
 
+    /// The files that could not be read (or are misplaced), each as a problem.
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
     /// The text read from `rel` (relative, `/`-separated), for showing a problem's spot.
     pub fn text(&self, rel: &str) -> Option<&str> {
         self.sources
@@ -325,8 +330,9 @@ fn content_hash(sources: &[Source]) -> String {
 pub const MAX_POLICY_NESTING: usize = 32;
 
 /// The characters of Cedar or JSON text that are code: outside string literals and `//`
-/// comments, each with its byte offset and 1-based line. One scanner serves the nesting
-/// check, finding where each policy starts, and finding each entity in `entities.json`.
+/// comments, each with its byte offset and 1-based line. A string literal shows as its
+/// opening quote alone. One scanner serves the nesting check, finding where each policy
+/// starts, and finding each entity in `entities.json`.
 fn code_chars(text: &str) -> impl Iterator<Item = (usize, char, usize)> + '_ {
     let mut chars = text.char_indices().peekable();
     let mut line = 1usize;
@@ -335,6 +341,7 @@ fn code_chars(text: &str) -> impl Iterator<Item = (usize, char, usize)> + '_ {
             let (at, c) = chars.next()?;
             match c {
                 '"' => {
+                    let opened = line;
                     while let Some((_, c)) = chars.next() {
                         match c {
                             '\\' => {
@@ -347,6 +354,7 @@ fn code_chars(text: &str) -> impl Iterator<Item = (usize, char, usize)> + '_ {
                             _ => {}
                         }
                     }
+                    return Some((at, c, opened));
                 }
                 '/' if chars.peek().map(|&(_, c)| c) == Some('/') => {
                     for (_, c) in chars.by_ref() {
@@ -655,8 +663,9 @@ fn load_entities(
         Err(e) => {
             let location = Location {
                 file: source.rel.clone(),
-                line: Some(e.line()),
-                column: Some(e.column()),
+                line: Some(e.line().max(1)),
+                // serde_json says column 0 for an error at the start of a line.
+                column: Some(e.column().max(1)),
             };
             return fail(location, format!("invalid JSON: {e}"));
         }
