@@ -23,31 +23,6 @@ use std::{
 use cedar_pdp::policy::{LoadOptions, PolicyStore, build, read_dir};
 use support::*;
 
-const POLICIES: usize = 10_000;
-const FILES: usize = 100;
-
-const SCHEMA: &str = "entity User;\n\
-    entity Doc = { owner: User };\n\
-    action read, write appliesTo { principal: [User], resource: [Doc], context: { level: Long } };\n";
-
-/// Writes the 10,000-policy directory: permits per user and level, a forbid in ten.
-fn large_dir(dir: &Path) {
-    std::fs::write(dir.join("schema.cedarschema"), SCHEMA).unwrap();
-    for file in 0..FILES {
-        let mut text = String::new();
-        for i in 0..POLICIES / FILES {
-            let n = file * (POLICIES / FILES) + i;
-            let effect = if n % 10 == 9 { "forbid" } else { "permit" };
-            let action = if n.is_multiple_of(2) { "read" } else { "write" };
-            text.push_str(&format!(
-                "@id(\"p{n}\")\n{effect}(principal == User::\"u{n}\", action == Action::\"{action}\", resource)\n  when {{ context.level > {} && resource.owner != principal }};\n",
-                n % 7
-            ));
-        }
-        std::fs::write(dir.join(format!("team{file:03}.cedar")), text).unwrap();
-    }
-}
-
 /// Runs `reload` back to back on a thread until the returned guard is dropped.
 struct Rebuilding {
     stop: Arc<AtomicBool>,

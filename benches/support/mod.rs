@@ -16,6 +16,34 @@ use cedar_pdp::{
 };
 use tonic::transport::Channel;
 
+/// Policies in the large directory of [`large_dir`].
+pub const POLICIES: usize = 10_000;
+/// Files they are spread over.
+pub const FILES: usize = 100;
+
+const SCHEMA: &str = "entity User;\n\
+    entity Doc = { owner: User };\n\
+    action read, write appliesTo { principal: [User], resource: [Doc], context: { level: Long } };\n";
+
+/// Writes the 10,000-policy directory: policy `p{n}` is about user `u{n}` only (a permit,
+/// or a forbid for every tenth), for reading when `n` is even and writing when odd.
+pub fn large_dir(dir: &std::path::Path) {
+    std::fs::write(dir.join("schema.cedarschema"), SCHEMA).unwrap();
+    for file in 0..FILES {
+        let mut text = String::new();
+        for i in 0..POLICIES / FILES {
+            let n = file * (POLICIES / FILES) + i;
+            let effect = if n % 10 == 9 { "forbid" } else { "permit" };
+            let action = if n.is_multiple_of(2) { "read" } else { "write" };
+            text.push_str(&format!(
+                "@id(\"p{n}\")\n{effect}(principal == User::\"u{n}\", action == Action::\"{action}\", resource)\n  when {{ context.level > {} && resource.owner != principal }};\n",
+                n % 7
+            ));
+        }
+        std::fs::write(dir.join(format!("team{file:03}.cedar")), text).unwrap();
+    }
+}
+
 /// The first number among the benchmark's arguments, else `default`.
 pub fn iterations_arg(default: usize) -> usize {
     std::env::args()
