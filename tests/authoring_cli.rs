@@ -86,6 +86,12 @@ fn assert_exit(output: &Output, code: i32) {
     );
 }
 
+/// Fails showing the whole `text` unless it contains `needle`.
+#[track_caller]
+fn assert_contains(text: &str, needle: &str) {
+    assert!(text.contains(needle), "expected {needle:?} in:\n{text}");
+}
+
 fn last_line(text: &str) -> &str {
     text.lines().last().unwrap_or("")
 }
@@ -588,11 +594,7 @@ fn validate_of_a_missing_directory_is_a_usage_error() {
     for format in ["text", "json"] {
         let output = run(["validate", path_arg(&missing), "--format", format]);
         assert_exit(&output, 2);
-        assert!(
-            stderr_of(&output).contains("no-such-policies"),
-            "{}",
-            stderr_of(&output)
-        );
+        assert_contains(&stderr_of(&output), "no-such-policies");
     }
 }
 
@@ -911,19 +913,16 @@ const BOB: &str = r#"Platform::User::"bob""#;
 const READ: &str = r#"Platform::Action::"read""#;
 const ROADMAP: &str = r#"Platform::Document::"acme-roadmap-q3""#;
 
+/// `cedar-pdp authorize --policies <the example> ARGS…`.
+fn authorize<const N: usize>(args: [&str; N]) -> Output {
+    let mut all = vec!["authorize", "--policies", EXAMPLE_POLICIES];
+    all.extend(args);
+    run(all)
+}
+
 #[test]
 fn authorize_denies_a_cross_tenant_read_by_tenant_isolation() {
-    let output = run([
-        "authorize",
-        "--policies",
-        EXAMPLE_POLICIES,
-        "--principal",
-        DAVE,
-        "--action",
-        READ,
-        "--resource",
-        ROADMAP,
-    ]);
+    let output = authorize(["--principal", DAVE, "--action", READ, "--resource", ROADMAP]);
     assert_exit(&output, 0);
     let stdout = stdout_of(&output);
     let (line, col) = policy_location(&example("tenancy.cedar"), "tenant-isolation");
@@ -943,10 +942,7 @@ fn authorize_denies_a_cross_tenant_read_by_tenant_isolation() {
 
 #[test]
 fn authorize_as_json_names_the_determining_policy_and_its_file() {
-    let output = run([
-        "authorize",
-        "--policies",
-        EXAMPLE_POLICIES,
+    let output = authorize([
         "--principal",
         DAVE,
         "--action",
@@ -979,10 +975,7 @@ fn authorize_as_json_names_the_determining_policy_and_its_file() {
 
 #[test]
 fn authorize_says_when_no_permit_applies() {
-    let output = run([
-        "authorize",
-        "--policies",
-        EXAMPLE_POLICIES,
+    let output = authorize([
         "--principal",
         r#"Platform::User::"carol""#,
         "--action",
@@ -1011,28 +1004,14 @@ fn authorize_reads_a_request_file_and_flags_override_its_fields() {
     fs::write(&request, &text).unwrap();
     let users = example("users.cedar");
 
-    let as_written = run([
-        "authorize",
-        "--policies",
-        EXAMPLE_POLICIES,
-        "--request",
-        path_arg(&request),
-    ]);
+    let as_written = authorize(["--request", path_arg(&request)]);
     assert_exit(&as_written, 0);
     let stdout = stdout_of(&as_written);
     assert!(stdout.starts_with("decision: deny\n"), "{stdout}");
     assert_eq!(determining_lines(&stdout).len(), 1, "{stdout}");
     assert!(determining_lines(&stdout)[0].starts_with("tenant-isolation "));
 
-    let overridden = run([
-        "authorize",
-        "--policies",
-        EXAMPLE_POLICIES,
-        "--request",
-        path_arg(&request),
-        "--principal",
-        BOB,
-    ]);
+    let overridden = authorize(["--request", path_arg(&request), "--principal", BOB]);
     assert_exit(&overridden, 0);
     let stdout = stdout_of(&overridden);
     assert!(stdout.starts_with("decision: allow\n"), "{stdout}");
@@ -1067,10 +1046,7 @@ fn authorize_reads_a_request_file_and_flags_override_its_fields() {
 
 #[test]
 fn authorize_refuses_a_principal_that_is_not_an_entity_uid() {
-    let output = run([
-        "authorize",
-        "--policies",
-        EXAMPLE_POLICIES,
+    let output = authorize([
         "--principal",
         "Platform::User::bob",
         "--action",
@@ -1079,20 +1055,13 @@ fn authorize_refuses_a_principal_that_is_not_an_entity_uid() {
         ROADMAP,
     ]);
     assert_exit(&output, 2);
-    assert!(
-        stderr_of(&output).contains("--principal"),
-        "{}",
-        stderr_of(&output)
-    );
+    assert_contains(&stderr_of(&output), "--principal");
     assert!(!stdout_of(&output).contains("decision:"));
 }
 
 #[test]
 fn authorize_refuses_a_context_the_schema_does_not_allow() {
-    let output = run([
-        "authorize",
-        "--policies",
-        EXAMPLE_POLICIES,
+    let output = authorize([
         "--principal",
         BOB,
         "--action",
@@ -1103,31 +1072,15 @@ fn authorize_refuses_a_context_the_schema_does_not_allow() {
         r#"{"mfa": "yes"}"#,
     ]);
     assert_exit(&output, 2);
-    assert!(
-        stderr_of(&output).contains("context.mfa"),
-        "{}",
-        stderr_of(&output)
-    );
+    assert_contains(&stderr_of(&output), "context.mfa");
     assert!(!stdout_of(&output).contains("decision:"));
 }
 
 #[test]
 fn authorize_refuses_a_request_without_a_resource() {
-    let output = run([
-        "authorize",
-        "--policies",
-        EXAMPLE_POLICIES,
-        "--principal",
-        BOB,
-        "--action",
-        READ,
-    ]);
+    let output = authorize(["--principal", BOB, "--action", READ]);
     assert_exit(&output, 2);
-    assert!(
-        stderr_of(&output).contains("resource"),
-        "{}",
-        stderr_of(&output)
-    );
+    assert_contains(&stderr_of(&output), "resource");
     assert!(!stdout_of(&output).contains("decision:"));
 }
 
@@ -1313,10 +1266,7 @@ fn test_passes_an_unknown_principal_and_its_errors_only_when_the_case_says_so() 
 
 #[test]
 fn authorize_notes_a_principal_that_is_not_a_known_entity() {
-    let output = run([
-        "authorize",
-        "--policies",
-        EXAMPLE_POLICIES,
+    let output = authorize([
         "--principal",
         r#"Platform::User::"dvae""#,
         "--action",
@@ -1344,13 +1294,7 @@ fn authorize_takes_one_case_of_a_case_file_as_its_request() {
         ),
     )
     .unwrap();
-    let output = run([
-        "authorize",
-        "--policies",
-        EXAMPLE_POLICIES,
-        "--request",
-        path_arg(&request),
-    ]);
+    let output = authorize(["--request", path_arg(&request)]);
     // The typo `determinng` is not a case key: refused, named.
     assert_exit(&output, 2);
     assert!(stderr_of(&output).contains("unknown field `determinng`"));
@@ -1359,23 +1303,14 @@ fn authorize_takes_one_case_of_a_case_file_as_its_request() {
         .unwrap()
         .replace("determinng", "determining");
     fs::write(&request, text).unwrap();
-    let output = run([
-        "authorize",
-        "--policies",
-        EXAMPLE_POLICIES,
-        "--request",
-        path_arg(&request),
-    ]);
+    let output = authorize(["--request", path_arg(&request)]);
     assert_exit(&output, 0);
     assert!(stdout_of(&output).starts_with("decision: deny\n"));
 }
 
 #[test]
 fn authorize_names_the_request_field_of_the_wrong_type() {
-    let output = run([
-        "authorize",
-        "--policies",
-        EXAMPLE_POLICIES,
+    let output = authorize([
         "--principal",
         BOB,
         "--action",
@@ -1386,11 +1321,7 @@ fn authorize_names_the_request_field_of_the_wrong_type() {
         "[1]",
     ]);
     assert_exit(&output, 2);
-    assert!(
-        stderr_of(&output).contains("context: invalid type: sequence"),
-        "{}",
-        stderr_of(&output)
-    );
+    assert_contains(&stderr_of(&output), "context: invalid type: sequence");
 }
 
 #[test]
@@ -1402,11 +1333,7 @@ fn the_servers_config_file_applies_to_validate_and_test() {
     fs::write(&config, "[limits]\nmax_store_entities = 10\n").unwrap();
     let output = run(["validate", EXAMPLE_POLICIES, "--config", path_arg(&config)]);
     assert_exit(&output, 1);
-    assert!(
-        stdout_of(&output).contains("max_store_entities"),
-        "{}",
-        stdout_of(&output)
-    );
+    assert_contains(&stdout_of(&output), "max_store_entities");
 
     // Without request validation, `source_ip: "10.1.2.3"` stays a string, the network
     // check errors and is skipped: the cases that rely on it fail, as the server would.
@@ -1461,9 +1388,5 @@ fn fmt_reports_a_policy_file_it_cannot_read() {
     .unwrap();
     let output = run(["fmt", scratch.path(), "--check"]);
     assert_exit(&output, 1);
-    assert!(
-        stderr_of(&output).contains("latin1.cedar"),
-        "{}",
-        stderr_of(&output)
-    );
+    assert_contains(&stderr_of(&output), "latin1.cedar");
 }
