@@ -56,7 +56,11 @@ ALL_ON = {
 GIT_SYNC = {
     "policies": {
         "source": "gitSync",
-        "gitSync": {"repo": "https://example.com/team/policies.git", "subPath": "prod/"},
+        "gitSync": {
+            "repo": "https://example.com/team/policies.git",
+            "subPath": "prod/",
+            "credentialsSecret": "git-token",
+        },
     }
 }
 
@@ -217,6 +221,14 @@ def git_sync_runs_beside_the_server_and_serves_its_checkout():
     deployment = one(render(GIT_SYNC), "Deployment")
     names = [c["name"] for c in containers(deployment)]
     assert names == ["cedar-pdp", "git-sync"], names
+    pod = deployment["spec"]["template"]["spec"]
+    init = pod["initContainers"]
+    assert [c["name"] for c in init] == ["git-sync-init"], init
+    assert "--one-time" in init[0]["args"], "the first checkout is made before the server starts"
+    assert "--one-time" not in containers(deployment)[1]["args"]
+    env = {e["name"]: e for e in containers(deployment)[1]["env"]}
+    assert env["GITSYNC_USERNAME"]["valueFrom"]["secretKeyRef"] == {"name": "git-token", "key": "username"}
+    assert env["GITSYNC_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "git-token", "key": "password"}
     args = containers(deployment)[0]["args"]
     assert "--policies=/git/current/prod" in args, args
     sync = containers(deployment)[1]["args"]
@@ -234,6 +246,27 @@ def refused(values, needle):
 
 
 @check
+def policy_files_reach_the_config_map_byte_for_byte():
+    files = {
+        "indented.cedar": "  permit(principal, action, resource);\n",
+        "comment-first.cedar": "\n  // leading blank line and indent\nforbid(principal, action, resource);\n\n",
+        "control.cedar": "// an escape \x1b character\npermit(principal, action, resource);",
+        "123": "numeric-looking name",
+        "true": "boolean-looking name",
+        "1.10": "float-looking name",
+    }
+    objects = render({"policies": {"files": files}})
+    assert objects[("ConfigMap", "pdp-cedar-pdp-policies")]["data"] == files
+
+
+@check
+def startup_is_given_time_before_liveness_counts():
+    pdp = containers(one(render({}), "Deployment"))[0]
+    assert pdp["startupProbe"]["grpc"] == {"port": 50051}
+    assert pdp["startupProbe"]["periodSeconds"] * pdp["startupProbe"]["failureThreshold"] >= 60
+
+
+@check
 def the_values_schema_refuses_wrong_values():
     refused({"replicaCount": "two"}, "replicaCount")
     refused({"config": {"policyValidation": "lax"}}, "policyValidation")
@@ -243,6 +276,16 @@ def the_values_schema_refuses_wrong_values():
     refused({"policies": {"files": {"tenants/acme.cedar": ""}}}, "tenants/acme.cedar")
     refused({"policies": {"source": "gitSync"}}, "policies.gitSync.repo is required")
     refused({"policies": {"source": "existingConfigMap"}}, "existingConfigMap is required")
+    refused({"policies": {"files": {"..data": ""}}}, "..data")
+    refused({"resources": {"requests": {"cpu": True}}}, "cpu")
+    refused(
+        {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
+        "minReplicas must not be greater",
+    )
+    refused(
+        {"autoscaling": {"enabled": True}, "resources": {"requests": {"cpu": None}}},
+        "needs resources.requests.cpu",
+    )
 
 
 @check

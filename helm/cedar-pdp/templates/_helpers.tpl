@@ -97,3 +97,50 @@ seccompProfile:
 - {{ . | quote }}
 {{- end }}
 {{- end }}
+
+{{/* A git-sync container: the sidecar that follows the repository, or (oneTime) the
+init container that makes the first checkout. HTTPS only; credentials come from the
+secret's `username` and `password` keys. */}}
+{{- define "cedar-pdp.gitSync" -}}
+{{- $g := .root.Values.policies.gitSync }}
+- name: {{ .name }}
+  image: {{ printf "%s:%s" $g.image.repository $g.image.tag | quote }}
+  imagePullPolicy: {{ $g.image.pullPolicy }}
+  args:
+    - {{ printf "--repo=%s" (required "policies.gitSync.repo is required when policies.source is gitSync" $g.repo) | quote }}
+    - {{ printf "--ref=%s" $g.ref | quote }}
+    - "--root=/git"
+    - "--link=current"
+    - {{ printf "--period=%s" $g.period | quote }}
+    {{- if .oneTime }}
+    - "--one-time"
+    {{- end }}
+    {{- range $g.extraArgs }}
+    - {{ . | quote }}
+    {{- end }}
+  env:
+    # git writes its config under HOME; the root file system is read-only.
+    - name: HOME
+      value: /tmp
+    {{- with $g.credentialsSecret }}
+    - name: GITSYNC_USERNAME
+      valueFrom:
+        secretKeyRef:
+          name: {{ . | quote }}
+          key: username
+    - name: GITSYNC_PASSWORD
+      valueFrom:
+        secretKeyRef:
+          name: {{ . | quote }}
+          key: password
+    {{- end }}
+  resources:
+    {{- toYaml $g.resources | nindent 4 }}
+  securityContext:
+    {{- include "cedar-pdp.containerSecurityContext" .root | nindent 4 }}
+  volumeMounts:
+    - name: git
+      mountPath: /git
+    - name: git-sync-tmp
+      mountPath: /tmp
+{{- end }}
