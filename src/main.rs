@@ -409,14 +409,10 @@ fn fmt(args: FmtArgs) -> ExitCode {
 fn serve(args: ServeArgs) -> ExitCode {
     let config = match Config::resolve(args.config.as_deref(), args.settings) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return usage_error(e),
     };
     if let Err(e) = telemetry::init(config.log_format, &config.log_level) {
-        eprintln!("error: {e}");
-        return ExitCode::from(2);
+        return usage_error(e);
     }
     let options = LoadOptions::new(config.policy_validation, &config.limits);
     let store = match PolicyStore::open(&config.policies, options) {
@@ -429,8 +425,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => {
             eprintln!("error: cannot serve {}:\n{e}", config.policies.display());
             return ExitCode::from(match e {
-                LoadError::Directory { .. } => 2,
-                LoadError::Invalid(_) => 1,
+                LoadError::Directory { .. } => USAGE,
+                LoadError::Invalid(_) => WRONG,
             });
         }
     };
@@ -443,7 +439,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(USAGE)
         }
     }
 }

@@ -41,8 +41,10 @@ async fn every_example_case_decides_over_grpc_as_the_test_runner_reported() {
     let server = TestServer::start(&dir).await;
     let mut client = server.client().await;
     let mut compared = 0;
+    assert_eq!(suites.len(), report.suites.len());
     for (suite, suite_report) in suites.iter().zip(&report.suites) {
         assert_eq!(suite.file, suite_report.file);
+        assert_eq!(suite.cases.len(), suite_report.cases.len());
         for (case, case_report) in suite.cases.iter().zip(&suite_report.cases) {
             let entities = merge_entities(&suite.entities, &case.entities);
             let request = pb::IsAuthorizedRequest {

@@ -506,6 +506,19 @@ async fn malformed_requests_are_invalid_argument_naming_the_field() {
         ),
         (
             pb::IsAuthorizedRequest {
+                context: context(&[(
+                    "net",
+                    record(&[(
+                        "addrs",
+                        set(vec![ext("ip", "10.0.0.1"), ext("ip", "not-an-ip")]),
+                    )]),
+                )]),
+                ..ok()
+            },
+            &["context.net.addrs[1]", "not-an-ip"],
+        ),
+        (
+            pb::IsAuthorizedRequest {
                 context: context(&[("x", ext("colour", "red"))]),
                 ..ok()
             },

@@ -12,22 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_cedar-pdp");
-const EXAMPLE_POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
-const DEADLINE: Duration = Duration::from_secs(30);
+mod common;
 
-/// The binary with none of the caller's `CEDAR_PDP_*` or `RUST_LOG` settings, so that
-/// only what a test sets applies.
-fn cedar_pdp() -> Command {
-    let mut command = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("CEDAR_PDP_") {
-            command.env_remove(key);
-        }
-    }
-    command.env_remove("RUST_LOG").stdin(Stdio::null());
-    command
-}
+use common::{EXAMPLE_POLICIES, cedar_pdp, stderr_of, write};
+
+const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Runs a command that is expected to exit by itself, killing it after [`DEADLINE`].
 fn run(mut command: Command) -> Output {
@@ -90,16 +79,6 @@ impl Drop for KillOnDrop {
             let _ = self.0.wait();
         }
     }
-}
-
-fn stderr_of(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn write(dir: &Path, rel: &str, text: &str) {
-    let path = dir.join(rel);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
 }
 
 /// A policy directory with a syntax error on line 3 of `team/broken.cedar`.

@@ -16,6 +16,7 @@ use cedar_pdp::policy::{
 use cedar_policy::PolicyId;
 #[cfg(unix)]
 use common::configmap;
+use common::write;
 
 mod common;
 
@@ -24,13 +25,6 @@ const SCHEMA: &str = "entity User;\n\
                       action read appliesTo { principal: [User], resource: [Doc] };\n";
 
 const OWNER_READS: &str = "permit(principal, action == Action::\"read\", resource) when { resource.owner == principal };\n";
-
-/// Writes `text` to `rel` under `dir`, creating folders on the way.
-fn write(dir: &Path, rel: &str, text: &str) {
-    let path = dir.join(rel);
-    fs::create_dir_all(path.parent().expect("a file has a parent")).expect("create folders");
-    fs::write(&path, text).expect("write file");
-}
 
 fn options(validation: PolicyValidation) -> LoadOptions {
     LoadOptions {

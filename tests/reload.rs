@@ -420,7 +420,8 @@ async fn a_policy_file_that_cannot_be_read_is_a_reported_failure() {
 async fn a_deeply_nested_policy_is_refused_without_harm() {
     let dir = policy_dir(&[("a.cedar", ALICE_READS)]);
     let server = TestServer::start(dir.path()).await;
-    let client = server.client().await;
+    let mut client = server.client().await;
+    let before = info(&mut client).await.policy_version;
     let deep = format!(
         "permit(principal, action, resource) when {{ {}true{} }};\n",
         "(".repeat(5000),
@@ -437,7 +438,10 @@ async fn a_deeply_nested_policy_is_refused_without_harm() {
         "{}",
         failed.last_reload_error
     );
-    until_alice(&client, true, LONG, "the old set to keep serving").await;
+    // The deep policy permits everyone: bob denied on the old version shows it is not served.
+    let (bob, version) = allowed(&mut client, "bob").await;
+    assert!(!bob, "the refused policy must not be served");
+    assert_eq!(version, before);
     server.stop().await;
 }
 

@@ -130,6 +130,12 @@ async fn hammer(
                     match client.batch_is_authorized(batch).await {
                         Ok(response) => {
                             let response = response.into_inner();
+                            if response.results.len() != 2 {
+                                tally.wrong.push(format!(
+                                    "a batch of 2 got {} results",
+                                    response.results.len()
+                                ));
+                            }
                             for (user, result) in ["alice", "bob"].iter().zip(&response.results) {
                                 if result.policy_version != response.policy_version {
                                     tally.wrong.push("a batch mixed two versions".to_owned());

@@ -49,7 +49,12 @@ impl Converter {
         let pairs = self.fields("context", typed, 0)?;
         Context::from_pairs(pairs)
             .map(ContextInput::Value)
-            .map_err(|e| RequestError::invalid("context", describe(&e)))
+            .map_err(|e| {
+                // Extension literals are first evaluated here; only on failure are they
+                // looked at one by one, so that the error names the bad one's path.
+                bad_extension("context", typed)
+                    .unwrap_or_else(|| RequestError::invalid("context", describe(&e)))
+            })
     }
 
     /// The call's entities, typed or JSON (not both).
@@ -155,8 +160,8 @@ impl Converter {
     }
 }
 
-/// An extension value, its literal checked now so that a bad one is reported with its
-/// path rather than as an error somewhere in the context.
+/// An extension value. Its literal is evaluated once, when the context or entity is
+/// built; [`bad_extension`] finds a bad one's path after that fails.
 fn extension(path: &str, ext: &pb::Extension) -> Result<RestrictedExpression, RequestError> {
     let arg = ext.arg.as_str();
     let expr = match ext.r#fn.as_str() {
@@ -171,12 +176,40 @@ fn extension(path: &str, ext: &pb::Extension) -> Result<RestrictedExpression, Re
             ));
         }
     };
-    match Context::from_pairs([(String::new(), expr.clone())]) {
-        Ok(_) => Ok(expr),
-        Err(e) => Err(RequestError::invalid(
-            path,
-            format!("invalid {} literal {arg:?}: {}", ext.r#fn, describe(&e)),
-        )),
+    Ok(expr)
+}
+
+/// The first extension value under `fields` whose literal does not evaluate, as an error
+/// naming its path (`context.net.src_ip`). Only called once building a context failed.
+fn bad_extension(path: &str, fields: &HashMap<String, pb::Value>) -> Option<RequestError> {
+    fields
+        .iter()
+        .find_map(|(key, value)| bad_extension_in(&format!("{path}.{key}"), value))
+}
+
+fn bad_extension_in(path: &str, value: &pb::Value) -> Option<RequestError> {
+    use pb::value::Kind;
+    match &value.kind {
+        Some(Kind::Extension(ext)) => {
+            let expr = extension(path, ext).ok()?;
+            let e = Context::from_pairs([(String::new(), expr)]).err()?;
+            Some(RequestError::invalid(
+                path,
+                format!(
+                    "invalid {} literal {:?}: {}",
+                    ext.r#fn,
+                    ext.arg,
+                    describe(&e)
+                ),
+            ))
+        }
+        Some(Kind::Set(list)) => list
+            .values
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| bad_extension_in(&format!("{path}[{i}]"), v)),
+        Some(Kind::Record(record)) => bad_extension(path, &record.fields),
+        _ => None,
     }
 }
 

@@ -154,14 +154,19 @@ impl RequestSpec {
             principal: self.principal.0.clone(),
             action: self.action.0.clone(),
             resource: self.resource.0.clone(),
-            context: ContextInput::Json(Value::Object(self.context.clone()).to_string()),
+            context: ContextInput::Json(to_json(&self.context)),
         };
         let entities = match self.entities.is_empty() {
             true => EntitiesInput::None,
-            false => EntitiesInput::Json(Value::Array(self.entities.clone()).to_string()),
+            false => EntitiesInput::Json(to_json(&self.entities)),
         };
         (query, entities)
     }
+}
+
+/// JSON text of a value read from JSON or YAML (which always serializes).
+fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("JSON values serialize")
 }
 
 /// `extra` placed over `base`: an entity of `extra` replaces one of `base` with the same

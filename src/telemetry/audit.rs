@@ -12,7 +12,7 @@ use std::{
     hash::{BuildHasher as _, RandomState},
     io::{self, Write},
     path::PathBuf,
-    sync::mpsc::{self, SyncSender, TryRecvError, TrySendError},
+    sync::mpsc::{self, SyncSender, TryRecvError},
     thread,
     time::{Duration, SystemTime},
 };
@@ -214,7 +214,7 @@ impl AuditLog {
     /// Whether this call's allows are to be recorded: a fresh draw at the sample rate
     /// (denies are always recorded while the log is on).
     pub fn sample_allows(&self) -> bool {
-        if self.queue.is_none() {
+        if !self.enabled() {
             return false;
         }
         self.allow_below == u64::MAX || {
@@ -234,10 +234,9 @@ impl AuditLog {
         let Some(queue) = &self.queue else {
             return;
         };
-        match queue.try_send(record) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.metrics.audit_dropped(),
-            Err(TrySendError::Disconnected(_)) => self.metrics.audit_dropped(),
+        // Full, or the writer is gone: either way the record is lost, and counted.
+        if queue.try_send(record).is_err() {
+            self.metrics.audit_dropped();
         }
     }
 }

@@ -18,6 +18,38 @@ use cedar_pdp::{
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 
+/// The `cedar-pdp` binary Cargo built for the integration tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_cedar-pdp");
+/// The repository's example policy directory, as a string for command lines.
+pub const EXAMPLE_POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+
+/// The binary with none of the caller's `CEDAR_PDP_*` or `RUST_LOG` settings, so that
+/// only what a test sets applies.
+pub fn cedar_pdp() -> std::process::Command {
+    let mut command = std::process::Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CEDAR_PDP_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null());
+    command
+}
+
+/// What a finished command wrote on stderr, as text.
+pub fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Writes `text` to `rel` under `dir`, creating folders on the way.
+pub fn write(dir: &Path, rel: &str, text: &str) {
+    let path = dir.join(rel);
+    std::fs::create_dir_all(path.parent().expect("a file has a parent")).expect("create folders");
+    std::fs::write(&path, text).expect("write file");
+}
+
 /// The repository's example policy directory.
 pub fn example_policies() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
@@ -246,9 +278,7 @@ pub fn version_of(files: &[(&str, &str)]) -> String {
 pub fn policy_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for (path, content) in files {
-        let path = dir.path().join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, content).unwrap();
+        write(dir.path(), path, content);
     }
     dir
 }
