@@ -1,12 +1,19 @@
 //! Compiles `proto/` in pure Rust (protox: no system `protoc`) into tonic/prost code, and
 //! writes the encoded descriptor set that server reflection serves.
+//!
+//! Two services are compiled: our own `cedarpdp.v1` contract, and Envoy's external
+//! authorization API (`envoy.service.auth.v3`) from the upstream protos vendored under
+//! `proto/` (see `proto/README.md`), with the messages they import.
 
 use std::{env, fs, path::PathBuf};
 
 use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/cedarpdp/v1/authorizer.proto"];
+    let protos = [
+        "proto/cedarpdp/v1/authorizer.proto",
+        "proto/envoy/service/auth/v3/external_auth.proto",
+    ];
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
@@ -14,6 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Upstream comments are reStructuredText for Envoy's own site: as rustdoc they
+        // would be broken links and, worse, doctests. Our own contract keeps its comments.
+        .disable_comments([".envoy", ".google", ".udpa", ".validate", ".xds"])
+        .include_file("protos.rs")
         .compile_fds(fds)?;
     Ok(())
 }
