@@ -18,13 +18,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("descriptor.bin"), fds.encode_to_vec())?;
+    // Upstream comments are reStructuredText for Envoy's own site: as rustdoc they would
+    // be broken links and, worse, doctests. Our own contract keeps its comments.
+    let upstream = [".envoy", ".google", ".udpa", ".validate", ".xds"];
+    let mut messages = tonic_prost_build::Config::new();
+    messages.disable_comments(upstream);
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        // Upstream comments are reStructuredText for Envoy's own site: as rustdoc they
-        // would be broken links and, worse, doctests. Our own contract keeps its comments.
-        .disable_comments([".envoy", ".google", ".udpa", ".validate", ".xds"])
+        .disable_comments(upstream)
         .include_file("protos.rs")
-        .compile_fds(fds)?;
+        .compile_fds_with_config(fds, messages)?;
     Ok(())
 }

@@ -16,6 +16,10 @@ use std::{
 use clap::{Args, ValueEnum, builder::BoolishValueParser};
 use serde::Deserialize;
 
+pub mod ext_authz;
+
+pub use ext_authz::ExtAuthzSettings;
+
 use crate::{
     policy::PolicyValidation,
     telemetry::{AuditOptions, AuditSink},
@@ -71,6 +75,9 @@ pub struct Settings {
     /// The decision log.
     #[command(flatten)]
     pub audit: AuditSettings,
+    /// How Envoy's ext_authz `Check` maps to Cedar (config file only: it is structured).
+    #[arg(skip)]
+    pub ext_authz: Option<Box<ExtAuthzSettings>>,
 }
 
 /// The `[audit]` table of [`Settings`].
@@ -189,6 +196,8 @@ pub struct Config {
     pub limits: Limits,
     /// The decision log.
     pub audit: AuditOptions,
+    /// How Envoy's ext_authz `Check` maps to Cedar; checked by [`Config::check`].
+    pub ext_authz: ExtAuthzSettings,
 }
 
 impl Default for Config {
@@ -205,6 +214,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             limits: Limits::default(),
             audit: AuditOptions::default(),
+            ext_authz: ExtAuthzSettings::default(),
         }
     }
 }
@@ -223,8 +233,9 @@ pub enum ConfigError {
     /// A setting has a value that cannot work.
     #[error("{key}: {message}")]
     Invalid {
-        /// The setting, as its config key.
-        key: &'static str,
+        /// The setting, as its config key (`audit.allow_sample_rate`,
+        /// `ext_authz.routes[1].path`).
+        key: String,
         /// What is wrong with its value.
         message: String,
     },
@@ -255,16 +266,17 @@ impl Config {
         let rate = self.audit.allow_sample_rate;
         if !(0.0..=1.0).contains(&rate) {
             return Err(ConfigError::Invalid {
-                key: "audit.allow_sample_rate",
+                key: "audit.allow_sample_rate".to_owned(),
                 message: format!("{rate} is not a share between 0 and 1"),
             });
         }
         if self.audit.queue_capacity == 0 {
             return Err(ConfigError::Invalid {
-                key: "audit.queue_capacity",
+                key: "audit.queue_capacity".to_owned(),
                 message: "must be at least 1 (0 would drop every record)".to_owned(),
             });
         }
+        self.ext_authz.compile()?;
         Ok(())
     }
 
@@ -335,6 +347,10 @@ impl Config {
                 context_keys: pick(ua.context_keys, la.context_keys, da.context_keys),
                 queue_capacity: pick(ua.queue_capacity, la.queue_capacity, da.queue_capacity),
             },
+            ext_authz: upper
+                .ext_authz
+                .or(lower.ext_authz)
+                .map_or(d.ext_authz, |settings| *settings),
         }
     }
 }

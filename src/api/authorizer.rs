@@ -128,7 +128,9 @@ impl AuthorizerService {
     }
 }
 
-fn response(decision: Decision, snapshot: &Snapshot) -> pb::IsAuthorizedResponse {
+/// The wire answer for a decision on `snapshot` (ext_authz builds it too, so that both
+/// APIs are observed alike).
+pub(super) fn response(decision: Decision, snapshot: &Snapshot) -> pb::IsAuthorizedResponse {
     let verdict = if decision.allowed {
         pb::Decision::Allow
     } else {

@@ -1,5 +1,6 @@
-//! The network surface: the `cedarpdp.v1.Authorizer` service, `grpc.health.v1.Health` and
-//! server reflection (v1 and v1alpha) on one port, the Prometheus `/metrics` endpoint on
+//! The network surface: the `cedarpdp.v1.Authorizer` service, Envoy's
+//! `envoy.service.auth.v3.Authorization` ([`ExtAuthzService`]), `grpc.health.v1.Health`
+//! and server reflection (v1 and v1alpha) on one port, the Prometheus `/metrics` endpoint on
 //! another ([`metrics`]), and the server loop with graceful shutdown.
 //!
 //! This is the only module that knows tonic. It converts wire types to engine types
@@ -8,6 +9,7 @@
 
 mod authorizer;
 mod convert;
+mod ext_authz;
 mod metrics;
 mod observe;
 pub mod request_id;
@@ -20,13 +22,17 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 pub use authorizer::AuthorizerService;
+pub use ext_authz::ExtAuthzService;
 pub use metrics::serve_metrics;
 
 use crate::{
     config::Config,
     engine::{Engine, EngineOptions},
     policy::PolicyStore,
-    proto::{FILE_DESCRIPTOR_SET, cedarpdp::v1::authorizer_server::AuthorizerServer},
+    proto::{
+        FILE_DESCRIPTOR_SET, cedarpdp::v1::authorizer_server::AuthorizerServer,
+        envoy::service::auth::v3::authorization_server::AuthorizationServer,
+    },
     telemetry::{AuditLog, Metrics},
 };
 
@@ -62,6 +68,10 @@ pub struct Listeners {
 /// The server could not start or failed while running.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The configuration cannot be served (an `[ext_authz]` mistake `Config::check`
+    /// would also have named).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// Building the reflection service failed (a broken descriptor set).
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -107,6 +117,17 @@ async fn serve_grpc(
         config.validate_requests,
         limits,
     )));
+    let ext_authz = ExtAuthzService::new(
+        store.clone(),
+        engine.clone(),
+        config.ext_authz.compile()?,
+        limits.max_value_depth,
+        telemetry.metrics.clone(),
+        telemetry.audit.clone(),
+    );
+    let ext_authz = AuthorizationServer::new(ext_authz)
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes);
     let authorizer = AuthorizerService::new(
         store,
         engine,
@@ -122,6 +143,9 @@ async fn serve_grpc(
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<AuthorizerServer<AuthorizerService>>()
+        .await;
+    health
+        .set_serving::<AuthorizationServer<ExtAuthzService>>()
         .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -139,6 +163,9 @@ async fn serve_grpc(
             .set_not_serving::<AuthorizerServer<AuthorizerService>>()
             .await;
         health
+            .set_not_serving::<AuthorizationServer<ExtAuthzService>>()
+            .await;
+        health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
         let _ = stopping_tx.send(true);
@@ -147,6 +174,7 @@ async fn serve_grpc(
     let server = Server::builder()
         .timeout(limits.request_timeout)
         .add_service(authorizer)
+        .add_service(ext_authz)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -62,6 +62,28 @@ impl Question {
     }
 }
 
+impl Question {
+    /// A question already in Cedar's terms (ext_authz maps it), its context values
+    /// those of `keys` only.
+    pub(crate) fn mapped(
+        principal: String,
+        action: String,
+        resource: String,
+        context: impl IntoIterator<Item = (String, Json)>,
+        keys: &[String],
+    ) -> Self {
+        Self {
+            principal,
+            action,
+            resource,
+            context: context
+                .into_iter()
+                .filter(|(key, _)| keys.contains(key))
+                .collect(),
+        }
+    }
+}
+
 /// `Type::"id"`, as Cedar writes an entity.
 fn uid_text(uid: Option<&pb::EntityUid>) -> String {
     uid.map_or_else(String::new, |uid| format!("{}::{:?}", uid.r#type, uid.id))
@@ -92,6 +114,14 @@ fn value_json(value: &pb::Value) -> Json {
     }
 }
 
+/// The `reason` label for a refused request.
+pub(crate) fn rejection(error: &RequestError) -> Rejection {
+    match error {
+        RequestError::Invalid { .. } => Rejection::Invalid,
+        RequestError::Limit { .. } => Rejection::Limit,
+    }
+}
+
 /// One call being observed: its id, where it came from, when it started.
 pub(crate) struct Call<'a> {
     pub(crate) api: Api,
@@ -114,13 +144,54 @@ impl Call<'_> {
     /// Records a refused call: counted by reason, logged at debug in the call's span.
     pub(crate) fn refused(&self, error: &RequestError) {
         self.metrics.call_took(self.api, self.started.elapsed());
-        let reason = match error {
-            RequestError::Invalid { .. } => Rejection::Invalid,
-            RequestError::Limit { .. } => Rejection::Limit,
-        };
+        let reason = rejection(error);
         self.metrics.rejected(self.api, reason);
         // The field only: the message quotes what was sent, which may be a credential.
         tracing::debug!(field = error.field(), reason = ?reason, "request refused");
+    }
+
+    /// Records a call answered with a deny that no policy made (ext_authz: no principal,
+    /// or a check that cannot be mapped): counted as rejected by `reason`, and always
+    /// written to the audit log with `refused` saying why.
+    pub(crate) fn denied_undecided(
+        &self,
+        reason: Rejection,
+        refused: String,
+        question: Option<Question>,
+        policy_version: &str,
+    ) {
+        let took = self.started.elapsed();
+        self.metrics.call_took(self.api, took);
+        self.metrics.rejected(self.api, reason);
+        tracing::debug!(refused = %refused, "request denied before any decision");
+        if !self.auditing() {
+            return;
+        }
+        let question = question.unwrap_or(Question {
+            principal: String::new(),
+            action: String::new(),
+            resource: String::new(),
+            context: Map::new(),
+        });
+        self.audit.submit(Record {
+            time: std::time::SystemTime::now(),
+            kind: "decision",
+            request_id: self.id.as_str().to_owned(),
+            api: self.api,
+            caller: None,
+            peer: self.peer.map(|p| p.to_string()),
+            item: None,
+            principal: question.principal,
+            action: question.action,
+            resource: question.resource,
+            allowed: false,
+            determining_policies: Vec::new(),
+            errors: Vec::new(),
+            policy_version: policy_version.to_owned(),
+            latency: took,
+            refused: Some(refused),
+            context: question.context,
+        });
     }
 
     /// Records the answers of a call: the call's time, each decision counted, and each
@@ -162,6 +233,7 @@ impl Call<'_> {
                     .collect(),
                 policy_version: answer.policy_version.clone(),
                 latency: took,
+                refused: None,
                 context: question.context,
             });
         }

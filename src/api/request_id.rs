@@ -29,8 +29,13 @@ impl RequestId {
         metadata
             .get(HEADER)
             .and_then(|value| value.to_str().ok())
-            .filter(|id| is_token(id))
-            .map_or_else(Self::new, |id| Self(id.to_owned()))
+            .and_then(Self::parse)
+            .unwrap_or_default()
+    }
+
+    /// `id` as a request id, if it is a sensible one (a short token); else `None`.
+    pub fn parse(id: &str) -> Option<Self> {
+        is_token(id).then(|| Self(id.to_owned()))
     }
 
     /// A new id: 16 hex digits random per process, then a per-process sequence number.

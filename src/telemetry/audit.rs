@@ -107,6 +107,10 @@ pub struct Record {
     /// Time to answer the whole call, in microseconds.
     #[serde(serialize_with = "micros")]
     pub latency: Duration,
+    /// Why no policy was evaluated, for a call denied before any decision (ext_authz:
+    /// `unauthenticated`, or `invalid: <field>`); absent for a decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
     /// Values of allow-listed context keys only.
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub context: serde_json::Map<String, serde_json::Value>,

@@ -78,15 +78,23 @@ pub enum Rejection {
     Invalid,
     /// Past a configured limit (RESOURCE_EXHAUSTED).
     Limit,
+    /// No identifiable principal (ext_authz: UNAUTHENTICATED, HTTP 401). Common at an
+    /// edge, so alerts on refusals leave it out.
+    Unauthenticated,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 2] = [Rejection::Invalid, Rejection::Limit];
+    const ALL: [Rejection; 3] = [
+        Rejection::Invalid,
+        Rejection::Limit,
+        Rejection::Unauthenticated,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Self::Invalid => "invalid_argument",
             Self::Limit => "limit_exceeded",
+            Self::Unauthenticated => "unauthenticated",
         }
     }
 }
@@ -124,7 +132,7 @@ struct Inner {
     decisions: [[Counter; 2]; 3],
     durations: [Histogram; 3],
     /// Per api: [invalid, limit].
-    rejected: [[Counter; 2]; 3],
+    rejected: [[Counter; 3]; 3],
     audit_dropped: Counter,
     reload_success: Counter,
     reload_failure: Counter,
@@ -182,7 +190,7 @@ impl Metrics {
         );
         describe_counter(
             REQUESTS_REJECTED,
-            "Calls refused, by API and reason (invalid_argument or limit_exceeded).",
+            "Calls refused, by API and reason (invalid_argument, limit_exceeded, or unauthenticated for ext_authz checks with no identifiable principal).",
         );
         describe_counter(
             AUDIT_DROPPED,

@@ -357,3 +357,31 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// The fenced block of `lang` in `docs/envoy.md` whose first line contains `marker` (or
+/// the first such block when `marker` is empty): the docs are what the tests run.
+pub fn envoy_doc_block(lang: &str, marker: &str) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/envoy.md");
+    let text = std::fs::read_to_string(path).expect("docs/envoy.md reads");
+    let fence = format!("```{lang}\n");
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find(&fence) {
+        let body = &rest[start + fence.len()..];
+        let end = body.find("\n```").expect("a fenced block is closed");
+        let block = &body[..=end];
+        if block.lines().next().unwrap_or_default().contains(marker) {
+            return block.to_owned();
+        }
+        rest = &body[end..];
+    }
+    panic!("docs/envoy.md has no ```{lang} block starting with {marker:?}");
+}
+
+/// The `[ext_authz]` settings of the example config in `docs/envoy.md`.
+pub fn docs_ext_authz() -> cedar_pdp::config::ExtAuthzSettings {
+    let settings: cedar_pdp::config::Settings =
+        toml::from_str(&envoy_doc_block("toml", "[ext_authz]")).expect("the docs' TOML parses");
+    *settings
+        .ext_authz
+        .expect("the docs' TOML has an [ext_authz] table")
+}

@@ -24,6 +24,7 @@ fn record(allowed: bool) -> Record {
         }],
         policy_version: "0123456789abcdef".to_owned(),
         latency: Duration::from_micros(42),
+        refused: None,
         context,
     }
 }

@@ -1,0 +1,541 @@
+//! An Envoy `CheckRequest` to a Cedar [`Query`], by the configured [`ExtAuthz`] mapping:
+//! the principal from the first source that yields one, the action from the route, the
+//! method or the gRPC path, the resource from the first route whose host and path match,
+//! and a context of the request's method, path, host, source address, allow-listed
+//! headers and claims, and the route's path parameters.
+//!
+//! Anything Envoy would not send (no HTTP attributes, a path that is not absolute, bad
+//! percent-encoding, `.` or `..` segments) is refused as invalid, which the service turns
+//! into a deny.
+
+use std::{borrow::Cow, net::IpAddr, str::FromStr};
+
+use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
+use prost_types::{Struct, value::Kind};
+use serde_json::{Map, Value as Json};
+
+use crate::{
+    config::ext_authz::{ContextPart, ExtAuthz, PrincipalRule, Source},
+    engine::{ContextInput, Query, RequestError},
+    proto::envoy::{
+        config::core::v3::address,
+        service::auth::v3::{AttributeContext, CheckRequest, attribute_context::HttpRequest},
+    },
+};
+
+/// A check that gets no decision.
+#[derive(Debug)]
+pub(super) enum Refusal {
+    /// No principal source yielded an identity: 401.
+    Unauthenticated,
+    /// The check is malformed or past a limit: 403.
+    Refused(RequestError),
+}
+
+impl From<RequestError> for Refusal {
+    fn from(error: RequestError) -> Self {
+        Self::Refused(error)
+    }
+}
+
+/// A check mapped to a Cedar question.
+#[derive(Debug)]
+pub(super) struct Mapped {
+    /// The question for the engine.
+    pub(super) query: Query,
+    /// The context as built, for the audit log's allow-listed keys.
+    pub(super) context: Vec<(&'static str, Attr)>,
+}
+
+/// A context value as the mapping builds it; becomes a Cedar value, or JSON for the
+/// audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Attr {
+    String(String),
+    Bool(bool),
+    Long(i64),
+    Ip(String),
+    Set(Vec<Attr>),
+    Record(Vec<(String, Attr)>),
+}
+
+impl Attr {
+    fn expr(&self) -> RestrictedExpression {
+        match self {
+            Self::String(s) => RestrictedExpression::new_string(s.clone()),
+            Self::Bool(b) => RestrictedExpression::new_bool(*b),
+            Self::Long(n) => RestrictedExpression::new_long(*n),
+            Self::Ip(ip) => RestrictedExpression::new_ip(ip.clone()),
+            Self::Set(items) => RestrictedExpression::new_set(items.iter().map(Attr::expr)),
+            Self::Record(fields) => {
+                RestrictedExpression::new_record(fields.iter().map(|(k, v)| (k.clone(), v.expr())))
+                    .expect("record keys come from maps and are unique")
+            }
+        }
+    }
+
+    /// Cedar's JSON form of the value (an `ip` as `__extn`).
+    pub(super) fn json(&self) -> Json {
+        match self {
+            Self::String(s) => Json::String(s.clone()),
+            Self::Bool(b) => Json::Bool(*b),
+            Self::Long(n) => Json::from(*n),
+            Self::Ip(ip) => serde_json::json!({ "__extn": { "fn": "ip", "arg": ip } }),
+            Self::Set(items) => Json::Array(items.iter().map(Attr::json).collect()),
+            Self::Record(fields) => Json::Object(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.json()))
+                    .collect::<Map<_, _>>(),
+            ),
+        }
+    }
+}
+
+/// The field names errors use, as Envoy's proto names them.
+const HTTP: &str = "attributes.request.http";
+
+/// Maps `check` to a query, refusing nesting deeper than `max_depth` in copied claims.
+pub(super) fn map(
+    mapping: &ExtAuthz,
+    check: &CheckRequest,
+    max_depth: usize,
+) -> Result<Mapped, Refusal> {
+    let attributes = check.attributes.as_ref().ok_or_else(|| {
+        RequestError::invalid(
+            "attributes",
+            "missing: not a check from Envoy's HTTP ext_authz filter",
+        )
+    })?;
+    let http = attributes
+        .request
+        .as_ref()
+        .and_then(|r| r.http.as_ref())
+        .ok_or_else(|| {
+            RequestError::invalid(
+                HTTP,
+                "missing: only HTTP checks are served (not the network ext_authz filter)",
+            )
+        })?;
+    let request = HttpView::new(http)?;
+    let principal = principal(mapping, attributes, &request)?;
+
+    let route = mapping.routes.iter().find_map(|route| {
+        if let Some(host) = &route.host
+            && !host.matches(&request.host)
+        {
+            return None;
+        }
+        let values = route.path.matches(&request.segments_decoded())?;
+        let params: Vec<(String, String)> =
+            route.path.names().map(str::to_owned).zip(values).collect();
+        Some((route, params))
+    });
+    let (resource_rule, params) = match &route {
+        Some((route, params)) => (&route.resource, Some(params.as_slice())),
+        None => (&mapping.resource, None),
+    };
+    let resource_id = resource_rule.id.render(|name| match name {
+        "host" => Some(request.host.as_str()),
+        "path" => Some(&*request.path),
+        "method" => Some(request.method),
+        _ => params
+            .and_then(|params| params.iter().find(|(k, _)| k == name))
+            .map(|(_, v)| v.as_str()),
+    });
+    let resource = uid(&resource_rule.entity_type, resource_id);
+
+    let action_id = route
+        .as_ref()
+        .and_then(|(route, _)| {
+            route.action.clone().or_else(|| {
+                (!request.grpc)
+                    .then(|| route.actions.get(request.method).cloned())
+                    .flatten()
+            })
+        })
+        .unwrap_or_else(|| {
+            if request.grpc {
+                request.path.to_string()
+            } else {
+                mapping
+                    .methods
+                    .get(request.method)
+                    .cloned()
+                    .unwrap_or_else(|| request.method.to_owned())
+            }
+        });
+    let action = uid(&mapping.action_type, action_id);
+
+    let mut context: Vec<(&'static str, Attr)> = Vec::new();
+    for part in &mapping.context {
+        match part {
+            ContextPart::Method => {
+                context.push(("method", Attr::String(request.method.to_owned())));
+            }
+            ContextPart::Path => context.push(("path", Attr::String(request.path.to_string()))),
+            ContextPart::Host => context.push(("host", Attr::String(request.host.clone()))),
+            ContextPart::SourceIp => {
+                if let Some(ip) = source_ip(attributes) {
+                    context.push(("source_ip", Attr::Ip(ip.to_string())));
+                }
+            }
+            ContextPart::Headers if !mapping.headers.is_empty() => {
+                let fields = mapping
+                    .headers
+                    .iter()
+                    .filter_map(|name| {
+                        request
+                            .header(name)
+                            .map(|v| (name.clone(), Attr::String(v.into_owned())))
+                    })
+                    .collect();
+                context.push(("headers", Attr::Record(fields)));
+            }
+            ContextPart::Params => {
+                if let Some(params) = params {
+                    let fields = params
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Attr::String(v.clone())))
+                        .collect();
+                    context.push(("params", Attr::Record(fields)));
+                }
+            }
+            ContextPart::Claims if !mapping.claims.is_empty() => {
+                if let Some(payload) = jwt_payload(mapping, attributes) {
+                    let mut fields = Vec::new();
+                    for name in &mapping.claims {
+                        let Some(value) = payload.fields.get(name) else {
+                            continue;
+                        };
+                        let field = format!("claims.{name}");
+                        if let Some(attr) = claim(value, &field, 1, max_depth)? {
+                            fields.push((name.clone(), attr));
+                        }
+                    }
+                    context.push(("claims", Attr::Record(fields)));
+                }
+            }
+            ContextPart::Headers | ContextPart::Claims => {}
+        }
+    }
+    let cedar_context =
+        Context::from_pairs(context.iter().map(|(k, v)| ((*k).to_owned(), v.expr())))
+            .map_err(|e| RequestError::invalid("context", e.to_string()))?;
+    Ok(Mapped {
+        query: Query {
+            principal,
+            action,
+            resource,
+            context: ContextInput::Value(cedar_context),
+        },
+        context,
+    })
+}
+
+fn uid(entity_type: &EntityTypeName, id: String) -> EntityUid {
+    EntityUid::from_type_name_and_id(entity_type.clone(), EntityId::new(id))
+}
+
+/// The principal from the first source that yields an identity matching its pattern.
+fn principal(
+    mapping: &ExtAuthz,
+    attributes: &AttributeContext,
+    request: &HttpView<'_>,
+) -> Result<EntityUid, Refusal> {
+    for rule in &mapping.principals {
+        let identity: Option<Cow<'_, str>> =
+            match &rule.source {
+                Source::Mtls => attributes
+                    .source
+                    .as_ref()
+                    .map(|peer| Cow::Borrowed(peer.principal.as_str())),
+                Source::Header(name) => request.header(name),
+                Source::Jwt(claim) => jwt_payload(mapping, attributes).and_then(|payload| {
+                    match payload.fields.get(claim).and_then(|v| v.kind.as_ref()) {
+                        Some(Kind::StringValue(s)) => Some(Cow::Borrowed(s.as_str())),
+                        _ => None,
+                    }
+                }),
+            };
+        let Some(identity) = identity.filter(|i| !i.is_empty()) else {
+            continue;
+        };
+        if let Some(id) = principal_id(rule, &identity) {
+            return Ok(uid(&rule.entity_type, id));
+        }
+    }
+    Err(Refusal::Unauthenticated)
+}
+
+/// The entity id for `identity` under `rule`, or `None` when it does not match.
+fn principal_id(rule: &PrincipalRule, identity: &str) -> Option<String> {
+    let bound: Vec<(&str, String)> = match &rule.pattern {
+        None => Vec::new(),
+        Some(pattern) => {
+            let segments: Vec<&str> = identity.split('/').collect();
+            let values = pattern.matches(&segments)?;
+            pattern.names().zip(values).collect()
+        }
+    };
+    Some(rule.id.render(|name| {
+        if name == "identity" {
+            Some(identity)
+        } else {
+            bound
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }))
+}
+
+/// The verified JWT payload `jwt_authn` left in the metadata, if any.
+fn jwt_payload<'a>(mapping: &ExtAuthz, attributes: &'a AttributeContext) -> Option<&'a Struct> {
+    let namespace = attributes
+        .metadata_context
+        .as_ref()?
+        .filter_metadata
+        .get(&mapping.jwt_namespace)?;
+    match namespace
+        .fields
+        .get(&mapping.jwt_payload_key)?
+        .kind
+        .as_ref()?
+    {
+        Kind::StructValue(payload) => Some(payload),
+        _ => None,
+    }
+}
+
+/// A claim as a Cedar value: `null` is left out, numbers must be whole, nesting is limited.
+fn claim(
+    value: &prost_types::Value,
+    field: &str,
+    depth: usize,
+    max_depth: usize,
+) -> Result<Option<Attr>, RequestError> {
+    if depth > max_depth {
+        return Err(RequestError::limit(
+            field,
+            format!("nested deeper than the limit of {max_depth} (max_value_depth)"),
+        ));
+    }
+    Ok(match value.kind.as_ref() {
+        None | Some(Kind::NullValue(_)) => None,
+        Some(Kind::BoolValue(b)) => Some(Attr::Bool(*b)),
+        Some(Kind::StringValue(s)) => Some(Attr::String(s.clone())),
+        Some(Kind::NumberValue(n)) => {
+            // Whole numbers within i64 only: Cedar has no floats.
+            if n.fract() != 0.0
+                || !(-9.007_199_254_740_992e15..=9.007_199_254_740_992e15).contains(n)
+            {
+                return Err(RequestError::invalid(
+                    field,
+                    format!("{n} is not a whole number Cedar can hold as a Long"),
+                ));
+            }
+            Some(Attr::Long(*n as i64))
+        }
+        Some(Kind::ListValue(list)) => {
+            let mut items = Vec::with_capacity(list.values.len());
+            for (i, item) in list.values.iter().enumerate() {
+                if let Some(attr) = claim(item, &format!("{field}[{i}]"), depth + 1, max_depth)? {
+                    items.push(attr);
+                }
+            }
+            Some(Attr::Set(items))
+        }
+        Some(Kind::StructValue(record)) => {
+            let mut fields = Vec::with_capacity(record.fields.len());
+            for (key, item) in &record.fields {
+                if let Some(attr) = claim(item, &format!("{field}.{key}"), depth + 1, max_depth)? {
+                    fields.push((key.clone(), attr));
+                }
+            }
+            Some(Attr::Record(fields))
+        }
+    })
+}
+
+/// The downstream address, when it is an IP socket address.
+fn source_ip(attributes: &AttributeContext) -> Option<IpAddr> {
+    let address = attributes
+        .source
+        .as_ref()?
+        .address
+        .as_ref()?
+        .address
+        .as_ref()?;
+    match address {
+        address::Address::SocketAddress(socket) => IpAddr::from_str(&socket.address).ok(),
+        _ => None,
+    }
+}
+
+/// The HTTP attributes of a check, checked and normalized once.
+struct HttpView<'a> {
+    http: &'a HttpRequest,
+    method: &'a str,
+    /// The path without query or fragment, percent-encoded unreserved characters decoded
+    /// (RFC 3986 normalization), other escapes kept.
+    path: Cow<'a, str>,
+    /// Each segment of the path fully percent-decoded.
+    decoded: Vec<String>,
+    /// Lower case, without a port.
+    host: String,
+    /// A gRPC call (`content-type: application/grpc…`).
+    grpc: bool,
+}
+
+impl<'a> HttpView<'a> {
+    fn new(http: &'a HttpRequest) -> Result<Self, RequestError> {
+        let method = http.method.as_str();
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') {
+            return Err(RequestError::invalid(
+                format!("{HTTP}.method"),
+                "missing or not an HTTP method",
+            ));
+        }
+        let raw = http.path.split(['?', '#']).next().unwrap_or_default();
+        if !raw.starts_with('/') {
+            return Err(RequestError::invalid(
+                format!("{HTTP}.path"),
+                "not an absolute path (origin-form request target)",
+            ));
+        }
+        let path_field = || format!("{HTTP}.path");
+        let mut decoded = Vec::new();
+        for segment in raw.split('/').skip(1) {
+            let segment = percent_decode(segment)
+                .ok_or_else(|| RequestError::invalid(path_field(), "bad percent-encoding"))?;
+            if segment == "." || segment == ".." {
+                return Err(RequestError::invalid(
+                    path_field(),
+                    "has a '.' or '..' segment; normalize paths in Envoy (normalize_path)",
+                ));
+            }
+            decoded.push(segment);
+        }
+        let path = normalize(raw);
+        let host = strip_port(&http.host).to_ascii_lowercase();
+        let mut view = Self {
+            http,
+            method,
+            path,
+            decoded,
+            host,
+            grpc: false,
+        };
+        view.grpc = view
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/grpc"));
+        Ok(view)
+    }
+
+    /// The path's segments after the leading `/`, decoded, as the route templates see them.
+    fn segments_decoded(&self) -> Vec<&str> {
+        // Templates start with '/', so their first segment is the empty one before it.
+        std::iter::once("")
+            .chain(self.decoded.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// A request header by lower-case name, from the map or (with `encode_raw_headers`)
+    /// the header list, repeated values joined by `,`.
+    fn header(&self, name: &str) -> Option<Cow<'a, str>> {
+        if let Some(value) = self.http.headers.get(name) {
+            return Some(Cow::Borrowed(value.as_str()));
+        }
+        let list = self.http.header_map.as_ref()?;
+        let mut values = list
+            .headers
+            .iter()
+            .filter(|h| h.key.eq_ignore_ascii_case(name))
+            .map(|h| {
+                if h.raw_value.is_empty() {
+                    h.value.clone()
+                } else {
+                    String::from_utf8_lossy(&h.raw_value).into_owned()
+                }
+            })
+            .peekable();
+        values.peek()?;
+        Some(Cow::Owned(values.collect::<Vec<_>>().join(",")))
+    }
+}
+
+/// `host[:port]` or `[v6]:port` without the port.
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end]);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+/// Percent-decodes `text`; `None` for a bad escape or a result that is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    if !text.contains('%') {
+        return Some(text.to_owned());
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            out.push(hex_byte(bytes.get(i + 1..i + 3)?)?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The byte two hex digits spell (`from_str_radix` alone would take `+1`).
+fn hex_byte(digits: &[u8]) -> Option<u8> {
+    if digits.len() != 2 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u8::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
+/// `raw` with escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) decoded, so that
+/// `/%61dmin` and `/admin` are one path to a policy. Escapes are well-formed by now.
+fn normalize(raw: &str) -> Cow<'_, str> {
+    if !raw.contains('%') {
+        return Cow::Borrowed(raw);
+    }
+    let bytes = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(b) = bytes.get(i + 1..i + 3).and_then(hex_byte)
+            && (b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        {
+            out.push(char::from(b));
+            i += 3;
+            continue;
+        }
+        // Copy one whole character (the path is a str; escapes are ASCII).
+        let ch = raw[i..].chars().next().expect("i is on a char boundary");
+        if ch == '%' {
+            out.push_str(&raw[i..i + 3].to_ascii_uppercase());
+            i += 3;
+        } else {
+            out.push(ch);
+            i += ch.len_utf8();
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests;
