@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import traceback
 
 import helm_python as helm
@@ -39,6 +40,20 @@ EXAMPLE_FILES = {
     if p.is_file()
 }
 
+
+
+def docs_ext_authz():
+    """The [ext_authz] table of the example config in docs/envoy.md."""
+    text = (ROOT / "docs" / "envoy.md").read_text()
+    for block in text.split("```toml\n")[1:]:
+        block = block.split("\n```")[0]
+        if block.startswith("[ext_authz]"):
+            return tomllib.loads(block)["ext_authz"]
+    raise AssertionError("docs/envoy.md has no ```toml block starting with [ext_authz]")
+
+
+EXT_AUTHZ = docs_ext_authz()
+
 ALL_ON = {
     "policies": {"files": EXAMPLE_FILES},
     "autoscaling": {"enabled": True},
@@ -50,7 +65,7 @@ ALL_ON = {
     "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
     "prometheusRule": {"enabled": True},
     "grafanaDashboard": {"enabled": True},
-    "config": {"audit": {"contextKeys": ["mfa", "source_ip"]}},
+    "config": {"audit": {"contextKeys": ["mfa", "source_ip"]}, "extAuthz": EXT_AUTHZ},
 }
 
 GIT_SYNC = {
@@ -212,6 +227,11 @@ def settings_roll_the_pods_and_policy_changes_do_not():
     base = checksum({})
     assert checksum({"config": {"logLevel": "debug"}}) != base
     assert checksum({"config": {"limits": {"maxBatchItems": 10}}}) != base
+    # The config file is read at start only: a change to it rolls the pods too.
+    with_mapping = one(render({"config": {"extAuthz": EXT_AUTHZ}}), "Deployment")
+    changed = one(render({"config": {"extAuthz": {**EXT_AUTHZ, "headers": ["x-other"]}}}), "Deployment")
+    annotations = lambda d: d["spec"]["template"]["metadata"]["annotations"]
+    assert annotations(with_mapping)["checksum/config"] != annotations(changed)["checksum/config"]
     # Policies are hot-reloaded from the ConfigMap: no rollout for them.
     assert checksum({"policies": {"files": {"a.cedar": "permit(principal, action, resource);"}}}) == base
 
@@ -260,6 +280,21 @@ def policy_files_reach_the_config_map_byte_for_byte():
 
 
 @check
+def the_ext_authz_mapping_reaches_the_config_file_intact():
+    objects = render({"config": {"extAuthz": EXT_AUTHZ}})
+    config = objects[("ConfigMap", "pdp-cedar-pdp-config")]["data"]["config.toml"]
+    assert tomllib.loads(config) == {"ext_authz": EXT_AUTHZ}, config
+    pdp = containers(one(objects, "Deployment"))[0]
+    assert "--config=/etc/cedar-pdp/config/config.toml" in pdp["args"], pdp["args"]
+    mounts = {m["name"]: m["mountPath"] for m in pdp["volumeMounts"]}
+    assert mounts["config"] == "/etc/cedar-pdp/config", mounts
+    # Without a mapping there is no config file at all.
+    plain = render({})
+    assert ("ConfigMap", "pdp-cedar-pdp-config") not in plain
+    assert not any(a.startswith("--config") for a in containers(one(plain, "Deployment"))[0]["args"])
+
+
+@check
 def startup_is_given_time_before_liveness_counts():
     pdp = containers(one(render({}), "Deployment"))[0]
     assert pdp["startupProbe"]["grpc"] == {"port": 50051}
@@ -278,6 +313,8 @@ def the_values_schema_refuses_wrong_values():
     refused({"policies": {"source": "existingConfigMap"}}, "existingConfigMap is required")
     refused({"policies": {"files": {"..data": ""}}}, "..data")
     refused({"resources": {"requests": {"cpu": True}}}, "cpu")
+    refused({"config": {"extAuthz": {"rotues": []}}}, "rotues")
+    refused({"config": {"extAuthz": {"principal": [{"from": "cookie", "type": "User"}]}}}, "from")
     refused(
         {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
         "minReplicas must not be greater",
@@ -300,6 +337,8 @@ def the_binary_starts_with_the_rendered_arguments_and_policies(binary=None):
         policies.mkdir()
         for name, text in files.items():
             (policies / name).write_text(text)
+        config = pathlib.Path(tmp) / "config.toml"
+        config.write_text(objects[("ConfigMap", "pdp-cedar-pdp-config")]["data"]["config.toml"])
         # The same arguments, but on this machine: the rendered policy directory and
         # loopback ports the OS picks.
         local = []
@@ -310,10 +349,16 @@ def the_binary_starts_with_the_rendered_arguments_and_policies(binary=None):
                 arg = "--listen=127.0.0.1:0"
             elif arg.startswith("--metrics-listen="):
                 arg = "--metrics-listen=127.0.0.1:0"
+            elif arg.startswith("--config="):
+                arg = f"--config={config}"
             local.append(arg)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CEDAR_PDP_")}
+        # validate --config also checks the rendered [ext_authz] table.
         validated = subprocess.run(
-            [binary, "validate", str(policies)], capture_output=True, text=True, env=env
+            [binary, "validate", str(policies), f"--config={config}"],
+            capture_output=True,
+            text=True,
+            env=env,
         )
         assert validated.returncode == 0, validated.stdout + validated.stderr
         count = int(re.search(r"ok: (\d+) policies", validated.stdout).group(1))

@@ -93,9 +93,22 @@ seccompProfile:
 {{- with $c.audit.contextKeys }}
 - {{ printf "--audit-context-keys=%s" (join "," .) | quote }}
 {{- end }}
+{{- if $c.extAuthz }}
+- {{ printf "--config=%s" (include "cedar-pdp.configFile" .) | quote }}
+{{- end }}
 {{- range $c.extraArgs }}
 - {{ . | quote }}
 {{- end }}
+{{- end }}
+
+{{/* Where the rendered config file is mounted, when there is one. */}}
+{{- define "cedar-pdp.configFile" -}}
+/etc/cedar-pdp/config/config.toml
+{{- end }}
+
+{{/* The config file: settings that have no flag (the [ext_authz] mapping). */}}
+{{- define "cedar-pdp.configToml" -}}
+{{ dict "ext_authz" .Values.config.extAuthz | toToml }}
 {{- end }}
 
 {{/* A git-sync container: the sidecar that follows the repository, or (oneTime) the
