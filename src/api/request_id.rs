@@ -26,11 +26,15 @@ impl RequestId {
     /// The caller's id if it is 1–128 characters of `[A-Za-z0-9._:-]`, else a new one
     /// (anything else could be used to forge or flood log lines).
     pub fn of(metadata: &MetadataMap) -> Self {
+        Self::from_metadata(metadata).unwrap_or_default()
+    }
+
+    /// The caller's id from the call's metadata, if it sent a sensible one.
+    pub fn from_metadata(metadata: &MetadataMap) -> Option<Self> {
         metadata
             .get(HEADER)
             .and_then(|value| value.to_str().ok())
             .and_then(Self::parse)
-            .unwrap_or_default()
     }
 
     /// `id` as a request id, if it is a sensible one (a short token); else `None`.

@@ -374,7 +374,18 @@ impl Text {
                     literal.push('}');
                 }
                 '{' => {
-                    let name: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                    let mut name = String::new();
+                    let mut closed = false;
+                    for c in chars.by_ref() {
+                        if c == '}' {
+                            closed = true;
+                            break;
+                        }
+                        name.push(c);
+                    }
+                    if !closed {
+                        return Err(format!("{{{name} is never closed (write {{{{ for a brace)"));
+                    }
                     if !known.contains(&name.as_str()) {
                         return Err(format!(
                             "unknown placeholder {{{name}}} (known here: {})",
@@ -476,6 +487,15 @@ impl ExtAuthzSettings {
                 .as_deref()
                 .map(|text| Template::parse(text).map_err(|e| invalid(key("match"), e)))
                 .transpose()?;
+            if pattern
+                .as_ref()
+                .is_some_and(|pattern| pattern.names().any(|name| name == "identity"))
+            {
+                return Err(invalid(
+                    key("match"),
+                    "{identity} is the whole identity; name this placeholder otherwise",
+                ));
+            }
             let mut known = vec!["identity"];
             if let Some(pattern) = &pattern {
                 known.extend(pattern.names());

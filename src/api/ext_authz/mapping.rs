@@ -441,28 +441,33 @@ impl<'a> HttpView<'a> {
             .collect()
     }
 
-    /// A request header by lower-case name, from the map or (with `encode_raw_headers`)
-    /// the header list, repeated values joined by `,`.
+    /// A request header by lower-case name.
     fn header(&self, name: &str) -> Option<Cow<'a, str>> {
-        if let Some(value) = self.http.headers.get(name) {
-            return Some(Cow::Borrowed(value.as_str()));
-        }
-        let list = self.http.header_map.as_ref()?;
-        let mut values = list
-            .headers
-            .iter()
-            .filter(|h| h.key.eq_ignore_ascii_case(name))
-            .map(|h| {
-                if h.raw_value.is_empty() {
-                    h.value.clone()
-                } else {
-                    String::from_utf8_lossy(&h.raw_value).into_owned()
-                }
-            })
-            .peekable();
-        values.peek()?;
-        Some(Cow::Owned(values.collect::<Vec<_>>().join(",")))
+        header(self.http, name)
     }
+}
+
+/// A request header by lower-case name, from the map or (with `encode_raw_headers`) the
+/// header list, repeated values joined by `,`.
+pub(super) fn header<'a>(http: &'a HttpRequest, name: &str) -> Option<Cow<'a, str>> {
+    if let Some(value) = http.headers.get(name) {
+        return Some(Cow::Borrowed(value.as_str()));
+    }
+    let list = http.header_map.as_ref()?;
+    let mut values = list
+        .headers
+        .iter()
+        .filter(|h| h.key.eq_ignore_ascii_case(name))
+        .map(|h| {
+            if h.raw_value.is_empty() {
+                h.value.clone()
+            } else {
+                String::from_utf8_lossy(&h.raw_value).into_owned()
+            }
+        })
+        .peekable();
+    values.peek()?;
+    Some(Cow::Owned(values.collect::<Vec<_>>().join(",")))
 }
 
 /// `host[:port]` or `[v6]:port` without the port.

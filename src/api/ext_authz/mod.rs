@@ -335,18 +335,24 @@ impl Authorization for ExtAuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        // Envoy's own request id (`x-request-id` of the HTTP request) ties the audit record
-        // to Envoy's access log; the call's metadata is the fallback.
-        let http_id = request
+        // The HTTP request's `x-request-id` (which Envoy sets) ties the audit record to
+        // Envoy's access log; then the call's own; then `http.id`, Envoy's stream id,
+        // unique only within one Envoy.
+        let http = request
             .get_ref()
             .attributes
             .as_ref()
             .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref())
-            .and_then(|h| RequestId::parse(&h.id));
+            .and_then(|r| r.http.as_ref());
+        let id = http
+            .and_then(|http| mapping::header(http, "x-request-id"))
+            .and_then(|id| RequestId::parse(&id))
+            .or_else(|| RequestId::from_metadata(request.metadata()))
+            .or_else(|| http.and_then(|http| RequestId::parse(&http.id)))
+            .unwrap_or_default();
         let call = Call {
             api: Api::ExtAuthz,
-            id: http_id.unwrap_or_else(|| RequestId::of(request.metadata())),
+            id,
             peer: request.remote_addr(),
             started: Instant::now(),
             metrics: &self.metrics,
