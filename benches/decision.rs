@@ -1,6 +1,7 @@
 //! Decision latency on the example policy set, in one run so the figures compare:
-//! the engine alone (typed context, JSON context, with a request entity) and a full
-//! IsAuthorized round trip over loopback gRPC.
+//! the engine alone (typed context, JSON context, with a request entity), a full
+//! IsAuthorized round trip over loopback gRPC, and the same question asked as Envoy asks
+//! it, through ext_authz `Check` (mapping included).
 //!
 //! Run: `cargo bench --bench decision` (optionally `-- <iterations>`, default 20000).
 //! Prints median and p99 per case and each case's median as a ratio of the first.
@@ -9,6 +10,14 @@ mod support;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
+use cedar_pdp::proto::envoy::{
+    config::core::v3::{Address, Metadata, SocketAddress, address},
+    service::auth::v3::{
+        AttributeContext, CheckRequest,
+        attribute_context::{self, HttpRequest, Peer},
+        authorization_client::AuthorizationClient,
+    },
+};
 use cedar_pdp::{
     engine::{ContextInput, Engine, EngineOptions, EntitiesInput, EntityInput, Query},
     policy::{LoadOptions, PolicyStore},
@@ -38,6 +47,59 @@ fn typed_context() -> Context {
         ),
     ])
     .unwrap()
+}
+
+/// A check as Envoy sends it for `GET path` with a verified token for `sub`.
+fn check_request(sub: &str, path: &str) -> CheckRequest {
+    use prost_types::{Struct, Value, value::Kind};
+    let text = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    };
+    let payload = Struct {
+        fields: [("sub".to_owned(), text(sub))].into(),
+    };
+    let jwt = Struct {
+        fields: [(
+            "jwt_payload".to_owned(),
+            Value {
+                kind: Some(Kind::StructValue(payload)),
+            },
+        )]
+        .into(),
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: "10.1.2.3".to_owned(),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            }),
+            request: Some(attribute_context::Request {
+                time: None,
+                http: Some(HttpRequest {
+                    id: "bench".to_owned(),
+                    method: "GET".to_owned(),
+                    path: path.to_owned(),
+                    host: "docs.acme.example".to_owned(),
+                    headers: [
+                        ("user-agent".to_owned(), "bench/1".to_owned()),
+                        ("authorization".to_owned(), "Bearer x.y.z".to_owned()),
+                    ]
+                    .into(),
+                    ..Default::default()
+                }),
+            }),
+            metadata_context: Some(Metadata {
+                filter_metadata: [("envoy.filters.http.jwt_authn".to_owned(), jwt)].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
 }
 
 fn main() {
@@ -130,6 +192,56 @@ fn main() {
     let mut audited = support::client(&runtime, addr);
     let grpc_audited = grpc_samples(&runtime, &mut audited, &request, true, iterations);
     results.push(("gRPC IsAuthorized, every decision audited", grpc_audited));
+
+    // The same question as Envoy asks it: a JWT subject, a route template, the mapped
+    // context (method, path, host, source_ip, headers, params).
+    let config = cedar_pdp::Config {
+        policies: store.dir().to_owned(),
+        ext_authz: toml::from_str(
+            r#"
+            action_type = "Platform::Action"
+            methods = { GET = "read" }
+            headers = ["user-agent"]
+            upstream_headers = { "x-cedar-policy-version" = "{policy_version}" }
+            [[principal]]
+            from = "jwt"
+            type = "Platform::User"
+            [[routes]]
+            path = "/projects/{project}/docs/{doc}"
+            resource_type = "Platform::Document"
+            resource_id = "{doc}"
+            "#,
+        )
+        .expect("the benchmark's mapping parses"),
+        ..cedar_pdp::Config::default()
+    };
+    let addr = serve_config(
+        &runtime,
+        store.clone(),
+        cedar_pdp::api::Telemetry::metrics_only(cedar_pdp::telemetry::Metrics::new()),
+        config,
+    );
+    let check = check_request("bob", "/projects/acme-roadmap/docs/acme-roadmap-q3");
+    let mut envoy = runtime.block_on(async {
+        AuthorizationClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connects to the benchmark server")
+    });
+    let ext_authz = runtime.block_on(async {
+        let mut samples = Vec::with_capacity(iterations);
+        for i in 0..iterations + iterations / 10 {
+            let start = std::time::Instant::now();
+            let response = envoy.check(check.clone()).await.expect("the call succeeds");
+            let elapsed = start.elapsed();
+            assert_eq!(response.get_ref().status.as_ref().map(|s| s.code), Some(0));
+            if i >= iterations / 10 {
+                samples.push(elapsed);
+            }
+        }
+        samples.sort_unstable();
+        samples
+    });
+    results.push(("gRPC ext_authz Check, loopback", ext_authz));
 
     println!("{iterations} iterations per case, example policy set (19 policies, 40 entities)");
     print_table(&results);

@@ -105,16 +105,26 @@ pub fn serve_with(
     store: Arc<PolicyStore>,
     telemetry: api::Telemetry,
 ) -> SocketAddr {
+    let config = Config {
+        policies: store.dir().to_owned(),
+        ..Config::default()
+    };
+    serve_config(runtime, store, telemetry, config)
+}
+
+/// [`serve_with`] with `config` (its policy directory must be the store's).
+pub fn serve_config(
+    runtime: &tokio::runtime::Runtime,
+    store: Arc<PolicyStore>,
+    telemetry: api::Telemetry,
+    config: Config,
+) -> SocketAddr {
     runtime.block_on(async {
         let listeners = api::Listeners {
             grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
             metrics: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         };
         let addr = listeners.grpc.local_addr().unwrap();
-        let config = Config {
-            policies: store.dir().to_owned(),
-            ..Config::default()
-        };
         tokio::spawn(async move {
             api::serve(&config, store, telemetry, listeners, std::future::pending()).await
         });
