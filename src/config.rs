@@ -23,6 +23,7 @@ pub use ext_authz::ExtAuthzSettings;
 use crate::{
     policy::PolicyValidation,
     telemetry::{AuditOptions, AuditSink},
+    tls::TlsFiles,
 };
 
 /// How `serve` writes its logs.
@@ -69,6 +70,10 @@ pub struct Settings {
     /// Seconds to let calls in flight finish after SIGTERM or Ctrl-C.
     #[arg(long, env = "CEDAR_PDP_SHUTDOWN_GRACE_SECONDS", value_name = "SECONDS")]
     pub shutdown_grace_seconds: Option<u64>,
+    /// Seconds to keep answering after SIGTERM while reporting NOT_SERVING, so load
+    /// balancers and meshes stop sending before the port closes.
+    #[arg(long, env = "CEDAR_PDP_DRAIN_SECONDS", value_name = "SECONDS")]
+    pub drain_seconds: Option<u64>,
     /// Limits on what one call may ask for.
     #[command(flatten)]
     pub limits: LimitSettings,
@@ -78,6 +83,57 @@ pub struct Settings {
     /// How Envoy's ext_authz `Check` maps to Cedar (config file only: it is structured).
     #[arg(skip)]
     pub ext_authz: Option<Box<ExtAuthzSettings>>,
+    /// TLS and mutual TLS on the gRPC port, and which callers may use which API.
+    #[command(flatten)]
+    pub tls: TlsSettings,
+}
+
+/// The `[tls]` table of [`Settings`]: files are named here, their contents never are.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain of the gRPC port (turns TLS on; needs --tls-key).
+    #[arg(long = "tls-cert", env = "CEDAR_PDP_TLS_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    #[arg(long = "tls-key", env = "CEDAR_PDP_TLS_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// PEM CA certificates that client certificates must chain to (turns mTLS on).
+    #[arg(
+        long = "tls-client-ca",
+        env = "CEDAR_PDP_TLS_CLIENT_CA",
+        value_name = "FILE"
+    )]
+    pub client_ca: Option<PathBuf>,
+    /// Caller identities (SPIFFE URI or DNS name of a client certificate) allowed to use
+    /// cedarpdp.v1.Authorizer (comma-separated; unset: any verified client).
+    #[arg(
+        long = "tls-authorizer-callers",
+        env = "CEDAR_PDP_TLS_AUTHORIZER_CALLERS",
+        value_name = "IDS",
+        value_delimiter = ','
+    )]
+    pub authorizer_callers: Option<Vec<String>>,
+    /// Caller identities allowed to use Envoy's ext_authz Check (comma-separated; unset:
+    /// any verified client).
+    #[arg(
+        long = "tls-ext-authz-callers",
+        env = "CEDAR_PDP_TLS_EXT_AUTHZ_CALLERS",
+        value_name = "IDS",
+        value_delimiter = ','
+    )]
+    pub ext_authz_callers: Option<Vec<String>>,
+}
+
+/// Resolved TLS: the files, and the callers each API admits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Where the certificate, key and client CA are read from.
+    pub files: TlsFiles,
+    /// Identities that may call `cedarpdp.v1.Authorizer`; `None`: any verified client.
+    pub authorizer_callers: Option<Vec<String>>,
+    /// Identities that may call ext_authz `Check`; `None`: any verified client.
+    pub ext_authz_callers: Option<Vec<String>>,
 }
 
 /// The `[audit]` table of [`Settings`].
@@ -192,12 +248,17 @@ pub struct Config {
     pub log_level: String,
     /// How long calls in flight may run on after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// How long the server keeps answering after a shutdown signal, reporting
+    /// NOT_SERVING, before it stops taking new calls.
+    pub drain: Duration,
     /// Limits on what one call may ask for.
     pub limits: Limits,
     /// The decision log.
     pub audit: AuditOptions,
     /// How Envoy's ext_authz `Check` maps to Cedar; checked by [`Config::check`].
     pub ext_authz: ExtAuthzSettings,
+    /// TLS on the gRPC port; `None` is plaintext.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for Config {
@@ -212,9 +273,11 @@ impl Default for Config {
             log_format: LogFormat::Json,
             log_level: "info".to_owned(),
             shutdown_grace: Duration::from_secs(10),
+            drain: Duration::ZERO,
             limits: Limits::default(),
             audit: AuditOptions::default(),
             ext_authz: ExtAuthzSettings::default(),
+            tls: None,
         }
     }
 }
@@ -256,7 +319,7 @@ impl Config {
             Some(path) => Settings::from_toml_file(path)?,
             None => Settings::default(),
         };
-        let config = Self::from_layers(from_file, overrides);
+        let config = Self::from_layers(from_file, overrides)?;
         config.check()?;
         Ok(config)
     }
@@ -277,15 +340,75 @@ impl Config {
             });
         }
         self.ext_authz.compile()?;
+        if let Some(tls) = &self.tls {
+            let lists = [
+                ("tls.authorizer_callers", &tls.authorizer_callers),
+                ("tls.ext_authz_callers", &tls.ext_authz_callers),
+            ];
+            for (key, list) in lists {
+                let Some(list) = list else { continue };
+                if tls.files.client_ca.is_none() {
+                    return Err(ConfigError::Invalid {
+                        key: key.to_owned(),
+                        message: "needs tls.client_ca: without client certificates there \
+                                  is no caller identity to check"
+                            .to_owned(),
+                    });
+                }
+                if let Some(bad) = list.iter().find(|id| {
+                    id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control())
+                }) {
+                    return Err(ConfigError::Invalid {
+                        key: key.to_owned(),
+                        message: format!("{bad:?} is not an identity (a SPIFFE URI or a DNS name)"),
+                    });
+                }
+            }
+        }
         Ok(())
     }
 
-    /// Folds `upper` over `lower` over the defaults.
-    pub fn from_layers(lower: Settings, upper: Settings) -> Self {
+    /// Folds `upper` over `lower` over the defaults; a half-given TLS setup is an error.
+    pub fn from_layers(lower: Settings, upper: Settings) -> Result<Self, ConfigError> {
         let d = Config::default();
         let (lo, up, dl) = (lower.limits, upper.limits, d.limits);
         let (la, ua, da) = (lower.audit, upper.audit, d.audit);
-        Self {
+        let (lt, ut) = (lower.tls, upper.tls);
+        let cert = ut.cert.or(lt.cert);
+        let key = ut.key.or(lt.key);
+        let client_ca = ut.client_ca.or(lt.client_ca);
+        let authorizer_callers = ut.authorizer_callers.or(lt.authorizer_callers);
+        let ext_authz_callers = ut.ext_authz_callers.or(lt.ext_authz_callers);
+        let tls = match (cert, key) {
+            (Some(cert), Some(key)) => Some(TlsConfig {
+                files: TlsFiles {
+                    cert,
+                    key,
+                    client_ca,
+                },
+                authorizer_callers,
+                ext_authz_callers,
+            }),
+            (cert, key) => {
+                // Half a TLS setup is a mistake, never a quiet fallback to plaintext.
+                let stray = [
+                    ("tls.cert", cert.is_some()),
+                    ("tls.key", key.is_some()),
+                    ("tls.client_ca", client_ca.is_some()),
+                    ("tls.authorizer_callers", authorizer_callers.is_some()),
+                    ("tls.ext_authz_callers", ext_authz_callers.is_some()),
+                ];
+                if let Some((key, _)) = stray.into_iter().find(|(_, set)| *set) {
+                    return Err(ConfigError::Invalid {
+                        key: key.to_owned(),
+                        message: "needs both tls.cert and tls.key (TLS is off without them)"
+                            .to_owned(),
+                    });
+                }
+                None
+            }
+        };
+        Ok(Self {
             policies: pick(upper.policies, lower.policies, d.policies),
             listen: pick(upper.listen, lower.listen, d.listen),
             metrics_listen: pick(upper.metrics_listen, lower.metrics_listen, d.metrics_listen),
@@ -306,6 +429,10 @@ impl Config {
                 .shutdown_grace_seconds
                 .or(lower.shutdown_grace_seconds)
                 .map_or(d.shutdown_grace, Duration::from_secs),
+            drain: upper
+                .drain_seconds
+                .or(lower.drain_seconds)
+                .map_or(d.drain, Duration::from_secs),
             limits: Limits {
                 max_message_bytes: pick(
                     up.max_message_bytes,
@@ -351,7 +478,8 @@ impl Config {
                 .ext_authz
                 .or(lower.ext_authz)
                 .map_or(d.ext_authz, |settings| *settings),
-        }
+            tls,
+        })
     }
 }
 

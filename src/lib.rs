@@ -21,5 +21,6 @@ pub mod engine;
 pub mod policy;
 pub mod proto;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;

@@ -34,7 +34,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the policy directory over gRPC.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check a policy directory as `serve` would load it and report every problem.
     Validate(ValidateArgs),
     /// Run the test cases in DIR/tests against the policy directory.
@@ -174,7 +174,7 @@ struct ServeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Validate(args) => validate(args),
         Command::Test(args) => test(args),
         Command::Authorize(args) => authorize(args),

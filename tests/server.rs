@@ -155,3 +155,65 @@ async fn shutdown_lets_running_clients_finish_cleanly_then_stops_listening() {
         "still listening after stop"
     );
 }
+
+#[tokio::test]
+async fn during_the_drain_period_calls_are_answered_while_health_says_not_serving() {
+    let mut server = TestServer::start_with(cedar_pdp::config::Config {
+        policies: example_policies(),
+        drain: std::time::Duration::from_millis(1500),
+        ..Default::default()
+    })
+    .await;
+    let bob_reads = || {
+        request(
+            p("User", "bob"),
+            action("read"),
+            p("Document", "acme-roadmap-q3"),
+        )
+    };
+    let channel = server.channel().await;
+    let health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    assert_eq!(http_get(server.metrics_addr, "/readyz").await.0, 200);
+    assert_eq!(http_get(server.metrics_addr, "/healthz").await.0, 200);
+
+    server.begin_shutdown();
+    eventually(std::time::Duration::from_secs(5), "NOT_SERVING", || {
+        let mut health = health.clone();
+        async move {
+            let status = health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .status;
+            (status == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32)
+                .then_some(())
+        }
+    })
+    .await;
+    let (status, body) = http_get(server.metrics_addr, "/readyz").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "not serving: shutting down\n")
+    );
+    assert_eq!(http_get(server.metrics_addr, "/healthz").await.0, 200);
+
+    // Still answering, on open connections and on new ones.
+    let mut open =
+        cedar_pdp::proto::cedarpdp::v1::authorizer_client::AuthorizerClient::new(channel);
+    assert!(is_allow(
+        open.is_authorized(bob_reads()).await.unwrap().get_ref()
+    ));
+    let mut fresh = server.client().await;
+    assert!(is_allow(
+        fresh.is_authorized(bob_reads()).await.unwrap().get_ref()
+    ));
+    drop((open, fresh, health));
+
+    let addr = server.addr;
+    server.stop().await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still listening after the drain"
+    );
+}

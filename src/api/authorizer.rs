@@ -6,6 +6,7 @@ use std::{sync::Arc, time::Instant};
 use tonic::{Request, Response, Status};
 
 use super::{
+    callers::CallerPolicy,
     convert::Converter,
     observe::{Call, Question},
     request_id::{self, RequestId},
@@ -27,39 +28,61 @@ pub struct AuthorizerService {
     max_batch_items: usize,
     metrics: Metrics,
     audit: Arc<AuditLog>,
+    callers: CallerPolicy,
 }
+
+/// The service name callers are refused for.
+const SERVICE: &str = "cedarpdp.v1.Authorizer";
 
 impl AuthorizerService {
     /// A service deciding with `engine` against whatever `store` serves at each call,
-    /// counting into `metrics` and recording decisions in `audit`.
+    /// counting into `metrics`, recording decisions in `audit`, for the `callers` it
+    /// admits.
     pub fn new(
         store: Arc<PolicyStore>,
         engine: Arc<Engine>,
         max_value_depth: usize,
         max_batch_items: usize,
-        metrics: Metrics,
-        audit: Arc<AuditLog>,
+        telemetry: super::Telemetry,
+        callers: CallerPolicy,
     ) -> Self {
         Self {
             store,
             engine,
             convert: Converter { max_value_depth },
             max_batch_items,
-            metrics,
-            audit,
+            metrics: telemetry.metrics,
+            audit: telemetry.audit,
+            callers,
         }
     }
 
-    /// Starts observing a call: its id (from `x-request-id`, else new), peer and clock.
-    fn call<T>(&self, api: Api, request: &Request<T>) -> Call<'_> {
-        Call {
+    /// Starts observing a call: its id (from `x-request-id`, else new), peer, caller and
+    /// clock; a caller off the allow-list is refused here, counted and logged.
+    fn call<T>(&self, api: Api, request: &Request<T>) -> Result<Call<'_>, Status> {
+        let mut call = Call {
             api,
             id: RequestId::of(request.metadata()),
             peer: request.remote_addr(),
+            caller: None,
             started: Instant::now(),
             metrics: &self.metrics,
             audit: &self.audit,
             keep_allows: self.audit.sample_allows(),
+        };
+        match self.callers.admit(request) {
+            Ok(caller) => {
+                call.caller = caller;
+                Ok(call)
+            }
+            Err(refused) => {
+                call.caller_refused(&refused);
+                let mut status = Status::permission_denied(refused.message(SERVICE));
+                status
+                    .metadata_mut()
+                    .insert(request_id::HEADER, call.id.to_metadata());
+                Err(status)
+            }
         }
     }
 
@@ -178,7 +201,7 @@ impl authorizer_server::Authorizer for AuthorizerService {
         &self,
         request: Request<pb::IsAuthorizedRequest>,
     ) -> Result<Response<pb::IsAuthorizedResponse>, Status> {
-        let call = self.call(Api::IsAuthorized, &request);
+        let call = self.call(Api::IsAuthorized, &request)?;
         let span = tracing::info_span!("call", api = "is_authorized", request_id = %call.id);
         let _in_span = span.enter();
         let request = request.into_inner();
@@ -205,7 +228,7 @@ impl authorizer_server::Authorizer for AuthorizerService {
         &self,
         request: Request<pb::BatchIsAuthorizedRequest>,
     ) -> Result<Response<pb::BatchIsAuthorizedResponse>, Status> {
-        let call = self.call(Api::Batch, &request);
+        let call = self.call(Api::Batch, &request)?;
         let span = tracing::info_span!("call", api = "batch", request_id = %call.id);
         let _in_span = span.enter();
         let request = request.into_inner();
@@ -243,8 +266,10 @@ impl authorizer_server::Authorizer for AuthorizerService {
 
     async fn get_policy_set_info(
         &self,
-        _request: Request<pb::GetPolicySetInfoRequest>,
+        request: Request<pb::GetPolicySetInfoRequest>,
     ) -> Result<Response<pb::PolicySetInfo>, Status> {
+        // Not a decision: a refusal here counts under the service's unary API.
+        self.call(Api::IsAuthorized, &request)?;
         let snapshot = self.store.current();
         let last_error = self.store.last_error();
         Ok(Response::new(pb::PolicySetInfo {

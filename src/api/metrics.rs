@@ -1,6 +1,8 @@
 //! The Prometheus scrape endpoint: `GET /metrics` over plain HTTP/1.1 on a port of its
-//! own (`--metrics-listen`), rendering the server's [`Metrics`]. Anything else is 404,
-//! and a method other than GET or HEAD is 405.
+//! own (`--metrics-listen`), rendering the server's [`Metrics`], and plain-HTTP health for
+//! probes that cannot speak gRPC over TLS: `/healthz` (the process answers) and
+//! `/readyz` (the gRPC port is taking calls: 503 once shutdown has begun). Anything else
+//! is 404, and a method other than GET or HEAD is 405.
 //!
 //! A scraper needs little, so the endpoint gives little: at most [`MAX_CONNECTIONS`]
 //! connections (more are closed at once), request headers within [`HEADER_TIMEOUT`], and
@@ -18,7 +20,10 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, header, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+};
 
 use crate::telemetry::Metrics;
 
@@ -35,9 +40,11 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// The content type of the Prometheus text exposition format.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Serves `/metrics` on `listener` until `shutdown` resolves.
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` resolves;
+/// `/readyz` answers 503 once `stopping` is true.
 pub async fn serve_metrics(
     metrics: Metrics,
+    stopping: watch::Receiver<bool>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -69,9 +76,10 @@ pub async fn serve_metrics(
                     continue;
                 };
                 let metrics = metrics.clone();
+                let stopping = stopping.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
-                        let response = respond(&metrics, &request);
+                        let response = respond(&metrics, !*stopping.borrow(), &request);
                         async move { Ok::<_, Infallible>(response) }
                     });
                     let connection = hyper::server::conn::http1::Builder::new()
@@ -91,7 +99,11 @@ pub async fn serve_metrics(
     }
 }
 
-fn respond(metrics: &Metrics, request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+fn respond(
+    metrics: &Metrics,
+    serving: bool,
+    request: &Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, content_type: &str, body: String| {
         Response::builder()
             .status(status)
@@ -99,19 +111,28 @@ fn respond(metrics: &Metrics, request: &Request<hyper::body::Incoming>) -> Respo
             .body(Full::new(Bytes::from(body)))
             .expect("a response built from valid parts")
     };
-    if request.uri().path() != "/metrics" {
+    let known = ["/metrics", "/healthz", "/readyz"];
+    if !known.contains(&request.uri().path()) {
         return reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; metrics are at /metrics\n".to_owned(),
+            "not found; this port serves /metrics, /healthz and /readyz\n".to_owned(),
         );
     }
-    match *request.method() {
-        Method::GET | Method::HEAD => reply(StatusCode::OK, TEXT_FORMAT, metrics.render()),
-        _ => reply(
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        return reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "use GET\n".to_owned(),
+        );
+    }
+    match request.uri().path() {
+        "/metrics" => reply(StatusCode::OK, TEXT_FORMAT, metrics.render()),
+        "/readyz" if !serving => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not serving: shutting down\n".to_owned(),
         ),
+        _ => reply(StatusCode::OK, "text/plain", "ok\n".to_owned()),
     }
 }

@@ -8,6 +8,7 @@
 //! [`PolicyStore`] holds at the moment each call starts.
 
 mod authorizer;
+mod callers;
 mod convert;
 mod ext_authz;
 mod metrics;
@@ -15,13 +16,21 @@ mod observe;
 pub mod request_id;
 mod status;
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::watch,
+};
+use tokio_stream::Stream;
+use tonic::transport::{
+    Server,
+    server::{Connected, Router, TcpIncoming},
+};
 
 pub use authorizer::AuthorizerService;
+pub use callers::CallerPolicy;
 pub use ext_authz::ExtAuthzService;
 pub use metrics::serve_metrics;
 
@@ -34,6 +43,7 @@ use crate::{
         envoy::service::auth::v3::authorization_server::AuthorizationServer,
     },
     telemetry::{AuditLog, Metrics},
+    tls::{self, CertWatcher, ServerTls},
 };
 
 /// Where [`serve`] reports: the metrics registry and the decision log.
@@ -75,6 +85,12 @@ pub enum ServeError {
     /// Building the reflection service failed (a broken descriptor set).
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The TLS files cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The TLS files cannot be watched for rotation.
+    #[error("cannot watch the TLS files for changes: {0}")]
+    TlsWatch(#[from] notify::Error),
     /// The transport failed.
     #[error("gRPC transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -91,14 +107,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stopping_tx, stopping_rx) = watch::channel(false);
     let metrics_server = tokio::spawn(serve_metrics(
         telemetry.metrics.clone(),
+        stopping_rx.clone(),
         listeners.metrics,
         async {
             let _ = metrics_stopped.await;
         },
     ));
-    let served = serve_grpc(config, store, telemetry, listeners.grpc, shutdown).await;
+    let stopping = (stopping_tx, stopping_rx);
+    let served = serve_grpc(config, store, telemetry, listeners.grpc, shutdown, stopping).await;
     let _ = stop_metrics.send(());
     let _ = metrics_server.await;
     served
@@ -111,19 +130,27 @@ async fn serve_grpc(
     telemetry: Telemetry,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
+    (stopping_tx, mut stopping_rx): (watch::Sender<bool>, watch::Receiver<bool>),
 ) -> Result<(), ServeError> {
     let limits = &config.limits;
     let engine = Arc::new(Engine::new(EngineOptions::new(
         config.validate_requests,
         limits,
     )));
+    let tls = match &config.tls {
+        Some(tls) => Some(Arc::new(ServerTls::load(tls.files.clone())?)),
+        None => None,
+    };
+    let callers = |list: fn(&crate::config::TlsConfig) -> &Option<Vec<String>>| {
+        CallerPolicy::new(config.tls.as_ref().and_then(|tls| list(tls).clone()))
+    };
     let ext_authz = ExtAuthzService::new(
         store.clone(),
         engine.clone(),
         config.ext_authz.compile()?,
         limits.max_value_depth,
-        telemetry.metrics.clone(),
-        telemetry.audit.clone(),
+        telemetry.clone(),
+        callers(|tls| &tls.ext_authz_callers),
     );
     let ext_authz = AuthorizationServer::new(ext_authz)
         .max_decoding_message_size(limits.max_message_bytes)
@@ -133,8 +160,8 @@ async fn serve_grpc(
         engine,
         limits.max_value_depth,
         limits.max_batch_items,
-        telemetry.metrics,
-        telemetry.audit,
+        telemetry,
+        callers(|tls| &tls.authorizer_callers),
     );
     let authorizer = AuthorizerServer::new(authorizer)
         .max_decoding_message_size(limits.max_message_bytes)
@@ -155,10 +182,9 @@ async fn serve_grpc(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let (stopping_tx, mut stopping_rx) = watch::channel(false);
+    let drain = config.drain;
     let signal = async move {
         shutdown.await;
-        tracing::info!("shutting down: no new calls, finishing calls in flight");
         health
             .set_not_serving::<AuthorizerServer<AuthorizerService>>()
             .await;
@@ -169,27 +195,69 @@ async fn serve_grpc(
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
         let _ = stopping_tx.send(true);
+        if !drain.is_zero() {
+            tracing::info!(
+                drain_seconds = drain.as_secs_f64(),
+                "draining: still answering while callers move away"
+            );
+            tokio::time::sleep(drain).await;
+        }
+        tracing::info!("shutting down: no new calls, finishing calls in flight");
     };
     let grace = config.shutdown_grace;
-    let server = Server::builder()
+    let router = Server::builder()
         .timeout(limits.request_timeout)
         .add_service(authorizer)
         .add_service(ext_authz)
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        // Nagle's algorithm would hold a small response back until the caller's delayed
-        // ACK: tens of milliseconds on a sub-millisecond decision.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+        .add_service(reflection_v1alpha);
     let deadline = async move {
         if stopping_rx.wait_for(|stopping| *stopping).await.is_err() {
             // The server ended before any shutdown: nothing to time out.
             std::future::pending::<()>().await;
         }
-        tokio::time::sleep(grace).await;
+        tokio::time::sleep(drain + grace).await;
     };
+    match tls {
+        // Nagle's algorithm would hold a small response back until the caller's delayed
+        // ACK: tens of milliseconds on a sub-millisecond decision.
+        None => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            run(router, incoming, signal, deadline, grace).await
+        }
+        Some(tls) => {
+            // Rotations are followed for as long as the server runs.
+            let _watcher = CertWatcher::start(tls.clone())?;
+            tracing::info!(mutual = tls.mutual(), "gRPC port serves TLS 1.2/1.3 only");
+            run(
+                router,
+                tls::incoming(listener, tls),
+                signal,
+                deadline,
+                grace,
+            )
+            .await
+        }
+    }
+}
+
+/// Runs `router` on `incoming` until `signal`, then until calls in flight finish or
+/// `deadline` passes.
+async fn run<I, IO, IE>(
+    router: Router,
+    incoming: I,
+    signal: impl Future<Output = ()>,
+    deadline: impl Future<Output = ()>,
+    grace: Duration,
+) -> Result<(), ServeError>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     tokio::select! {
-        result = server => result?,
+        result = router.serve_with_incoming_shutdown(incoming, signal) => result?,
         () = deadline => tracing::warn!(
             grace_seconds = grace.as_secs_f64(),
             "calls still in flight after the shutdown grace period; stopping anyway"

@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::SocketAddr, time::Instant};
 
 use serde_json::{Map, Value as Json};
 
-use super::request_id::RequestId;
+use super::{callers::CallerRefused, request_id::RequestId};
 use crate::engine::RequestError;
 use crate::{
     proto::cedarpdp::v1 as pb,
@@ -127,6 +127,8 @@ pub(crate) struct Call<'a> {
     pub(crate) api: Api,
     pub(crate) id: RequestId,
     pub(crate) peer: Option<SocketAddr>,
+    /// The verified client identity (mutual TLS), when there is one.
+    pub(crate) caller: Option<String>,
     pub(crate) started: Instant,
     pub(crate) metrics: &'a Metrics,
     pub(crate) audit: &'a AuditLog,
@@ -139,6 +141,18 @@ impl Call<'_> {
     /// Whether questions should be noted for the audit log at all.
     pub(crate) fn auditing(&self) -> bool {
         self.audit.enabled()
+    }
+
+    /// Records a caller refused by the allow-list of its API: counted and logged (the
+    /// identity is a certificate's name, not a secret).
+    pub(crate) fn caller_refused(&self, refused: &CallerRefused) {
+        self.metrics.call_took(self.api, self.started.elapsed());
+        self.metrics.rejected(self.api, Rejection::CallerNotAllowed);
+        tracing::warn!(
+            caller = %refused.identities.join(", "),
+            peer = ?self.peer,
+            "caller refused: not on this API's allow-list"
+        );
     }
 
     /// Records a refused call: counted by reason, logged at debug in the call's span.
@@ -178,7 +192,7 @@ impl Call<'_> {
             kind: "decision",
             request_id: self.id.as_str().to_owned(),
             api: self.api,
-            caller: None,
+            caller: self.caller.clone(),
             peer: self.peer.map(|p| p.to_string()),
             item: None,
             principal: question.principal,
@@ -215,7 +229,7 @@ impl Call<'_> {
                 kind: "decision",
                 request_id: self.id.as_str().to_owned(),
                 api: self.api,
-                caller: None,
+                caller: self.caller.clone(),
                 peer: self.peer.map(|p| p.to_string()),
                 item: batch.then_some(item),
                 principal: question.principal,

@@ -2,7 +2,7 @@ use super::*;
 
 #[test]
 fn defaults_apply_when_no_layer_sets_a_value() {
-    let config = Config::from_layers(Settings::default(), Settings::default());
+    let config = Config::from_layers(Settings::default(), Settings::default()).unwrap();
     assert_eq!(config, Config::default());
     assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
     assert_eq!(config.policies, PathBuf::from("policies"));
@@ -29,7 +29,7 @@ fn flags_win_over_file_and_file_over_defaults() {
         },
         ..Default::default()
     };
-    let config = Config::from_layers(file, flags);
+    let config = Config::from_layers(file, flags).unwrap();
     assert_eq!(config.listen.to_string(), "127.0.0.1:8000");
     assert_eq!(config.policies, PathBuf::from("/etc/pdp"));
     assert_eq!(config.policy_validation, PolicyValidation::Warn);

@@ -81,13 +81,16 @@ pub enum Rejection {
     /// No identifiable principal (ext_authz: UNAUTHENTICATED, HTTP 401). Common at an
     /// edge, so alerts on refusals leave it out.
     Unauthenticated,
+    /// A verified client not on the API's caller allow-list (PERMISSION_DENIED).
+    CallerNotAllowed,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 3] = [
+    const ALL: [Rejection; 4] = [
         Rejection::Invalid,
         Rejection::Limit,
         Rejection::Unauthenticated,
+        Rejection::CallerNotAllowed,
     ];
 
     fn label(self) -> &'static str {
@@ -95,6 +98,7 @@ impl Rejection {
             Self::Invalid => "invalid_argument",
             Self::Limit => "limit_exceeded",
             Self::Unauthenticated => "unauthenticated",
+            Self::CallerNotAllowed => "caller_not_allowed",
         }
     }
 }
@@ -132,7 +136,7 @@ struct Inner {
     decisions: [[Counter; 2]; 3],
     durations: [Histogram; 3],
     /// Per api: [invalid, limit].
-    rejected: [[Counter; 3]; 3],
+    rejected: [[Counter; Rejection::ALL.len()]; Api::ALL.len()],
     audit_dropped: Counter,
     reload_success: Counter,
     reload_failure: Counter,

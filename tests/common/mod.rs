@@ -144,10 +144,17 @@ impl TestServer {
         AuthorizerClient::new(self.channel().await)
     }
 
+    /// Signals shutdown (as SIGTERM does) without waiting for the server to stop.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            tx.send(()).ok();
+        }
+    }
+
     /// Signals shutdown and waits for the server to finish cleanly.
     pub async fn stop(mut self) {
         drop(self.watcher.take());
-        self.shutdown.take().unwrap().send(()).ok();
+        self.begin_shutdown();
         let task = self.task.take().unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(30), task)
             .await

@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status};
 use self::mapping::{Mapped, Refusal};
 use super::{
     authorizer::response,
+    callers::CallerPolicy,
     observe::{Call, Question, rejection},
     request_id::RequestId,
 };
@@ -56,6 +57,7 @@ pub struct ExtAuthzService {
     max_value_depth: usize,
     metrics: Metrics,
     audit: Arc<AuditLog>,
+    callers: CallerPolicy,
 }
 
 impl ExtAuthzService {
@@ -65,16 +67,17 @@ impl ExtAuthzService {
         engine: Arc<Engine>,
         mapping: ExtAuthz,
         max_value_depth: usize,
-        metrics: Metrics,
-        audit: Arc<AuditLog>,
+        telemetry: super::Telemetry,
+        callers: CallerPolicy,
     ) -> Self {
         Self {
             store,
             engine,
             mapping: Arc::new(mapping),
             max_value_depth,
-            metrics,
-            audit,
+            metrics: telemetry.metrics,
+            audit: telemetry.audit,
+            callers,
         }
     }
 
@@ -229,6 +232,7 @@ fn reason_word(reason: Rejection) -> &'static str {
         Rejection::Invalid => "invalid",
         Rejection::Limit => "limit",
         Rejection::Unauthenticated => "unauthenticated",
+        Rejection::CallerNotAllowed => "caller_not_allowed",
     }
 }
 
@@ -350,10 +354,11 @@ impl Authorization for ExtAuthzService {
             .or_else(|| RequestId::from_metadata(request.metadata()))
             .or_else(|| http.and_then(|http| RequestId::parse(&http.id)))
             .unwrap_or_default();
-        let call = Call {
+        let mut call = Call {
             api: Api::ExtAuthz,
             id,
             peer: request.remote_addr(),
+            caller: None,
             started: Instant::now(),
             metrics: &self.metrics,
             audit: &self.audit,
@@ -361,6 +366,19 @@ impl Authorization for ExtAuthzService {
         };
         let span = tracing::info_span!("call", api = "ext_authz", request_id = %call.id);
         let _in_span = span.enter();
+        match self.callers.admit(&request) {
+            Ok(caller) => call.caller = caller,
+            Err(refused) => {
+                // A 403 answer rather than a gRPC error: an Envoy set to fail open must
+                // not turn this refusal into an allow.
+                call.caller_refused(&refused);
+                let fields = vec![
+                    ("decision", text("deny")),
+                    ("reason", text("caller_not_allowed")),
+                ];
+                return Ok(Response::new(denied(Denial::Forbidden, record(fields))));
+            }
+        }
         Ok(Response::new(ExtAuthzService::check(
             self,
             &call,

@@ -1,0 +1,86 @@
+//! Who may call which API: with mutual TLS on, the verified client certificate names the
+//! caller (its SPIFFE URI SANs and DNS SANs), and each API may keep an allow-list of
+//! those identities. A caller off the list is refused before its request is read.
+//!
+//! The identity is also what the audit log records as `caller`. Without mutual TLS there
+//! is no verified identity and every caller is admitted, as the config allows no list
+//! then (`Config::check`).
+
+use std::sync::Arc;
+
+use rustls::pki_types::CertificateDer;
+use tonic::Request;
+use x509_parser::{extensions::GeneralName, prelude::FromDer as _};
+
+/// The callers one API admits.
+#[derive(Debug, Clone, Default)]
+pub struct CallerPolicy {
+    /// Identities allowed; `None` admits every caller that passed the handshake.
+    allowed: Option<Arc<[String]>>,
+}
+
+/// A caller the allow-list does not hold, and the identities its certificate showed.
+#[derive(Debug)]
+pub(crate) struct CallerRefused {
+    /// What the caller presented (empty when it sent no certificate).
+    pub(crate) identities: Vec<String>,
+}
+
+impl CallerRefused {
+    /// The status message: who was refused, without any list of who would not be.
+    pub(crate) fn message(&self, service: &str) -> String {
+        match self.identities.as_slice() {
+            [] => format!(
+                "{service}: the caller presented no certificate identity (SPIFFE URI or DNS name)"
+            ),
+            ids => format!("{service}: caller {} is not allowed", ids.join(", ")),
+        }
+    }
+}
+
+impl CallerPolicy {
+    /// Admits exactly `allowed` (when `Some`), or every verified caller.
+    pub fn new(allowed: Option<Vec<String>>) -> Self {
+        Self {
+            allowed: allowed.map(Into::into),
+        }
+    }
+
+    /// The caller's identity for the audit log (`None` without a client certificate),
+    /// or the refusal when an allow-list is set and holds none of its identities.
+    pub(crate) fn admit<T>(&self, request: &Request<T>) -> Result<Option<String>, CallerRefused> {
+        let identities = request
+            .peer_certs()
+            .and_then(|chain| chain.first().map(identities))
+            .unwrap_or_default();
+        let Some(allowed) = &self.allowed else {
+            return Ok(identities.into_iter().next());
+        };
+        match identities.iter().find(|id| allowed.contains(id)) {
+            Some(id) => Ok(Some(id.clone())),
+            None => Err(CallerRefused { identities }),
+        }
+    }
+}
+
+/// The identities a certificate names: its URI SANs (SPIFFE ids) first, then its DNS
+/// SANs, each as written. A certificate that cannot be parsed names none (it was already
+/// verified by the handshake, so this does not happen in practice).
+pub(crate) fn identities(cert: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    let names = &san.value.general_names;
+    let uris = names.iter().filter_map(|name| match name {
+        GeneralName::URI(uri) => Some((*uri).to_owned()),
+        _ => None,
+    });
+    let dns = names.iter().filter_map(|name| match name {
+        GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+        _ => None,
+    });
+    uris.chain(dns).collect()
+}

@@ -1,0 +1,328 @@
+//! TLS on the gRPC port: the server's certificate and key, and optionally the client CA
+//! that makes it mutual TLS, read from files and re-read when those files change.
+//!
+//! [`ServerTls`] holds the current rustls configuration behind an [`ArcSwap`]; every new
+//! connection takes whatever is current, connections already open keep theirs, so a
+//! rotation (cert-manager renewing a Secret, a job rewriting the files) drops no call.
+//! A rotation that cannot be loaded — a key that does not match the certificate, a file
+//! half written — is refused and logged, and the last good configuration keeps serving.
+//! [`CertWatcher`] follows the files' folders (a Kubernetes Secret volume swaps a `..data`
+//! symlink, so it is the folder that changes) and reloads after a short quiet period.
+//! [`incoming`] turns a TCP listener into a stream of finished TLS handshakes for tonic;
+//! a slow or failed handshake never holds up the next connection.
+//!
+//! Only TLS 1.2 and 1.3 are spoken, with rustls's `ring` cipher suites, and only HTTP/2
+//! (ALPN `h2`), as gRPC needs. The files' contents are never logged.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher as _};
+use rustls::{
+    RootCertStore, ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_stream::wrappers::ReceiverStream;
+
+/// The files TLS is read from: the server's own chain and key, and the CA that client
+/// certificates must chain to (mutual TLS) if set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the first certificate.
+    pub key: PathBuf,
+    /// PEM CA certificates for client certificates; `None` serves TLS without client
+    /// authentication.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A TLS configuration that cannot be used, naming the file and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("{key} {}: cannot read: {source}", path.display())]
+    Read {
+        /// The setting naming the file (`tls.cert`, `tls.key`, `tls.client_ca`).
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A file was read but does not hold what it should.
+    #[error("{key} {}: {message}", path.display())]
+    Invalid {
+        /// The setting naming the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (never the file's content).
+        message: String,
+    },
+}
+
+/// The served TLS configuration, swapped whole when the files change.
+#[derive(Debug)]
+pub struct ServerTls {
+    files: TlsFiles,
+    current: ArcSwap<ServerConfig>,
+    /// Hash of the three files' contents as last loaded, to tell a real change from a
+    /// touch.
+    loaded: Mutex<[u8; 32]>,
+}
+
+impl ServerTls {
+    /// Reads and checks the files; any problem is an error naming the file.
+    pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
+        let (config, hash) = build(&files)?;
+        Ok(Self {
+            files,
+            current: ArcSwap::from_pointee(config),
+            loaded: Mutex::new(hash),
+        })
+    }
+
+    /// Whether client certificates are asked for and verified (mutual TLS).
+    pub fn mutual(&self) -> bool {
+        self.files.client_ca.is_some()
+    }
+
+    /// The files this configuration is read from.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    /// Reads the files again and serves them if they changed: `Ok(true)` if new
+    /// connections now get the new configuration, `Ok(false)` if nothing changed, and an
+    /// error (the old configuration still serving) if the new files cannot be used.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let (config, hash) = build(&self.files)?;
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if *loaded == hash {
+            return Ok(false);
+        }
+        self.current.store(Arc::new(config));
+        *loaded = hash;
+        Ok(true)
+    }
+
+    /// An acceptor with the current configuration, for one new connection.
+    fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.load_full())
+    }
+}
+
+/// Reads `path` (for the setting `key`).
+fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        key,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The certificates of a PEM file; at least one.
+fn certificates(
+    key: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let invalid = |message: String| TlsError::Invalid {
+        key,
+        path: path.to_owned(),
+        message,
+    };
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid("holds no PEM certificate".to_owned()));
+    }
+    Ok(certs)
+}
+
+/// A rustls configuration from `files`, and the hash of what it was built from.
+fn build(files: &TlsFiles) -> Result<(ServerConfig, [u8; 32]), TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert_pem = read("tls.cert", &files.cert)?;
+    let key_pem = read("tls.key", &files.key)?;
+    let ca_pem = match &files.client_ca {
+        Some(path) => Some((path, read("tls.client_ca", path)?)),
+        None => None,
+    };
+    let mut hash = Sha256::new();
+    for part in [
+        Some(&cert_pem),
+        Some(&key_pem),
+        ca_pem.as_ref().map(|(_, pem)| pem),
+    ] {
+        let part = part.map_or(&[][..], Vec::as_slice);
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part);
+    }
+
+    let chain = certificates("tls.cert", &files.cert, &cert_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Invalid {
+        key: "tls.key",
+        path: files.key.clone(),
+        message: format!("no usable PEM private key: {e}"),
+    })?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Invalid {
+            key: "tls.cert",
+            path: files.cert.clone(),
+            message: e.to_string(),
+        })?;
+    let builder = match &ca_pem {
+        None => builder.with_no_client_auth(),
+        Some((path, pem)) => {
+            let invalid = |message: String| TlsError::Invalid {
+                key: "tls.client_ca",
+                path: (*path).clone(),
+                message,
+            };
+            let mut roots = RootCertStore::empty();
+            for cert in certificates("tls.client_ca", path, pem)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| invalid(format!("not a usable CA certificate: {e}")))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| invalid(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Invalid {
+            key: "tls.key",
+            path: files.key.clone(),
+            message: format!("does not go with the certificate of tls.cert: {e}"),
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok((config, hash.finalize().into()))
+}
+
+/// How long a client has to finish its handshake before the connection is closed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections accepted on `listener` whose TLS handshake finished, each with the
+/// configuration current when it was accepted. Handshakes run concurrently, each at most
+/// [`HANDSHAKE_TIMEOUT`]; failed ones are logged at debug level and dropped (a port scan
+/// or a plaintext client is not the server's problem). Accepting stops when the stream
+/// is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    let (ready, stream) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = ready.closed() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors, say: back off rather than spin.
+                    tracing::warn!(error = %err, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = tls.acceptor();
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = ready.send(Ok(stream)).await;
+                    }
+                    Ok(Err(err)) => {
+                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                    }
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(stream)
+}
+
+/// Reloads a [`ServerTls`] when its files change, until dropped.
+#[derive(Debug)]
+pub struct CertWatcher {
+    // Dropping the watcher drops the only sender, which ends the reloading thread.
+    _watcher: notify::RecommendedWatcher,
+}
+
+/// How long the certificate folders must be quiet before a reload: a rotation writes
+/// the certificate and the key one after the other.
+const QUIET: Duration = Duration::from_millis(200);
+
+/// The longest a stream of changes can put a reload off.
+const MAX_WAIT: Duration = Duration::from_secs(2);
+
+impl CertWatcher {
+    /// Watches the folders of `tls`'s files.
+    pub fn start(tls: Arc<ServerTls>) -> Result<Self, notify::Error> {
+        let (events, receiver) = mpsc::channel::<()>();
+        // Any event, or an error of the watcher itself, is a reason to look again.
+        let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+            let _ = events.send(());
+        })?;
+        let files = tls.files();
+        let mut folders: Vec<&Path> = [
+            Some(&files.cert),
+            Some(&files.key),
+            files.client_ca.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|path| {
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+        })
+        .collect();
+        folders.sort();
+        folders.dedup();
+        for folder in folders {
+            watcher.watch(folder, RecursiveMode::NonRecursive)?;
+        }
+        thread::Builder::new()
+            .name("tls-watch".to_owned())
+            .spawn(move || {
+                while receiver.recv().is_ok() {
+                    let first = Instant::now();
+                    while first.elapsed() < MAX_WAIT && receiver.recv_timeout(QUIET).is_ok() {}
+                    match tls.reload() {
+                        Ok(true) => tracing::info!(
+                            "TLS files changed: new connections use the new certificate"
+                        ),
+                        Ok(false) => {}
+                        Err(err) => tracing::error!(
+                            error = %err,
+                            "TLS files changed but cannot be used; the previous ones keep serving"
+                        ),
+                    }
+                }
+            })
+            .map_err(notify::Error::io)?;
+        Ok(Self { _watcher: watcher })
+    }
+}
