@@ -186,6 +186,10 @@ pub struct LimitSettings {
     /// Longest parent chain among the entities of one call, or of `entities.json`.
     #[arg(long, env = "CEDAR_PDP_MAX_ANCESTOR_DEPTH", value_name = "N")]
     pub max_ancestor_depth: Option<usize>,
+    /// Longest string in a request: an entity type or id, a string value, a record key,
+    /// an extension argument (in bytes; in JSON fields, as written).
+    #[arg(long, env = "CEDAR_PDP_MAX_STRING_BYTES", value_name = "BYTES")]
+    pub max_string_bytes: Option<usize>,
     /// Most entities `entities.json` may hold.
     #[arg(long, env = "CEDAR_PDP_MAX_STORE_ENTITIES", value_name = "N")]
     pub max_store_entities: Option<usize>,
@@ -207,6 +211,8 @@ pub struct Limits {
     pub max_value_depth: usize,
     /// Longest parent chain among the entities of one call or of `entities.json`.
     pub max_ancestor_depth: usize,
+    /// Longest string in a request, in bytes.
+    pub max_string_bytes: usize,
     /// Most entities `entities.json` may hold.
     pub max_store_entities: usize,
     /// Longest a call may take.
@@ -221,6 +227,7 @@ impl Default for Limits {
             max_batch_items: 1_000,
             max_value_depth: 32,
             max_ancestor_depth: 64,
+            max_string_bytes: 64 * 1024,
             max_store_entities: 1_000_000,
             request_timeout: Duration::from_secs(5),
         }
@@ -450,6 +457,11 @@ impl Config {
                     up.max_ancestor_depth,
                     lo.max_ancestor_depth,
                     dl.max_ancestor_depth,
+                ),
+                max_string_bytes: pick(
+                    up.max_string_bytes,
+                    lo.max_string_bytes,
+                    dl.max_string_bytes,
                 ),
                 max_store_entities: pick(
                     up.max_store_entities,

@@ -747,6 +747,114 @@ async fn limits_are_enforced_before_cedar_sees_the_input() {
 }
 
 #[tokio::test]
+async fn strings_at_the_length_limit_pass_and_one_byte_more_is_refused() {
+    const LIMIT: usize = 64;
+    let mut config = cedar_pdp::Config {
+        policies: example_policies(),
+        // Any context shape, so that only the length decides.
+        validate_requests: false,
+        ..Default::default()
+    };
+    config.limits.max_string_bytes = LIMIT;
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    let text = |n: usize| "x".repeat(n);
+    let ok = || {
+        request(
+            p("User", "bob"),
+            action("read"),
+            p("Document", "acme-roadmap-q3"),
+        )
+    };
+    type Case = (&'static str, Box<dyn Fn(usize) -> pb::IsAuthorizedRequest>);
+    let cases: Vec<Case> = vec![
+        (
+            "principal.id",
+            Box::new(move |n| pb::IsAuthorizedRequest {
+                principal: Some(p("User", &text(n))),
+                ..ok()
+            }),
+        ),
+        (
+            "context.note",
+            Box::new(move |n| pb::IsAuthorizedRequest {
+                context: context(&[("note", string(&text(n)))]),
+                ..ok()
+            }),
+        ),
+        (
+            "context.nested.inner",
+            Box::new(move |n| pb::IsAuthorizedRequest {
+                context: context(&[("nested", record(&[("inner", string(&text(n)))]))]),
+                ..ok()
+            }),
+        ),
+        (
+            "context (a key)",
+            Box::new(move |n| pb::IsAuthorizedRequest {
+                context: context(&[(text(n).as_str(), boolean(true))]),
+                ..ok()
+            }),
+        ),
+        (
+            "context.when.arg",
+            Box::new(move |n| pb::IsAuthorizedRequest {
+                context: context(&[(
+                    "when",
+                    ext("datetime", &format!("2026-01-01{}", " ".repeat(n - 10))),
+                )]),
+                ..ok()
+            }),
+        ),
+        (
+            "context_json",
+            Box::new(move |n| pb::IsAuthorizedRequest {
+                context_json: format!("{{\"note\": \"{}\"}}", text(n)),
+                ..ok()
+            }),
+        ),
+        (
+            "entities_json",
+            Box::new(move |n| pb::IsAuthorizedRequest {
+                entities_json: format!(
+                    "[{{\"uid\": {{\"type\": \"Platform::Tag\", \"id\": \"{}\"}}, \"attrs\": {{}}, \"parents\": []}}]",
+                    text(n)
+                ),
+                ..ok()
+            }),
+        ),
+    ];
+    for (field, build) in &cases {
+        // At the limit the length is not what refuses it (a datetime padded with spaces
+        // is invalid in its own right, and says so).
+        match client.is_authorized(build(LIMIT)).await {
+            Ok(_) => {}
+            Err(status) => assert_ne!(
+                status.code(),
+                Code::ResourceExhausted,
+                "{field} at the limit: {status:?}"
+            ),
+        }
+        let status = client.is_authorized(build(LIMIT + 1)).await.unwrap_err();
+        assert_status(
+            &status,
+            Code::ResourceExhausted,
+            &[
+                field,
+                "65 bytes is longer than the limit of 64 (max_string_bytes)",
+            ],
+        );
+    }
+    // Nothing of the refused text is echoed back.
+    let status = client
+        .is_authorized(cases[1].1(LIMIT + 1))
+        .await
+        .unwrap_err();
+    assert!(!status.message().contains(&text(LIMIT)), "{status:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn without_request_validation_unknown_types_are_evaluated_as_given() {
     let server = TestServer::start_with(cedar_pdp::Config {
         policies: example_policies(),

@@ -13,6 +13,7 @@ use super::{
     status::to_status,
 };
 use crate::{
+    config::Limits,
     engine::{Decision, Engine, RequestError},
     policy::{PolicyStore, Snapshot},
     proto::cedarpdp::v1::{self as pb, authorizer_server},
@@ -41,16 +42,18 @@ impl AuthorizerService {
     pub fn new(
         store: Arc<PolicyStore>,
         engine: Arc<Engine>,
-        max_value_depth: usize,
-        max_batch_items: usize,
+        limits: &Limits,
         telemetry: super::Telemetry,
         callers: CallerPolicy,
     ) -> Self {
         Self {
             store,
             engine,
-            convert: Converter { max_value_depth },
-            max_batch_items,
+            convert: Converter {
+                max_value_depth: limits.max_value_depth,
+                max_string_bytes: limits.max_string_bytes,
+            },
+            max_batch_items: limits.max_batch_items,
             metrics: telemetry.metrics,
             audit: telemetry.audit,
             callers,

@@ -11,13 +11,31 @@ use crate::{
     proto::cedarpdp::v1 as pb,
 };
 
-/// Converts wire values, refusing nesting deeper than `max_value_depth`.
+/// Converts wire values, refusing nesting deeper than `max_value_depth` and strings
+/// longer than `max_string_bytes`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Converter {
     pub(crate) max_value_depth: usize,
+    pub(crate) max_string_bytes: usize,
 }
 
 impl Converter {
+    /// Refuses `text` at `path` if it is longer than the limit (the message gives its
+    /// length, never its content).
+    fn short(&self, path: impl FnOnce() -> String, text: &str) -> Result<(), RequestError> {
+        if text.len() <= self.max_string_bytes {
+            return Ok(());
+        }
+        Err(RequestError::limit(
+            path(),
+            format!(
+                "{} bytes is longer than the limit of {} (max_string_bytes)",
+                text.len(),
+                self.max_string_bytes
+            ),
+        ))
+    }
+
     /// A query from the parts every request shape carries.
     pub(crate) fn query(
         &self,
@@ -28,9 +46,9 @@ impl Converter {
         context_json: String,
     ) -> Result<Query, RequestError> {
         Ok(Query {
-            principal: required_uid("principal", principal)?,
-            action: required_uid("action", action)?,
-            resource: required_uid("resource", resource)?,
+            principal: self.required_uid("principal", principal)?,
+            action: self.required_uid("action", action)?,
+            resource: self.required_uid("resource", resource)?,
             context: self.context(context, context_json)?,
         })
     }
@@ -82,13 +100,13 @@ impl Converter {
 
     fn entity(&self, path: &str, entity: &pb::Entity) -> Result<EntityInput, RequestError> {
         Ok(EntityInput {
-            uid: required_uid(&format!("{path}.uid"), entity.uid.clone())?,
+            uid: self.required_uid(&format!("{path}.uid"), entity.uid.clone())?,
             attrs: self.fields(&format!("{path}.attrs"), &entity.attrs, 0)?,
             parents: entity
                 .parents
                 .iter()
                 .enumerate()
-                .map(|(j, parent)| uid(&format!("{path}.parents[{j}]"), parent))
+                .map(|(j, parent)| self.uid(&format!("{path}.parents[{j}]"), parent))
                 .collect::<Result<_, _>>()?,
             tags: self.fields(&format!("{path}.tags"), &entity.tags, 0)?,
         })
@@ -103,6 +121,8 @@ impl Converter {
         fields
             .iter()
             .map(|(key, value)| {
+                // Checked before the key becomes part of any path or message.
+                self.short(|| format!("{path} (a key)"), key)?;
                 let expr = self.value(&format!("{path}.{key}"), value, depth)?;
                 Ok((key.clone(), expr))
             })
@@ -135,7 +155,10 @@ impl Converter {
             )),
             Some(Kind::Boolean(b)) => Ok(RestrictedExpression::new_bool(*b)),
             Some(Kind::Long(n)) => Ok(RestrictedExpression::new_long(*n)),
-            Some(Kind::String(s)) => Ok(RestrictedExpression::new_string(s.clone())),
+            Some(Kind::String(s)) => {
+                self.short(|| path.to_owned(), s)?;
+                Ok(RestrictedExpression::new_string(s.clone()))
+            }
             Some(Kind::Set(list)) => {
                 let depth = nested()?;
                 let values = list
@@ -152,10 +175,13 @@ impl Converter {
                 RestrictedExpression::new_record(fields)
                     .map_err(|e| RequestError::invalid(path, describe(&e)))
             }
-            Some(Kind::Entity(entity)) => {
-                Ok(RestrictedExpression::new_entity_uid(uid(path, entity)?))
+            Some(Kind::Entity(entity)) => Ok(RestrictedExpression::new_entity_uid(
+                self.uid(path, entity)?,
+            )),
+            Some(Kind::Extension(ext)) => {
+                self.short(|| format!("{path}.arg"), &ext.arg)?;
+                extension(path, ext)
             }
-            Some(Kind::Extension(ext)) => extension(path, ext),
         }
     }
 }
@@ -213,37 +239,45 @@ fn bad_extension_in(path: &str, value: &pb::Value) -> Option<RequestError> {
     }
 }
 
-fn required_uid(field: &str, value: Option<pb::EntityUid>) -> Result<EntityUid, RequestError> {
-    match value {
-        Some(value) => uid(field, &value),
-        None => Err(RequestError::invalid(
-            field,
-            "is missing; give an entity type and id",
-        )),
+impl Converter {
+    fn required_uid(
+        &self,
+        field: &str,
+        value: Option<pb::EntityUid>,
+    ) -> Result<EntityUid, RequestError> {
+        match value {
+            Some(value) => self.uid(field, &value),
+            None => Err(RequestError::invalid(
+                field,
+                "is missing; give an entity type and id",
+            )),
+        }
     }
-}
 
-fn uid(field: &str, value: &pb::EntityUid) -> Result<EntityUid, RequestError> {
-    if value.r#type.is_empty() {
-        return Err(RequestError::invalid(
-            format!("{field}.type"),
-            "is empty; give an entity type such as `App::User`",
-        ));
+    fn uid(&self, field: &str, value: &pb::EntityUid) -> Result<EntityUid, RequestError> {
+        self.short(|| format!("{field}.type"), &value.r#type)?;
+        self.short(|| format!("{field}.id"), &value.id)?;
+        if value.r#type.is_empty() {
+            return Err(RequestError::invalid(
+                format!("{field}.type"),
+                "is empty; give an entity type such as `App::User`",
+            ));
+        }
+        let ty = EntityTypeName::from_str(&value.r#type).map_err(|e| {
+            RequestError::invalid(
+                format!("{field}.type"),
+                format!(
+                    "`{}` is not a valid entity type name: {}",
+                    value.r#type,
+                    describe(&e)
+                ),
+            )
+        })?;
+        Ok(EntityUid::from_type_name_and_id(
+            ty,
+            EntityId::new(&value.id),
+        ))
     }
-    let ty = EntityTypeName::from_str(&value.r#type).map_err(|e| {
-        RequestError::invalid(
-            format!("{field}.type"),
-            format!(
-                "`{}` is not a valid entity type name: {}",
-                value.r#type,
-                describe(&e)
-            ),
-        )
-    })?;
-    Ok(EntityUid::from_type_name_and_id(
-        ty,
-        EntityId::new(&value.id),
-    ))
 }
 
 fn both_forms(field: &str) -> RequestError {

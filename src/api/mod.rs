@@ -158,8 +158,7 @@ async fn serve_grpc(
     let authorizer = AuthorizerService::new(
         store,
         engine,
-        limits.max_value_depth,
-        limits.max_batch_items,
+        limits,
         telemetry,
         callers(|tls| &tls.authorizer_callers),
     );

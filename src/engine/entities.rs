@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use cedar_policy::{Entities, Entity, Schema};
 
-use super::{EngineOptions, EntitiesInput, EntityInput, RequestError, json::nesting_depth};
+use super::{EngineOptions, EntitiesInput, EntityInput, RequestError, json};
 use crate::policy::{Snapshot, describe, hierarchy, json_uid_and_parents};
 
 pub(super) fn merge<'s>(
@@ -97,16 +97,7 @@ fn from_json(
 ) -> Result<Entities, RequestError> {
     const FIELD: &str = "entities_json";
     // The list and each entity's own object add two levels around the values.
-    let limit = options.max_value_depth + 2;
-    if nesting_depth(json, limit) > limit {
-        return Err(RequestError::limit(
-            FIELD,
-            format!(
-                "values are nested deeper than the limit of {} (max_value_depth)",
-                options.max_value_depth
-            ),
-        ));
-    }
+    json::guard(FIELD, json, 2, options)?;
     let value: serde_json::Value = serde_json::from_str(json)
         .map_err(|e| RequestError::invalid(FIELD, format!("invalid JSON: {e}")))?;
     let list = value

@@ -29,6 +29,8 @@ pub struct EngineOptions {
     pub max_ancestor_depth: usize,
     /// Deepest bracket nesting of a JSON field.
     pub max_value_depth: usize,
+    /// Longest string in a JSON field, in bytes as written.
+    pub max_string_bytes: usize,
 }
 
 impl EngineOptions {
@@ -39,6 +41,7 @@ impl EngineOptions {
             max_request_entities: limits.max_request_entities,
             max_ancestor_depth: limits.max_ancestor_depth,
             max_value_depth: limits.max_value_depth,
+            max_string_bytes: limits.max_string_bytes,
         }
     }
 }

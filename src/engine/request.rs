@@ -3,7 +3,7 @@
 
 use cedar_policy::{Context, ContextJsonError, EntityUid, Request, RequestValidationError, Schema};
 
-use super::{ContextInput, EngineOptions, Query, RequestError, json::nesting_depth};
+use super::{ContextInput, EngineOptions, Query, RequestError, json};
 use crate::policy::{Snapshot, describe};
 
 pub(super) fn build(
@@ -39,15 +39,7 @@ fn context_from_json(
     if json.trim().is_empty() {
         return Ok(Context::empty());
     }
-    if nesting_depth(json, options.max_value_depth) > options.max_value_depth {
-        return Err(RequestError::limit(
-            FIELD,
-            format!(
-                "values are nested deeper than the limit of {} (max_value_depth)",
-                options.max_value_depth
-            ),
-        ));
-    }
+    json::guard(FIELD, json, 0, options)?;
     Context::from_json_str(json, schema.map(|s| (s, action))).map_err(|e| match e {
         ContextJsonError::MissingAction(_) => RequestError::invalid("action", describe(&e)),
         _ => RequestError::invalid(FIELD, describe(&e)),
