@@ -5,18 +5,28 @@ Renders helm/cedar-pdp with the default values and with every optional part swit
 on; lints it strictly; validates every rendered manifest against the Kubernetes schemas
 of several versions; asserts the security settings, probes and rollout checksum; checks
 that values.schema.json refuses wrong values; and starts the real binary with the
-arguments the Deployment renders, on the policies its ConfigMap renders.
+arguments the Deployment renders, on the policies its ConfigMap renders, once in
+plaintext and once with mutual TLS on a throwaway CA and certificates that `openssl`
+makes at run time (nothing secret is stored in the repository).
 
 Usage: python .ci/chart_test.py path/to/cedar-pdp-binary
 Prints a line per check and `test result: ok|FAILED. N passed; M failed;` at the end.
 """
 
+import http.client
+import json
 import os
 import pathlib
+import queue
 import re
+import shutil
+import signal
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 import traceback
@@ -79,6 +89,20 @@ GIT_SYNC = {
     }
 }
 
+# Mutual TLS from a Secret such as a cert-manager Certificate writes, with allow-lists of
+# SPIFFE URIs and DNS names as a mesh or a gateway would present them.
+CLIENT_ID = "spiffe://test.example/ns/edge/sa/gateway"
+TLS_ON = {
+    **ALL_ON,
+    "tls": {
+        "enabled": True,
+        "secretName": "pdp-tls",
+        "mutual": True,
+        "authorizerCallers": [CLIENT_ID, "batch.test.example"],
+        "extAuthzCallers": ["spiffe://test.example/ns/istio-system/sa/ingress"],
+    },
+}
+
 
 def render(values):
     """Every rendered object, by (kind, name)."""
@@ -114,7 +138,7 @@ def check(fn):
 
 @check
 def lint_is_clean_in_strict_mode():
-    for values in [{}, ALL_ON, GIT_SYNC]:
+    for values in [{}, ALL_ON, GIT_SYNC, TLS_ON]:
         report = helm.lint(str(CHART), values, strict=True)
         above_info = [m for m in report["messages"] if m["severity"] > 1]
         assert not report["errors"] and not above_info, report
@@ -148,7 +172,7 @@ def every_optional_part_renders_when_enabled():
 
 @check
 def manifests_validate_against_kubernetes_schemas():
-    for values in [{}, ALL_ON, GIT_SYNC]:
+    for values in [{}, ALL_ON, GIT_SYNC, TLS_ON]:
         for (kind, name), obj in render(values).items():
             if kind in CUSTOM_KINDS:
                 continue
@@ -181,7 +205,7 @@ def containers(deployment):
 
 @check
 def pods_run_unprivileged_with_a_read_only_root_and_no_token():
-    for values in [{}, ALL_ON, GIT_SYNC]:
+    for values in [{}, ALL_ON, GIT_SYNC, TLS_ON]:
         objects = render(values)
         pod = one(objects, "Deployment")["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False
@@ -325,33 +349,230 @@ def the_values_schema_refuses_wrong_values():
     )
 
 
+def pod_spec(objects):
+    return one(objects, "Deployment")["spec"]["template"]["spec"]
+
+
+def tls_flags(args):
+    return [a for a in args if a.startswith("--tls-")]
+
+
+@check
+def tls_mounts_the_whole_secret_folder_read_only_and_names_its_files():
+    objects = render(TLS_ON)
+    pod = pod_spec(objects)
+    secret = {v["name"]: v for v in pod["volumes"]}["tls"]["secret"]
+    assert secret["secretName"] == "pdp-tls", secret
+    assert "items" not in secret, "the whole Secret is mounted, ca.crt included"
+    # Owner (root) and group read; fsGroup makes the group the server's.
+    assert secret["defaultMode"] == 0o440, oct(secret["defaultMode"])
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    pdp = pod["containers"][0]
+    mounts = [m for m in pdp["volumeMounts"] if m["name"] == "tls"]
+    # A subPath mount would never see a renewal: only a folder follows the `..data` swap.
+    assert mounts == [{"name": "tls", "mountPath": "/etc/cedar-pdp/tls", "readOnly": True}], mounts
+    for container in pod["containers"] + pod.get("initContainers", []):
+        for mount in container.get("volumeMounts", []):
+            if mount["name"] == "tls":
+                assert "subPath" not in mount and "subPathExpr" not in mount, container["name"]
+    assert tls_flags(pdp["args"]) == [
+        "--tls-cert=/etc/cedar-pdp/tls/tls.crt",
+        "--tls-key=/etc/cedar-pdp/tls/tls.key",
+        "--tls-client-ca=/etc/cedar-pdp/tls/ca.crt",
+        f"--tls-authorizer-callers={CLIENT_ID},batch.test.example",
+        "--tls-ext-authz-callers=spiffe://test.example/ns/istio-system/sa/ingress",
+    ], tls_flags(pdp["args"])
+    # Server TLS only: no client CA, no allow-lists; one list set: only its flag.
+    server_only = render({"tls": {"enabled": True, "secretName": "pdp-tls"}})
+    assert tls_flags(containers(one(server_only, "Deployment"))[0]["args"]) == [
+        "--tls-cert=/etc/cedar-pdp/tls/tls.crt",
+        "--tls-key=/etc/cedar-pdp/tls/tls.key",
+    ]
+    one_list = {"enabled": True, "secretName": "pdp-tls", "mutual": True, "extAuthzCallers": ["gw.test.example"]}
+    args = containers(one(render({"tls": one_list}), "Deployment"))[0]["args"]
+    assert tls_flags(args)[2:] == [
+        "--tls-client-ca=/etc/cedar-pdp/tls/ca.crt",
+        "--tls-ext-authz-callers=gw.test.example",
+    ], tls_flags(args)
+    # Off by default: no volume, no flags.
+    plain = render({})
+    assert "tls" not in {v["name"] for v in pod_spec(plain)["volumes"]}
+    assert not tls_flags(containers(one(plain, "Deployment"))[0]["args"])
+
+
+PROBES = ["startupProbe", "livenessProbe", "readinessProbe"]
+
+
+@check
+def probes_switch_to_http_on_the_metrics_port_with_tls():
+    pdp = containers(one(render(TLS_ON), "Deployment"))[0]
+    expected = {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}
+    for probe, path in expected.items():
+        assert pdp[probe].get("httpGet") == {"path": path, "port": 9464}, (probe, pdp[probe])
+    assert {p["name"]: p["containerPort"] for p in pdp["ports"]}["http-metrics"] == 9464
+    # The same timings as the gRPC probes; only the handler changes.
+    plain = containers(one(render({}), "Deployment"))[0]
+    for probe in PROBES:
+        assert "grpc" not in pdp[probe], probe
+        assert "httpGet" not in plain[probe] and "grpc" in plain[probe], probe
+        timings = lambda p: {k: v for k, v in p.items() if k not in ("grpc", "httpGet")}
+        assert timings(pdp[probe]) == timings(plain[probe]), probe
+    moved = containers(one(render({**TLS_ON, "service": {"metricsPort": 9100}}), "Deployment"))[0]
+    for probe in PROBES:
+        assert moved[probe]["httpGet"]["port"] == 9100, probe
+    assert "--metrics-listen=0.0.0.0:9100" in moved["args"]
+
+
+@check
+def a_renewed_tls_secret_does_not_roll_the_pods():
+    # The chart never reads the Secret (no lookup, no checksum of it): a renewal reaches
+    # the running server through the mounted folder, without a rollout.
+    for template in (CHART / "templates").iterdir():
+        assert "lookup" not in template.read_text(), template.name
+    annotations = one(render(TLS_ON), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert set(annotations) == {"checksum/args", "checksum/config"}, annotations
+    # Turning TLS on, or mutual, changes the flags and so rolls the pods.
+    server_only = {"enabled": True, "secretName": "pdp-tls"}
+    sums = [
+        checksum({}),
+        checksum({"tls": server_only}),
+        checksum({"tls": {**server_only, "mutual": True}}),
+        checksum({"tls": {**server_only, "mutual": True, "authorizerCallers": [CLIENT_ID]}}),
+    ]
+    assert len(set(sums)) == len(sums), sums
+
+
+def flag(args, name):
+    found = [a.split("=", 1)[1] for a in args if a.startswith(name + "=")]
+    assert len(found) == 1, (name, args)
+    return found[0]
+
+
+@check
+def the_drain_reaches_the_server_within_the_termination_grace_period():
+    objects = render({})
+    args = containers(one(objects, "Deployment"))[0]["args"]
+    drain = int(flag(args, "--drain-seconds"))
+    grace = int(flag(args, "--shutdown-grace-seconds"))
+    assert drain > 0, "Services and meshes get time to stop sending before the port closes"
+    assert pod_spec(objects)["terminationGracePeriodSeconds"] >= drain + grace + 5
+    assert checksum({"config": {"drainSeconds": 8}}) != checksum({})
+    # Exactly drain + grace + 5 is enough.
+    at_limit = {"config": {"drainSeconds": 10, "shutdownGraceSeconds": 15}}
+    assert flag(containers(one(render(at_limit), "Deployment"))[0]["args"], "--drain-seconds") == "10"
+
+
+@check
+def tls_and_shutdown_mistakes_are_refused():
+    refused({"tls": {"enabled": True}}, "tls.enabled needs tls.secretName")
+    refused({"tls": {"mutual": True}}, "tls.mutual needs tls.enabled")
+    server_only = {"enabled": True, "secretName": "pdp-tls"}
+    refused({"tls": {**server_only, "authorizerCallers": [CLIENT_ID]}}, "tls.authorizerCallers needs tls.mutual")
+    refused({"tls": {**server_only, "extAuthzCallers": [CLIENT_ID]}}, "tls.extAuthzCallers needs tls.mutual")
+    refused({"tls": {"authorizerCallers": [CLIENT_ID]}}, "tls.authorizerCallers needs tls.mutual")
+    mutual = {**server_only, "mutual": True}
+    # An empty list could be read as "nobody", but no flag can say that: refused.
+    refused({"tls": {**mutual, "authorizerCallers": []}}, "authorizerCallers")
+    refused({"tls": {**mutual, "extAuthzCallers": ["a.example,b.example"]}}, "extAuthzCallers")
+    refused({"tls": {**mutual, "extAuthzCallers": [" " + CLIENT_ID]}}, "extAuthzCallers")
+    refused({"tls": {**mutual, "authorizerCallers": CLIENT_ID}}, "authorizerCallers")
+    refused({"tls": {"enabled": "yes"}}, "enabled")
+    refused({"tls": {"certManager": {"issuer": "ca"}}}, "certManager")
+    refused({"config": {"drainSeconds": -1}}, "drainSeconds")
+    refused({"terminationGracePeriodSeconds": 15}, "terminationGracePeriodSeconds (15) must be at least")
+    refused({"config": {"drainSeconds": 30}}, "i.e. 45")
+
+
+def local_args(args, policies, config=None, tls_mount=None, tls_dir=None):
+    """The rendered arguments, on this machine: the local policy directory, config file
+    and Secret folder, and loopback ports the OS picks."""
+    local = []
+    for arg in args:
+        name, _, value = arg.partition("=")
+        if name == "--policies":
+            arg = f"--policies={policies}"
+        elif name == "--listen":
+            arg = "--listen=127.0.0.1:0"
+        elif name == "--metrics-listen":
+            arg = "--metrics-listen=127.0.0.1:0"
+        elif name == "--config":
+            arg = f"--config={config}"
+        elif name in ("--tls-cert", "--tls-key", "--tls-client-ca"):
+            # Every TLS file is a key of the mounted Secret.
+            assert tls_mount and value.startswith(tls_mount + "/"), (arg, tls_mount)
+            arg = f"{name}={tls_dir / value[len(tls_mount) + 1:]}"
+        local.append(arg)
+    return local
+
+
+def write_rendered_policies(objects, tmp):
+    files = objects[("ConfigMap", "pdp-cedar-pdp-policies")]["data"]
+    assert set(files) == set(EXAMPLE_FILES), sorted(files)
+    policies = pathlib.Path(tmp) / "policies"
+    policies.mkdir()
+    for name, text in files.items():
+        (policies / name).write_text(text)
+    config = pathlib.Path(tmp) / "config.toml"
+    config.write_text(objects[("ConfigMap", "pdp-cedar-pdp-config")]["data"]["config.toml"])
+    return policies, config
+
+
+class Server:
+    """The binary, started with `args`; a thread collects its JSON log lines."""
+
+    def __init__(self, binary, args):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CEDAR_PDP_")}
+        self.proc = subprocess.Popen(
+            [binary, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self.lines = queue.Queue()
+        self.seen = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, message, timeout=30):
+        """The first log record with this message."""
+        deadline = time.time() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.time()))
+            except queue.Empty:
+                line = None
+            if line is None:
+                raise AssertionError(f"no {message!r} line:\n" + "".join(self.seen))
+            self.seen.append(line)
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("message") == message:
+                return record
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 @check
 def the_binary_starts_with_the_rendered_arguments_and_policies(binary=None):
     binary = binary or BINARY
     objects = render(ALL_ON)
-    files = objects[("ConfigMap", "pdp-cedar-pdp-policies")]["data"]
-    assert set(files) == set(EXAMPLE_FILES), sorted(files)
     args = containers(one(objects, "Deployment"))[0]["args"]
     with tempfile.TemporaryDirectory() as tmp:
-        policies = pathlib.Path(tmp) / "policies"
-        policies.mkdir()
-        for name, text in files.items():
-            (policies / name).write_text(text)
-        config = pathlib.Path(tmp) / "config.toml"
-        config.write_text(objects[("ConfigMap", "pdp-cedar-pdp-config")]["data"]["config.toml"])
-        # The same arguments, but on this machine: the rendered policy directory and
-        # loopback ports the OS picks.
-        local = []
-        for arg in args:
-            if arg.startswith("--policies="):
-                arg = f"--policies={policies}"
-            elif arg.startswith("--listen="):
-                arg = "--listen=127.0.0.1:0"
-            elif arg.startswith("--metrics-listen="):
-                arg = "--metrics-listen=127.0.0.1:0"
-            elif arg.startswith("--config="):
-                arg = f"--config={config}"
-            local.append(arg)
+        policies, config = write_rendered_policies(objects, tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CEDAR_PDP_")}
         # validate --config also checks the rendered [ext_authz] table.
         validated = subprocess.run(
@@ -362,29 +583,158 @@ def the_binary_starts_with_the_rendered_arguments_and_policies(binary=None):
         )
         assert validated.returncode == 0, validated.stdout + validated.stderr
         count = int(re.search(r"ok: (\d+) policies", validated.stdout).group(1))
-        proc = subprocess.Popen(
-            [binary, *local],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
+        server = Server(binary, local_args(args, policies, config))
         try:
-            deadline = time.time() + 30
-            seen = []
-            while time.time() < deadline:
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                seen.append(line)
-                if '"message":"listening"' in line:
-                    assert f'"policy_count":{count},' in line, (count, line)
-                    return
-            raise AssertionError("no 'listening' line:\n" + "".join(seen))
+            listening = server.wait_for("listening")
+            assert listening["policy_count"] == count, (count, listening)
         finally:
-            proc.terminate()
-            proc.wait(timeout=15)
+            server.stop()
 
+
+def openssl(*args, cwd):
+    done = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, f"openssl {' '.join(args)}:\n{done.stderr}"
+
+
+def make_certificates(folder):
+    """A throwaway CA, two server certificates (the second for a renewal) and a client
+    certificate with a SPIFFE id, made by the openssl CLI: EC P-256, valid one day."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl(
+        "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
+        "-subj", "/CN=chart-test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=folder,
+    )
+    leaves = {
+        "server": ("serverAuth", "DNS:localhost,IP:127.0.0.1", 1001),
+        "renewed": ("serverAuth", "DNS:localhost,IP:127.0.0.1", 1002),
+        "client": ("clientAuth", f"URI:{CLIENT_ID}", 1003),
+    }
+    for name, (usage, san, serial) in leaves.items():
+        (folder / f"{name}.ext").write_text(
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\n"
+            f"extendedKeyUsage={usage}\n"
+            f"subjectAltName={san}\n"
+        )
+        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=folder)
+        openssl(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-set_serial", str(serial), "-days", "1", "-extfile", f"{name}.ext",
+            "-out", f"{name}.crt",
+            cwd=folder,
+        )
+    return {name: serial for name, (_, _, serial) in leaves.items()}
+
+
+def publish_secret(mount, pki, server, generation):
+    """Writes the Secret's keys into `mount` the way the kubelet does: files in a
+    timestamped folder, the `..data` link swapped to it atomically, and each key a link
+    through `..data` (made once)."""
+    version = mount / f"..2026_01_01_00_00_0{generation}.000000000"
+    version.mkdir()
+    shutil.copy(pki / f"{server}.crt", version / "tls.crt")
+    shutil.copy(pki / f"{server}.key", version / "tls.key")
+    shutil.copy(pki / "ca.crt", version / "ca.crt")
+    old = os.readlink(mount / "..data") if (mount / "..data").is_symlink() else None
+    os.symlink(version.name, mount / "..data_tmp")
+    os.replace(mount / "..data_tmp", mount / "..data")
+    for key in ("tls.crt", "tls.key", "ca.crt"):
+        if not (mount / key).is_symlink():
+            os.symlink(f"..data/{key}", mount / key)
+    if old:
+        shutil.rmtree(mount / old)
+
+
+def tls_handshake(port, pki, client_cert):
+    """The server certificate's serial number and the negotiated ALPN protocol, over a
+    handshake that trusts the test CA, with or without the client certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(pki / "ca.crt")
+    context.set_alpn_protocols(["h2"])
+    if client_cert:
+        context.load_cert_chain(pki / "client.crt", pki / "client.key")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as conn:
+            # TLS 1.3 refuses a missing client certificate after the client's Finished:
+            # read the server's first bytes (its HTTP/2 SETTINGS) to see the verdict.
+            first = conn.recv(9)
+            if not first:
+                raise ConnectionError("closed without a word")
+            return int(conn.getpeercert()["serialNumber"], 16), conn.selected_alpn_protocol()
+
+
+def http_status(port, path):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def port_of(address):
+    return int(address.rsplit(":", 1)[1])
+
+
+@check
+def the_binary_serves_mutual_tls_from_a_folder_laid_out_like_the_secret(binary=None):
+    binary = binary or BINARY
+    assert shutil.which("openssl"), "the openssl CLI makes the test's throwaway certificates"
+    values = {**TLS_ON, "config": {**TLS_ON["config"], "drainSeconds": 3}}
+    objects = render(values)
+    pdp = containers(one(objects, "Deployment"))[0]
+    tls_mount = {m["name"]: m["mountPath"] for m in pdp["volumeMounts"]}["tls"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        policies, config = write_rendered_policies(objects, tmp)
+        pki = tmp / "pki"
+        pki.mkdir()
+        serials = make_certificates(pki)
+        mount = tmp / "tls"
+        mount.mkdir()
+        publish_secret(mount, pki, "server", 1)
+        args = local_args(pdp["args"], policies, config, tls_mount, mount)
+        assert f"--tls-client-ca={mount}/ca.crt" in args, args
+        server = Server(binary, args)
+        try:
+            listening = server.wait_for("listening")
+            tls = server.wait_for("gRPC port serves TLS 1.2/1.3 only")
+            assert tls["mutual"] is True, tls
+            grpc_port = port_of(listening["addr"])
+            metrics_port = port_of(listening["metrics_addr"])
+            # What the probes ask, on the plain-HTTP metrics port.
+            assert http_status(metrics_port, "/healthz") == 200
+            assert http_status(metrics_port, "/readyz") == 200
+            # The gRPC port speaks TLS with h2, and only to a client with a certificate.
+            assert tls_handshake(grpc_port, pki, client_cert=True) == (serials["server"], "h2")
+            try:
+                tls_handshake(grpc_port, pki, client_cert=False)
+            except (ssl.SSLError, ConnectionError, socket.timeout):
+                pass
+            else:
+                raise AssertionError("a client without a certificate was served")
+            # A renewal, as the kubelet writes it into the mounted folder: picked up
+            # without a restart.
+            publish_secret(mount, pki, "renewed", 2)
+            deadline = time.time() + 10
+            while tls_handshake(grpc_port, pki, client_cert=True)[0] != serials["renewed"]:
+                assert time.time() < deadline, "the renewed certificate was not picked up"
+                time.sleep(0.1)
+            assert server.proc.poll() is None
+            # SIGTERM: /readyz turns 503 at once while the port still answers (drain).
+            server.proc.send_signal(signal.SIGTERM)
+            deadline = time.time() + 3
+            while http_status(metrics_port, "/readyz") != 503:
+                assert time.time() < deadline, "/readyz still 200 after SIGTERM"
+                time.sleep(0.05)
+            assert tls_handshake(grpc_port, pki, client_cert=True)[1] == "h2", "drain keeps serving"
+            server.wait_for("stopped", timeout=20)
+            assert server.proc.wait(timeout=10) == 0
+        finally:
+            server.stop()
 
 def main():
     global BINARY

@@ -217,3 +217,135 @@ async fn during_the_drain_period_calls_are_answered_while_health_says_not_servin
         "still listening after the drain"
     );
 }
+
+/// A rolling restart as Kubernetes does it: clients call instance A, which is told to
+/// stop; they follow its health to instance B. With a drain period, no call is lost and
+/// none is even refused.
+#[tokio::test]
+async fn a_restart_with_a_second_instance_taking_over_loses_no_call() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+    let config = || cedar_pdp::config::Config {
+        policies: example_policies(),
+        drain: std::time::Duration::from_millis(1000),
+        ..Default::default()
+    };
+    let a = TestServer::start_with(config()).await;
+    let b = TestServer::start_with(config()).await;
+    let channel = |server: &TestServer| {
+        tonic::transport::Channel::from_shared(server.endpoint())
+            .unwrap()
+            .timeout(std::time::Duration::from_secs(5))
+            .connect_lazy()
+    };
+    let (to_a, to_b) = (channel(&a), channel(&b));
+    let on_b = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (answered, refused, issued) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+
+    // The load balancer: follows A's health and moves traffic when it says NOT_SERVING.
+    let balancer = {
+        let (on_b, stop) = (on_b.clone(), stop.clone());
+        let mut health = tonic_health::pb::health_client::HealthClient::new(to_a.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let status = health
+                    .check(tonic_health::pb::HealthCheckRequest::default())
+                    .await
+                    .map(|r| r.into_inner().status)
+                    .ok();
+                if status != Some(ServingStatus::Serving as i32) {
+                    on_b.store(true, Ordering::SeqCst);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (to_a, to_b) = (to_a.clone(), to_b.clone());
+            let (on_b, stop) = (on_b.clone(), stop.clone());
+            let (answered, refused, issued) = (answered.clone(), refused.clone(), issued.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let target = if on_b.load(Ordering::SeqCst) {
+                        &to_b
+                    } else {
+                        &to_a
+                    };
+                    let mut client =
+                        cedar_pdp::proto::cedarpdp::v1::authorizer_client::AuthorizerClient::new(
+                            target.clone(),
+                        );
+                    issued.fetch_add(1, Ordering::SeqCst);
+                    let call = client
+                        .is_authorized(request(
+                            p("User", "bob"),
+                            action("read"),
+                            p("Document", "acme-roadmap-q3"),
+                        ))
+                        .await;
+                    match call {
+                        Ok(response) => {
+                            assert!(is_allow(response.get_ref()), "a wrong answer");
+                            answered.fetch_add(1, Ordering::SeqCst);
+                        }
+                        // Seen by the client, so not lost; a real client retries on B.
+                        Err(status) => {
+                            assert_ne!(status.code(), tonic::Code::DeadlineExceeded, "a hung call");
+                            refused.fetch_add(1, Ordering::SeqCst);
+                            on_b.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    eventually(
+        std::time::Duration::from_secs(10),
+        "calls answered by A",
+        || {
+            let answered = answered.clone();
+            async move { (answered.load(Ordering::SeqCst) >= 100).then_some(()) }
+        },
+    )
+    .await;
+    a.stop().await;
+    let at_stop = answered.load(Ordering::SeqCst);
+    eventually(
+        std::time::Duration::from_secs(10),
+        "calls answered by B",
+        || {
+            let answered = answered.clone();
+            async move { (answered.load(Ordering::SeqCst) >= at_stop + 100).then_some(()) }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client
+            .await
+            .expect("no client saw a wrong answer or a hung call");
+    }
+    balancer.await.unwrap();
+    let (answered, refused, issued) = (
+        answered.load(Ordering::SeqCst),
+        refused.load(Ordering::SeqCst),
+        issued.load(Ordering::SeqCst),
+    );
+    eprintln!("{issued} calls: {answered} answered, {refused} refused");
+    assert_eq!(answered + refused, issued, "calls lost");
+    assert_eq!(
+        refused, 0,
+        "with a drain period no call should even be refused"
+    );
+    assert!(on_b.load(Ordering::SeqCst));
+    b.stop().await;
+}

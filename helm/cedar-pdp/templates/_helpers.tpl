@@ -69,9 +69,38 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
+{{/* Where the TLS Secret is mounted: a whole folder, so the kubelet's atomic `..data`
+swap on a renewal reaches the files (a subPath mount never updates). */}}
+{{- define "cedar-pdp.tlsDir" -}}
+/etc/cedar-pdp/tls
+{{- end }}
+
+{{/* Refuses combinations of values that would not work, before anything is applied. */}}
+{{- define "cedar-pdp.checkValues" -}}
+{{- $t := .Values.tls }}
+{{- if and $t.enabled (not $t.secretName) }}
+{{- fail "tls.enabled needs tls.secretName: an existing Secret of type kubernetes.io/tls (tls.crt, tls.key, and ca.crt for tls.mutual)" }}
+{{- end }}
+{{- if and $t.mutual (not $t.enabled) }}
+{{- fail "tls.mutual needs tls.enabled: true" }}
+{{- end }}
+{{- range $key := list "authorizerCallers" "extAuthzCallers" }}
+{{- if and (not (kindIs "invalid" (index $t $key))) (not $t.mutual) }}
+{{- fail (printf "tls.%s needs tls.mutual: true (without client certificates there is no caller identity to check); leave it unset (null) otherwise" $key) }}
+{{- end }}
+{{- end }}
+{{- $c := .Values.config }}
+{{- $margin := 5 }}
+{{- $needed := add (int64 $c.drainSeconds) (int64 $c.shutdownGraceSeconds) $margin }}
+{{- if lt (int64 .Values.terminationGracePeriodSeconds) (int64 $needed) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be at least config.drainSeconds (%d) + config.shutdownGraceSeconds (%d) + %d, i.e. %d: otherwise Kubernetes kills pods before calls in flight finish" (int64 .Values.terminationGracePeriodSeconds) (int64 $c.drainSeconds) (int64 $c.shutdownGraceSeconds) $margin (int64 $needed)) }}
+{{- end }}
+{{- end }}
+
 {{/* The arguments of `cedar-pdp serve`, one per line, each quoted. */}}
 {{- define "cedar-pdp.args" -}}
 {{- $c := .Values.config }}
+{{- $t := .Values.tls }}
 - serve
 - {{ printf "--policies=%s" (include "cedar-pdp.policiesPath" .) | quote }}
 - {{ printf "--listen=0.0.0.0:%d" (int .Values.service.grpcPort) | quote }}
@@ -80,6 +109,7 @@ seccompProfile:
 - {{ printf "--validate-requests=%t" $c.validateRequests | quote }}
 - {{ printf "--log-format=%s" $c.logFormat | quote }}
 - {{ printf "--log-level=%s" $c.logLevel | quote }}
+- {{ printf "--drain-seconds=%d" (int64 $c.drainSeconds) | quote }}
 - {{ printf "--shutdown-grace-seconds=%d" (int64 $c.shutdownGraceSeconds) | quote }}
 - {{ printf "--max-message-bytes=%d" (int64 $c.limits.maxMessageBytes) | quote }}
 - {{ printf "--max-request-entities=%d" (int64 $c.limits.maxRequestEntities) | quote }}
@@ -95,6 +125,20 @@ seccompProfile:
 {{- end }}
 {{- if $c.extAuthz }}
 - {{ printf "--config=%s" (include "cedar-pdp.configFile" .) | quote }}
+{{- end }}
+{{- if $t.enabled }}
+{{- $dir := include "cedar-pdp.tlsDir" . }}
+- {{ printf "--tls-cert=%s/tls.crt" $dir | quote }}
+- {{ printf "--tls-key=%s/tls.key" $dir | quote }}
+{{- if $t.mutual }}
+- {{ printf "--tls-client-ca=%s/ca.crt" $dir | quote }}
+{{- end }}
+{{- with $t.authorizerCallers }}
+- {{ printf "--tls-authorizer-callers=%s" (join "," .) | quote }}
+{{- end }}
+{{- with $t.extAuthzCallers }}
+- {{ printf "--tls-ext-authz-callers=%s" (join "," .) | quote }}
+{{- end }}
 {{- end }}
 {{- range $c.extraArgs }}
 - {{ . | quote }}
