@@ -196,6 +196,13 @@ pub struct LimitSettings {
     /// Longest a call may take, in milliseconds.
     #[arg(long, env = "CEDAR_PDP_REQUEST_TIMEOUT_MS", value_name = "MS")]
     pub request_timeout_ms: Option<u64>,
+    /// Most gRPC connections open at once; more are closed as they arrive.
+    #[arg(long, env = "CEDAR_PDP_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most calls in flight on one connection (HTTP/2 concurrent streams); more are
+    /// refused with REFUSED_STREAM, which clients retry.
+    #[arg(long, env = "CEDAR_PDP_MAX_CONCURRENT_STREAMS", value_name = "N")]
+    pub max_concurrent_streams: Option<usize>,
 }
 
 /// Resolved limits, each with a safe default.
@@ -217,6 +224,10 @@ pub struct Limits {
     pub max_store_entities: usize,
     /// Longest a call may take.
     pub request_timeout: Duration,
+    /// Most gRPC connections open at once.
+    pub max_connections: usize,
+    /// Most calls in flight on one connection.
+    pub max_concurrent_streams: usize,
 }
 
 impl Default for Limits {
@@ -230,6 +241,8 @@ impl Default for Limits {
             max_string_bytes: 64 * 1024,
             max_store_entities: 1_000_000,
             request_timeout: Duration::from_secs(5),
+            max_connections: 10_000,
+            max_concurrent_streams: 100,
         }
     }
 }
@@ -344,6 +357,19 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "audit.queue_capacity".to_owned(),
                 message: "must be at least 1 (0 would drop every record)".to_owned(),
+            });
+        }
+        let at_least_one = [
+            ("limits.max_connections", self.limits.max_connections),
+            (
+                "limits.max_concurrent_streams",
+                self.limits.max_concurrent_streams,
+            ),
+        ];
+        if let Some((key, _)) = at_least_one.iter().find(|(_, n)| *n == 0) {
+            return Err(ConfigError::Invalid {
+                key: (*key).to_owned(),
+                message: "must be at least 1 (0 would refuse every call)".to_owned(),
             });
         }
         self.ext_authz.compile()?;
@@ -472,6 +498,12 @@ impl Config {
                     .request_timeout_ms
                     .or(lo.request_timeout_ms)
                     .map_or(dl.request_timeout, Duration::from_millis),
+                max_connections: pick(up.max_connections, lo.max_connections, dl.max_connections),
+                max_concurrent_streams: pick(
+                    up.max_concurrent_streams,
+                    lo.max_concurrent_streams,
+                    dl.max_concurrent_streams,
+                ),
             },
             audit: AuditOptions {
                 sink: ua

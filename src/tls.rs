@@ -8,8 +8,8 @@
 //! half written — is refused and logged, and the last good configuration keeps serving.
 //! [`CertWatcher`] follows the files' folders (a Kubernetes Secret volume swaps a `..data`
 //! symlink, so it is the folder that changes) and reloads after a short quiet period.
-//! [`incoming`] turns a TCP listener into a stream of finished TLS handshakes for tonic;
-//! a slow or failed handshake never holds up the next connection.
+//! The accept loop that hands each new connection the current configuration is
+//! `api::incoming`.
 //!
 //! Only TLS 1.2 and 1.3 are spoken, with rustls's `ring` cipher suites, and only HTTP/2
 //! (ALPN `h2`), as gRPC needs. The files' contents are never logged.
@@ -30,9 +30,7 @@ use rustls::{
     server::WebPkiClientVerifier,
 };
 use sha2::{Digest, Sha256};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_rustls::TlsAcceptor;
 
 /// The files TLS is read from: the server's own chain and key, and the CA that client
 /// certificates must chain to (mutual TLS) if set.
@@ -118,7 +116,7 @@ impl ServerTls {
     }
 
     /// An acceptor with the current configuration, for one new connection.
-    fn acceptor(&self) -> TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.current.load_full())
     }
 }
@@ -214,53 +212,6 @@ fn build(files: &TlsFiles) -> Result<(ServerConfig, [u8; 32]), TlsError> {
         })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok((config, hash.finalize().into()))
-}
-
-/// How long a client has to finish its handshake before the connection is closed.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Connections accepted on `listener` whose TLS handshake finished, each with the
-/// configuration current when it was accepted. Handshakes run concurrently, each at most
-/// [`HANDSHAKE_TIMEOUT`]; failed ones are logged at debug level and dropped (a port scan
-/// or a plaintext client is not the server's problem). Accepting stops when the stream
-/// is dropped.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Arc<ServerTls>,
-) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
-    let (ready, stream) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                () = ready.closed() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors, say: back off rather than spin.
-                    tracing::warn!(error = %err, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = tls.acceptor();
-            let ready = ready.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = ready.send(Ok(stream)).await;
-                    }
-                    Ok(Err(err)) => {
-                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                    }
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(stream)
 }
 
 /// Reloads a [`ServerTls`] when its files change, until dropped.

@@ -349,3 +349,63 @@ async fn a_restart_with_a_second_instance_taking_over_loses_no_call() {
     assert!(on_b.load(Ordering::SeqCst));
     b.stop().await;
 }
+
+#[tokio::test]
+async fn connections_past_max_connections_are_closed_and_a_freed_slot_is_reused() {
+    let mut config = cedar_pdp::config::Config {
+        policies: example_policies(),
+        ..Default::default()
+    };
+    config.limits.max_connections = 2;
+    let server = TestServer::start_with(config).await;
+    let bob_reads = || {
+        request(
+            p("User", "bob"),
+            action("read"),
+            p("Document", "acme-roadmap-q3"),
+        )
+    };
+    let call = |channel: tonic::transport::Channel| async move {
+        cedar_pdp::proto::cedarpdp::v1::authorizer_client::AuthorizerClient::new(channel)
+            .is_authorized(bob_reads())
+            .await
+    };
+    // Exactly at the limit: both connections are served.
+    let first = server.channel().await;
+    let second = server.channel().await;
+    assert!(is_allow(call(first.clone()).await.unwrap().get_ref()));
+    assert!(is_allow(call(second.clone()).await.unwrap().get_ref()));
+
+    // One past it: closed at once, an error the client sees, not a hang.
+    let third = tonic::transport::Channel::from_shared(server.endpoint())
+        .unwrap()
+        .timeout(std::time::Duration::from_secs(5))
+        .connect_lazy();
+    let refused = call(third).await.unwrap_err();
+    assert!(
+        matches!(
+            refused.code(),
+            tonic::Code::Unavailable | tonic::Code::Cancelled
+        ),
+        "{refused:?}"
+    );
+    // Those open are unaffected.
+    assert!(is_allow(call(first).await.unwrap().get_ref()));
+
+    // A closed connection frees its slot.
+    drop(second);
+    eventually(
+        std::time::Duration::from_secs(10),
+        "a freed slot",
+        || async {
+            let fresh = tonic::transport::Channel::from_shared(server.endpoint())
+                .unwrap()
+                .connect()
+                .await
+                .ok()?;
+            call(fresh).await.ok()
+        },
+    )
+    .await;
+    server.stop().await;
+}

@@ -11,6 +11,7 @@ mod authorizer;
 mod callers;
 mod convert;
 mod ext_authz;
+pub mod incoming;
 mod metrics;
 mod observe;
 pub mod request_id;
@@ -26,7 +27,7 @@ use tokio::{
 use tokio_stream::Stream;
 use tonic::transport::{
     Server,
-    server::{Connected, Router, TcpIncoming},
+    server::{Connected, Router},
 };
 
 pub use authorizer::AuthorizerService;
@@ -43,7 +44,7 @@ use crate::{
         envoy::service::auth::v3::authorization_server::AuthorizationServer,
     },
     telemetry::{AuditLog, Metrics},
-    tls::{self, CertWatcher, ServerTls},
+    tls::{CertWatcher, ServerTls},
 };
 
 /// Where [`serve`] reports: the metrics registry and the decision log.
@@ -206,6 +207,7 @@ async fn serve_grpc(
     let grace = config.shutdown_grace;
     let router = Server::builder()
         .timeout(limits.request_timeout)
+        .max_concurrent_streams(u32::try_from(limits.max_concurrent_streams).unwrap_or(u32::MAX))
         .add_service(authorizer)
         .add_service(ext_authz)
         .add_service(health_service)
@@ -219,24 +221,16 @@ async fn serve_grpc(
         tokio::time::sleep(drain + grace).await;
     };
     match tls {
-        // Nagle's algorithm would hold a small response back until the caller's delayed
-        // ACK: tens of milliseconds on a sub-millisecond decision.
         None => {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = incoming::plaintext(listener, limits.max_connections);
             run(router, incoming, signal, deadline, grace).await
         }
         Some(tls) => {
             // Rotations are followed for as long as the server runs.
             let _watcher = CertWatcher::start(tls.clone())?;
             tracing::info!(mutual = tls.mutual(), "gRPC port serves TLS 1.2/1.3 only");
-            run(
-                router,
-                tls::incoming(listener, tls),
-                signal,
-                deadline,
-                grace,
-            )
-            .await
+            let incoming = incoming::tls(listener, limits.max_connections, tls);
+            run(router, incoming, signal, deadline, grace).await
         }
     }
 }
