@@ -118,6 +118,9 @@ swap on a renewal reaches the files (a subPath mount never updates). */}}
 - {{ printf "--max-ancestor-depth=%d" (int64 $c.limits.maxAncestorDepth) | quote }}
 - {{ printf "--max-store-entities=%d" (int64 $c.limits.maxStoreEntities) | quote }}
 - {{ printf "--request-timeout-ms=%d" (int64 $c.limits.requestTimeoutMs) | quote }}
+- {{ printf "--max-string-bytes=%d" (int64 $c.limits.maxStringBytes) | quote }}
+- {{ printf "--max-connections=%d" (int64 $c.limits.maxConnections) | quote }}
+- {{ printf "--max-concurrent-streams=%d" (int64 $c.limits.maxConcurrentStreams) | quote }}
 - {{ printf "--audit-sink=%s" $c.audit.sink | quote }}
 - {{ printf "--audit-allow-sample-rate=%v" $c.audit.allowSampleRate | quote }}
 {{- with $c.audit.contextKeys }}
