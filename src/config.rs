@@ -365,6 +365,7 @@ impl Config {
                 "limits.max_concurrent_streams",
                 self.limits.max_concurrent_streams,
             ),
+            ("limits.max_string_bytes", self.limits.max_string_bytes),
         ];
         if let Some((key, _)) = at_least_one.iter().find(|(_, n)| *n == 0) {
             return Err(ConfigError::Invalid {

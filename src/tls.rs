@@ -17,7 +17,11 @@
 use std::{
     io,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, mpsc},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -78,6 +82,8 @@ pub struct ServerTls {
     /// Hash of the three files' contents as last loaded, to tell a real change from a
     /// touch.
     loaded: Mutex<[u8; 32]>,
+    /// Times the files were read again.
+    rereads: AtomicU64,
 }
 
 impl ServerTls {
@@ -88,6 +94,7 @@ impl ServerTls {
             files,
             current: ArcSwap::from_pointee(config),
             loaded: Mutex::new(hash),
+            rereads: AtomicU64::new(0),
         })
     }
 
@@ -105,14 +112,21 @@ impl ServerTls {
     /// connections now get the new configuration, `Ok(false)` if nothing changed, and an
     /// error (the old configuration still serving) if the new files cannot be used.
     pub fn reload(&self) -> Result<bool, TlsError> {
-        let (config, hash) = build(&self.files)?;
+        // Held across the build, so that two reloads cannot store out of order.
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        self.rereads.fetch_add(1, Ordering::Relaxed);
+        let (config, hash) = build(&self.files)?;
         if *loaded == hash {
             return Ok(false);
         }
         self.current.store(Arc::new(config));
         *loaded = hash;
         Ok(true)
+    }
+
+    /// How many times [`ServerTls::reload`] has read the files (for tests and debugging).
+    pub fn rereads(&self) -> u64 {
+        self.rereads.load(Ordering::Relaxed)
     }
 
     /// An acceptor with the current configuration, for one new connection.
@@ -228,14 +242,60 @@ const QUIET: Duration = Duration::from_millis(200);
 /// The longest a stream of changes can put a reload off.
 const MAX_WAIT: Duration = Duration::from_secs(2);
 
+/// How often the files are read again with no event at all: a safety net for changes
+/// the watch cannot see (a watched folder replaced by another, a network file system).
+const RECHECK: Duration = Duration::from_secs(60);
+
+/// Whether `event` may mean the files changed. Reading them (the reload's own reads
+/// included) must not count, or every reload would cause the next.
+fn may_change(event: &notify::Result<notify::Event>) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match event {
+        Ok(event) => match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            EventKind::Access(_) => false,
+            _ => true,
+        },
+        // An error of the watcher itself: look again rather than miss a change.
+        Err(_) => true,
+    }
+}
+
+/// Reloads `tls` and logs the outcome; a failure is logged once until it changes (the
+/// files stay broken across rechecks), and its message is returned for that comparison.
+fn reload_and_log(tls: &ServerTls, last_error: Option<String>) -> Option<String> {
+    match tls.reload() {
+        Ok(changed) => {
+            if changed {
+                tracing::info!("TLS files changed: new connections use the new certificate");
+            } else if last_error.is_some() {
+                tracing::info!("TLS files usable again; the serving certificate is unchanged");
+            }
+            None
+        }
+        Err(err) => {
+            let message = err.to_string();
+            if last_error.as_deref() != Some(message.as_str()) {
+                tracing::error!(
+                    error = %message,
+                    "TLS files changed but cannot be used; the previous ones keep serving"
+                );
+            }
+            Some(message)
+        }
+    }
+}
+
 impl CertWatcher {
     /// Watches the folders of `tls`'s files.
     pub fn start(tls: Arc<ServerTls>) -> Result<Self, notify::Error> {
         let (events, receiver) = mpsc::channel::<()>();
-        // Any event, or an error of the watcher itself, is a reason to look again.
-        let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
-            let _ = events.send(());
-        })?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if may_change(&event) {
+                    let _ = events.send(());
+                }
+            })?;
         let files = tls.files();
         let mut folders: Vec<&Path> = [
             Some(&files.cert),
@@ -258,22 +318,78 @@ impl CertWatcher {
         thread::Builder::new()
             .name("tls-watch".to_owned())
             .spawn(move || {
-                while receiver.recv().is_ok() {
-                    let first = Instant::now();
-                    while first.elapsed() < MAX_WAIT && receiver.recv_timeout(QUIET).is_ok() {}
-                    match tls.reload() {
-                        Ok(true) => tracing::info!(
-                            "TLS files changed: new connections use the new certificate"
-                        ),
-                        Ok(false) => {}
-                        Err(err) => tracing::error!(
-                            error = %err,
-                            "TLS files changed but cannot be used; the previous ones keep serving"
-                        ),
+                // A change between the start-up load and the watch is caught here.
+                let mut last_error = reload_and_log(&tls, None);
+                loop {
+                    match receiver.recv_timeout(RECHECK) {
+                        Ok(()) => {
+                            let first = Instant::now();
+                            while first.elapsed() < MAX_WAIT && receiver.recv_timeout(QUIET).is_ok()
+                            {
+                            }
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     }
+                    last_error = reload_and_log(&tls, last_error);
                 }
             })
             .map_err(notify::Error::io)?;
         Ok(Self { _watcher: watcher })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{CertWatcher, ServerTls, TlsFiles};
+
+    fn write_pair(dir: &std::path::Path) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+    }
+
+    #[test]
+    fn reading_the_files_is_not_a_change_but_writing_them_is() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pair(dir.path());
+        let files = TlsFiles {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            client_ca: None,
+        };
+        let tls = std::sync::Arc::new(ServerTls::load(files.clone()).unwrap());
+        let _watcher = CertWatcher::start(tls.clone()).unwrap();
+        // The start-up check.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tls.rereads() < 1 {
+            assert!(Instant::now() < deadline, "no start-up check");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Others reading the files (and the reload's own reads) start no reload loop.
+        for _ in 0..5 {
+            std::fs::read(&files.cert).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(tls.rereads(), 1, "reads were taken for changes");
+
+        write_pair(dir.path());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tls.rereads() < 2 {
+            assert!(Instant::now() < deadline, "a write was not seen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            tls.rereads() <= 3,
+            "{} rereads after one rotation",
+            tls.rereads()
+        );
     }
 }

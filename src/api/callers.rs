@@ -1,6 +1,7 @@
 //! Who may call which API: with mutual TLS on, the verified client certificate names the
 //! caller (its SPIFFE URI SANs and DNS SANs), and each API may keep an allow-list of
-//! those identities. A caller off the list is refused before its request is read.
+//! those identities. A caller off the list is refused before its request is looked at
+//! (tonic has decoded the message by then, within `max_message_bytes`).
 //!
 //! The identity is also what the audit log records as `caller`. Without mutual TLS there
 //! is no verified identity and every caller is admitted, as the config allows no list

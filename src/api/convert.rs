@@ -19,6 +19,41 @@ pub(crate) struct Converter {
     pub(crate) max_string_bytes: usize,
 }
 
+/// A request field's path (`context.net.src_ip`, `entities[2].parents[0]`), kept as a
+/// chain of borrowed parts and written out only for an error: building it as text at every
+/// level would copy every key once per value below it.
+#[derive(Debug, Clone, Copy)]
+enum Path<'a> {
+    Root(&'a str),
+    Key(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+    Field(&'a Path<'a>, &'static str),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Root(name) => f.write_str(name),
+            Self::Key(parent, key) => write!(f, "{parent}.{}", shown(key)),
+            Self::Index(parent, i) => write!(f, "{parent}[{i}]"),
+            Self::Field(parent, name) => write!(f, "{parent}.{name}"),
+        }
+    }
+}
+
+/// Longest piece of request text quoted in a path or message; longer ones are shown by
+/// their length only.
+const SHOWN_BYTES: usize = 64;
+
+/// `text` as an error may quote it.
+fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= SHOWN_BYTES {
+        text.into()
+    } else {
+        format!("<{} bytes>", text.len()).into()
+    }
+}
+
 impl Converter {
     /// Refuses `text` at `path` if it is longer than the limit (the message gives its
     /// length, never its content).
@@ -46,9 +81,9 @@ impl Converter {
         context_json: String,
     ) -> Result<Query, RequestError> {
         Ok(Query {
-            principal: self.required_uid("principal", principal)?,
-            action: self.required_uid("action", action)?,
-            resource: self.required_uid("resource", resource)?,
+            principal: self.required_uid(&Path::Root("principal"), principal.as_ref())?,
+            action: self.required_uid(&Path::Root("action"), action.as_ref())?,
+            resource: self.required_uid(&Path::Root("resource"), resource.as_ref())?,
             context: self.context(context, context_json)?,
         })
     }
@@ -64,13 +99,14 @@ impl Converter {
             }
             return Ok(ContextInput::Json(json));
         }
-        let pairs = self.fields("context", typed, 0)?;
+        let root = Path::Root("context");
+        let pairs = self.fields(&root, typed, 0)?;
         Context::from_pairs(pairs)
             .map(ContextInput::Value)
             .map_err(|e| {
                 // Extension literals are first evaluated here; only on failure are they
                 // looked at one by one, so that the error names the bad one's path.
-                bad_extension("context", typed)
+                bad_extension(&root, typed)
                     .unwrap_or_else(|| RequestError::invalid("context", describe(&e)))
             })
     }
@@ -90,40 +126,41 @@ impl Converter {
         if typed.is_empty() {
             return Ok(EntitiesInput::None);
         }
+        let root = Path::Root("entities");
         typed
             .iter()
             .enumerate()
-            .map(|(i, entity)| self.entity(&format!("entities[{i}]"), entity))
+            .map(|(i, entity)| self.entity(&Path::Index(&root, i), entity))
             .collect::<Result<Vec<_>, _>>()
             .map(EntitiesInput::Typed)
     }
 
-    fn entity(&self, path: &str, entity: &pb::Entity) -> Result<EntityInput, RequestError> {
+    fn entity(&self, path: &Path<'_>, entity: &pb::Entity) -> Result<EntityInput, RequestError> {
+        let parents = Path::Field(path, "parents");
         Ok(EntityInput {
-            uid: self.required_uid(&format!("{path}.uid"), entity.uid.clone())?,
-            attrs: self.fields(&format!("{path}.attrs"), &entity.attrs, 0)?,
+            uid: self.required_uid(&Path::Field(path, "uid"), entity.uid.as_ref())?,
+            attrs: self.fields(&Path::Field(path, "attrs"), &entity.attrs, 0)?,
             parents: entity
                 .parents
                 .iter()
                 .enumerate()
-                .map(|(j, parent)| self.uid(&format!("{path}.parents[{j}]"), parent))
+                .map(|(j, parent)| self.uid(&Path::Index(&parents, j), parent))
                 .collect::<Result<_, _>>()?,
-            tags: self.fields(&format!("{path}.tags"), &entity.tags, 0)?,
+            tags: self.fields(&Path::Field(path, "tags"), &entity.tags, 0)?,
         })
     }
 
     fn fields(
         &self,
-        path: &str,
+        path: &Path<'_>,
         fields: &HashMap<String, pb::Value>,
         depth: usize,
     ) -> Result<Vec<(String, RestrictedExpression)>, RequestError> {
         fields
             .iter()
             .map(|(key, value)| {
-                // Checked before the key becomes part of any path or message.
                 self.short(|| format!("{path} (a key)"), key)?;
-                let expr = self.value(&format!("{path}.{key}"), value, depth)?;
+                let expr = self.value(&Path::Key(path, key), value, depth)?;
                 Ok((key.clone(), expr))
             })
             .collect()
@@ -131,7 +168,7 @@ impl Converter {
 
     fn value(
         &self,
-        path: &str,
+        path: &Path<'_>,
         value: &pb::Value,
         depth: usize,
     ) -> Result<RestrictedExpression, RequestError> {
@@ -139,7 +176,7 @@ impl Converter {
         let nested = || {
             if depth >= self.max_value_depth {
                 return Err(RequestError::limit(
-                    path,
+                    path.to_string(),
                     format!(
                         "sets and records are nested deeper than the limit of {} (max_value_depth)",
                         self.max_value_depth
@@ -150,13 +187,13 @@ impl Converter {
         };
         match &value.kind {
             None => Err(RequestError::invalid(
-                path,
+                path.to_string(),
                 "the value is empty; set one of boolean, long, string, set, record, entity or extension",
             )),
             Some(Kind::Boolean(b)) => Ok(RestrictedExpression::new_bool(*b)),
             Some(Kind::Long(n)) => Ok(RestrictedExpression::new_long(*n)),
             Some(Kind::String(s)) => {
-                self.short(|| path.to_owned(), s)?;
+                self.short(|| path.to_string(), s)?;
                 Ok(RestrictedExpression::new_string(s.clone()))
             }
             Some(Kind::Set(list)) => {
@@ -165,7 +202,7 @@ impl Converter {
                     .values
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| self.value(&format!("{path}[{i}]"), v, depth))
+                    .map(|(i, v)| self.value(&Path::Index(path, i), v, depth))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(RestrictedExpression::new_set(values))
             }
@@ -173,102 +210,48 @@ impl Converter {
                 let depth = nested()?;
                 let fields = self.fields(path, &record.fields, depth)?;
                 RestrictedExpression::new_record(fields)
-                    .map_err(|e| RequestError::invalid(path, describe(&e)))
+                    .map_err(|e| RequestError::invalid(path.to_string(), describe(&e)))
             }
             Some(Kind::Entity(entity)) => Ok(RestrictedExpression::new_entity_uid(
                 self.uid(path, entity)?,
             )),
             Some(Kind::Extension(ext)) => {
+                self.short(|| format!("{path}.fn"), &ext.r#fn)?;
                 self.short(|| format!("{path}.arg"), &ext.arg)?;
                 extension(path, ext)
             }
         }
     }
-}
 
-/// An extension value. Its literal is evaluated once, when the context or entity is
-/// built; [`bad_extension`] finds a bad one's path after that fails.
-fn extension(path: &str, ext: &pb::Extension) -> Result<RestrictedExpression, RequestError> {
-    let arg = ext.arg.as_str();
-    let expr = match ext.r#fn.as_str() {
-        "ip" | "ipaddr" => RestrictedExpression::new_ip(arg),
-        "decimal" => RestrictedExpression::new_decimal(arg),
-        "datetime" => RestrictedExpression::new_datetime(arg),
-        "duration" => RestrictedExpression::new_duration(arg),
-        other => {
-            return Err(RequestError::invalid(
-                format!("{path}.fn"),
-                format!("unknown extension `{other}`; use one of ip, decimal, datetime, duration"),
-            ));
-        }
-    };
-    Ok(expr)
-}
-
-/// The first extension value under `fields` whose literal does not evaluate, as an error
-/// naming its path (`context.net.src_ip`). Only called once building a context failed.
-fn bad_extension(path: &str, fields: &HashMap<String, pb::Value>) -> Option<RequestError> {
-    fields
-        .iter()
-        .find_map(|(key, value)| bad_extension_in(&format!("{path}.{key}"), value))
-}
-
-fn bad_extension_in(path: &str, value: &pb::Value) -> Option<RequestError> {
-    use pb::value::Kind;
-    match &value.kind {
-        Some(Kind::Extension(ext)) => {
-            let expr = extension(path, ext).ok()?;
-            let e = Context::from_pairs([(String::new(), expr)]).err()?;
-            Some(RequestError::invalid(
-                path,
-                format!(
-                    "invalid {} literal {:?}: {}",
-                    ext.r#fn,
-                    ext.arg,
-                    describe(&e)
-                ),
-            ))
-        }
-        Some(Kind::Set(list)) => list
-            .values
-            .iter()
-            .enumerate()
-            .find_map(|(i, v)| bad_extension_in(&format!("{path}[{i}]"), v)),
-        Some(Kind::Record(record)) => bad_extension(path, &record.fields),
-        _ => None,
-    }
-}
-
-impl Converter {
     fn required_uid(
         &self,
-        field: &str,
-        value: Option<pb::EntityUid>,
+        path: &Path<'_>,
+        value: Option<&pb::EntityUid>,
     ) -> Result<EntityUid, RequestError> {
         match value {
-            Some(value) => self.uid(field, &value),
+            Some(value) => self.uid(path, value),
             None => Err(RequestError::invalid(
-                field,
+                path.to_string(),
                 "is missing; give an entity type and id",
             )),
         }
     }
 
-    fn uid(&self, field: &str, value: &pb::EntityUid) -> Result<EntityUid, RequestError> {
-        self.short(|| format!("{field}.type"), &value.r#type)?;
-        self.short(|| format!("{field}.id"), &value.id)?;
+    fn uid(&self, path: &Path<'_>, value: &pb::EntityUid) -> Result<EntityUid, RequestError> {
+        self.short(|| format!("{path}.type"), &value.r#type)?;
+        self.short(|| format!("{path}.id"), &value.id)?;
         if value.r#type.is_empty() {
             return Err(RequestError::invalid(
-                format!("{field}.type"),
+                format!("{path}.type"),
                 "is empty; give an entity type such as `App::User`",
             ));
         }
         let ty = EntityTypeName::from_str(&value.r#type).map_err(|e| {
             RequestError::invalid(
-                format!("{field}.type"),
+                format!("{path}.type"),
                 format!(
                     "`{}` is not a valid entity type name: {}",
-                    value.r#type,
+                    shown(&value.r#type),
                     describe(&e)
                 ),
             )
@@ -280,9 +263,113 @@ impl Converter {
     }
 }
 
+/// An extension value. Its literal is evaluated once, when the context or entity is
+/// built; [`bad_extension`] finds a bad one's path after that fails.
+fn extension(path: &Path<'_>, ext: &pb::Extension) -> Result<RestrictedExpression, RequestError> {
+    let arg = ext.arg.as_str();
+    let expr = match ext.r#fn.as_str() {
+        "ip" | "ipaddr" => RestrictedExpression::new_ip(arg),
+        "decimal" => RestrictedExpression::new_decimal(arg),
+        "datetime" => RestrictedExpression::new_datetime(arg),
+        "duration" => RestrictedExpression::new_duration(arg),
+        other => {
+            return Err(RequestError::invalid(
+                format!("{path}.fn"),
+                format!(
+                    "unknown extension `{}`; use one of ip, decimal, datetime, duration",
+                    shown(other)
+                ),
+            ));
+        }
+    };
+    Ok(expr)
+}
+
+/// The first extension value under `fields` whose literal does not evaluate, as an error
+/// naming its path (`context.net.src_ip`). Only called once building a context failed.
+fn bad_extension(path: &Path<'_>, fields: &HashMap<String, pb::Value>) -> Option<RequestError> {
+    fields
+        .iter()
+        .find_map(|(key, value)| bad_extension_in(&Path::Key(path, key), value))
+}
+
+fn bad_extension_in(path: &Path<'_>, value: &pb::Value) -> Option<RequestError> {
+    use pb::value::Kind;
+    match &value.kind {
+        Some(Kind::Extension(ext)) => {
+            let expr = extension(path, ext).ok()?;
+            let e = Context::from_pairs([(String::new(), expr)]).err()?;
+            Some(RequestError::invalid(
+                path.to_string(),
+                format!(
+                    "invalid {} literal {:?}: {}",
+                    ext.r#fn,
+                    shown(&ext.arg),
+                    describe(&e)
+                ),
+            ))
+        }
+        Some(Kind::Set(list)) => list
+            .values
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| bad_extension_in(&Path::Index(path, i), v)),
+        Some(Kind::Record(record)) => bad_extension(path, &record.fields),
+        _ => None,
+    }
+}
+
 fn both_forms(field: &str) -> RequestError {
     RequestError::invalid(
         field,
         format!("both {field} and {field}_json are set; give one form or the other"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::{Converter, Path};
+    use crate::proto::cedarpdp::v1 as pb;
+
+    #[test]
+    fn paths_show_long_keys_by_length_only() {
+        let key = "k".repeat(100);
+        let root = Path::Root("context");
+        let keyed = Path::Key(&root, &key);
+        let short = Path::Key(&keyed, "ok");
+        assert_eq!(
+            Path::Index(&short, 3).to_string(),
+            "context.<100 bytes>.ok[3]"
+        );
+    }
+
+    #[test]
+    fn an_error_under_long_keys_names_them_by_length() {
+        let convert = Converter {
+            max_value_depth: 32,
+            max_string_bytes: 64 * 1024,
+        };
+        let extension = pb::Value {
+            kind: Some(pb::value::Kind::Extension(pb::Extension {
+                r#fn: "n".repeat(1_000),
+                arg: "1".to_owned(),
+            })),
+        };
+        let context = HashMap::from([("k".repeat(60_000), extension)]);
+        let error = convert
+            .query(None, None, None, &context, String::new())
+            .err()
+            .map(|e| e.to_string());
+        // The principal is checked first; then the context alone.
+        assert!(error.unwrap().contains("principal"));
+        let error = convert
+            .context(&context, String::new())
+            .unwrap_err()
+            .to_string();
+        assert!(error.len() < 200, "{} bytes: {error}", error.len());
+        assert!(error.contains("context.<60000 bytes>.fn"), "{error}");
+        assert!(error.contains("<1000 bytes>"), "{error}");
+    }
 }

@@ -32,7 +32,8 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::tls::ServerTls;
 
-/// How long a client has to finish its TLS handshake before the connection is closed.
+/// How long a client has to finish its TLS handshake (or, in plaintext, to send its first
+/// byte) before the connection is closed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection holding one of the open-connection slots until it is dropped.
@@ -96,7 +97,9 @@ impl AsyncWrite for Counted {
     }
 }
 
-/// Plaintext connections from `listener`, at most `max_connections` open at once.
+/// Plaintext connections from `listener`, at most `max_connections` open at once. A
+/// client must start talking within [`HANDSHAKE_TIMEOUT`], as a TLS client must finish
+/// its handshake, or its connection is closed: a silent socket would hold a slot forever.
 pub fn plaintext(
     listener: TcpListener,
     max_connections: usize,
@@ -104,8 +107,16 @@ pub fn plaintext(
     accept(
         listener,
         max_connections,
-        |connection, _peer, ready| async move {
-            let _ = ready.send(Ok(connection)).await;
+        |connection, peer, ready| async move {
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, connection.stream.peek(&mut first)).await
+            {
+                Ok(Ok(n)) if n > 0 => {
+                    let _ = ready.send(Ok(connection)).await;
+                }
+                Ok(_) => {}
+                Err(_) => tracing::debug!(%peer, "closed a connection that sent nothing"),
+            }
         },
     )
 }

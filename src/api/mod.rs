@@ -207,6 +207,10 @@ async fn serve_grpc(
     let grace = config.shutdown_grace;
     let router = Server::builder()
         .timeout(limits.request_timeout)
+        // A peer that vanished without closing (a node gone, a NAT entry dropped) is found
+        // out and its connection slot freed.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(u32::try_from(limits.max_concurrent_streams).unwrap_or(u32::MAX))
         .add_service(authorizer)
         .add_service(ext_authz)
@@ -218,7 +222,7 @@ async fn serve_grpc(
             // The server ended before any shutdown: nothing to time out.
             std::future::pending::<()>().await;
         }
-        tokio::time::sleep(drain + grace).await;
+        tokio::time::sleep(drain.saturating_add(grace)).await;
     };
     match tls {
         None => {
