@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     LoadError, Location, PolicyValidation, Problem, SchemaShape, Snapshot, Span, hierarchy,
+    slice::PolicyIndex,
 };
 
 /// How to load a policy directory.
@@ -208,6 +209,7 @@ pub fn build(read: &Sources, options: &LoadOptions) -> Result<Loaded, LoadError>
                     .into_iter()
                     .map(|(id, origin)| (id.to_string(), origin.location))
                     .collect(),
+                index: PolicyIndex::new(&policies.set),
                 policies: policies.set,
                 schema_shape,
                 schema,

@@ -12,6 +12,7 @@ mod error;
 pub mod hierarchy;
 mod loader;
 mod shape;
+pub mod slice;
 mod snapshot;
 mod store;
 mod watch;

@@ -4,7 +4,7 @@ use std::{collections::HashMap, time::SystemTime};
 
 use cedar_policy::{Entities, PolicySet, Schema};
 
-use super::{Location, SchemaShape};
+use super::{Location, SchemaShape, slice::PolicyIndex};
 
 /// Everything a decision needs from the policy directory, built once and never changed.
 ///
@@ -13,6 +13,8 @@ use super::{Location, SchemaShape};
 #[derive(Debug)]
 pub struct Snapshot {
     pub(super) policies: PolicySet,
+    /// The policies' scopes, for picking the ones a request can match.
+    pub(super) index: PolicyIndex,
     /// Where each policy (and template) starts, by id.
     pub(super) policy_locations: HashMap<String, Location>,
     pub(super) schema: Option<Schema>,
@@ -27,6 +29,11 @@ impl Snapshot {
     /// The policies (and unlinked templates), with their ids.
     pub fn policies(&self) -> &PolicySet {
         &self.policies
+    }
+
+    /// The scope index of [`Snapshot::policies`].
+    pub fn index(&self) -> &PolicyIndex {
+        &self.index
     }
 
     /// Where the policy or template `id` starts (file, line, column), for pointing a

@@ -1,0 +1,110 @@
+//! Decision cost against policy-set size, with and without slicing: the engine alone
+//! (no gRPC), on multi-tenant sets of 10, 1,000 and 100,000 policies whose scopes are
+//! spread over as many users and 1,000 tenants' folders, plus two unconstrained
+//! forbids every request must see. Each case asks the same question: may user `u7`
+//! read a document of its tenant.
+//!
+//! Run: `cargo bench --bench slicing` (optionally `-- <iterations>`, default 20000; the
+//! whole-set cases on large sets run a hundredth as many).
+
+mod support;
+
+use std::{path::Path, str::FromStr};
+
+use cedar_pdp::{
+    engine::{ContextInput, Engine, EngineOptions, EntitiesInput, Query},
+    policy::{LoadOptions, PolicyStore},
+};
+use cedar_policy::{Context, EntityUid};
+use support::*;
+
+const TENANTS: usize = 1_000;
+
+const SCHEMA: &str = "entity Tenant;\n\
+    entity User in [Tenant] = { suspended: Bool };\n\
+    entity Doc in [Tenant];\n\
+    action read, write appliesTo { principal: [User], resource: [Doc], context: { level: Long } };\n";
+
+/// `n` policies: policy `p{i}` lets user `u{i}` read (even `i`) or write (odd) the
+/// documents of tenant `t{i % 1000}` at a level; two forbids apply to every request.
+fn tenant_dir(dir: &Path, n: usize) {
+    std::fs::write(dir.join("schema.cedarschema"), SCHEMA).unwrap();
+    let mut text = String::from(
+        "@id(\"no-suspended\")\nforbid(principal, action, resource) when { principal.suspended };\n\
+         @id(\"no-level-0\")\nforbid(principal, action, resource) when { context.level == 0 };\n",
+    );
+    for i in 0..n {
+        let action = if i % 2 == 0 { "read" } else { "write" };
+        text.push_str(&format!(
+            "@id(\"p{i}\")\npermit(principal == User::\"u{i}\", action == Action::\"{action}\", resource in Tenant::\"t{}\") when {{ context.level > {} }};\n",
+            i % TENANTS,
+            i % 3
+        ));
+    }
+    std::fs::write(dir.join("policies.cedar"), text).unwrap();
+    let mut entities = vec![serde_json::json!({
+        "uid": {"type": "User", "id": "u7"}, "attrs": {"suspended": false},
+        "parents": [{"type": "Tenant", "id": "t7"}]
+    })];
+    entities.push(serde_json::json!({
+        "uid": {"type": "Doc", "id": "d7"}, "attrs": {}, "parents": [{"type": "Tenant", "id": "t7"}]
+    }));
+    std::fs::write(
+        dir.join("entities.json"),
+        serde_json::to_string(&entities).unwrap(),
+    )
+    .unwrap();
+}
+
+fn main() {
+    let iterations = iterations_arg(20_000);
+    let mut results = Vec::new();
+    let uid = |s: &str| EntityUid::from_str(s).unwrap();
+    for n in [10, 1_000, 100_000] {
+        let dir = tempfile::tempdir().unwrap();
+        tenant_dir(dir.path(), n);
+        let (store, _) =
+            PolicyStore::open(dir.path(), LoadOptions::default()).expect("the generated set loads");
+        let snapshot = store.current();
+        for slice in [true, false] {
+            let engine = Engine::new(EngineOptions {
+                slice_policies: slice,
+                ..EngineOptions::default()
+            });
+            let entities = engine
+                .entities(&snapshot, EntitiesInput::None)
+                .expect("the stored entities");
+            let query = || Query {
+                principal: uid(r#"User::"u7""#),
+                action: uid(r#"Action::"write""#),
+                resource: uid(r#"Doc::"d7""#),
+                context: ContextInput::Value(
+                    Context::from_json_value(serde_json::json!({"level": 2}), None).unwrap(),
+                ),
+            };
+            let decision = engine.decide(&snapshot, &entities, query()).unwrap();
+            assert!(decision.allowed, "{n} policies: u7 writes d7");
+            assert_eq!(decision.determining_policies, ["p7"]);
+            let runs = if !slice && n > 1_000 {
+                (iterations / 100).max(20)
+            } else {
+                iterations
+            };
+            let samples = measure(runs, || {
+                let decision = engine.decide(&snapshot, &entities, query()).unwrap();
+                std::hint::black_box(decision);
+            });
+            let name = format!(
+                "{n} policies, {}",
+                if slice { "sliced" } else { "whole set" }
+            );
+            results.push((name, samples));
+        }
+    }
+    let rows: Vec<(&str, Vec<std::time::Duration>)> = results
+        .iter()
+        .map(|(name, samples)| (name.as_str(), samples.clone()))
+        .collect();
+    println!("{iterations} iterations per case (whole set on 100,000: a hundredth)");
+    print_table(&rows);
+}

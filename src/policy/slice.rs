@@ -1,0 +1,264 @@
+//! Policy slicing: an index of every policy's scope, built once per snapshot, that picks
+//! for one request the few policies whose scope can match it, so that a decision costs
+//! what those cost and not what the whole set costs.
+//!
+//! A policy's scope is three constraints, on principal, action and resource: none (any),
+//! `==` an entity, `in` an entity, `is` a type, or `is` a type `in` an entity (the action:
+//! none, `==`, or `in` a list). Whether a scope matches depends only on the request's
+//! three entities, their types, and their ancestors in the call's entity store, and
+//! evaluating a scope never errors. So a policy whose scope cannot match would be neither
+//! satisfied nor in error if Cedar evaluated it: leaving it out changes neither the
+//! decision, nor its reasons, nor its errors.
+//!
+//! [`PolicyIndex::slice`] looks up, for the side (principal, action or resource) with the
+//! fewest candidates, the lists keyed by the entity, its ancestors and its type (plus the
+//! unconstrained ones), and keeps those whose other two constraints also match. Template
+//! links are not read from a policy directory; a set that had one would be served whole.
+
+use std::{
+    borrow::Cow,
+    collections::{HashMap, HashSet},
+};
+
+use cedar_policy::{
+    ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
+    ResourceConstraint,
+};
+
+/// A principal or resource constraint.
+#[derive(Debug, Clone)]
+enum EntityScope {
+    Any,
+    Eq(EntityUid),
+    In(EntityUid),
+    Is(EntityTypeName),
+    IsIn(EntityTypeName, EntityUid),
+}
+
+impl From<PrincipalConstraint> for EntityScope {
+    fn from(c: PrincipalConstraint) -> Self {
+        match c {
+            PrincipalConstraint::Any => Self::Any,
+            PrincipalConstraint::Eq(e) => Self::Eq(e),
+            PrincipalConstraint::In(e) => Self::In(e),
+            PrincipalConstraint::Is(t) => Self::Is(t),
+            PrincipalConstraint::IsIn(t, e) => Self::IsIn(t, e),
+        }
+    }
+}
+
+impl From<ResourceConstraint> for EntityScope {
+    fn from(c: ResourceConstraint) -> Self {
+        match c {
+            ResourceConstraint::Any => Self::Any,
+            ResourceConstraint::Eq(e) => Self::Eq(e),
+            ResourceConstraint::In(e) => Self::In(e),
+            ResourceConstraint::Is(t) => Self::Is(t),
+            ResourceConstraint::IsIn(t, e) => Self::IsIn(t, e),
+        }
+    }
+}
+
+/// One request entity as scopes see it: itself and its ancestors.
+struct Subject<'a> {
+    uid: &'a EntityUid,
+    ancestors: HashSet<&'a EntityUid>,
+}
+
+impl<'a> Subject<'a> {
+    fn new(uid: &'a EntityUid, entities: &'a Entities) -> Self {
+        let ancestors = entities
+            .ancestors(uid)
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        Self { uid, ancestors }
+    }
+
+    /// `self in e`: itself or an ancestor.
+    fn within(&self, e: &EntityUid) -> bool {
+        e == self.uid || self.ancestors.contains(e)
+    }
+
+    fn matches(&self, scope: &EntityScope) -> bool {
+        match scope {
+            EntityScope::Any => true,
+            EntityScope::Eq(e) => e == self.uid,
+            EntityScope::In(e) => self.within(e),
+            EntityScope::Is(t) => self.uid.type_name() == t,
+            EntityScope::IsIn(t, e) => self.uid.type_name() == t && self.within(e),
+        }
+    }
+
+    fn matches_action(&self, scope: &ActionConstraint) -> bool {
+        match scope {
+            ActionConstraint::Any => true,
+            ActionConstraint::Eq(e) => e == self.uid,
+            ActionConstraint::In(list) => list.iter().any(|e| self.within(e)),
+        }
+    }
+
+    /// The entity and its ancestors, the keys `==` and `in` lists are found under.
+    fn keys(&self) -> impl Iterator<Item = &EntityUid> {
+        std::iter::once(self.uid).chain(self.ancestors.iter().copied())
+    }
+}
+
+/// The policies of one side (principal or resource), by what their constraint names.
+#[derive(Debug, Default)]
+struct SideIndex {
+    any: Vec<usize>,
+    /// `==` e, by e.
+    eq: HashMap<EntityUid, Vec<usize>>,
+    /// `in` e and `is T in` e, by e.
+    within: HashMap<EntityUid, Vec<usize>>,
+    /// `is T`, by T.
+    is: HashMap<EntityTypeName, Vec<usize>>,
+}
+
+impl SideIndex {
+    fn add(&mut self, scope: &EntityScope, policy: usize) {
+        let list = match scope {
+            EntityScope::Any => &mut self.any,
+            EntityScope::Eq(e) => self.eq.entry(e.clone()).or_default(),
+            EntityScope::In(e) | EntityScope::IsIn(_, e) => {
+                self.within.entry(e.clone()).or_default()
+            }
+            EntityScope::Is(t) => self.is.entry(t.clone()).or_default(),
+        };
+        list.push(policy);
+    }
+
+    /// Every list a policy matching `subject` on this side is in (it may be in none of
+    /// them only if it cannot match).
+    fn lists<'s>(&'s self, subject: &Subject<'_>) -> Vec<&'s [usize]> {
+        let mut lists = vec![self.any.as_slice()];
+        lists.extend(self.eq.get(subject.uid).map(Vec::as_slice));
+        lists.extend(self.is.get(subject.uid.type_name()).map(Vec::as_slice));
+        lists.extend(
+            subject
+                .keys()
+                .filter_map(|k| self.within.get(k).map(Vec::as_slice)),
+        );
+        lists
+    }
+}
+
+/// The scope of every static policy of a snapshot, indexed for [`PolicyIndex::slice`].
+#[derive(Debug, Default)]
+pub struct PolicyIndex {
+    policies: Vec<Policy>,
+    scopes: Vec<(EntityScope, ActionConstraint, EntityScope)>,
+    principal: SideIndex,
+    resource: SideIndex,
+    /// Action constraints: unconstrained, and by each entity `==` or `in` names.
+    action_any: Vec<usize>,
+    action_by: HashMap<EntityUid, Vec<usize>>,
+    /// False when the set holds template-linked policies: it is then served whole.
+    usable: bool,
+}
+
+impl PolicyIndex {
+    /// Indexes the static policies of `set`.
+    pub fn new(set: &PolicySet) -> Self {
+        let mut index = Self {
+            usable: true,
+            ..Self::default()
+        };
+        for policy in set.policies() {
+            if !policy.is_static() {
+                index.usable = false;
+                continue;
+            }
+            let i = index.policies.len();
+            let principal = EntityScope::from(policy.principal_constraint());
+            let resource = EntityScope::from(policy.resource_constraint());
+            let action = policy.action_constraint();
+            index.principal.add(&principal, i);
+            index.resource.add(&resource, i);
+            match &action {
+                ActionConstraint::Any => index.action_any.push(i),
+                ActionConstraint::Eq(e) => index.action_by.entry(e.clone()).or_default().push(i),
+                ActionConstraint::In(list) => {
+                    for e in list {
+                        index.action_by.entry(e.clone()).or_default().push(i);
+                    }
+                }
+            }
+            index.policies.push(policy.clone());
+            index.scopes.push((principal, action, resource));
+        }
+        index
+    }
+
+    /// The policies of `full` (the set this index was built from) that can apply to a
+    /// request for `principal`, `action` and `resource`, with ancestors from `entities`:
+    /// `full` itself when slicing would not leave out enough to pay for itself.
+    pub fn slice<'s>(
+        &self,
+        full: &'s PolicySet,
+        principal: &EntityUid,
+        action: &EntityUid,
+        resource: &EntityUid,
+        entities: &Entities,
+    ) -> Cow<'s, PolicySet> {
+        self.slice_if(full, [principal, action, resource], entities, true)
+    }
+
+    /// [`PolicyIndex::slice`]; with `only_if_worth_it` false it slices whatever the
+    /// size (tests use that to exercise every path).
+    fn slice_if<'s>(
+        &self,
+        full: &'s PolicySet,
+        [principal, action, resource]: [&EntityUid; 3],
+        entities: &Entities,
+        only_if_worth_it: bool,
+    ) -> Cow<'s, PolicySet> {
+        if !self.usable {
+            return Cow::Borrowed(full);
+        }
+        let p = Subject::new(principal, entities);
+        let a = Subject::new(action, entities);
+        let r = Subject::new(resource, entities);
+        let action_lists: Vec<&[usize]> = std::iter::once(self.action_any.as_slice())
+            .chain(
+                a.keys()
+                    .filter_map(|k| self.action_by.get(k).map(Vec::as_slice)),
+            )
+            .collect();
+        let sides = [
+            self.principal.lists(&p),
+            action_lists,
+            self.resource.lists(&r),
+        ];
+        let size = |lists: &Vec<&[usize]>| lists.iter().map(|l| l.len()).sum::<usize>();
+        let Some(smallest) = sides.iter().min_by_key(|lists| size(lists)) else {
+            return Cow::Borrowed(full);
+        };
+        // Building a set costs about as much per policy as evaluating a simple one: past
+        // half of the set, the whole set is cheaper.
+        if only_if_worth_it && size(smallest) * 2 > self.policies.len() {
+            return Cow::Borrowed(full);
+        }
+        let mut chosen: Vec<usize> = smallest
+            .iter()
+            .flat_map(|l| l.iter().copied())
+            .filter(|&i| {
+                let (ps, acts, rs) = &self.scopes[i];
+                p.matches(ps) && a.matches_action(acts) && r.matches(rs)
+            })
+            .collect();
+        // An action `in [..]` list can hold one policy under several keys.
+        chosen.sort_unstable();
+        chosen.dedup();
+        let slice = PolicySet::from_policies(chosen.into_iter().map(|i| self.policies[i].clone()));
+        match slice {
+            Ok(set) => Cow::Owned(set),
+            // Cannot happen: the policies came out of one set, with distinct ids. Whole is
+            // always right.
+            Err(_) => Cow::Borrowed(full),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

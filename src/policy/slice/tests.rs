@@ -1,0 +1,217 @@
+//! Slicing must never change an answer: random policy sets over a multi-level entity
+//! hierarchy, each decided for every request with the whole set and with the slice.
+
+use std::str::FromStr;
+
+use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicySet, Request, Response};
+
+use super::PolicyIndex;
+
+/// xorshift64*: a fixed sequence, so a failure names a seed that reproduces it.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+}
+
+/// Users in groups three levels deep, documents in nested folders, and actions in two
+/// levels of action groups.
+const ENTITIES: &str = r#"[
+  {"uid": {"type": "User", "id": "u0"}, "attrs": {"level": 1}, "parents": [{"type": "Group", "id": "g0"}]},
+  {"uid": {"type": "User", "id": "u1"}, "attrs": {"level": 5}, "parents": [{"type": "Group", "id": "g1"}, {"type": "Group", "id": "g3"}]},
+  {"uid": {"type": "User", "id": "u2"}, "attrs": {"level": 3}, "parents": []},
+  {"uid": {"type": "User", "id": "u3"}, "attrs": {}, "parents": [{"type": "Group", "id": "g2"}]},
+  {"uid": {"type": "Group", "id": "g0"}, "attrs": {}, "parents": [{"type": "Group", "id": "g1"}]},
+  {"uid": {"type": "Group", "id": "g1"}, "attrs": {}, "parents": [{"type": "Group", "id": "g2"}]},
+  {"uid": {"type": "Group", "id": "g2"}, "attrs": {}, "parents": []},
+  {"uid": {"type": "Group", "id": "g3"}, "attrs": {}, "parents": [{"type": "Group", "id": "g2"}]},
+  {"uid": {"type": "Folder", "id": "f0"}, "attrs": {}, "parents": [{"type": "Folder", "id": "f1"}]},
+  {"uid": {"type": "Folder", "id": "f1"}, "attrs": {}, "parents": []},
+  {"uid": {"type": "Doc", "id": "d0"}, "attrs": {"owner": {"__entity": {"type": "User", "id": "u0"}}}, "parents": [{"type": "Folder", "id": "f0"}]},
+  {"uid": {"type": "Doc", "id": "d1"}, "attrs": {"owner": {"__entity": {"type": "User", "id": "u1"}}}, "parents": [{"type": "Folder", "id": "f1"}]},
+  {"uid": {"type": "Doc", "id": "d2"}, "attrs": {}, "parents": []},
+  {"uid": {"type": "Action", "id": "read"}, "attrs": {}, "parents": [{"type": "Action", "id": "all"}]},
+  {"uid": {"type": "Action", "id": "write"}, "attrs": {}, "parents": [{"type": "Action", "id": "edit"}]},
+  {"uid": {"type": "Action", "id": "delete"}, "attrs": {}, "parents": [{"type": "Action", "id": "edit"}]},
+  {"uid": {"type": "Action", "id": "edit"}, "attrs": {}, "parents": [{"type": "Action", "id": "all"}]},
+  {"uid": {"type": "Action", "id": "all"}, "attrs": {}, "parents": []}
+]"#;
+
+const PRINCIPALS: &[&str] = &[
+    r#"User::"u0""#,
+    r#"User::"u1""#,
+    r#"User::"u2""#,
+    r#"User::"u3""#,
+    r#"User::"ghost""#,
+    r#"Group::"g0""#,
+    r#"Group::"g2""#,
+];
+const ACTIONS: &[&str] = &[
+    r#"Action::"read""#,
+    r#"Action::"write""#,
+    r#"Action::"delete""#,
+    r#"Action::"edit""#,
+    r#"Action::"all""#,
+];
+const RESOURCES: &[&str] = &[
+    r#"Doc::"d0""#,
+    r#"Doc::"d1""#,
+    r#"Doc::"d2""#,
+    r#"Folder::"f0""#,
+    r#"Folder::"f1""#,
+];
+
+fn random_policy(rng: &mut Rng, i: usize) -> String {
+    let effect = rng.pick(&["permit", "permit", "forbid"]);
+    let principal = rng.pick(&[
+        "principal",
+        "principal",
+        r#"principal == User::"u1""#,
+        r#"principal == User::"ghost""#,
+        r#"principal == Group::"g0""#,
+        r#"principal in Group::"g0""#,
+        r#"principal in Group::"g2""#,
+        r#"principal in User::"u2""#,
+        "principal is User",
+        "principal is Group",
+        r#"principal is User in Group::"g1""#,
+        r#"principal is Group in Group::"g2""#,
+    ]);
+    let action = rng.pick(&[
+        "action",
+        "action",
+        r#"action == Action::"read""#,
+        r#"action == Action::"edit""#,
+        r#"action in Action::"edit""#,
+        r#"action in [Action::"read", Action::"delete"]"#,
+        r#"action in [Action::"all"]"#,
+    ]);
+    let resource = rng.pick(&[
+        "resource",
+        "resource",
+        r#"resource == Doc::"d0""#,
+        r#"resource == Folder::"f1""#,
+        r#"resource in Folder::"f1""#,
+        r#"resource in Folder::"f0""#,
+        "resource is Doc",
+        r#"resource is Doc in Folder::"f1""#,
+        r#"resource is Folder in Folder::"f1""#,
+    ]);
+    let condition = rng.pick(&[
+        "",
+        "",
+        "when { context.flag }",
+        "unless { context.flag }",
+        // Errors for a principal without `level` (groups, u3, ghost).
+        "when { principal.level > 2 }",
+        // Errors for a resource without `owner` (folders, d2).
+        "when { resource.owner == principal }",
+        // Always an evaluation error (overflow).
+        "when { 9223372036854775807 + 1 > 0 }",
+    ]);
+    format!("@id(\"p{i}\")\n{effect}({principal}, {action}, {resource}) {condition};\n")
+}
+
+/// What an answer is made of, in a form to compare.
+fn answer(response: &Response) -> (bool, Vec<String>, Vec<String>) {
+    let diagnostics = response.diagnostics();
+    let mut reasons: Vec<String> = diagnostics.reason().map(ToString::to_string).collect();
+    reasons.sort();
+    let mut errors: Vec<String> = diagnostics.errors().map(ToString::to_string).collect();
+    errors.sort();
+    (
+        response.decision() == cedar_policy::Decision::Allow,
+        reasons,
+        errors,
+    )
+}
+
+#[test]
+fn a_slice_decides_every_request_exactly_as_the_whole_set() {
+    let entities = Entities::from_json_str(ENTITIES, None).expect("the test entities parse");
+    let authorizer = Authorizer::new();
+    let uid = |text: &str| EntityUid::from_str(text).expect("a test uid");
+    let (mut requests, mut smaller) = (0usize, 0usize);
+    for seed in 1..=60u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let count = rng.below(40);
+        let text: String = (0..count).map(|i| random_policy(&mut rng, i)).collect();
+        let full =
+            PolicySet::from_str(&text).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{text}"));
+        let index = PolicyIndex::new(&full);
+        for principal in PRINCIPALS {
+            for action in ACTIONS {
+                for resource in RESOURCES {
+                    let flag = rng.below(2) == 1;
+                    let context =
+                        Context::from_json_value(serde_json::json!({ "flag": flag }), None)
+                            .unwrap();
+                    let (p, a, r) = (uid(principal), uid(action), uid(resource));
+                    let request =
+                        Request::new(p.clone(), a.clone(), r.clone(), context, None).unwrap();
+                    let whole = answer(&authorizer.is_authorized(&request, &full, &entities));
+                    for only_if_worth_it in [false, true] {
+                        let slice =
+                            index.slice_if(&full, [&p, &a, &r], &entities, only_if_worth_it);
+                        if slice.num_of_policies() < full.num_of_policies() {
+                            smaller += 1;
+                        }
+                        let sliced = answer(&authorizer.is_authorized(&request, &slice, &entities));
+                        assert_eq!(
+                            sliced, whole,
+                            "seed {seed}: {principal} {action} {resource} flag={flag}\n{text}"
+                        );
+                    }
+                    requests += 1;
+                }
+            }
+        }
+    }
+    // The slices were real: most left policies out.
+    assert!(requests > 10_000, "{requests}");
+    assert!(
+        smaller > requests / 2,
+        "{smaller} of {requests} slices were smaller"
+    );
+}
+
+#[test]
+fn a_set_with_template_links_is_served_whole() {
+    use cedar_policy::{Policy, PolicyId, SlotId, Template};
+    let mut set = PolicySet::new();
+    let template = "permit(principal == ?principal, action, resource);";
+    set.add_template(Template::parse(Some(PolicyId::new("t")), template).unwrap())
+        .unwrap();
+    let static_one = r#"permit(principal == User::"a", action, resource);"#;
+    set.add(Policy::parse(Some(PolicyId::new("s")), static_one).unwrap())
+        .unwrap();
+    set.link(
+        PolicyId::new("t"),
+        PolicyId::new("t-b"),
+        [(
+            SlotId::principal(),
+            EntityUid::from_str(r#"User::"b""#).unwrap(),
+        )]
+        .into(),
+    )
+    .unwrap();
+    let index = PolicyIndex::new(&set);
+    let entities = Entities::empty();
+    let b = EntityUid::from_str(r#"User::"b""#).unwrap();
+    let act = EntityUid::from_str(r#"Action::"x""#).unwrap();
+    let slice = index.slice_if(&set, [&b, &act, &b], &entities, false);
+    assert!(matches!(slice, std::borrow::Cow::Borrowed(_)));
+}
