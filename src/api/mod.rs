@@ -9,6 +9,7 @@
 
 mod authorizer;
 mod callers;
+pub mod codec;
 mod convert;
 mod ext_authz;
 pub mod incoming;

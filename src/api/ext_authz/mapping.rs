@@ -15,6 +15,7 @@ use prost_types::{Struct, value::Kind};
 use serde_json::{Map, Value as Json};
 
 use crate::{
+    api::codec::UNDECODABLE,
     config::ext_authz::{ContextPart, ExtAuthz, PrincipalRule, Source},
     engine::{ContextInput, Query, RequestError},
     proto::envoy::{
@@ -107,6 +108,9 @@ pub(super) fn map(
             "missing: not a check from Envoy's HTTP ext_authz filter",
         )
     })?;
+    if let Some(reason) = attributes.context_extensions.get(UNDECODABLE) {
+        return Err(RequestError::invalid("request", format!("does not decode: {reason}")).into());
+    }
     let http = attributes
         .request
         .as_ref()
