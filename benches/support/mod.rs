@@ -187,3 +187,8 @@ pub fn request(
         ..Default::default()
     }
 }
+
+/// The allocator the server binary runs with (src/main.rs), so that benchmarks measure
+/// what is deployed.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
