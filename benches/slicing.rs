@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::{path::Path, str::FromStr};
+use std::str::FromStr;
 
 use cedar_pdp::{
     engine::{ContextInput, Engine, EngineOptions, EntitiesInput, Query},
@@ -17,44 +17,6 @@ use cedar_pdp::{
 };
 use cedar_policy::{Context, EntityUid};
 use support::*;
-
-const TENANTS: usize = 1_000;
-
-const SCHEMA: &str = "entity Tenant;\n\
-    entity User in [Tenant] = { suspended: Bool };\n\
-    entity Doc in [Tenant];\n\
-    action read, write appliesTo { principal: [User], resource: [Doc], context: { level: Long } };\n";
-
-/// `n` policies: policy `p{i}` lets user `u{i}` read (even `i`) or write (odd) the
-/// documents of tenant `t{i % 1000}` at a level; two forbids apply to every request.
-fn tenant_dir(dir: &Path, n: usize) {
-    std::fs::write(dir.join("schema.cedarschema"), SCHEMA).unwrap();
-    let mut text = String::from(
-        "@id(\"no-suspended\")\nforbid(principal, action, resource) when { principal.suspended };\n\
-         @id(\"no-level-0\")\nforbid(principal, action, resource) when { context.level == 0 };\n",
-    );
-    for i in 0..n {
-        let action = if i % 2 == 0 { "read" } else { "write" };
-        text.push_str(&format!(
-            "@id(\"p{i}\")\npermit(principal == User::\"u{i}\", action == Action::\"{action}\", resource in Tenant::\"t{}\") when {{ context.level > {} }};\n",
-            i % TENANTS,
-            i % 3
-        ));
-    }
-    std::fs::write(dir.join("policies.cedar"), text).unwrap();
-    let mut entities = vec![serde_json::json!({
-        "uid": {"type": "User", "id": "u7"}, "attrs": {"suspended": false},
-        "parents": [{"type": "Tenant", "id": "t7"}]
-    })];
-    entities.push(serde_json::json!({
-        "uid": {"type": "Doc", "id": "d7"}, "attrs": {}, "parents": [{"type": "Tenant", "id": "t7"}]
-    }));
-    std::fs::write(
-        dir.join("entities.json"),
-        serde_json::to_string(&entities).unwrap(),
-    )
-    .unwrap();
-}
 
 fn main() {
     let iterations = iterations_arg(20_000);

@@ -44,6 +44,44 @@ pub fn large_dir(dir: &std::path::Path) {
     }
 }
 
+const TENANTS: usize = 1_000;
+
+const TENANT_SCHEMA: &str = "entity Tenant;\n\
+    entity User in [Tenant] = { suspended: Bool };\n\
+    entity Doc in [Tenant];\n\
+    action read, write appliesTo { principal: [User], resource: [Doc], context: { level: Long } };\n";
+
+/// `n` policies: policy `p{i}` lets user `u{i}` read (even `i`) or write (odd) the
+/// documents of tenant `t{i % 1000}` at a level; two forbids apply to every request.
+pub fn tenant_dir(dir: &std::path::Path, n: usize) {
+    std::fs::write(dir.join("schema.cedarschema"), TENANT_SCHEMA).unwrap();
+    let mut text = String::from(
+        "@id(\"no-suspended\")\nforbid(principal, action, resource) when { principal.suspended };\n\
+         @id(\"no-level-0\")\nforbid(principal, action, resource) when { context.level == 0 };\n",
+    );
+    for i in 0..n {
+        let action = if i % 2 == 0 { "read" } else { "write" };
+        text.push_str(&format!(
+            "@id(\"p{i}\")\npermit(principal == User::\"u{i}\", action == Action::\"{action}\", resource in Tenant::\"t{}\") when {{ context.level > {} }};\n",
+            i % TENANTS,
+            i % 3
+        ));
+    }
+    std::fs::write(dir.join("policies.cedar"), text).unwrap();
+    let mut entities = vec![serde_json::json!({
+        "uid": {"type": "User", "id": "u7"}, "attrs": {"suspended": false},
+        "parents": [{"type": "Tenant", "id": "t7"}]
+    })];
+    entities.push(serde_json::json!({
+        "uid": {"type": "Doc", "id": "d7"}, "attrs": {}, "parents": [{"type": "Tenant", "id": "t7"}]
+    }));
+    std::fs::write(
+        dir.join("entities.json"),
+        serde_json::to_string(&entities).unwrap(),
+    )
+    .unwrap();
+}
+
 /// The first number among the benchmark's arguments, else `default`.
 pub fn iterations_arg(default: usize) -> usize {
     std::env::args()

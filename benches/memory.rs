@@ -1,0 +1,71 @@
+//! Resident memory of the real server holding large policy sets: the release binary is
+//! started on a generated multi-tenant directory (the sets of `benches/slicing.rs`) and,
+//! once it says it is listening, its resident set (VmRSS) and peak (VmHWM) are read from
+//! /proc. Linux only.
+//!
+//! Run: `cargo bench --bench memory` (optionally `-- <policies>`, default 40000 and
+//! 100000).
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
+
+use support::*;
+
+/// `VmRSS` and `VmHWM` of `pid`, in MiB.
+fn memory(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+            .expect("a memory field")
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn main() {
+    let sizes: Vec<usize> = match std::env::args().skip(1).find_map(|a| a.parse().ok()) {
+        Some(n) => vec![n],
+        None => vec![40_000, 100_000],
+    };
+    println!("{:<12} {:>12} {:>12}", "policies", "VmRSS MiB", "VmHWM MiB");
+    for n in sizes {
+        let dir = tempfile::tempdir().unwrap();
+        tenant_dir(dir.path(), n);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cedar-pdp"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--policies")
+            .arg(dir.path())
+            .args(["--log-format", "json", "--audit-sink", "off"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the server starts");
+        let stdout = child.stdout.take().unwrap();
+        let listening = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("\"listening\""));
+        assert!(
+            listening,
+            "{n} policies: the server never said it was listening"
+        );
+        let (rss, peak) = memory(child.id());
+        println!("{n:<12} {rss:>12.1} {peak:>12.1}");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
