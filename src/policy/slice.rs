@@ -21,8 +21,8 @@ use std::{
 };
 
 use cedar_policy::{
-    ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
-    ResourceConstraint,
+    ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
+    PrincipalConstraint, ResourceConstraint,
 };
 
 /// A principal or resource constraint.
@@ -146,7 +146,9 @@ impl SideIndex {
 /// The scope of every static policy of a snapshot, indexed for [`PolicyIndex::slice`].
 #[derive(Debug, Default)]
 pub struct PolicyIndex {
-    policies: Vec<Policy>,
+    /// Ids, not policies: the set already holds them, and a copy costs over a kilobyte
+    /// a policy.
+    ids: Vec<PolicyId>,
     scopes: Vec<(EntityScope, ActionConstraint, EntityScope)>,
     principal: SideIndex,
     resource: SideIndex,
@@ -169,7 +171,7 @@ impl PolicyIndex {
                 index.usable = false;
                 continue;
             }
-            let i = index.policies.len();
+            let i = index.ids.len();
             let principal = EntityScope::from(policy.principal_constraint());
             let resource = EntityScope::from(policy.resource_constraint());
             let action = policy.action_constraint();
@@ -184,7 +186,7 @@ impl PolicyIndex {
                     }
                 }
             }
-            index.policies.push(policy.clone());
+            index.ids.push(policy.id().clone());
             index.scopes.push((principal, action, resource));
         }
         index
@@ -236,7 +238,7 @@ impl PolicyIndex {
         };
         // Building a set costs about as much per policy as evaluating a simple one: past
         // half of the set, the whole set is cheaper.
-        if only_if_worth_it && size(smallest) * 2 > self.policies.len() {
+        if only_if_worth_it && size(smallest) * 2 > self.ids.len() {
             return Cow::Borrowed(full);
         }
         let mut chosen: Vec<usize> = smallest
@@ -250,12 +252,15 @@ impl PolicyIndex {
         // An action `in [..]` list can hold one policy under several keys.
         chosen.sort_unstable();
         chosen.dedup();
-        let slice = PolicySet::from_policies(chosen.into_iter().map(|i| self.policies[i].clone()));
-        match slice {
-            Ok(set) => Cow::Owned(set),
-            // Cannot happen: the policies came out of one set, with distinct ids. Whole is
-            // always right.
-            Err(_) => Cow::Borrowed(full),
+        let policies: Option<Vec<Policy>> = chosen
+            .into_iter()
+            .map(|i| full.policy(&self.ids[i]).cloned())
+            .collect();
+        // Neither can fail (the index was built from `full`, whose ids are distinct), and
+        // the whole set is always right.
+        match policies.map(PolicySet::from_policies) {
+            Some(Ok(set)) => Cow::Owned(set),
+            _ => Cow::Borrowed(full),
         }
     }
 }
