@@ -2,7 +2,12 @@
 //! and audit records. The question of each decision is noted before the request is
 //! consumed, and only when the audit log is on.
 
-use std::{collections::HashMap, net::SocketAddr, time::Instant};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
+};
 
 use serde_json::{Map, Value as Json};
 
@@ -143,16 +148,27 @@ impl Call<'_> {
         self.audit.enabled()
     }
 
-    /// Records a caller refused by the allow-list of its API: counted and logged (the
-    /// identity is a certificate's name, not a secret).
+    /// Records a caller refused by the allow-list of its API: counted, and logged (the
+    /// identity is a certificate's name, not a secret) as a warning once a second at
+    /// most, so that a refused client cannot flood the log; the others at debug level.
     pub(crate) fn caller_refused(&self, refused: &CallerRefused) {
+        static LAST_WARNING: AtomicU64 = AtomicU64::new(u64::MAX);
         self.metrics.call_took(self.api, self.started.elapsed());
         self.metrics.rejected(self.api, Rejection::CallerNotAllowed);
-        tracing::warn!(
-            caller = %refused.identities.join(", "),
-            peer = ?self.peer,
-            "caller refused: not on this API's allow-list"
-        );
+        let caller = refused.identities.join(", ");
+        let second = std::time::UNIX_EPOCH
+            .elapsed()
+            .map_or(0, |since| since.as_secs());
+        let last = LAST_WARNING.load(Ordering::Relaxed);
+        if last != second
+            && LAST_WARNING
+                .compare_exchange(last, second, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(%caller, peer = ?self.peer, "caller refused: not on this API's allow-list");
+        } else {
+            tracing::debug!(%caller, peer = ?self.peer, "caller refused: not on this API's allow-list");
+        }
     }
 
     /// Records a refused call: counted by reason, logged at debug in the call's span.
