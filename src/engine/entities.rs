@@ -28,12 +28,12 @@ pub(super) fn merge<'s>(
         EntitiesInput::Typed(list) => ("entities", typed(list, schema, options)?),
         EntitiesInput::Json(json) => ("entities_json", from_json(&json, schema, options)?),
     };
-    let stored = snapshot
+    // Cedar's upsert replaces stored entities of the same uid and repairs the transitive
+    // closure only around what changed; the clone shares every stored entity.
+    snapshot
         .entities()
-        .iter()
-        .filter(|entity| own.get(&entity.uid()).is_none())
-        .cloned();
-    Entities::from_entities(stored.chain(own.iter().cloned()), None)
+        .clone()
+        .upsert_entities(own.iter().cloned(), None)
         .map(Cow::Owned)
         .map_err(|e| RequestError::invalid(field, describe(&e)))
 }

@@ -1,0 +1,103 @@
+//! Decision cost against the size of the stored entity set (`entities.json`): 10 and
+//! 100,000 stored users under 1,000 tenants, the engine alone, for a call that sends no
+//! entities and for one that sends one (which today merges it into a copy of the store).
+//!
+//! Run: `cargo bench --bench entities` (optionally `-- <iterations>`, default 5000; the
+//! 100,000-entity case with a request entity runs a hundredth as many).
+
+mod support;
+
+use std::str::FromStr;
+
+use cedar_pdp::{
+    engine::{ContextInput, Engine, EngineOptions, EntitiesInput, EntityInput, Query},
+    policy::{LoadOptions, PolicyStore},
+};
+use cedar_policy::{Context, EntityUid, RestrictedExpression};
+use support::*;
+
+/// The policies of `tenant_dir` (1,000 of them), with `users` stored users.
+fn store_with(dir: &std::path::Path, users: usize) {
+    tenant_dir(dir, 1_000);
+    let entities: Vec<_> = (0..users)
+        .map(|i| {
+            serde_json::json!({
+                "uid": {"type": "User", "id": format!("u{i}")},
+                "attrs": {"suspended": false},
+                "parents": [{"type": "Tenant", "id": format!("t{}", i % 1_000)}]
+            })
+        })
+        .chain(std::iter::once(serde_json::json!({
+            "uid": {"type": "Doc", "id": "d7"}, "attrs": {},
+            "parents": [{"type": "Tenant", "id": "t7"}]
+        })))
+        .collect();
+    std::fs::write(
+        dir.join("entities.json"),
+        serde_json::to_string(&entities).unwrap(),
+    )
+    .unwrap();
+}
+
+fn main() {
+    let iterations = iterations_arg(5_000);
+    let uid = |s: &str| EntityUid::from_str(s).unwrap();
+    let engine = Engine::new(EngineOptions::default());
+    let mut results = Vec::new();
+    for users in [10, 100_000] {
+        let dir = tempfile::tempdir().unwrap();
+        store_with(dir.path(), users);
+        let (store, _) =
+            PolicyStore::open(dir.path(), LoadOptions::default()).expect("the set loads");
+        let snapshot = store.current();
+        let query = || Query {
+            principal: uid(r#"User::"u7""#),
+            action: uid(r#"Action::"write""#),
+            resource: uid(r#"Doc::"d7""#),
+            context: ContextInput::Value(
+                Context::from_json_value(serde_json::json!({"level": 2}), None).unwrap(),
+            ),
+        };
+        // A document sent with the call, as a caller that owns its resources does.
+        let sent = || {
+            EntitiesInput::Typed(vec![EntityInput {
+                uid: uid(r#"Doc::"d7""#),
+                attrs: Vec::<(String, RestrictedExpression)>::new(),
+                parents: vec![uid(r#"Tenant::"t7""#)],
+                tags: Vec::new(),
+            }])
+        };
+        for with_entity in [false, true] {
+            let decide = || {
+                let input = if with_entity {
+                    sent()
+                } else {
+                    EntitiesInput::None
+                };
+                let entities = engine.entities(&snapshot, input).unwrap();
+                engine.decide(&snapshot, &entities, query()).unwrap()
+            };
+            let decision = decide();
+            assert!(decision.allowed && decision.determining_policies == ["p7"]);
+            let runs = if with_entity && users > 10 {
+                (iterations / 100).max(20)
+            } else {
+                iterations
+            };
+            let samples = measure(runs, || {
+                std::hint::black_box(decide());
+            });
+            let name = format!(
+                "{users} stored, {}",
+                if with_entity { "1 sent" } else { "none sent" }
+            );
+            results.push((name, samples));
+        }
+    }
+    let rows: Vec<(&str, Vec<std::time::Duration>)> = results
+        .iter()
+        .map(|(name, samples)| (name.as_str(), samples.clone()))
+        .collect();
+    println!("{iterations} iterations per case (100,000 stored with 1 sent: a hundredth)");
+    print_table(&rows);
+}
