@@ -409,3 +409,42 @@ async fn connections_past_max_connections_are_closed_and_a_freed_slot_is_reused(
     .await;
     server.stop().await;
 }
+
+/// A client watching health (gRPC client-side health checking) sees NOT_SERVING and then
+/// the end of its stream: it does not hold the shutdown for the whole grace period.
+#[tokio::test]
+async fn a_health_watch_sees_not_serving_then_ends_and_does_not_hold_the_shutdown() {
+    use tokio_stream::StreamExt as _;
+    let mut server = TestServer::start_with(cedar_pdp::config::Config {
+        policies: example_policies(),
+        drain: std::time::Duration::from_millis(300),
+        // Longer than `stop` waits: a held shutdown fails the test.
+        shutdown_grace: std::time::Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await;
+    let mut health = HealthClient::new(server.channel().await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "cedarpdp.v1.Authorizer".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.next().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    server.begin_shutdown();
+    let mut seen = Vec::new();
+    while let Some(update) = tokio::time::timeout(std::time::Duration::from_secs(20), watch.next())
+        .await
+        .expect("the watch ends")
+    {
+        seen.push(update.expect("updates, not errors").status);
+    }
+    assert!(
+        seen.contains(&(ServingStatus::NotServing as i32)),
+        "{seen:?}"
+    );
+    server.stop().await;
+}

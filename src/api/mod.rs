@@ -184,6 +184,7 @@ async fn serve_grpc(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let drain = config.drain;
+    let mut health = health;
     let signal = async move {
         shutdown.await;
         health
@@ -202,6 +203,16 @@ async fn serve_grpc(
                 "draining: still answering while callers move away"
             );
             tokio::time::sleep(drain).await;
+        }
+        // Health `Watch` streams never end by themselves: a client watching (gRPC
+        // client-side health checking) would hold the shutdown for the whole grace.
+        // Unregistering the services ends them, after they have carried NOT_SERVING.
+        for service in [
+            "",
+            <AuthorizerServer<AuthorizerService> as tonic::server::NamedService>::NAME,
+            <AuthorizationServer<ExtAuthzService> as tonic::server::NamedService>::NAME,
+        ] {
+            health.clear_service_status(service).await;
         }
         tracing::info!("shutting down: no new calls, finishing calls in flight");
     };
