@@ -10,10 +10,10 @@ mod support;
 use std::str::FromStr;
 
 use cedar_pdp::{
-    engine::{ContextInput, Engine, EngineOptions, EntitiesInput, EntityInput, Query},
+    engine::{Engine, EngineOptions, EntitiesInput, EntityInput},
     policy::{LoadOptions, PolicyStore},
 };
-use cedar_policy::{Context, EntityUid, RestrictedExpression};
+use cedar_policy::{EntityUid, RestrictedExpression};
 use support::*;
 
 /// The policies of `tenant_dir` (1,000 of them), with `users` stored users.
@@ -50,14 +50,6 @@ fn main() {
         let (store, _) =
             PolicyStore::open(dir.path(), LoadOptions::default()).expect("the set loads");
         let snapshot = store.current();
-        let query = || Query {
-            principal: uid(r#"User::"u7""#),
-            action: uid(r#"Action::"write""#),
-            resource: uid(r#"Doc::"d7""#),
-            context: ContextInput::Value(
-                Context::from_json_value(serde_json::json!({"level": 2}), None).unwrap(),
-            ),
-        };
         // A document sent with the call, as a caller that owns its resources does.
         let sent = || {
             EntitiesInput::Typed(vec![EntityInput {
@@ -75,7 +67,7 @@ fn main() {
                     EntitiesInput::None
                 };
                 let entities = engine.entities(&snapshot, input).unwrap();
-                engine.decide(&snapshot, &entities, query()).unwrap()
+                engine.decide(&snapshot, &entities, u7_writes_d7()).unwrap()
             };
             let decision = decide();
             assert!(decision.allowed && decision.determining_policies == ["p7"]);
@@ -94,10 +86,6 @@ fn main() {
             results.push((name, samples));
         }
     }
-    let rows: Vec<(&str, Vec<std::time::Duration>)> = results
-        .iter()
-        .map(|(name, samples)| (name.as_str(), samples.clone()))
-        .collect();
     println!("{iterations} iterations per case (100,000 stored with 1 sent: a hundredth)");
-    print_table(&rows);
+    print_table(&results);
 }

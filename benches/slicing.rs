@@ -9,19 +9,15 @@
 
 mod support;
 
-use std::str::FromStr;
-
 use cedar_pdp::{
-    engine::{ContextInput, Engine, EngineOptions, EntitiesInput, Query},
+    engine::{Engine, EngineOptions, EntitiesInput},
     policy::{LoadOptions, PolicyStore},
 };
-use cedar_policy::{Context, EntityUid};
 use support::*;
 
 fn main() {
     let iterations = iterations_arg(20_000);
     let mut results = Vec::new();
-    let uid = |s: &str| EntityUid::from_str(s).unwrap();
     for n in [10, 1_000, 100_000] {
         let dir = tempfile::tempdir().unwrap();
         tenant_dir(dir.path(), n);
@@ -36,15 +32,7 @@ fn main() {
             let entities = engine
                 .entities(&snapshot, EntitiesInput::None)
                 .expect("the stored entities");
-            let query = || Query {
-                principal: uid(r#"User::"u7""#),
-                action: uid(r#"Action::"write""#),
-                resource: uid(r#"Doc::"d7""#),
-                context: ContextInput::Value(
-                    Context::from_json_value(serde_json::json!({"level": 2}), None).unwrap(),
-                ),
-            };
-            let decision = engine.decide(&snapshot, &entities, query()).unwrap();
+            let decision = engine.decide(&snapshot, &entities, u7_writes_d7()).unwrap();
             assert!(decision.allowed, "{n} policies: u7 writes d7");
             assert_eq!(decision.determining_policies, ["p7"]);
             let runs = if !slice && n > 1_000 {
@@ -53,7 +41,7 @@ fn main() {
                 iterations
             };
             let samples = measure(runs, || {
-                let decision = engine.decide(&snapshot, &entities, query()).unwrap();
+                let decision = engine.decide(&snapshot, &entities, u7_writes_d7()).unwrap();
                 std::hint::black_box(decision);
             });
             let name = format!(
@@ -63,10 +51,6 @@ fn main() {
             results.push((name, samples));
         }
     }
-    let rows: Vec<(&str, Vec<std::time::Duration>)> = results
-        .iter()
-        .map(|(name, samples)| (name.as_str(), samples.clone()))
-        .collect();
     println!("{iterations} iterations per case (whole set on 100,000: a hundredth)");
-    print_table(&rows);
+    print_table(&results);
 }

@@ -21,8 +21,8 @@ use cedar_pdp::{
 use clap::{Parser, Subcommand};
 
 /// mimalloc instead of glibc's malloc: a decision allocates and frees many small values
-/// on every worker thread, and glibc's arenas contend on their locks. Under load it
-/// serves about 1.4x the calls (benches/load.rs, README "Under load").
+/// on every worker thread, and glibc's arenas contend on their locks (benches/load.rs,
+/// README "Under load").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -576,19 +576,6 @@ impl Envoy {
 // ---------------------------------------------------------------------------------------
 // The test.
 
-/// The JSON lines of a file, once it holds at least `count` (the audit log is written by
-/// a background thread).
-async fn json_lines(path: &Path, count: usize) -> Vec<Value> {
-    eventually(PATIENCE, "audit records", || async {
-        let lines: Vec<Value> = read_lossy(path)
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("an audit line is JSON"))
-            .collect();
-        (lines.len() >= count).then_some(lines)
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs envoy; run by .ci/run"]
 async fn envoy_with_the_docs_config_asks_cedar_pdp_about_every_request() {
@@ -753,7 +740,7 @@ async fn envoy_with_the_docs_config_asks_cedar_pdp_about_every_request() {
 
     // cedar-pdp's audit log: one record per check (the six that reached it), with the
     // verified claims that came through Envoy's metadata.
-    let records = json_lines(&audit, 6).await;
+    let records = audit_lines(&audit, 6).await;
     assert_eq!(records.len(), 6, "{records:#?}");
     let audited = records
         .iter()

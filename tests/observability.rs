@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::{fs, time::Duration};
+use std::fs;
 
 use cedar_pdp::{
     Config,
@@ -12,8 +12,6 @@ use cedar_pdp::{
 };
 use common::*;
 use tonic::Request;
-
-const LONG: Duration = Duration::from_secs(10);
 
 fn doc() -> pb::EntityUid {
     p("Document", "acme-roadmap-q3")
@@ -178,19 +176,6 @@ async fn the_callers_request_id_is_echoed_and_a_new_one_made_when_missing_or_unu
     let status = client.is_authorized(bad).await.unwrap_err();
     assert_eq!(status.metadata().get("x-request-id").unwrap(), "bad-1");
     server.stop().await;
-}
-
-/// Reads the audit file until it has `n` lines (the writer is a thread of its own).
-async fn audit_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
-    eventually(LONG, "the audit records to be written", || async {
-        let text = fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<_> = text.lines().map(str::to_owned).collect();
-        (lines.len() >= n).then_some(lines)
-    })
-    .await
-    .iter()
-    .map(|line| serde_json::from_str(line).expect("each audit line is JSON"))
-    .collect()
 }
 
 fn audited_server_config(path: &std::path::Path, allow_sample_rate: f64) -> Config {

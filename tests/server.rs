@@ -111,13 +111,7 @@ async fn shutdown_lets_running_clients_finish_cleanly_then_stops_listening() {
             tokio::spawn(async move {
                 let mut answered = 0usize;
                 loop {
-                    let call = client
-                        .is_authorized(request(
-                            p("User", "bob"),
-                            action("read"),
-                            p("Document", "acme-roadmap-q3"),
-                        ))
-                        .await;
+                    let call = client.is_authorized(bob_reads_roadmap()).await;
                     match call {
                         Ok(response) => {
                             // Every answer is the right one, up to the very end.
@@ -164,13 +158,6 @@ async fn during_the_drain_period_calls_are_answered_while_health_says_not_servin
         ..Default::default()
     })
     .await;
-    let bob_reads = || {
-        request(
-            p("User", "bob"),
-            action("read"),
-            p("Document", "acme-roadmap-q3"),
-        )
-    };
     let channel = server.channel().await;
     let health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     assert_eq!(http_get(server.metrics_addr, "/readyz").await.0, 200);
@@ -202,11 +189,18 @@ async fn during_the_drain_period_calls_are_answered_while_health_says_not_servin
     let mut open =
         cedar_pdp::proto::cedarpdp::v1::authorizer_client::AuthorizerClient::new(channel);
     assert!(is_allow(
-        open.is_authorized(bob_reads()).await.unwrap().get_ref()
+        open.is_authorized(bob_reads_roadmap())
+            .await
+            .unwrap()
+            .get_ref()
     ));
     let mut fresh = server.client().await;
     assert!(is_allow(
-        fresh.is_authorized(bob_reads()).await.unwrap().get_ref()
+        fresh
+            .is_authorized(bob_reads_roadmap())
+            .await
+            .unwrap()
+            .get_ref()
     ));
     drop((open, fresh, health));
 
@@ -284,13 +278,7 @@ async fn a_restart_with_a_second_instance_taking_over_loses_no_call() {
                             target.clone(),
                         );
                     issued.fetch_add(1, Ordering::SeqCst);
-                    let call = client
-                        .is_authorized(request(
-                            p("User", "bob"),
-                            action("read"),
-                            p("Document", "acme-roadmap-q3"),
-                        ))
-                        .await;
+                    let call = client.is_authorized(bob_reads_roadmap()).await;
                     match call {
                         Ok(response) => {
                             assert!(is_allow(response.get_ref()), "a wrong answer");
@@ -358,16 +346,9 @@ async fn connections_past_max_connections_are_closed_and_a_freed_slot_is_reused(
     };
     config.limits.max_connections = 2;
     let server = TestServer::start_with(config).await;
-    let bob_reads = || {
-        request(
-            p("User", "bob"),
-            action("read"),
-            p("Document", "acme-roadmap-q3"),
-        )
-    };
     let call = |channel: tonic::transport::Channel| async move {
         cedar_pdp::proto::cedarpdp::v1::authorizer_client::AuthorizerClient::new(channel)
-            .is_authorized(bob_reads())
+            .is_authorized(bob_reads_roadmap())
             .await
     };
     // Exactly at the limit: both connections are served.

@@ -116,14 +116,6 @@ async fn connect(
         .await
 }
 
-fn bob_reads() -> cedar_pdp::proto::cedarpdp::v1::IsAuthorizedRequest {
-    request(
-        p("User", "bob"),
-        action("read"),
-        p("Document", "acme-roadmap-q3"),
-    )
-}
-
 /// Whether one IsAuthorized over a fresh connection succeeds (`Err` with why not).
 async fn decides(
     server: &TestServer,
@@ -134,7 +126,7 @@ async fn decides(
         .await
         .map_err(|e| format!("connect: {e:?}"))?;
     let answer = AuthorizerClient::new(channel)
-        .is_authorized(bob_reads())
+        .is_authorized(bob_reads_roadmap())
         .await
         .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?;
     Ok(is_allow(answer.get_ref()))
@@ -152,7 +144,7 @@ async fn tls_serves_decisions_and_refuses_plaintext() {
     // A plaintext client gets no answer at all.
     let plaintext = async {
         let mut client = AuthorizerClient::new(server.channel().await);
-        client.is_authorized(bob_reads()).await
+        client.is_authorized(bob_reads_roadmap()).await
     };
     let outcome = tokio::time::timeout(Duration::from_secs(10), plaintext)
         .await
@@ -283,18 +275,7 @@ async fn each_api_admits_only_its_callers_and_counts_the_others() {
     assert_eq!(refused("ext_authz"), Some(1.0), "{text}");
 
     // Decisions are audited under the verified caller's identity.
-    let records = eventually(Duration::from_secs(10), "audit records", || {
-        let path = audit_path.clone();
-        async move {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let records: Vec<serde_json::Value> = text
-                .lines()
-                .map(|line| serde_json::from_str(line).unwrap())
-                .collect();
-            (records.len() >= 3).then_some(records)
-        }
-    })
-    .await;
+    let records = audit_lines(&audit_path, 3).await;
     let callers: Vec<&str> = records
         .iter()
         .map(|r| r["caller"].as_str().unwrap_or(""))
@@ -318,7 +299,11 @@ async fn a_rotated_certificate_is_served_to_new_connections_without_a_restart() 
     let before = connect(&server, &old_ca, None).await.unwrap();
     let mut before = AuthorizerClient::new(before);
     assert!(is_allow(
-        before.is_authorized(bob_reads()).await.unwrap().get_ref()
+        before
+            .is_authorized(bob_reads_roadmap())
+            .await
+            .unwrap()
+            .get_ref()
     ));
     assert!(decides(&server, &new_ca, None).await.is_err());
 
@@ -341,7 +326,11 @@ async fn a_rotated_certificate_is_served_to_new_connections_without_a_restart() 
 
     // The connection opened before the rotation still works.
     assert!(is_allow(
-        before.is_authorized(bob_reads()).await.unwrap().get_ref()
+        before
+            .is_authorized(bob_reads_roadmap())
+            .await
+            .unwrap()
+            .get_ref()
     ));
     server.stop().await;
 }

@@ -82,6 +82,21 @@ pub fn tenant_dir(dir: &std::path::Path, n: usize) {
     .unwrap();
 }
 
+/// The question the tenant benchmarks ask: may user `u7` write document `d7` of its
+/// tenant (policy `p7` says yes).
+pub fn u7_writes_d7() -> cedar_pdp::engine::Query {
+    use std::str::FromStr as _;
+    let uid = |s: &str| cedar_policy::EntityUid::from_str(s).unwrap();
+    cedar_pdp::engine::Query {
+        principal: uid(r#"User::"u7""#),
+        action: uid(r#"Action::"write""#),
+        resource: uid(r#"Doc::"d7""#),
+        context: cedar_pdp::engine::ContextInput::Value(
+            cedar_policy::Context::from_json_value(serde_json::json!({"level": 2}), None).unwrap(),
+        ),
+    }
+}
+
 /// The first number among the benchmark's arguments, else `default`.
 pub fn iterations_arg(default: usize) -> usize {
     std::env::args()
@@ -113,7 +128,7 @@ pub fn at(samples: &[Duration], quantile: f64) -> Duration {
 }
 
 /// Prints one row per case: p50 and p99 in µs, and p50 as a ratio of the first case's.
-pub fn print_table(results: &[(&str, Vec<Duration>)]) {
+pub fn print_table(results: &[(impl AsRef<str>, Vec<Duration>)]) {
     let base = at(&results[0].1, 0.5).as_secs_f64();
     println!(
         "{:<44} {:>10} {:>10} {:>8}",
@@ -123,7 +138,7 @@ pub fn print_table(results: &[(&str, Vec<Duration>)]) {
         let p50 = at(samples, 0.5);
         println!(
             "{:<44} {:>10.1} {:>10.1} {:>8.2}",
-            name,
+            name.as_ref(),
             p50.as_secs_f64() * 1e6,
             at(samples, 0.99).as_secs_f64() * 1e6,
             p50.as_secs_f64() / base

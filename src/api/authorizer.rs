@@ -1,7 +1,7 @@
 //! The `cedarpdp.v1.Authorizer` service: IsAuthorized, BatchIsAuthorized and
 //! GetPolicySetInfo over the serving snapshot.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
@@ -63,30 +63,16 @@ impl AuthorizerService {
     /// Starts observing a call: its id (from `x-request-id`, else new), peer, caller and
     /// clock; a caller off the allow-list is refused here, counted and logged.
     fn call<T>(&self, api: Api, request: &Request<T>) -> Result<Call<'_>, Status> {
-        let mut call = Call {
-            api,
-            id: RequestId::of(request.metadata()),
-            peer: request.remote_addr(),
-            caller: None,
-            started: Instant::now(),
-            metrics: &self.metrics,
-            audit: &self.audit,
-            keep_allows: self.audit.sample_allows(),
-        };
-        match self.callers.admit(request) {
-            Ok(caller) => {
-                call.caller = caller;
-                Ok(call)
-            }
-            Err(refused) => {
-                call.caller_refused(&refused);
-                let mut status = Status::permission_denied(refused.message(SERVICE));
-                status
-                    .metadata_mut()
-                    .insert(request_id::HEADER, call.id.to_metadata());
-                Err(status)
-            }
-        }
+        let id = RequestId::of(request.metadata());
+        let mut call = Call::start(api, id, request, &self.metrics, &self.audit);
+        call.admit(&self.callers, request).map_err(|refused| {
+            let mut status = Status::permission_denied(refused.message(SERVICE));
+            status
+                .metadata_mut()
+                .insert(request_id::HEADER, call.id.to_metadata());
+            status
+        })?;
+        Ok(call)
     }
 
     fn is_authorized(

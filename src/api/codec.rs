@@ -32,16 +32,20 @@ pub trait Undecodable: Message + Default + Sized {
     }
 }
 
+/// Whether prost gave up on the message's nesting (its error has no kind to match on).
+fn too_deep(error: &prost::DecodeError) -> bool {
+    error.to_string().contains("recursion limit")
+}
+
 /// The status for a message that does not decode.
 fn status(error: &prost::DecodeError) -> Status {
-    let text = error.to_string();
-    if text.contains("recursion limit") {
+    if too_deep(error) {
         Status::resource_exhausted(
             "the message nests deeper than the decoder allows; values are nested deeper \
              than the limit (max_value_depth)",
         )
     } else {
-        Status::internal(format!("the message does not decode: {text}"))
+        Status::internal(format!("the message does not decode: {error}"))
     }
 }
 
@@ -55,7 +59,7 @@ impl Undecodable for envoy::CheckResponse {}
 
 impl Undecodable for envoy::CheckRequest {
     fn undecodable(error: prost::DecodeError) -> Result<Self, Status> {
-        let reason = if error.to_string().contains("recursion limit") {
+        let reason = if too_deep(&error) {
             "nested deeper than the decoder allows"
         } else {
             "malformed protobuf"

@@ -18,7 +18,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tokio::{
@@ -30,6 +30,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use super::throttle::OncePerSecond;
 use crate::tls::ServerTls;
 
 /// How long a client has to finish its TLS handshake (or, in plaintext, to send its first
@@ -160,11 +161,9 @@ where
     let (ready, stream) = mpsc::channel(64);
     let open = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
-        let mut last_warning: Option<Instant> = None;
-        let mut warn = |message: &str, error: Option<&io::Error>| {
-            // Once a second at most: this happens in floods.
-            if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                last_warning = Some(Instant::now());
+        let warnings = OncePerSecond::new();
+        let warn = |message: &str, error: Option<&io::Error>| {
+            if warnings.ready() {
                 match error {
                     Some(error) => tracing::warn!(%error, max_connections, "{message}"),
                     None => tracing::warn!(max_connections, "{message}"),
@@ -200,4 +199,23 @@ where
         }
     });
     ReceiverStream::new(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{io::AsyncWriteExt as _, net::TcpListener};
+    use tokio_stream::StreamExt as _;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay() {
+        // Without TCP_NODELAY a response written in two segments waits for the client's
+        // delayed ACK: tens of milliseconds on a decision of microseconds.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = super::plaintext(listener, 4);
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client.write_all(b"P").await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.stream.nodelay().unwrap());
+    }
 }

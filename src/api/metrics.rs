@@ -9,12 +9,7 @@
 //! no connection longer than [`CONNECTION_LIFETIME`], so idle or trickling clients cannot
 //! hold file descriptors the gRPC port needs.
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -25,6 +20,7 @@ use tokio::{
     sync::{Semaphore, watch},
 };
 
+use super::throttle::OncePerSecond;
 use crate::telemetry::Metrics;
 
 /// How often the exporter's housekeeping runs (it folds histogram samples).
@@ -51,7 +47,7 @@ pub async fn serve_metrics(
     let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut last_warning: Option<Instant> = None;
+    let warnings = OncePerSecond::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -63,8 +59,7 @@ pub async fn serve_metrics(
                     Err(err) => {
                         // Out of file descriptors and the like: say so (once a second at
                         // most), and keep serving.
-                        if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                            last_warning = Some(Instant::now());
+                        if warnings.ready() {
                             tracing::warn!(error = %err, "metrics endpoint cannot accept a connection");
                         }
                         tokio::time::sleep(Duration::from_millis(100)).await;

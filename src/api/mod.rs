@@ -17,6 +17,7 @@ mod metrics;
 mod observe;
 pub mod request_id;
 mod status;
+mod throttle;
 
 use std::{future::Future, sync::Arc, time::Duration};
 

@@ -2,16 +2,15 @@
 //! and audit records. The question of each decision is noted before the request is
 //! consumed, and only when the audit log is on.
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::atomic::{AtomicU64, Ordering},
-    time::Instant,
-};
+use std::{collections::HashMap, net::SocketAddr, time::Instant};
 
 use serde_json::{Map, Value as Json};
 
-use super::{callers::CallerRefused, request_id::RequestId};
+use super::{
+    callers::{CallerPolicy, CallerRefused},
+    request_id::RequestId,
+    throttle::OncePerSecond,
+};
 use crate::engine::RequestError;
 use crate::{
     proto::cedarpdp::v1 as pb,
@@ -142,7 +141,47 @@ pub(crate) struct Call<'a> {
     pub(crate) keep_allows: bool,
 }
 
-impl Call<'_> {
+impl<'a> Call<'a> {
+    /// Starts observing a call under `id`: its peer, its clock, and whether its allows
+    /// are audited. The caller is unknown until [`Call::admit`].
+    pub(crate) fn start<T>(
+        api: Api,
+        id: RequestId,
+        request: &tonic::Request<T>,
+        metrics: &'a Metrics,
+        audit: &'a AuditLog,
+    ) -> Self {
+        Self {
+            api,
+            id,
+            peer: request.remote_addr(),
+            caller: None,
+            started: Instant::now(),
+            metrics,
+            audit,
+            keep_allows: audit.sample_allows(),
+        }
+    }
+
+    /// Checks the call's caller against `callers`: its identity is kept for the audit log,
+    /// or the refusal is counted and logged and returned for the API to answer.
+    pub(crate) fn admit<T>(
+        &mut self,
+        callers: &CallerPolicy,
+        request: &tonic::Request<T>,
+    ) -> Result<(), CallerRefused> {
+        match callers.admit(request) {
+            Ok(caller) => {
+                self.caller = caller;
+                Ok(())
+            }
+            Err(refused) => {
+                self.caller_refused(&refused);
+                Err(refused)
+            }
+        }
+    }
+
     /// Whether questions should be noted for the audit log at all.
     pub(crate) fn auditing(&self) -> bool {
         self.audit.enabled()
@@ -151,20 +190,12 @@ impl Call<'_> {
     /// Records a caller refused by the allow-list of its API: counted, and logged (the
     /// identity is a certificate's name, not a secret) as a warning once a second at
     /// most, so that a refused client cannot flood the log; the others at debug level.
-    pub(crate) fn caller_refused(&self, refused: &CallerRefused) {
-        static LAST_WARNING: AtomicU64 = AtomicU64::new(u64::MAX);
+    fn caller_refused(&self, refused: &CallerRefused) {
+        static WARNINGS: OncePerSecond = OncePerSecond::new();
         self.metrics.call_took(self.api, self.started.elapsed());
         self.metrics.rejected(self.api, Rejection::CallerNotAllowed);
         let caller = refused.identities.join(", ");
-        let second = std::time::UNIX_EPOCH
-            .elapsed()
-            .map_or(0, |since| since.as_secs());
-        let last = LAST_WARNING.load(Ordering::Relaxed);
-        if last != second
-            && LAST_WARNING
-                .compare_exchange(last, second, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if WARNINGS.ready() {
             tracing::warn!(%caller, peer = ?self.peer, "caller refused: not on this API's allow-list");
         } else {
             tracing::debug!(%caller, peer = ?self.peer, "caller refused: not on this API's allow-list");

@@ -201,6 +201,15 @@ pub fn request(
     }
 }
 
+/// bob reads the Acme roadmap: allowed by the example policies.
+pub fn bob_reads_roadmap() -> pb::IsAuthorizedRequest {
+    request(
+        p("User", "bob"),
+        action("read"),
+        p("Document", "acme-roadmap-q3"),
+    )
+}
+
 pub fn boolean(b: bool) -> pb::Value {
     pb::Value {
         kind: Some(pb::value::Kind::Boolean(b)),
@@ -343,6 +352,24 @@ pub fn configmap(dir: &Path, stamp: &str, files: &[(&str, &str)]) {
     if let Some(previous) = previous.filter(|p| *p != Path::new(&data)) {
         std::fs::remove_dir_all(dir.join(previous)).expect("remove the replaced folder");
     }
+}
+
+/// Reads the audit file until it has `n` lines (the writer is a thread of its own), each
+/// parsed as JSON.
+pub async fn audit_lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the audit records to be written",
+        || async {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<_> = text.lines().map(str::to_owned).collect();
+            (lines.len() >= n).then_some(lines)
+        },
+    )
+    .await
+    .iter()
+    .map(|line| serde_json::from_str(line).expect("each audit line is JSON"))
+    .collect()
 }
 
 /// Polls `check` every 10 ms until it gives `Some`, failing the test with `what` if

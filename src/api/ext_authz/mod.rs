@@ -13,7 +13,7 @@
 
 mod mapping;
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use cedar_policy::EntityUid;
 use prost_types::{ListValue, Struct, Value, value::Kind};
@@ -354,30 +354,17 @@ impl Authorization for ExtAuthzService {
             .or_else(|| RequestId::from_metadata(request.metadata()))
             .or_else(|| http.and_then(|http| RequestId::parse(&http.id)))
             .unwrap_or_default();
-        let mut call = Call {
-            api: Api::ExtAuthz,
-            id,
-            peer: request.remote_addr(),
-            caller: None,
-            started: Instant::now(),
-            metrics: &self.metrics,
-            audit: &self.audit,
-            keep_allows: self.audit.sample_allows(),
-        };
+        let mut call = Call::start(Api::ExtAuthz, id, &request, &self.metrics, &self.audit);
         let span = tracing::info_span!("call", api = "ext_authz", request_id = %call.id);
         let _in_span = span.enter();
-        match self.callers.admit(&request) {
-            Ok(caller) => call.caller = caller,
-            Err(refused) => {
-                // A 403 answer rather than a gRPC error: an Envoy set to fail open must
-                // not turn this refusal into an allow.
-                call.caller_refused(&refused);
-                let fields = vec![
-                    ("decision", text("deny")),
-                    ("reason", text("caller_not_allowed")),
-                ];
-                return Ok(Response::new(denied(Denial::Forbidden, record(fields))));
-            }
+        if call.admit(&self.callers, &request).is_err() {
+            // A 403 answer rather than a gRPC error: an Envoy set to fail open must not
+            // turn this refusal into an allow.
+            let fields = vec![
+                ("decision", text("deny")),
+                ("reason", text("caller_not_allowed")),
+            ];
+            return Ok(Response::new(denied(Denial::Forbidden, record(fields))));
         }
         Ok(Response::new(ExtAuthzService::check(
             self,
