@@ -203,6 +203,10 @@ pub struct LimitSettings {
     /// refused with REFUSED_STREAM, which clients retry.
     #[arg(long, env = "CEDAR_PDP_MAX_CONCURRENT_STREAMS", value_name = "N")]
     pub max_concurrent_streams: Option<usize>,
+    /// Most decision calls in flight across all connections, queued ones included; more
+    /// are refused at once with RESOURCE_EXHAUSTED (ext_authz: a 503 deny).
+    #[arg(long, env = "CEDAR_PDP_MAX_CONCURRENT_CALLS", value_name = "N")]
+    pub max_concurrent_calls: Option<usize>,
 }
 
 /// Resolved limits, each with a safe default.
@@ -228,6 +232,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Most calls in flight on one connection.
     pub max_concurrent_streams: usize,
+    /// Most decision calls in flight at once, across all connections.
+    pub max_concurrent_calls: usize,
 }
 
 impl Default for Limits {
@@ -243,6 +249,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(5),
             max_connections: 10_000,
             max_concurrent_streams: 100,
+            max_concurrent_calls: 1_000,
         }
     }
 }
@@ -365,12 +372,22 @@ impl Config {
                 "limits.max_concurrent_streams",
                 self.limits.max_concurrent_streams,
             ),
+            (
+                "limits.max_concurrent_calls",
+                self.limits.max_concurrent_calls,
+            ),
             ("limits.max_string_bytes", self.limits.max_string_bytes),
         ];
         if let Some((key, _)) = at_least_one.iter().find(|(_, n)| *n == 0) {
             return Err(ConfigError::Invalid {
                 key: (*key).to_owned(),
                 message: "must be at least 1 (0 would refuse every call)".to_owned(),
+            });
+        }
+        if self.limits.request_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "limits.request_timeout_ms".to_owned(),
+                message: "must be at least 1 (0 would time out every call)".to_owned(),
             });
         }
         self.ext_authz.compile()?;
@@ -504,6 +521,11 @@ impl Config {
                     up.max_concurrent_streams,
                     lo.max_concurrent_streams,
                     dl.max_concurrent_streams,
+                ),
+                max_concurrent_calls: pick(
+                    up.max_concurrent_calls,
+                    lo.max_concurrent_calls,
+                    dl.max_concurrent_calls,
                 ),
             },
             audit: AuditOptions {

@@ -7,9 +7,11 @@
 //! ([`convert`]), engine errors to status (`status`), and serves whatever snapshot the
 //! [`PolicyStore`] holds at the moment each call starts.
 
+mod admission;
 mod authorizer;
 mod callers;
 pub mod codec;
+mod connections;
 mod convert;
 mod ext_authz;
 pub mod incoming;
@@ -21,17 +23,10 @@ mod throttle;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpListener,
-    sync::watch,
-};
-use tokio_stream::Stream;
-use tonic::transport::{
-    Server,
-    server::{Connected, Router},
-};
+use tokio::{net::TcpListener, sync::watch};
+use tonic::service::Routes;
 
+use admission::Admission;
 pub use authorizer::AuthorizerService;
 pub use callers::CallerPolicy;
 pub use ext_authz::ExtAuthzService;
@@ -94,9 +89,6 @@ pub enum ServeError {
     /// The TLS files cannot be watched for rotation.
     #[error("cannot watch the TLS files for changes: {0}")]
     TlsWatch(#[from] notify::Error),
-    /// The transport failed.
-    #[error("gRPC transport error: {0}")]
-    Transport(#[from] tonic::transport::Error),
 }
 
 /// Serves `store` until `shutdown` resolves, then stops taking calls, marks itself
@@ -158,6 +150,7 @@ async fn serve_grpc(
     let ext_authz = AuthorizationServer::new(ext_authz)
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(limits.max_message_bytes);
+    let metrics = telemetry.metrics.clone();
     let authorizer = AuthorizerService::new(
         store,
         engine,
@@ -218,18 +211,19 @@ async fn serve_grpc(
         tracing::info!("shutting down: no new calls, finishing calls in flight");
     };
     let grace = config.shutdown_grace;
-    let router = Server::builder()
-        .timeout(limits.request_timeout)
-        // A peer that vanished without closing (a node gone, a NAT entry dropped) is found
-        // out and its connection slot freed.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .max_concurrent_streams(u32::try_from(limits.max_concurrent_streams).unwrap_or(u32::MAX))
-        .add_service(authorizer)
+    let routes = Routes::new(authorizer)
         .add_service(ext_authz)
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+        .add_service(reflection_v1alpha)
+        .prepare();
+    let admission = Admission::new(
+        routes,
+        metrics,
+        limits.max_concurrent_calls,
+        limits.request_timeout,
+    );
+    let streams = limits.max_concurrent_streams;
     let deadline = async move {
         if stopping_rx.wait_for(|stopping| *stopping).await.is_err() {
             // The server ended before any shutdown: nothing to time out.
@@ -240,38 +234,33 @@ async fn serve_grpc(
     match tls {
         None => {
             let incoming = incoming::plaintext(listener, limits.max_connections);
-            run(router, incoming, signal, deadline, grace).await
+            let served = connections::serve(incoming, admission, streams, signal);
+            run(served, deadline, grace).await;
         }
         Some(tls) => {
             // Rotations are followed for as long as the server runs.
             let _watcher = CertWatcher::start(tls.clone())?;
             tracing::info!(mutual = tls.mutual(), "gRPC port serves TLS 1.2/1.3 only");
             let incoming = incoming::tls(listener, limits.max_connections, tls);
-            run(router, incoming, signal, deadline, grace).await
+            let served = connections::serve(incoming, admission, streams, signal);
+            run(served, deadline, grace).await;
         }
     }
+    Ok(())
 }
 
-/// Runs `router` on `incoming` until `signal`, then until calls in flight finish or
+/// Runs `served` until it ends (every connection closed after the shutdown signal) or
 /// `deadline` passes.
-async fn run<I, IO, IE>(
-    router: Router,
-    incoming: I,
-    signal: impl Future<Output = ()>,
+async fn run(
+    served: impl Future<Output = ()>,
     deadline: impl Future<Output = ()>,
     grace: Duration,
-) -> Result<(), ServeError>
-where
-    I: Stream<Item = Result<IO, IE>>,
-    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
-    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     tokio::select! {
-        result = router.serve_with_incoming_shutdown(incoming, signal) => result?,
+        () = served => {}
         () = deadline => tracing::warn!(
             grace_seconds = grace.as_secs_f64(),
             "calls still in flight after the shutdown grace period; stopping anyway"
         ),
     }
-    Ok(())
 }

@@ -72,3 +72,34 @@ fn audit_settings_that_cannot_work_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn limits_of_zero_that_would_refuse_every_call_are_refused() {
+    let zero = |set: fn(&mut LimitSettings)| {
+        let mut settings = Settings::default();
+        set(&mut settings.limits);
+        Config::resolve(None, settings).unwrap_err().to_string()
+    };
+    type Set = fn(&mut LimitSettings);
+    let cases: [(&str, Set); 5] = [
+        ("limits.max_connections:", |l| l.max_connections = Some(0)),
+        ("limits.max_concurrent_streams:", |l| {
+            l.max_concurrent_streams = Some(0);
+        }),
+        ("limits.max_concurrent_calls:", |l| {
+            l.max_concurrent_calls = Some(0)
+        }),
+        ("limits.max_string_bytes:", |l| l.max_string_bytes = Some(0)),
+        ("limits.request_timeout_ms:", |l| {
+            l.request_timeout_ms = Some(0)
+        }),
+    ];
+    for (key, set) in cases {
+        let message = zero(set);
+        assert!(message.starts_with(key), "{key}: {message}");
+    }
+    let mut settings = Settings::default();
+    settings.limits.max_concurrent_calls = Some(1);
+    let config = Config::resolve(None, settings).unwrap();
+    assert_eq!(config.limits.max_concurrent_calls, 1);
+}

@@ -8,7 +8,10 @@
 //! renders it with [`Metrics::render`].
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -36,6 +39,9 @@ pub const POLICY_LAST_RELOAD_SUCCESSFUL: &str = "cedar_pdp_policy_last_reload_su
 pub const POLICIES_LOADED: &str = "cedar_pdp_policies_loaded";
 /// `entities_loaded`: entities in the serving snapshot's `entities.json`.
 pub const ENTITIES_LOADED: &str = "cedar_pdp_entities_loaded";
+/// `calls_in_flight`: decision calls received and not yet answered, queued ones included;
+/// refused past `max_concurrent_calls`.
+pub const CALLS_IN_FLIGHT: &str = "cedar_pdp_calls_in_flight";
 /// `policy_info{version}`: 1, labelled with the serving version; only that one series is
 /// exported, so the label cannot pile up values as versions come and go.
 pub const POLICY_INFO: &str = "cedar_pdp_policy_info";
@@ -83,14 +89,18 @@ pub enum Rejection {
     Unauthenticated,
     /// A verified client not on the API's caller allow-list (PERMISSION_DENIED).
     CallerNotAllowed,
+    /// Shed because `max_concurrent_calls` were in flight (RESOURCE_EXHAUSTED; ext_authz:
+    /// a 503 deny).
+    Overloaded,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 4] = [
+    const ALL: [Rejection; 5] = [
         Rejection::Invalid,
         Rejection::Limit,
         Rejection::Unauthenticated,
         Rejection::CallerNotAllowed,
+        Rejection::Overloaded,
     ];
 
     fn label(self) -> &'static str {
@@ -99,6 +109,7 @@ impl Rejection {
             Self::Limit => "limit_exceeded",
             Self::Unauthenticated => "unauthenticated",
             Self::CallerNotAllowed => "caller_not_allowed",
+            Self::Overloaded => "overloaded",
         }
     }
 }
@@ -144,6 +155,10 @@ struct Inner {
     last_successful: Gauge,
     policies_loaded: Gauge,
     entities_loaded: Gauge,
+    /// Decision calls in flight, kept by the gRPC port's admission and copied into
+    /// `in_flight_gauge` when rendered: a plain atomic costs the hot path the least.
+    in_flight: Arc<AtomicUsize>,
+    in_flight_gauge: Gauge,
     /// The serving version, rendered as the one `policy_info` series. A std mutex: held
     /// for a string copy, never across an await.
     serving_version: Mutex<String>,
@@ -194,7 +209,7 @@ impl Metrics {
         );
         describe_counter(
             REQUESTS_REJECTED,
-            "Calls refused, by API and reason (invalid_argument, limit_exceeded, or unauthenticated for ext_authz checks with no identifiable principal).",
+            "Calls refused, by API and reason (invalid_argument, limit_exceeded, caller_not_allowed, overloaded past max_concurrent_calls, or unauthenticated for ext_authz checks with no identifiable principal).",
         );
         describe_counter(
             AUDIT_DROPPED,
@@ -223,6 +238,11 @@ impl Metrics {
             ENTITIES_LOADED,
             None,
             "Entities in the served snapshot's entities.json.",
+        );
+        describe_gauge(
+            CALLS_IN_FLIGHT,
+            None,
+            "Decision calls received and not yet answered, queued ones included.",
         );
         let counter = |name: &'static str, labels: Vec<Label>| {
             recorder.register_counter(&Key::from_parts(name, labels), &metadata())
@@ -268,6 +288,8 @@ impl Metrics {
             last_successful: gauge(POLICY_LAST_RELOAD_SUCCESSFUL),
             policies_loaded: gauge(POLICIES_LOADED),
             entities_loaded: gauge(ENTITIES_LOADED),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            in_flight_gauge: gauge(CALLS_IN_FLIGHT),
             serving_version: Mutex::new(String::new()),
             handle,
         };
@@ -279,6 +301,9 @@ impl Metrics {
 
     /// The registry in the Prometheus text format, as `/metrics` serves it.
     pub fn render(&self) -> String {
+        #[allow(clippy::cast_precision_loss)] // a count of calls is far below 2^52
+        let in_flight = self.inner.in_flight.load(Ordering::Relaxed) as f64;
+        self.inner.in_flight_gauge.set(in_flight);
         let mut text = self.inner.handle.render();
         let version = self
             .inner
@@ -300,6 +325,11 @@ impl Metrics {
     /// `/metrics` endpoint runs it on a timer.
     pub fn run_upkeep(&self) {
         self.inner.handle.run_upkeep();
+    }
+
+    /// The count of decision calls in flight, which the gRPC port's admission keeps.
+    pub fn in_flight(&self) -> &Arc<AtomicUsize> {
+        &self.inner.in_flight
     }
 
     /// Counts one decision.

@@ -121,6 +121,7 @@ swap on a renewal reaches the files (a subPath mount never updates). */}}
 - {{ printf "--max-string-bytes=%d" (int64 $c.limits.maxStringBytes) | quote }}
 - {{ printf "--max-connections=%d" (int64 $c.limits.maxConnections) | quote }}
 - {{ printf "--max-concurrent-streams=%d" (int64 $c.limits.maxConcurrentStreams) | quote }}
+- {{ printf "--max-concurrent-calls=%d" (int64 $c.limits.maxConcurrentCalls) | quote }}
 - {{ printf "--audit-sink=%s" $c.audit.sink | quote }}
 - {{ printf "--audit-allow-sample-rate=%v" $c.audit.allowSampleRate | quote }}
 {{- with $c.audit.contextKeys }}

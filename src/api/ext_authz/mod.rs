@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 use self::mapping::{Mapped, Refusal};
 use super::{
+    admission::Overloaded,
     authorizer::response,
     callers::CallerPolicy,
     observe::{Call, Question, rejection},
@@ -225,6 +226,8 @@ enum Denial {
     Forbidden,
     /// UNAUTHENTICATED, HTTP 401.
     Unauthenticated,
+    /// RESOURCE_EXHAUSTED, HTTP 503: shed past `max_concurrent_calls`, not decided.
+    Overloaded,
 }
 
 fn reason_word(reason: Rejection) -> &'static str {
@@ -233,6 +236,7 @@ fn reason_word(reason: Rejection) -> &'static str {
         Rejection::Limit => "limit",
         Rejection::Unauthenticated => "unauthenticated",
         Rejection::CallerNotAllowed => "caller_not_allowed",
+        Rejection::Overloaded => "overloaded",
     }
 }
 
@@ -256,6 +260,11 @@ fn denied(denial: Denial, metadata: Struct) -> CheckResponse {
             tonic::Code::Unauthenticated,
             StatusCode::Unauthorized,
             "authentication required\n",
+        ),
+        Denial::Overloaded => (
+            tonic::Code::ResourceExhausted,
+            StatusCode::ServiceUnavailable,
+            "authorization service overloaded; retry\n",
         ),
     };
     #[allow(deprecated)] // `append` is what Envoy before 1.23 reads.
@@ -292,6 +301,7 @@ fn undecided(denial: Denial, error: Option<&RequestError>, snapshot: &Snapshot) 
             fields.push(("reason", text(reason_word(rejection(error)))));
             fields.push(("field", text(error.field())));
         }
+        (Denial::Overloaded, _) => fields.push(("reason", text("overloaded"))),
         (Denial::Forbidden, None) => {}
     }
     denied(denial, record(fields))
@@ -354,6 +364,16 @@ impl Authorization for ExtAuthzService {
             .or_else(|| RequestId::from_metadata(request.metadata()))
             .or_else(|| http.and_then(|http| RequestId::parse(&http.id)))
             .unwrap_or_default();
+        if request.extensions().get::<Overloaded>().is_some() {
+            // Shed on arrival (counted and logged there). A deny rather than a gRPC
+            // error, so an Envoy set to fail open cannot turn overload into allow.
+            let snapshot = self.store.current();
+            return Ok(Response::new(undecided(
+                Denial::Overloaded,
+                None,
+                &snapshot,
+            )));
+        }
         let mut call = Call::start(Api::ExtAuthz, id, &request, &self.metrics, &self.audit);
         let span = tracing::info_span!("call", api = "ext_authz", request_id = %call.id);
         let _in_span = span.enter();

@@ -1,0 +1,314 @@
+//! Admission of calls on the gRPC port: the limit on decision calls in flight and each
+//! call's deadline, applied the moment a call's headers arrive, before it waits anywhere.
+//!
+//! hyper reads a stream's headers on the connection's task, calls [`Admitting::call`]
+//! there, and spawns the future it returns; that future then waits in the runtime's queue
+//! for a free worker. A limit kept inside a handler would only ever see the calls a worker
+//! is already running. Counted here, a call holds its slot from arrival to answer, queued
+//! time included, so past `max_concurrent_calls` a new decision call is refused at once
+//! instead of joining a queue that only grows:
+//!
+//! - an Authorizer call gets RESOURCE_EXHAUSTED naming the limit, without its message being
+//!   read;
+//! - an ext_authz check is marked [`Overloaded`] and its handler answers a 503 deny: a gRPC
+//!   error would let an Envoy set to fail open turn overload into allow.
+//!
+//! Health and reflection are never refused: a probe under load still gets its answer.
+//!
+//! Every call's deadline is the shorter of `request_timeout_ms` and the client's
+//! `grpc-timeout`, counted from arrival. A call that waited past it is answered
+//! DEADLINE_EXCEEDED without being decided (its caller has stopped waiting), and one whose
+//! body is still arriving when it passes is cut off the same way.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tonic::{
+    Status,
+    body::Body,
+    codegen::http::{HeaderMap, Request, Response},
+    service::Routes,
+};
+use tower::ServiceExt as _;
+
+use super::throttle::OncePerSecond;
+use crate::telemetry::{
+    Metrics,
+    metrics::{Api, Rejection},
+};
+
+/// Marks an ext_authz check that arrived past `max_concurrent_calls`: its handler answers
+/// a 503 deny without deciding.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Overloaded;
+
+/// The admission rules of one server, shared by all its connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Admission {
+    routes: Routes,
+    metrics: Metrics,
+    max_concurrent_calls: usize,
+    request_timeout: Duration,
+}
+
+impl Admission {
+    /// Admits calls to `routes`: at most `max_concurrent_calls` decision calls in flight
+    /// (counted in `metrics`), each answered within `request_timeout` or its own deadline.
+    pub(crate) fn new(
+        routes: Routes,
+        metrics: Metrics,
+        max_concurrent_calls: usize,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
+            routes,
+            metrics,
+            max_concurrent_calls,
+            request_timeout,
+        }
+    }
+
+    /// The service for one connection, which gives each of its calls `connect_info` (the
+    /// peer's address and, under TLS, its certificates) as tonic's own server would.
+    pub(crate) fn connection<C>(&self, connect_info: C) -> Admitting<C> {
+        Admitting {
+            admission: self.clone(),
+            connect_info,
+        }
+    }
+
+    /// Takes a slot for a decision call, or counts and logs the call as shed.
+    fn take_slot(&self, api: Api) -> Option<Slot> {
+        static WARNINGS: OncePerSecond = OncePerSecond::new();
+        let in_flight = self.metrics.in_flight();
+        if in_flight.fetch_add(1, Ordering::Relaxed) < self.max_concurrent_calls {
+            return Some(Slot(in_flight.clone()));
+        }
+        in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.rejected(api, Rejection::Overloaded);
+        if WARNINGS.ready() {
+            tracing::warn!(
+                max_concurrent_calls = self.max_concurrent_calls,
+                "shedding load: a call arrived with max_concurrent_calls already in flight"
+            );
+        }
+        None
+    }
+
+    /// The status a shed Authorizer call gets.
+    fn overloaded(&self) -> Status {
+        Status::resource_exhausted(format!(
+            "the server has {} calls in flight, its limit (max_concurrent_calls); retry with \
+             backoff or on another replica",
+            self.max_concurrent_calls
+        ))
+    }
+}
+
+/// A decision call's place among the `max_concurrent_calls`, given back when dropped: when
+/// the call is answered, or when the client resets it.
+#[derive(Debug)]
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The decision API a request path names, if any.
+fn decision_api(path: &str) -> Option<Api> {
+    match path {
+        "/cedarpdp.v1.Authorizer/IsAuthorized" => Some(Api::IsAuthorized),
+        "/cedarpdp.v1.Authorizer/BatchIsAuthorized" => Some(Api::Batch),
+        "/envoy.service.auth.v3.Authorization/Check" => Some(Api::ExtAuthz),
+        _ => None,
+    }
+}
+
+/// The `grpc-timeout` a client sent, if it is one: up to 8 digits and a unit (`H`, `M`,
+/// `S`, `m`, `u`, `n`). A malformed value is ignored, as other gRPC servers do, and the
+/// server's own timeout still applies.
+fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// The answer for a call past its deadline.
+fn deadline_exceeded(timeout: Duration) -> Response<Body> {
+    Status::deadline_exceeded(format!(
+        "the call was not answered within its deadline of {timeout:?} (the shorter of \
+         request_timeout_ms and the client's grpc-timeout)"
+    ))
+    .into_http()
+}
+
+/// [`Admission`] for the calls of one connection, as hyper calls it.
+#[derive(Debug, Clone)]
+pub(crate) struct Admitting<C> {
+    admission: Admission,
+    connect_info: C,
+}
+
+/// What [`Admitting`] answers with.
+type Answer = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+impl<C> hyper::service::Service<Request<Incoming>> for Admitting<C>
+where
+    C: Clone + Send + Sync + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        let arrived = Instant::now();
+        let admission = &self.admission;
+        let timeout = grpc_timeout(request.headers()).map_or(admission.request_timeout, |t| {
+            t.min(admission.request_timeout)
+        });
+        let mut slot = None;
+        if let Some(api) = decision_api(request.uri().path()) {
+            slot = admission.take_slot(api);
+            if slot.is_none() {
+                if api != Api::ExtAuthz {
+                    let shed = admission.overloaded().into_http();
+                    return Box::pin(std::future::ready(Ok(shed)));
+                }
+                request.extensions_mut().insert(Overloaded);
+            }
+        }
+        request.extensions_mut().insert(self.connect_info.clone());
+        let routes = admission.routes.clone();
+        Box::pin(async move {
+            let _slot = slot;
+            // Past the deadline already, after waiting for a worker: the caller has given
+            // up, and deciding now would only take time from calls that can still be
+            // answered in time.
+            let Some(deadline) = arrived.checked_add(timeout) else {
+                return routes.oneshot(request).await;
+            };
+            if Instant::now() >= deadline {
+                return Ok(deadline_exceeded(timeout));
+            }
+            match tokio::time::timeout_at(deadline, routes.oneshot(request)).await {
+                Ok(answer) => answer,
+                Err(_) => Ok(deadline_exceeded(timeout)),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::codegen::http::HeaderValue;
+
+    fn timeout_of(value: &str) -> Option<Duration> {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-timeout", HeaderValue::from_str(value).unwrap());
+        grpc_timeout(&headers)
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        assert_eq!(timeout_of("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(timeout_of("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(timeout_of("4S"), Some(Duration::from_secs(4)));
+        assert_eq!(timeout_of("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            timeout_of("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(timeout_of("7n"), Some(Duration::from_nanos(7)));
+    }
+
+    #[test]
+    fn malformed_grpc_timeouts_are_ignored() {
+        for value in [
+            "",
+            "m",
+            "100",
+            "123456789m",
+            "-1m",
+            "1.5S",
+            "10x",
+            "1 S",
+            "١m",
+        ] {
+            assert_eq!(timeout_of(value), None, "{value:?}");
+        }
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn only_decision_paths_are_limited() {
+        assert_eq!(
+            decision_api("/cedarpdp.v1.Authorizer/IsAuthorized"),
+            Some(Api::IsAuthorized)
+        );
+        assert_eq!(
+            decision_api("/cedarpdp.v1.Authorizer/BatchIsAuthorized"),
+            Some(Api::Batch)
+        );
+        assert_eq!(
+            decision_api("/envoy.service.auth.v3.Authorization/Check"),
+            Some(Api::ExtAuthz)
+        );
+        for path in [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/cedarpdp.v1.Authorizer/Unknown",
+        ] {
+            assert_eq!(decision_api(path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn slots_are_counted_up_to_the_limit_and_given_back() {
+        let metrics = Metrics::new();
+        let admission = Admission::new(
+            Routes::default(),
+            metrics.clone(),
+            2,
+            Duration::from_secs(1),
+        );
+        let first = admission.take_slot(Api::IsAuthorized).expect("one of two");
+        let second = admission.take_slot(Api::Batch).expect("two of two");
+        assert!(admission.take_slot(Api::ExtAuthz).is_none(), "three of two");
+        assert_eq!(metrics.in_flight().load(Ordering::Relaxed), 2);
+        drop(first);
+        let third = admission
+            .take_slot(Api::IsAuthorized)
+            .expect("a freed slot");
+        drop((second, third));
+        assert_eq!(metrics.in_flight().load(Ordering::Relaxed), 0);
+        assert!(metrics.render().contains(
+            "cedar_pdp_requests_rejected_total{api=\"ext_authz\",reason=\"overloaded\"} 1"
+        ));
+    }
+}
