@@ -5,6 +5,11 @@
 //! - `IsAuthorized`: one decision a call (bob reads a document of the example set);
 //! - `BatchIsAuthorized` with 100 items: decisions per second against unary calls'.
 //!
+//! Then a flood: 8 times as many `IsAuthorized` calls in flight, against a server with the
+//! default `max_concurrent_calls` of 1000 (nothing is shed) and one whose limit is 64: the
+//! latency of the calls answered, and how many were shed with RESOURCE_EXHAUSTED. Shed
+//! calls are retried at once by the benchmark's clients, the worst case for the server.
+//!
 //! Client and server share the machine (and, here, the process), so the figures are for
 //! comparing the cases with each other, not absolute capacity.
 //!
@@ -35,25 +40,33 @@ const IN_FLIGHT_PER_CONNECTION: usize = 16;
 /// Items of the batch case.
 const BATCH: usize = 100;
 
-/// One case's outcome: calls done, decisions made, and sorted call latencies.
+/// Calls in flight per connection in the flood cases, and the lower limit they meet.
+const FLOOD_PER_CONNECTION: usize = 8 * IN_FLIGHT_PER_CONNECTION;
+const FLOOD_LIMIT: usize = 64;
+
+/// One case's outcome: calls answered, decisions made, calls shed, and sorted latencies
+/// of the answered calls.
 struct Outcome {
     calls: usize,
     decisions: usize,
+    shed: usize,
     latencies: Vec<Duration>,
     elapsed: Duration,
 }
 
-/// Runs `call` from every task until `seconds` pass; `call` returns the decisions it made
-/// (and panics on a wrong answer).
+/// Runs `call` from `in_flight` tasks per channel until `seconds` pass; `call` returns
+/// the decisions it made, or `None` for a call shed with RESOURCE_EXHAUSTED (and panics
+/// on a wrong answer).
 fn run<F, Fut>(
     runtime: &tokio::runtime::Runtime,
     channels: &[Channel],
+    in_flight: usize,
     seconds: u64,
     call: F,
 ) -> Outcome
 where
     F: Fn(Channel) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = usize> + Send,
+    Fut: Future<Output = Option<usize>> + Send,
 {
     let call = Arc::new(call);
     let stop = Arc::new(AtomicBool::new(false));
@@ -61,17 +74,22 @@ where
         let started = Instant::now();
         let tasks: Vec<_> = channels
             .iter()
-            .flat_map(|channel| std::iter::repeat_n(channel.clone(), IN_FLIGHT_PER_CONNECTION))
+            .flat_map(|channel| std::iter::repeat_n(channel.clone(), in_flight))
             .map(|channel| {
                 let (call, stop) = (call.clone(), stop.clone());
                 tokio::spawn(async move {
-                    let (mut latencies, mut decisions) = (Vec::new(), 0);
+                    let (mut latencies, mut decisions, mut shed) = (Vec::new(), 0, 0);
                     while !stop.load(Ordering::Relaxed) {
                         let start = Instant::now();
-                        decisions += call(channel.clone()).await;
-                        latencies.push(start.elapsed());
+                        match call(channel.clone()).await {
+                            Some(n) => {
+                                decisions += n;
+                                latencies.push(start.elapsed());
+                            }
+                            None => shed += 1,
+                        }
                     }
-                    (latencies, decisions)
+                    (latencies, decisions, shed)
                 })
             })
             .collect();
@@ -80,19 +98,51 @@ where
         let mut outcome = Outcome {
             calls: 0,
             decisions: 0,
+            shed: 0,
             latencies: Vec::new(),
             elapsed: Duration::ZERO,
         };
         for task in tasks {
-            let (latencies, decisions) = task.await.expect("no wrong answer");
+            let (latencies, decisions, shed) = task.await.expect("no wrong answer");
             outcome.calls += latencies.len();
             outcome.decisions += decisions;
+            outcome.shed += shed;
             outcome.latencies.extend(latencies);
         }
         outcome.elapsed = started.elapsed();
         outcome.latencies.sort_unstable();
         outcome
     })
+}
+
+/// [`CONNECTIONS`] connections to `addr`.
+fn connect(runtime: &tokio::runtime::Runtime, addr: std::net::SocketAddr) -> Vec<Channel> {
+    (0..CONNECTIONS)
+        .map(|_| {
+            runtime.block_on(async {
+                Channel::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .expect("connects to the benchmark server")
+            })
+        })
+        .collect()
+}
+
+/// One `IsAuthorized` call of `request`: `Some(1)` for its allow, `None` if shed.
+async fn is_authorized(channel: Channel, request: pb::IsAuthorizedRequest) -> Option<usize> {
+    match pb::authorizer_client::AuthorizerClient::new(channel)
+        .is_authorized(request)
+        .await
+    {
+        Ok(answer) => {
+            assert_eq!(answer.into_inner().decision, pb::Decision::Allow as i32);
+            Some(1)
+        }
+        Err(status) if status.code() == tonic::Code::ResourceExhausted => None,
+        Err(status) => panic!("IsAuthorized failed: {status:?}"),
+    }
 }
 
 fn main() {
@@ -103,48 +153,40 @@ fn main() {
         .unwrap();
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"));
     let (store, _) = PolicyStore::open(&dir, LoadOptions::default()).expect("the example set");
-    let addr = serve(&runtime, Arc::new(store));
-    let channels: Vec<Channel> = (0..CONNECTIONS)
-        .map(|_| {
-            runtime.block_on(async {
-                Channel::from_shared(format!("http://{addr}"))
-                    .unwrap()
-                    .connect()
-                    .await
-                    .expect("connects to the benchmark server")
-            })
-        })
-        .collect();
+    let store = Arc::new(store);
+    let addr = serve(&runtime, store.clone());
+    let channels = connect(&runtime, addr);
     let bob_reads = request(
         ("Platform::User", "bob"),
         ("Platform::Action", "read"),
         ("Platform::Document", "acme-roadmap-q3"),
     );
 
-    let health = run(&runtime, &channels, seconds, |channel| async move {
-        let status = HealthClient::new(channel)
-            .check(HealthCheckRequest::default())
-            .await
-            .expect("health answers")
-            .into_inner()
-            .status;
-        assert_eq!(status, 1, "SERVING");
-        0
-    });
+    let health = run(
+        &runtime,
+        &channels,
+        IN_FLIGHT_PER_CONNECTION,
+        seconds,
+        |channel| async move {
+            let status = HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await
+                .expect("health answers")
+                .into_inner()
+                .status;
+            assert_eq!(status, 1, "SERVING");
+            Some(0)
+        },
+    );
     let unary = {
         let request = bob_reads.clone();
-        run(&runtime, &channels, seconds, move |channel| {
-            let request = request.clone();
-            async move {
-                let answer = pb::authorizer_client::AuthorizerClient::new(channel)
-                    .is_authorized(request)
-                    .await
-                    .expect("IsAuthorized answers")
-                    .into_inner();
-                assert_eq!(answer.decision, pb::Decision::Allow as i32);
-                1
-            }
-        })
+        run(
+            &runtime,
+            &channels,
+            IN_FLIGHT_PER_CONNECTION,
+            seconds,
+            move |channel| is_authorized(channel, request.clone()),
+        )
     };
     let batch = {
         let item = pb::BatchItem {
@@ -157,45 +199,77 @@ fn main() {
             items: vec![item; BATCH],
             ..Default::default()
         };
-        run(&runtime, &channels, seconds, move |channel| {
-            let request = request.clone();
-            async move {
-                let answer = pb::authorizer_client::AuthorizerClient::new(channel)
-                    .batch_is_authorized(request)
-                    .await
-                    .expect("BatchIsAuthorized answers")
-                    .into_inner();
-                assert_eq!(answer.results.len(), BATCH);
-                assert!(
-                    answer
-                        .results
-                        .iter()
-                        .all(|r| r.decision == pb::Decision::Allow as i32)
-                );
-                BATCH
-            }
-        })
+        run(
+            &runtime,
+            &channels,
+            IN_FLIGHT_PER_CONNECTION,
+            seconds,
+            move |channel| {
+                let request = request.clone();
+                async move {
+                    let answer = pb::authorizer_client::AuthorizerClient::new(channel)
+                        .batch_is_authorized(request)
+                        .await
+                        .expect("BatchIsAuthorized answers")
+                        .into_inner();
+                    assert_eq!(answer.results.len(), BATCH);
+                    assert!(
+                        answer
+                            .results
+                            .iter()
+                            .all(|r| r.decision == pb::Decision::Allow as i32)
+                    );
+                    Some(BATCH)
+                }
+            },
+        )
     };
 
+    let flood = |limit: usize| {
+        let mut config = cedar_pdp::Config {
+            policies: store.dir().to_owned(),
+            ..cedar_pdp::Config::default()
+        };
+        config.limits.max_concurrent_calls = limit;
+        let telemetry =
+            cedar_pdp::api::Telemetry::metrics_only(cedar_pdp::telemetry::Metrics::new());
+        let addr = serve_config(&runtime, store.clone(), telemetry, config);
+        let channels = connect(&runtime, addr);
+        let request = bob_reads.clone();
+        run(
+            &runtime,
+            &channels,
+            FLOOD_PER_CONNECTION,
+            seconds,
+            move |channel| is_authorized(channel, request.clone()),
+        )
+    };
+    let flood_default = flood(cedar_pdp::config::Limits::default().max_concurrent_calls);
+    let flood_limited = flood(FLOOD_LIMIT);
+
     println!(
-        "{seconds} s per case, {CONNECTIONS} connections x {IN_FLIGHT_PER_CONNECTION} calls in flight, example policy set"
+        "{seconds} s per case, {CONNECTIONS} connections x {IN_FLIGHT_PER_CONNECTION} calls in flight ({FLOOD_PER_CONNECTION} in the floods), example policy set"
     );
     println!(
-        "{:<32} {:>10} {:>12} {:>9} {:>9} {:>9}",
-        "case", "calls/s", "decisions/s", "p50 µs", "p90 µs", "p99 µs"
+        "{:<36} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        "case", "calls/s", "decisions/s", "shed/s", "p50 µs", "p90 µs", "p99 µs"
     );
     let rate = |n: usize, o: &Outcome| n as f64 / o.elapsed.as_secs_f64();
+    let limited = format!("IsAuthorized flood, limit {FLOOD_LIMIT}");
     for (name, o) in [
         ("Health/Check", &health),
         ("IsAuthorized", &unary),
         ("BatchIsAuthorized (100 items)", &batch),
+        ("IsAuthorized flood, limit 1000", &flood_default),
+        (limited.as_str(), &flood_limited),
     ] {
         let us = |q: f64| at(&o.latencies, q).as_secs_f64() * 1e6;
         println!(
-            "{:<32} {:>10.0} {:>12.0} {:>9.0} {:>9.0} {:>9.0}",
+            "{:<36} {:>10.0} {:>12.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
             name,
             rate(o.calls, o),
             rate(o.decisions, o),
+            rate(o.shed, o),
             us(0.5),
             us(0.9),
             us(0.99)
@@ -205,5 +279,11 @@ fn main() {
         "IsAuthorized calls/s / Health calls/s = {:.2}; batch decisions/s / unary decisions/s = {:.2}",
         rate(unary.calls, &unary) / rate(health.calls, &health),
         rate(batch.decisions, &batch) / rate(unary.decisions, &unary)
+    );
+    let p99 = |o: &Outcome| at(&o.latencies, 0.99).as_secs_f64();
+    println!(
+        "flood: p99 of answered calls with limit {FLOOD_LIMIT} / with limit 1000 = {:.2}; shed {:.0}% of calls",
+        p99(&flood_limited) / p99(&flood_default),
+        100.0 * flood_limited.shed as f64 / (flood_limited.shed + flood_limited.calls) as f64
     );
 }

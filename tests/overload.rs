@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{task::Poll, time::Duration};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use cedar_pdp::{
@@ -103,8 +103,15 @@ impl Held {
 
     /// The call's answer: status from the trailers (or a trailers-only response).
     async fn answer(self) -> Answer {
+        answer_of(self.response).await
+    }
+}
+
+/// The answer `response` brings: status from the trailers (or a trailers-only response).
+async fn answer_of(response: h2::client::ResponseFuture) -> Answer {
+    {
         tokio::time::timeout(PATIENCE, async move {
-            let response = self.response.await.expect("a response");
+            let response = response.await.expect("a response");
             let (head, mut body) = response.into_parts();
             let mut bytes = BytesMut::new();
             while let Some(chunk) = body.data().await {
@@ -242,6 +249,43 @@ async fn calls_past_max_concurrent_calls_are_shed_at_once_and_freed_slots_are_re
     let Held { mut body, .. } = second;
     body.send_reset(h2::Reason::CANCEL);
     until_in_flight(&server, 0.0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_shed_call_is_read_to_its_end_not_reset() {
+    // A busy client's message often arrives after its headers, and so after the refusal.
+    // Answered before its request has ended, a stream is reset by hyper, and hyper closes
+    // a connection after 1,024 such resets: a client shed that often would lose its
+    // connection and every call on it. So the server reads a shed call's message first.
+    let server = TestServer::start_with(config(1)).await;
+    let mut raw = RawClient::connect(&server).await;
+    let held = raw.start(IS_AUTHORIZED, &[]).await;
+    until_in_flight(&server, 1.0).await;
+    for i in 1..=3 {
+        let mut shed = raw.start(IS_AUTHORIZED, &[]).await;
+        eventually(PATIENCE, &format!("call {i} refused"), || async {
+            (overloaded(&server.metrics_text().await, "is_authorized") >= f64::from(i))
+                .then_some(())
+        })
+        .await;
+        shed.finish(&bob_reads_roadmap());
+        let Held { mut body, response } = shed;
+        let answer = answer_of(response).await;
+        assert_eq!(
+            answer.status,
+            tonic::Code::ResourceExhausted as i32,
+            "{}",
+            answer.message
+        );
+        let reset = std::future::poll_fn(|cx| Poll::Ready(body.poll_reset(cx))).await;
+        assert!(
+            reset.is_pending(),
+            "call {i}: the server reset the stream: {reset:?}"
+        );
+    }
+    let Held { body: mut held, .. } = held;
+    held.send_reset(h2::Reason::CANCEL);
     server.stop().await;
 }
 

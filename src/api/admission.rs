@@ -31,6 +31,7 @@ use std::{
     time::Duration,
 };
 
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tonic::{
@@ -42,9 +43,12 @@ use tonic::{
 use tower::ServiceExt as _;
 
 use super::throttle::OncePerSecond;
-use crate::telemetry::{
-    Metrics,
-    metrics::{Api, Rejection},
+use crate::{
+    config::Limits,
+    telemetry::{
+        Metrics,
+        metrics::{Api, Rejection},
+    },
 };
 
 /// Marks an ext_authz check that arrived past `max_concurrent_calls`: its handler answers
@@ -59,22 +63,20 @@ pub(crate) struct Admission {
     metrics: Metrics,
     max_concurrent_calls: usize,
     request_timeout: Duration,
+    max_message_bytes: usize,
 }
 
 impl Admission {
-    /// Admits calls to `routes`: at most `max_concurrent_calls` decision calls in flight
-    /// (counted in `metrics`), each answered within `request_timeout` or its own deadline.
-    pub(crate) fn new(
-        routes: Routes,
-        metrics: Metrics,
-        max_concurrent_calls: usize,
-        request_timeout: Duration,
-    ) -> Self {
+    /// Admits calls to `routes` under `limits`: at most `max_concurrent_calls` decision
+    /// calls in flight (counted in `metrics`), each answered within `request_timeout` or
+    /// its own deadline.
+    pub(crate) fn new(routes: Routes, metrics: Metrics, limits: &Limits) -> Self {
         Self {
             routes,
             metrics,
-            max_concurrent_calls,
-            request_timeout,
+            max_concurrent_calls: limits.max_concurrent_calls,
+            request_timeout: limits.request_timeout,
+            max_message_bytes: limits.max_message_bytes,
         }
     }
 
@@ -157,6 +159,32 @@ fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
+/// Reads a shed call's message to its end without decoding it, for at most `limit` bytes
+/// (the gRPC frame's header included) and until `deadline`. Answering before the request
+/// has ended would make hyper reset the stream, and an HTTP/2 server closes a connection
+/// after enough resets (1,024 in hyper, a defence against reset floods): a client shed
+/// that often would lose its connection and every call on it. Past either bound the answer
+/// goes out anyway.
+async fn discard(mut body: Incoming, limit: usize, deadline: Option<Instant>) {
+    let drain = async {
+        let mut read = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                read = read.saturating_add(data.len());
+                if read > limit.saturating_add(5) {
+                    return;
+                }
+            }
+        }
+    };
+    match deadline {
+        Some(deadline) => {
+            let _ = tokio::time::timeout_at(deadline, drain).await;
+        }
+        None => drain.await,
+    }
+}
+
 /// The answer for a call past its deadline.
 fn deadline_exceeded(timeout: Duration) -> Response<Body> {
     Status::deadline_exceeded(format!(
@@ -190,13 +218,18 @@ where
         let timeout = grpc_timeout(request.headers()).map_or(admission.request_timeout, |t| {
             t.min(admission.request_timeout)
         });
+        let deadline = arrived.checked_add(timeout);
         let mut slot = None;
         if let Some(api) = decision_api(request.uri().path()) {
             slot = admission.take_slot(api);
             if slot.is_none() {
                 if api != Api::ExtAuthz {
                     let shed = admission.overloaded().into_http();
-                    return Box::pin(std::future::ready(Ok(shed)));
+                    let limit = admission.max_message_bytes;
+                    return Box::pin(async move {
+                        discard(request.into_body(), limit, deadline).await;
+                        Ok(shed)
+                    });
                 }
                 request.extensions_mut().insert(Overloaded);
             }
@@ -208,7 +241,7 @@ where
             // Past the deadline already, after waiting for a worker: the caller has given
             // up, and deciding now would only take time from calls that can still be
             // answered in time.
-            let Some(deadline) = arrived.checked_add(timeout) else {
+            let Some(deadline) = deadline else {
                 return routes.oneshot(request).await;
             };
             if Instant::now() >= deadline {
@@ -291,12 +324,11 @@ mod tests {
     #[test]
     fn slots_are_counted_up_to_the_limit_and_given_back() {
         let metrics = Metrics::new();
-        let admission = Admission::new(
-            Routes::default(),
-            metrics.clone(),
-            2,
-            Duration::from_secs(1),
-        );
+        let limits = Limits {
+            max_concurrent_calls: 2,
+            ..Limits::default()
+        };
+        let admission = Admission::new(Routes::default(), metrics.clone(), &limits);
         let first = admission.take_slot(Api::IsAuthorized).expect("one of two");
         let second = admission.take_slot(Api::Batch).expect("two of two");
         assert!(admission.take_slot(Api::ExtAuthz).is_none(), "three of two");

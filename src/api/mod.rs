@@ -217,12 +217,7 @@ async fn serve_grpc(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .prepare();
-    let admission = Admission::new(
-        routes,
-        metrics,
-        limits.max_concurrent_calls,
-        limits.request_timeout,
-    );
+    let admission = Admission::new(routes, metrics, limits);
     let streams = limits.max_concurrent_streams;
     let deadline = async move {
         if stopping_rx.wait_for(|stopping| *stopping).await.is_err() {
