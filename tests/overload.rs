@@ -36,6 +36,8 @@ fn config(max_concurrent_calls: usize) -> Config {
         ..Config::default()
     };
     config.limits.max_concurrent_calls = max_concurrent_calls;
+    // Held calls must outlive a slow, loaded machine's connects and scrapes.
+    config.limits.request_timeout = Duration::from_secs(60);
     config
 }
 

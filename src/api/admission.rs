@@ -9,7 +9,7 @@
 //! instead of joining a queue that only grows:
 //!
 //! - an Authorizer call gets RESOURCE_EXHAUSTED naming the limit, without its message being
-//!   read;
+//!   decoded (it is read to its end first, see [`discard`]);
 //! - an ext_authz check is marked [`Overloaded`] and its handler answers a 503 deny: a gRPC
 //!   error would let an Envoy set to fail open turn overload into allow.
 //!
@@ -19,6 +19,11 @@
 //! `grpc-timeout`, counted from arrival. A call that waited past it is answered
 //! DEADLINE_EXCEEDED without being decided (its caller has stopped waiting), and one whose
 //! body is still arriving when it passes is cut off the same way.
+//!
+//! A call holds its slot while its message arrives, so a client that sends headers and
+//! holds its messages back keeps slots until their deadlines pass. With mutual TLS only
+//! clients of the configured CA can connect at all; a lower `request_timeout_ms` shortens
+//! how long a slot can be held that way. There is no per-caller quota.
 
 use std::{
     convert::Infallible,
@@ -93,10 +98,13 @@ impl Admission {
     fn take_slot(&self, api: Api) -> Option<Slot> {
         static WARNINGS: OncePerSecond = OncePerSecond::new();
         let in_flight = self.metrics.in_flight();
-        if in_flight.fetch_add(1, Ordering::Relaxed) < self.max_concurrent_calls {
+        // Taken only when one is free: a refused call never counts, even for an instant.
+        let taken = in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < self.max_concurrent_calls).then_some(n + 1)
+        });
+        if taken.is_ok() {
             return Some(Slot(in_flight.clone()));
         }
-        in_flight.fetch_sub(1, Ordering::Relaxed);
         self.metrics.rejected(api, Rejection::Overloaded);
         if WARNINGS.ready() {
             tracing::warn!(
