@@ -111,41 +111,39 @@ impl Held {
 
 /// The answer `response` brings: status from the trailers (or a trailers-only response).
 async fn answer_of(response: h2::client::ResponseFuture) -> Answer {
-    {
-        tokio::time::timeout(PATIENCE, async move {
-            let response = response.await.expect("a response");
-            let (head, mut body) = response.into_parts();
-            let mut bytes = BytesMut::new();
-            while let Some(chunk) = body.data().await {
-                let chunk = chunk.expect("body data");
-                let _ = body.flow_control().release_capacity(chunk.len());
-                bytes.put_slice(&chunk);
-            }
-            let trailers = body.trailers().await.expect("trailers").unwrap_or_default();
-            let status_of = |map: &HeaderMap| {
-                map.get("grpc-status")
-                    .map(|s| s.to_str().unwrap().parse::<i32>().unwrap())
-            };
-            let (status, from) = match status_of(&trailers) {
-                Some(status) => (status, &trailers),
-                None => (
-                    status_of(&head.headers).expect("grpc-status in trailers or headers"),
-                    &head.headers,
-                ),
-            };
-            let message = from
-                .get("grpc-message")
-                .map(|m| m.to_str().unwrap().to_owned())
-                .unwrap_or_default();
-            Answer {
-                status,
-                message,
-                body: bytes.freeze(),
-            }
-        })
-        .await
-        .expect("the call is answered")
-    }
+    tokio::time::timeout(PATIENCE, async move {
+        let response = response.await.expect("a response");
+        let (head, mut body) = response.into_parts();
+        let mut bytes = BytesMut::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("body data");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            bytes.put_slice(&chunk);
+        }
+        let trailers = body.trailers().await.expect("trailers").unwrap_or_default();
+        let status_of = |map: &HeaderMap| {
+            map.get("grpc-status")
+                .map(|s| s.to_str().unwrap().parse::<i32>().unwrap())
+        };
+        let (status, from) = match status_of(&trailers) {
+            Some(status) => (status, &trailers),
+            None => (
+                status_of(&head.headers).expect("grpc-status in trailers or headers"),
+                &head.headers,
+            ),
+        };
+        let message = from
+            .get("grpc-message")
+            .map(|m| m.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        Answer {
+            status,
+            message,
+            body: bytes.freeze(),
+        }
+    })
+    .await
+    .expect("the call is answered")
 }
 
 impl Answer {

@@ -8,6 +8,8 @@
 //! (default [`CASES`]); a failure prints the smallest input proptest could shrink it to.
 
 mod common;
+#[path = "common/vocabulary.rs"]
+mod vocabulary;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -42,6 +44,7 @@ use proptest::{
 use prost::Message as _;
 use prost_types::{ListValue, Struct, Value as Json, value::Kind as JsonKind};
 use tonic::{Code, transport::Channel};
+use vocabulary::*;
 
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
 const CASES: u32 = 256;
@@ -110,14 +113,9 @@ impl Harness {
 
     /// Property 2: the known-good request is still answered, and allowed.
     fn still_serving(&self) -> Result<(), TestCaseError> {
-        let known_good = request(
-            p("User", "bob"),
-            action("read"),
-            p("Document", "acme-roadmap-q3"),
-        );
         let answer = self
             .runtime
-            .block_on(self.authorizer().is_authorized(known_good));
+            .block_on(self.authorizer().is_authorized(bob_reads_roadmap()));
         match answer {
             Ok(response) => prop_assert!(is_allow(response.get_ref()), "{response:?}"),
             Err(status) => prop_assert!(false, "the known-good request failed: {status:?}"),
@@ -190,114 +188,6 @@ fn decided(response: &pb::IsAuthorizedResponse) -> Result<(), TestCaseError> {
 }
 
 // ---- Generators ----------------------------------------------------------------------
-
-const TYPES: &[&str] = &[
-    "Platform::User",
-    "Platform::Document",
-    "Platform::Action",
-    "Platform::Group",
-    "Platform::Tenant",
-    "Platform::Project",
-    "Platform::Secret",
-    "Platform::Service",
-    "Platform::ApiKey",
-    "User",
-    "Action",
-    "",
-    "::",
-    "Platform::",
-    "::User",
-    "Platform :: User",
-    "Platform::User::\"bob\"",
-    "__cedar::ipaddr",
-    "Platform::in",
-    "if",
-    "Plätform::Üser",
-];
-
-const IDS: &[&str] = &[
-    "alice",
-    "bob",
-    "carol",
-    "dave",
-    "mallory",
-    "acme-roadmap-q3",
-    "acme-board-minutes",
-    "globex-salaries",
-    "acme-roadmap",
-    "acme",
-    "acme-admins",
-    "acme-auditors",
-    "acme-db-password",
-    "acme-billing",
-    "acme-ci-deploy",
-    "read",
-    "list",
-    "write",
-    "delete",
-    "readSecret",
-    "ReadActions",
-    "",
-    "\"",
-    "\\",
-    "\0",
-    "::",
-    "bob\u{202e}",
-    "𝕓𝕠𝕓",
-];
-
-const KEYS: &[&str] = &[
-    "mfa",
-    "source_ip",
-    "now",
-    "risk_score",
-    "path",
-    "headers",
-    "claims",
-    "user-agent",
-    "__entity",
-    "__extn",
-    "",
-];
-
-const EXTENSION_FNS: &[&str] = &["ip", "ipaddr", "decimal", "datetime", "duration", "IP", ""];
-
-const EXTENSION_ARGS: &[&str] = &[
-    "10.1.2.3",
-    "10.0.0.0/8",
-    "::1",
-    "garbage",
-    "",
-    "1.2.3.4/99",
-    "0.9",
-    "1.23456",
-    "922337203685477.5807",
-    "2026-11-23T12:00:00Z",
-    "2026-13-45",
-    "1d2h",
-    "-9223372036854775808ms",
-];
-
-const JSON_TEXTS: &[&str] = &[
-    "",
-    " ",
-    "{}",
-    "[]",
-    "null",
-    r#"{"mfa": true}"#,
-    r#"{"mfa": 1}"#,
-    r#"{"source_ip": {"__extn": {"fn": "ip", "arg": "garbage"}}}"#,
-    r#"{"source_ip": "10.1.2.3"}"#,
-    r#"{"risk_score": {"__extn": {"fn": "decimal", "arg": "0.9"}}}"#,
-    r#"[{"uid": {"type": "Platform::User", "id": "zed"}, "attrs": {}, "parents": []}]"#,
-    r#"[{"uid": {"type": "Platform::User", "id": "bob"}, "attrs": {"tenant": {"__entity": {"type": "Platform::Tenant", "id": "acme"}}, "email": "b", "suspended": false, "contractor": false}, "parents": [{"type": "Platform::Group", "id": "acme-admins"}]}]"#,
-    r#"[{"uid": {"type": "Platform::Tenant", "id": "acme"}, "attrs": {"name": "A", "admins": {"__entity": {"type": "Platform::Group", "id": "acme-admins"}}}, "parents": [{"type": "Platform::Group", "id": "acme-admins"}]}]"#,
-    r#"{"a": 1, "a": 2}"#,
-    r#"{"mfa": true"#,
-    "\u{feff}{}",
-    "1e999",
-    r#""\ud800""#,
-];
 
 /// Text: mostly a name from `atoms`; else anything, a long repetition, a concatenation,
 /// or a string just past the string limit (64 KiB), which is refused without being
@@ -487,25 +377,6 @@ fn declared_context() -> impl Strategy<Value = HashMap<String, pb::Value>> {
         })
 }
 
-/// Stored principals of the example set, and two that are not.
-const PRINCIPAL_IDS: &[&str] = &[
-    "alice",
-    "bob",
-    "carol",
-    "dave",
-    "erin",
-    "grace",
-    "mallory",
-    "acme-ci-deploy",
-    "acme-ci-readonly",
-    "acme-old-key",
-    "acme-billing",
-    "acme-frontend",
-    "acme-reports",
-    "zed",
-    "bob ",
-];
-
 type Question = (
     Option<pb::EntityUid>,
     Option<pb::EntityUid>,
@@ -664,74 +535,6 @@ fn batches_answer_every_item_or_are_refused_and_keep_serving() {
     });
 }
 
-/// An action, the principal types it applies to, and stored resources it applies to.
-type AppliesTo = (
-    &'static str,
-    &'static [&'static str],
-    &'static [(&'static str, &'static str)],
-);
-
-/// The actions of the example schema with the principal and resource types they apply
-/// to, and stored resources of those types.
-const APPLIES_TO: &[AppliesTo] = &[
-    (
-        "read",
-        &["User", "ApiKey", "Service"],
-        &[
-            ("Document", "acme-roadmap-q3"),
-            ("Document", "globex-salaries"),
-            ("Project", "acme-roadmap"),
-        ],
-    ),
-    (
-        "list",
-        &["User", "ApiKey", "Service"],
-        &[
-            ("Project", "acme-roadmap"),
-            ("Project", "globex-payroll"),
-            ("Document", "acme-carol-notes"),
-        ],
-    ),
-    (
-        "write",
-        &["User", "ApiKey"],
-        &[
-            ("Document", "acme-roadmap-q3"),
-            ("Document", "acme-board-minutes"),
-        ],
-    ),
-    (
-        "share",
-        &["User", "ApiKey"],
-        &[
-            ("Document", "acme-roadmap-q3"),
-            ("Document", "globex-handbook"),
-        ],
-    ),
-    (
-        "delete",
-        &["User", "ApiKey"],
-        &[
-            ("Document", "acme-carol-notes"),
-            ("Project", "globex-payroll"),
-        ],
-    ),
-    (
-        "invoke",
-        &["Service"],
-        &[("Service", "acme-billing"), ("Service", "globex-billing")],
-    ),
-    (
-        "readSecret",
-        &["User", "Service"],
-        &[
-            ("Secret", "acme-db-password"),
-            ("Secret", "globex-db-password"),
-        ],
-    ),
-    ("rotateSecret", &["User"], &[("Secret", "acme-db-password")]),
-];
-
 /// A well-formed request (types the action applies to, a stored resource, a context the
 /// schema accepts) whose principal's id is not stored, and so should be decided DENY.
 fn unknown_principal_request() -> impl Strategy<Value = pb::IsAuthorizedRequest> {
@@ -879,15 +682,8 @@ fn expected(probe: &Probe, limits: &Limits) -> Result<(), Code> {
 #[test]
 fn limits_hold_at_their_boundaries() {
     let pdp = Harness::start();
-    let known_good = || {
-        request(
-            p("User", "bob"),
-            action("read"),
-            p("Document", "acme-roadmap-q3"),
-        )
-    };
     pdp.check(probe(), |probe| {
-        let mut request = known_good();
+        let mut request = bob_reads_roadmap();
         match &probe {
             Probe::TypedDepth(n, shape) => {
                 request.context = context(&[("deep", nest_decodable(*n, boolean(true), *shape))]);
@@ -972,31 +768,6 @@ fn limits_hold_at_their_boundaries() {
 
 // ---- Property 4: ext_authz Check -----------------------------------------------------
 
-const METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "M-SEARCH", "get", "", "G ET",
-];
-
-const PATHS: &[&str] = &[
-    "/projects/acme-roadmap/docs/acme-roadmap-q3",
-    "/projects/acme-roadmap/docs/acme-roadmap-q3/share",
-    "/projects/acme-roadmap",
-    "/projects/acme-roadmap/docs/%61cme-roadmap-q3",
-    "/projects/acme-roadmap/docs/acme-roadmap-q3?x=/../#f",
-    "/secrets/acme-db-password",
-    "/acme.billing.v1.Billing/Charge",
-    "/",
-    "",
-    "projects/acme-roadmap",
-    "*",
-    "/a/../b",
-    "/projects/acme-roadmap/docs/%2e%2E",
-    "/projects/acme-roadmap/docs/.",
-    "/a/%zz",
-    "/a/%",
-    "/a/%ff",
-    "/a//b",
-];
-
 /// Paths of the docs' routes, well-formed.
 const ROUTE_PATHS: &[&str] = &[
     "/projects/acme-roadmap/docs/acme-roadmap-q3",
@@ -1009,18 +780,6 @@ const ROUTE_PATHS: &[&str] = &[
     "/secrets/acme-db-password",
     "/acme.billing.v1.Billing/Charge",
     "/elsewhere",
-];
-
-const IDENTITIES: &[&str] = &[
-    "bob",
-    "alice",
-    "mallory",
-    "zed",
-    "",
-    "spiffe://acme.example/ns/prod/sa/acme-billing",
-    "spiffe://acme.example/ns/prod/sa/acme-frontend",
-    "spiffe://evil.example/ns/prod/sa/acme-billing",
-    "spiffe://acme.example/ns/prod/sa/",
 ];
 
 /// A claim value: JSON of any kind, or nested around the depth limit.
@@ -1513,13 +1272,6 @@ fn a_check_with_deeply_nested_metadata_gets_a_check_response() {
 #[test]
 fn errors_echoing_long_input_are_delivered() {
     let pdp = Harness::start();
-    let known_good = || {
-        request(
-            p("User", "bob"),
-            action("read"),
-            p("Document", "acme-roadmap-q3"),
-        )
-    };
     let long_type = |n: usize| {
         request(
             uid(&format!("{}!", "x".repeat(n)), "bob"),
@@ -1529,12 +1281,12 @@ fn errors_echoing_long_input_are_delivered() {
     };
     let long_ip = |n: usize| pb::IsAuthorizedRequest {
         context: context(&[("source_ip", ext("ip", &"z".repeat(n)))]),
-        ..known_good()
+        ..bob_reads_roadmap()
     };
     // An extension's name is not held to `max_string_bytes` at all, and is echoed too.
     let long_fn = pb::IsAuthorizedRequest {
         context: context(&[("source_ip", ext(&"f".repeat(70_000), "10.1.2.3"))]),
-        ..known_good()
+        ..bob_reads_roadmap()
     };
     let big = "q".repeat(30_000);
     let mut undelivered = Vec::new();
@@ -1548,7 +1300,7 @@ fn errors_echoing_long_input_are_delivered() {
             "a 30,000-byte decimal literal",
             pb::IsAuthorizedRequest {
                 context: context(&[("risk_score", ext("decimal", &big))]),
-                ..known_good()
+                ..bob_reads_roadmap()
             },
         ),
         (
@@ -1563,21 +1315,21 @@ fn errors_echoing_long_input_are_delivered() {
             "a 30,000-byte string where a Bool is declared",
             pb::IsAuthorizedRequest {
                 context: context(&[("mfa", string(&big))]),
-                ..known_good()
+                ..bob_reads_roadmap()
             },
         ),
         (
             "the same in context_json",
             pb::IsAuthorizedRequest {
                 context_json: format!(r#"{{"mfa": "{big}"}}"#),
-                ..known_good()
+                ..bob_reads_roadmap()
             },
         ),
         (
             "a 30,000-byte undeclared key in context_json",
             pb::IsAuthorizedRequest {
                 context_json: format!(r#"{{"{big}": 1}}"#),
-                ..known_good()
+                ..bob_reads_roadmap()
             },
         ),
         (
@@ -1587,7 +1339,7 @@ fn errors_echoing_long_input_are_delivered() {
                     uid: Some(p("User", &big)),
                     ..Default::default()
                 }],
-                ..known_good()
+                ..bob_reads_roadmap()
             },
         ),
         (
@@ -1596,7 +1348,7 @@ fn errors_echoing_long_input_are_delivered() {
                 entities_json: format!(
                     r#"[{{"uid": {{"type": "Platform::User", "id": "{big}"}}, "attrs": {{}}, "parents": []}}]"#
                 ),
-                ..known_good()
+                ..bob_reads_roadmap()
             },
         ),
     ] {
@@ -1619,10 +1371,10 @@ fn errors_echoing_long_input_are_delivered() {
         // The next call on the same channel, once it has reconnected if need be.
         let answer = pdp
             .runtime
-            .block_on(pdp.authorizer().is_authorized(known_good()))
+            .block_on(pdp.authorizer().is_authorized(bob_reads_roadmap()))
             .or_else(|_| {
                 pdp.runtime
-                    .block_on(pdp.authorizer().is_authorized(known_good()))
+                    .block_on(pdp.authorizer().is_authorized(bob_reads_roadmap()))
             });
         assert!(answer.is_ok_and(|r| is_allow(r.get_ref())), "after {what}");
     }

@@ -23,6 +23,9 @@
 //! - Every so often, the known-good request (bob reads acme-roadmap-q3) is still allowed.
 #![no_main]
 
+#[path = "../../tests/common/vocabulary.rs"]
+mod vocabulary;
+
 use std::{
     collections::{BTreeMap, HashMap},
     str::FromStr,
@@ -59,6 +62,7 @@ use libfuzzer_sys::{
 use prost::Message as _;
 use prost_types::{ListValue, Struct, Value as Json, value::Kind as JsonKind};
 use tonic::{Code, Request};
+use vocabulary::*;
 
 /// The services under test and what the oracle needs to know about the policy set.
 struct Pdp {
@@ -395,123 +399,11 @@ fn unescape(segment: &str) -> Option<String> {
 
 // ---- Structured generators ----------------------------------------------------------
 
-const TYPES: &[&str] = &[
-    "Platform::User",
-    "Platform::Document",
-    "Platform::Action",
-    "Platform::Group",
-    "Platform::Tenant",
-    "Platform::Project",
-    "Platform::Secret",
-    "Platform::Service",
-    "Platform::ApiKey",
-    "User",
-    "Action",
-    "",
-    "::",
-    "Platform::",
-    "::User",
-    "Platform :: User",
-    "Platform::User::\"bob\"",
-    "__cedar::ipaddr",
-    "Platform::in",
-    "if",
-    "Plätform::Üser",
-];
 
-const IDS: &[&str] = &[
-    "alice",
-    "bob",
-    "carol",
-    "dave",
-    "mallory",
-    "acme-roadmap-q3",
-    "acme-board-minutes",
-    "globex-salaries",
-    "acme-roadmap",
-    "acme",
-    "globex",
-    "acme-admins",
-    "acme-auditors",
-    "acme-db-password",
-    "acme-billing",
-    "acme-ci-deploy",
-    "read",
-    "list",
-    "write",
-    "share",
-    "delete",
-    "invoke",
-    "readSecret",
-    "rotateSecret",
-    "ReadActions",
-    "SensitiveActions",
-    "",
-    "\"",
-    "\\",
-    "\0",
-    "::",
-    "bob\u{202e}",
-    "𝕓𝕠𝕓",
-];
 
-const KEYS: &[&str] = &[
-    "mfa",
-    "source_ip",
-    "now",
-    "risk_score",
-    "method",
-    "path",
-    "host",
-    "headers",
-    "claims",
-    "params",
-    "email",
-    "user-agent",
-    "__entity",
-    "__extn",
-    "",
-];
 
-const EXTENSION_FNS: &[&str] = &["ip", "ipaddr", "decimal", "datetime", "duration", "IP", ""];
 
-const EXTENSION_ARGS: &[&str] = &[
-    "10.1.2.3",
-    "10.0.0.0/8",
-    "::1",
-    "garbage",
-    "",
-    "1.2.3.4/99",
-    "0.9",
-    "1.23456",
-    "922337203685477.5807",
-    "2026-11-23T12:00:00Z",
-    "2026-13-45",
-    "1d2h",
-    "-9223372036854775808ms",
-];
 
-const JSON_TEXTS: &[&str] = &[
-    "",
-    " ",
-    "{}",
-    "[]",
-    "null",
-    "{\"mfa\": true}",
-    "{\"mfa\": 1}",
-    "{\"source_ip\": {\"__extn\": {\"fn\": \"ip\", \"arg\": \"garbage\"}}}",
-    "{\"source_ip\": \"10.1.2.3\"}",
-    "{\"now\": {\"__extn\": {\"fn\": \"datetime\", \"arg\": \"2026-11-23T12:00:00Z\"}}}",
-    "{\"risk_score\": {\"__extn\": {\"fn\": \"decimal\", \"arg\": \"0.9\"}}}",
-    "[{\"uid\": {\"type\": \"Platform::User\", \"id\": \"zed\"}, \"attrs\": {}, \"parents\": []}]",
-    "[{\"uid\": {\"type\": \"Platform::User\", \"id\": \"bob\"}, \"attrs\": {\"tenant\": {\"__entity\": {\"type\": \"Platform::Tenant\", \"id\": \"acme\"}}, \"email\": \"b\", \"suspended\": false, \"contractor\": false}, \"parents\": [{\"type\": \"Platform::Group\", \"id\": \"acme-admins\"}]}]",
-    "[{\"uid\": {\"__entity\": {\"type\": \"Platform::Tenant\", \"id\": \"acme\"}}, \"attrs\": {\"name\": \"A\", \"admins\": {\"__entity\": {\"type\": \"Platform::Group\", \"id\": \"acme-admins\"}}}, \"parents\": [{\"type\": \"Platform::Group\", \"id\": \"acme-admins\"}]}]",
-    "{\"a\": 1, \"a\": 2}",
-    "{\"mfa\": true",
-    "\u{feff}{}",
-    "1e999",
-    "\"\\ud800\"",
-];
 
 /// Some text: a name from the example set, an odd one, a long one, or anything.
 fn text(u: &mut Unstructured<'_>, atoms: &[&str]) -> Generated<String> {
@@ -692,81 +584,8 @@ fn context(u: &mut Unstructured<'_>) -> Generated<(HashMap<String, pb::Value>, S
     })
 }
 
-/// An action, the principal types it applies to, and stored resources it applies to.
-type AppliesTo = (
-    &'static str,
-    &'static [&'static str],
-    &'static [(&'static str, &'static str)],
-);
 
-/// The actions of the example schema, the principal types they apply to, and stored
-/// resources of the types they apply to.
-const APPLIES_TO: &[AppliesTo] = &[
-    (
-        "read",
-        &["User", "ApiKey", "Service"],
-        &[
-            ("Document", "acme-roadmap-q3"),
-            ("Document", "globex-salaries"),
-            ("Project", "acme-roadmap"),
-        ],
-    ),
-    (
-        "list",
-        &["User", "ApiKey", "Service"],
-        &[
-            ("Project", "acme-roadmap"),
-            ("Document", "acme-carol-notes"),
-        ],
-    ),
-    (
-        "write",
-        &["User", "ApiKey"],
-        &[
-            ("Document", "acme-roadmap-q3"),
-            ("Document", "acme-board-minutes"),
-        ],
-    ),
-    (
-        "share",
-        &["User", "ApiKey"],
-        &[("Document", "acme-roadmap-q3")],
-    ),
-    (
-        "delete",
-        &["User", "ApiKey"],
-        &[
-            ("Document", "acme-carol-notes"),
-            ("Project", "globex-payroll"),
-        ],
-    ),
-    ("invoke", &["Service"], &[("Service", "acme-billing")]),
-    (
-        "readSecret",
-        &["User", "Service"],
-        &[("Secret", "acme-db-password")],
-    ),
-    ("rotateSecret", &["User"], &[("Secret", "acme-db-password")]),
-];
 
-/// Stored principals (and a few that are not).
-const PRINCIPAL_IDS: &[&str] = &[
-    "alice",
-    "bob",
-    "carol",
-    "dave",
-    "erin",
-    "grace",
-    "mallory",
-    "acme-ci-deploy",
-    "acme-ci-readonly",
-    "acme-old-key",
-    "acme-billing",
-    "acme-frontend",
-    "acme-reports",
-    "zed",
-    "bob ",
-];
 
 /// A question the schema accepts (action, principal and resource types that fit, a
 /// context of declared attributes) about mostly stored entities, with one part sometimes
@@ -900,44 +719,8 @@ fn batch_request(u: &mut Unstructured<'_>) -> Generated<pb::BatchIsAuthorizedReq
     })
 }
 
-const METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "M-SEARCH", "get", "", "G ET",
-];
 
-const PATHS: &[&str] = &[
-    "/projects/acme-roadmap/docs/acme-roadmap-q3",
-    "/projects/acme-roadmap/docs/acme-roadmap-q3/share",
-    "/projects/acme-roadmap",
-    "/projects/acme-roadmap/docs/%61cme-roadmap-q3",
-    "/projects/acme-roadmap/docs/acme-roadmap-q3?x=/../#f",
-    "/secrets/acme-db-password",
-    "/acme.billing.v1.Billing/Charge",
-    "/",
-    "",
-    "projects/acme-roadmap",
-    "*",
-    "/a/../b",
-    "/a/%2e%2E/b",
-    "/a/%2e",
-    "/a/%zz",
-    "/a/%",
-    "/a/%ff",
-    "/a//b",
-    "//",
-];
 
-const IDENTITIES: &[&str] = &[
-    "bob",
-    "alice",
-    "mallory",
-    "zed",
-    "",
-    "spiffe://acme.example/ns/prod/sa/acme-billing",
-    "spiffe://acme.example/ns/prod/sa/acme-frontend",
-    "spiffe://evil.example/ns/prod/sa/acme-billing",
-    "spiffe://acme.example/ns/prod/sa/",
-    "acme-billing",
-];
 
 fn json_value(u: &mut Unstructured<'_>, budget: usize) -> Generated<Json> {
     let kind = match u.int_in_range(0..=8u8)? {
