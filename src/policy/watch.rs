@@ -12,7 +12,10 @@
 //! I/O half of a load, [`read_dir`]) is kept apart from parsing (the CPU half, [`build`])
 //! so that this window is short; then:
 //! - no file the loader reads may be open for writing (written to and not yet closed)
-//!   when reading starts, so a file written in two chunks is never read half-way;
+//!   when reading starts, so a file written in two chunks is never read half-way; an
+//!   open with no write yet counts for 100 ms ([`OPEN_HOLD`]), and for as long as a
+//!   write would if the file is empty and was emptied around the open (a truncating open
+//!   whose truncation is not reported yet: an empty file is valid Cedar);
 //! - no change may have happened while the files were read, which the watcher knows for
 //!   certain by *fencing*: it creates a uniquely named file in a private, watched folder
 //!   of its own (in the temp directory), and since the kernel queues the events of one
@@ -34,7 +37,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{Arc, mpsc},
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use notify::{
@@ -156,7 +159,7 @@ impl Watcher {
             writing: HashMap::new(),
             opens: 0,
             reading: false,
-            opened_until: None,
+            opened_while_reading: Vec::new(),
             reload_requested: false,
         };
         let thread = thread::Builder::new()
@@ -318,8 +321,9 @@ struct Run {
     opens: usize,
     /// Between the fences around this watcher's reads: opens then may be its own.
     reading: bool,
-    /// Someone else opened a policy file while this watcher read: hold rebuilds until then.
-    opened_until: Option<Instant>,
+    /// The files opened between those fences, by this watcher or someone else: when the
+    /// count says someone else did, each is held as a possible writer.
+    opened_while_reading: Vec<PathBuf>,
     /// A SIGHUP arrived and is not answered yet (it may have come in while a rebuild was
     /// reading); the loop answers it with an immediate, forced rebuild.
     reload_requested: bool,
@@ -330,14 +334,83 @@ struct Run {
 struct Writer {
     /// When it was opened, or last written to.
     since: Instant,
+    /// The wall-clock time of `since`, to compare with the file's modification time.
+    at: SystemTime,
     /// Whether it has been written to (else it was only opened, perhaps only to be read).
     wrote: bool,
 }
 
+impl Writer {
+    fn opened(since: Instant) -> Self {
+        Self {
+            since,
+            at: SystemTime::now(),
+            wrote: false,
+        }
+    }
+
+    fn wrote(since: Instant) -> Self {
+        Self {
+            since,
+            at: SystemTime::now(),
+            wrote: true,
+        }
+    }
+
+    /// Whether this possible writer of `path` still holds rebuilds back at `now`.
+    fn holds(&self, path: &Path, now: Instant, write_hold: Duration) -> Hold {
+        let age = now.saturating_duration_since(self.since);
+        if !self.wrote && age < OPEN_HOLD {
+            return Hold::Yes;
+        }
+        if !self.wrote && !emptied_by_open(path, self) {
+            return Hold::No;
+        }
+        if age < write_hold {
+            Hold::Yes
+        } else {
+            Hold::Abandoned
+        }
+    }
+}
+
+/// Whether a possible writer holds rebuilds back.
+#[derive(Debug, PartialEq, Eq)]
+enum Hold {
+    Yes,
+    No,
+    /// It did, but has been open without a write for longer than the write hold.
+    Abandoned,
+}
+
 /// How long an open by someone else holds rebuilds back when no write follows: a
 /// truncating open shows the file empty a moment before its event, and a mere reader
-/// never sends another event, so the hold has to end by itself.
+/// never sends another event, so the hold has to end by itself. An open that emptied
+/// the file holds for longer: see [`emptied_by_open`].
 const OPEN_HOLD: Duration = Duration::from_millis(100);
+
+/// Whether an unwritten open of `path` (by `writer`) should still hold rebuilds back after
+/// [`OPEN_HOLD`]: the file is empty and was emptied around the open or since. That is a
+/// truncating open (`O_TRUNC`, as editors and `>` use) whose writer has not written yet:
+/// since Linux 6.5 the open's event comes before the truncation, and the truncation's
+/// own event only after the kernel's truncate returns, which a loaded machine can delay
+/// well past `OPEN_HOLD`; an empty file is valid Cedar, so it would be served. A mere
+/// reader of an empty file leaves its modification time alone, so it does not hold.
+fn emptied_by_open(path: &Path, writer: &Writer) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    let emptied_at = meta.modified().ok();
+    meta.len() == 0 && emptied_at.is_some_and(|m| m + TRUNCATE_SLACK >= writer.at)
+}
+
+/// How much earlier than the open's event reached the watcher the truncation's
+/// modification time may be: the event arrives some time after the open (the watcher's
+/// thread may wait for a CPU), and file times come from a clock that lags by up to a
+/// scheduler tick. It is also the window in which a mere reader right after someone
+/// emptied the file is mistaken for a writer (and holds rebuilds until the write hold
+/// runs out or the file is written and closed): rare, slow, and never wrong.
+const TRUNCATE_SLACK: Duration = Duration::from_millis(250);
 
 /// What one attempt at a rebuild came to.
 enum Attempt {
@@ -503,22 +576,20 @@ impl Run {
     fn writers_open(&mut self) -> bool {
         let now = Instant::now();
         let hold = self.options.write_hold;
-        self.writing.retain(|path, writer| {
-            let age = now.duration_since(writer.since);
-            if !writer.wrote {
-                return age < OPEN_HOLD;
-            }
-            let abandoned = age >= hold;
-            if abandoned {
-                tracing::warn!(
-                    file = %path.display(),
-                    hold_seconds = hold.as_secs_f64(),
-                    "a policy file was written to and left open; reloading without waiting for it"
-                );
-            }
-            !abandoned
-        });
-        !self.writing.is_empty() || self.opened_until.is_some_and(|until| now < until)
+        self.writing
+            .retain(|path, writer| match writer.holds(path, now, hold) {
+                Hold::Yes => true,
+                Hold::No => false,
+                Hold::Abandoned => {
+                    tracing::warn!(
+                        file = %path.display(),
+                        hold_seconds = hold.as_secs_f64(),
+                        "a policy file was opened for writing and left open; reloading without waiting for it"
+                    );
+                    false
+                }
+            });
+        !self.writing.is_empty()
     }
 
     /// Puts the burst's rebuild off a little while files are open for writing (their
@@ -581,12 +652,13 @@ impl Run {
                 let now = Instant::now();
                 for path in loaded.into_iter().filter(|p| !p.is_dir()) {
                     self.opens += 1;
-                    if !self.reading {
+                    if self.reading {
+                        self.opened_while_reading.push(path.clone());
+                    } else {
                         // Not this watcher's: a reader, or a writer about to truncate.
-                        self.writing.entry(path.clone()).or_insert(Writer {
-                            since: now,
-                            wrote: false,
-                        });
+                        self.writing
+                            .entry(path.clone())
+                            .or_insert(Writer::opened(now));
                     }
                 }
                 false
@@ -596,13 +668,7 @@ impl Run {
             EventKind::Modify(ModifyKind::Data(_)) => {
                 let now = Instant::now();
                 for path in &loaded {
-                    self.writing.insert(
-                        (*path).clone(),
-                        Writer {
-                            since: now,
-                            wrote: true,
-                        },
-                    );
+                    self.writing.insert((*path).clone(), Writer::wrote(now));
                 }
                 !loaded.is_empty()
             }
@@ -658,6 +724,7 @@ impl Run {
         }
         let started = Instant::now();
         let opens_before = self.opens;
+        self.opened_while_reading.clear();
         self.reading = true;
         let read = read_dir(self.store.dir());
         let fresh = read
@@ -687,7 +754,13 @@ impl Run {
             .map(|r| r.as_ref().map_or(0, |r| r.opened()))
             .sum::<usize>();
         if self.opens - opens_before > ours {
-            self.opened_until = Some(Instant::now() + OPEN_HOLD + jitter(OPEN_HOLD));
+            // Which open was not ours is unknown: hold each file opened meanwhile, a
+            // little longer at random (two servers reading one directory see each
+            // other's opens, and must not keep meeting).
+            let since = Instant::now() + jitter(OPEN_HOLD);
+            for path in std::mem::take(&mut self.opened_while_reading) {
+                self.writing.entry(path).or_insert(Writer::opened(since));
+            }
             return self.changed();
         }
         let read = match (read, again) {
@@ -876,4 +949,60 @@ fn is_loaded_name(path: &Path) -> bool {
             || name.ends_with(".cedarschema.json")
             || name == "entities.json"
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRITE_HOLD: Duration = Duration::from_secs(10);
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+        file
+    }
+
+    #[test]
+    fn an_open_without_a_write_holds_briefly_unless_it_emptied_the_file() {
+        let now = Instant::now();
+        let later = now + OPEN_HOLD * 2;
+        let open = Writer::opened(now);
+        let full = file("permit(principal, action, resource);\n");
+        let empty = file("");
+        // Within OPEN_HOLD any open holds.
+        assert_eq!(open.holds(full.path(), now, WRITE_HOLD), Hold::Yes);
+        // After it, a reader of a file with content does not...
+        assert_eq!(open.holds(full.path(), later, WRITE_HOLD), Hold::No);
+        // ...but an open that emptied the file (a truncating writer whose truncation is
+        // still to be reported) holds until the write hold.
+        assert_eq!(open.holds(empty.path(), later, WRITE_HOLD), Hold::Yes);
+        assert_eq!(
+            open.holds(empty.path(), now + WRITE_HOLD, WRITE_HOLD),
+            Hold::Abandoned
+        );
+        // A file emptied long before the open was only read.
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        empty.as_file().set_modified(old).unwrap();
+        assert_eq!(open.holds(empty.path(), later, WRITE_HOLD), Hold::No);
+        // A file that is gone holds nothing (its removal is a change of its own).
+        let gone = empty.path().to_owned();
+        drop(empty);
+        assert_eq!(open.holds(&gone, later, WRITE_HOLD), Hold::No);
+    }
+
+    #[test]
+    fn a_write_holds_until_the_write_hold() {
+        let now = Instant::now();
+        let full = file("permit(principal, action, resource);\n");
+        let wrote = Writer::wrote(now);
+        assert_eq!(
+            wrote.holds(full.path(), now + OPEN_HOLD * 2, WRITE_HOLD),
+            Hold::Yes
+        );
+        assert_eq!(
+            wrote.holds(full.path(), now + WRITE_HOLD, WRITE_HOLD),
+            Hold::Abandoned
+        );
+    }
 }
