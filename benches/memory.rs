@@ -1,7 +1,8 @@
 //! Resident memory of the real server holding large policy sets: the release binary is
 //! started on a generated multi-tenant directory (the sets of `benches/slicing.rs`) and,
-//! once it says it is listening, its resident set (VmRSS) and peak (VmHWM) are read from
-//! /proc. Linux only.
+//! once it says it is listening, its resident set (VmRSS) is read from /proc; then one
+//! policy is added, and once the server says it reloaded, its resident set again and its
+//! peak (VmHWM). Linux only.
 //!
 //! Run: `cargo bench --bench memory` (optionally `-- <policies>`, default 40000 and
 //! 100000).
@@ -34,7 +35,10 @@ fn main() {
         Some(n) => vec![n],
         None => vec![40_000, 100_000],
     };
-    println!("{:<12} {:>12} {:>12}", "policies", "VmRSS MiB", "VmHWM MiB");
+    println!(
+        "{:<12} {:>12} {:>16} {:>12}",
+        "policies", "VmRSS MiB", "after reload MiB", "VmHWM MiB"
+    );
     for n in sizes {
         let dir = tempfile::tempdir().unwrap();
         tenant_dir(dir.path(), n);
@@ -55,16 +59,27 @@ fn main() {
             .spawn()
             .expect("the server starts");
         let stdout = child.stdout.take().unwrap();
-        let listening = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line.contains("\"listening\""));
+        let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
         assert!(
-            listening,
+            lines.any(|line| line.contains("\"listening\"")),
             "{n} policies: the server never said it was listening"
         );
-        let (rss, peak) = memory(child.id());
-        println!("{n:<12} {rss:>12.1} {peak:>12.1}");
+        let (rss, _) = memory(child.id());
+        // One more policy, renamed into place: the watcher rebuilds the whole set beside
+        // the serving one and swaps it in.
+        let extra = dir.path().join(".extra.tmp");
+        std::fs::write(
+            &extra,
+            "permit(principal == User::\"extra\", action, resource);\n",
+        )
+        .unwrap();
+        std::fs::rename(&extra, dir.path().join("extra.cedar")).unwrap();
+        assert!(
+            lines.any(|line| line.contains("policies reloaded")),
+            "{n} policies: the server never said it reloaded"
+        );
+        let (reloaded, peak) = memory(child.id());
+        println!("{n:<12} {rss:>12.1} {reloaded:>16.1} {peak:>12.1}");
         let _ = child.kill();
         let _ = child.wait();
     }

@@ -60,6 +60,7 @@ impl PolicyStore {
             current: ArcSwap::from_pointee(snapshot),
             last_error: Mutex::new(None),
         };
+        release_freed_memory();
         Ok((store, warnings))
     }
 
@@ -95,6 +96,14 @@ impl PolicyStore {
     /// Serves `snapshot` from the next call on, unless its content equals the serving
     /// snapshot's (then the serving one, and its `loaded_at`, stay). Clears the last error.
     pub fn install(&self, snapshot: Snapshot) -> ReloadOutcome {
+        let outcome = self.swap(snapshot);
+        // The snapshot not taken, or the one replaced (unless calls still hold it), is
+        // gone now, and so are the load's intermediates.
+        release_freed_memory();
+        outcome
+    }
+
+    fn swap(&self, snapshot: Snapshot) -> ReloadOutcome {
         let mut last_error = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
         *last_error = None;
         let old = self.current.load();
@@ -122,6 +131,7 @@ impl PolicyStore {
             at: SystemTime::now(),
         };
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure.clone());
+        release_freed_memory();
         failure
     }
 
@@ -137,4 +147,17 @@ impl PolicyStore {
             }
         }
     }
+}
+
+/// Hands the memory a load freed (parsing and validation intermediates, a replaced
+/// snapshot) back to the operating system. The binary runs on mimalloc, which keeps freed
+/// pages resident for reuse and purges them only as it is called again, so a server idle
+/// after loading stays at its loading size: 338 MiB against 252 MiB with this, for
+/// 40,000 policies (`cargo bench --bench memory`). Under another global allocator
+/// mimalloc's heaps are empty and this does nothing. Costs a walk of the calling thread's
+/// heap; called only after a load.
+fn release_freed_memory() {
+    // SAFETY: `mi_collect` has no preconditions: it may be called from any thread at any
+    // time, whatever the global allocator is.
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }
