@@ -113,8 +113,7 @@ fn main() {
 
     // One engine decision, as a call makes it: merge entities, then decide; bob may read.
     let decide = |entities: EntitiesInput, context: ContextInput| {
-        let entities = engine.entities(&snapshot, entities).unwrap();
-        let decision = engine.decide(&snapshot, &entities, query(context)).unwrap();
+        let decision = engine.decide(&snapshot, entities, query(context)).unwrap();
         assert!(decision.allowed);
     };
     let mut results: Vec<(&str, Vec<Duration>)> = Vec::new();

@@ -29,10 +29,9 @@ fn main() {
                 slice_policies: slice,
                 ..EngineOptions::default()
             });
-            let entities = engine
-                .entities(&snapshot, EntitiesInput::None)
-                .expect("the stored entities");
-            let decision = engine.decide(&snapshot, &entities, u7_writes_d7()).unwrap();
+            let decision = engine
+                .decide(&snapshot, EntitiesInput::None, u7_writes_d7())
+                .unwrap();
             assert!(decision.allowed, "{n} policies: u7 writes d7");
             assert_eq!(decision.determining_policies, ["p7"]);
             let runs = if !slice && n > 1_000 {
@@ -41,7 +40,9 @@ fn main() {
                 iterations
             };
             let samples = measure(runs, || {
-                let decision = engine.decide(&snapshot, &entities, u7_writes_d7()).unwrap();
+                let decision = engine
+                    .decide(&snapshot, EntitiesInput::None, u7_writes_d7())
+                    .unwrap();
                 std::hint::black_box(decision);
             });
             let name = format!(

@@ -90,8 +90,7 @@ impl AuthorizerService {
             &request.context,
             request.context_json,
         )?;
-        let entities = self.engine.entities(snapshot, entities)?;
-        let decision = self.engine.decide(snapshot, &entities, query)?;
+        let decision = self.engine.decide(snapshot, entities, query)?;
         Ok(response(decision, snapshot))
     }
 
@@ -114,13 +113,12 @@ impl AuthorizerService {
             .convert
             .entities(&request.entities, request.entities_json)?;
         let entities = self.engine.entities(snapshot, entities)?;
-        let results = request
+        let requests = request
             .items
             .into_iter()
             .enumerate()
             .map(|(i, item)| {
-                let query = self
-                    .convert
+                self.convert
                     .query(
                         item.principal,
                         item.action,
@@ -128,11 +126,21 @@ impl AuthorizerService {
                         &item.context,
                         item.context_json,
                     )
-                    .and_then(|query| self.engine.decide(snapshot, &entities, query))
-                    .map_err(|e| e.within(&format!("items[{i}]")))?;
-                Ok(response(query, snapshot))
+                    .and_then(|query| self.engine.request(snapshot, query))
+                    .map_err(|e| e.within(&format!("items[{i}]")))
             })
             .collect::<Result<Vec<_>, RequestError>>()?;
+        // One store for every item: built from what all of them can reach.
+        let store = self.engine.store(snapshot, entities, &requests)?;
+        let results = requests
+            .iter()
+            .map(|request| {
+                response(
+                    self.engine.decide_request(snapshot, &store, request),
+                    snapshot,
+                )
+            })
+            .collect();
         Ok(pb::BatchIsAuthorizedResponse {
             results,
             policy_version: snapshot.version().to_owned(),

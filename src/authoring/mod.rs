@@ -150,15 +150,19 @@ pub fn decide(
     };
     let (query, entities) = request.query();
     let entities = engine.entities(snapshot, entities).map_err(rename)?;
+    let question = engine.request(snapshot, query).map_err(rename)?;
+    let store = engine
+        .store(snapshot, entities, std::slice::from_ref(&question))
+        .map_err(rename)?;
     let unknown = [
         ("principal", &request.principal),
         ("resource", &request.resource),
     ]
     .into_iter()
-    .filter(|(_, uid)| entities.get(&uid.0).is_none())
+    .filter(|(_, uid)| store.get(&uid.0).is_none())
     .map(|(role, uid)| (role, uid.to_string()))
     .collect();
-    let decision = engine.decide(snapshot, &entities, query).map_err(rename)?;
+    let decision = engine.decide_request(snapshot, &store, &question);
     Ok(Answer { decision, unknown })
 }
 

@@ -1,41 +1,217 @@
 //! Merging a call's entities over the snapshot's stored ones.
 //!
 //! The call's entities are checked first (count, parent chains, JSON nesting), then built
-//! and validated against the schema on their own, and only then merged over the store:
-//! a call's entity replaces the stored one with the same uid, for that call only.
+//! and validated against the schema on their own ([`check`]), and only then merged over
+//! the store ([`merge`]): a call's entity replaces the stored one with the same uid, for
+//! that call only. The merge copies only the part of the store the call can reach, so
+//! its cost does not grow with the store.
 
-use std::borrow::Cow;
+use std::{
+    borrow::Cow,
+    collections::{HashSet, VecDeque},
+};
 
-use cedar_policy::{Entities, Entity, Schema};
+use cedar_policy::{Entities, Entity, EntityUid, EvalResult, Request, Schema};
 
 use super::{EngineOptions, EntitiesInput, EntityInput, RequestError, json};
 use crate::policy::{Snapshot, describe, hierarchy, json_uid_and_parents};
 
-pub(super) fn merge<'s>(
-    snapshot: &'s Snapshot,
+/// A call's own entities, checked and validated on their own, not yet merged over the
+/// store (see [`merge`]).
+#[derive(Debug, Default)]
+pub struct CallEntities {
+    /// The request field they came from, for errors found when merging.
+    field: &'static str,
+    /// `None` when the call sent none.
+    own: Option<Entities>,
+}
+
+impl CallEntities {
+    /// Whether the call sent any entities.
+    pub fn is_empty(&self) -> bool {
+        self.own.is_none()
+    }
+}
+
+pub(super) fn check(
+    snapshot: &Snapshot,
     input: EntitiesInput,
     options: &EngineOptions,
-) -> Result<Cow<'s, Entities>, RequestError> {
+) -> Result<CallEntities, RequestError> {
     let schema = snapshot.schema().filter(|_| options.validate_requests);
     let (field, own) = match input {
-        EntitiesInput::None => return Ok(Cow::Borrowed(snapshot.entities())),
-        EntitiesInput::Typed(list) if list.is_empty() => {
-            return Ok(Cow::Borrowed(snapshot.entities()));
-        }
+        EntitiesInput::None => return Ok(CallEntities::default()),
+        EntitiesInput::Typed(list) if list.is_empty() => return Ok(CallEntities::default()),
         EntitiesInput::Json(json) if json.trim().is_empty() => {
-            return Ok(Cow::Borrowed(snapshot.entities()));
+            return Ok(CallEntities::default());
         }
         EntitiesInput::Typed(list) => ("entities", typed(list, schema, options)?),
         EntitiesInput::Json(json) => ("entities_json", from_json(&json, schema, options)?),
     };
-    // Cedar's upsert replaces stored entities of the same uid and repairs the transitive
-    // closure only around what changed; the clone shares every stored entity.
-    snapshot
-        .entities()
-        .clone()
-        .upsert_entities(own.iter().cloned(), None)
-        .map(Cow::Owned)
-        .map_err(|e| RequestError::invalid(field, describe(&e)))
+    Ok(CallEntities {
+        field,
+        own: Some(own),
+    })
+}
+
+/// The store the call's `requests` are decided against: the stored entities with the
+/// call's merged over them (a call's entity replaces a stored one with the same uid).
+/// Borrows the snapshot's store when the call sends none.
+///
+/// With `options.slice_entities`, only the part of the store that deciding these requests
+/// can reach is copied, and the call's entities are merged over that: the store's size
+/// does not matter. Evaluation reaches an entity only by its uid, and a uid comes only
+/// from the request (principal, action, resource, context), the call's entities, a
+/// policy's text, or an attribute or tag of an entity reached; `in` reads an entity's
+/// ancestors. So the slice holds, from those roots, every stored entity reached through
+/// ancestors, attributes and tags, with the call's entities' parents and values followed
+/// as well. Every ancestor of an entity in it is in it too, so the ancestors Cedar works
+/// out on the slice after merging are those it works out on the whole store. The
+/// policies' entities are those of the policies the index picks for each request (their
+/// scopes need only the ancestors already in the slice); if they add to it, it is built
+/// again with them.
+pub(super) fn merge<'s>(
+    snapshot: &'s Snapshot,
+    call: CallEntities,
+    requests: &[Request],
+    options: &EngineOptions,
+) -> Result<Cow<'s, Entities>, RequestError> {
+    let CallEntities { field, own } = call;
+    let Some(own) = own else {
+        return Ok(Cow::Borrowed(snapshot.entities()));
+    };
+    let stored = snapshot.entities();
+    let invalid = |e: cedar_policy::entities_errors::EntitiesError| {
+        RequestError::invalid(field, describe(&e))
+    };
+    if !options.slice_entities {
+        // Cedar's upsert replaces stored entities of the same uid and repairs the
+        // transitive closure, walking the whole store; the clone shares every stored
+        // entity.
+        return stored
+            .clone()
+            .upsert_entities(own.iter().cloned(), None)
+            .map(Cow::Owned)
+            .map_err(invalid);
+    }
+    let mut reach = Reach::new(stored, &own);
+    for request in requests {
+        for uid in [request.principal(), request.action(), request.resource()]
+            .into_iter()
+            .flatten()
+        {
+            reach.add(uid.clone());
+        }
+        if let Some(context) = request.context() {
+            for (key, _) in context.clone() {
+                if let Some(value) = context.get(&key) {
+                    reach.value(&value);
+                }
+            }
+        }
+    }
+    for entity in own.iter() {
+        reach.add(entity.uid());
+    }
+    reach.run();
+    let build = |reach: &Reach<'_>| -> Result<Entities, RequestError> {
+        Entities::from_entities(reach.copied.iter().map(|&e| e.clone()), None)
+            .map_err(invalid)?
+            .upsert_entities(own.iter().cloned(), None)
+            .map_err(invalid)
+    };
+    let slice = build(&reach)?;
+    let before = reach.copied.len();
+    for request in requests {
+        let (Some(p), Some(a), Some(r)) =
+            (request.principal(), request.action(), request.resource())
+        else {
+            continue;
+        };
+        let literals = snapshot
+            .index()
+            .literals([p, a, r], &slice, options.slice_policies);
+        for uid in literals {
+            reach.add(uid.clone());
+        }
+    }
+    reach.run();
+    if reach.copied.len() == before {
+        Ok(Cow::Owned(slice))
+    } else {
+        build(&reach).map(Cow::Owned)
+    }
+}
+
+/// The walk that finds the stored entities a call can reach.
+struct Reach<'a> {
+    stored: &'a Entities,
+    own: &'a Entities,
+    seen: HashSet<EntityUid>,
+    queue: VecDeque<EntityUid>,
+    /// The stored entities reached, in the order found.
+    copied: Vec<&'a Entity>,
+}
+
+impl<'a> Reach<'a> {
+    fn new(stored: &'a Entities, own: &'a Entities) -> Self {
+        Self {
+            stored,
+            own,
+            seen: HashSet::new(),
+            queue: VecDeque::new(),
+            copied: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, uid: EntityUid) {
+        if !self.seen.contains(&uid) {
+            self.seen.insert(uid.clone());
+            self.queue.push_back(uid);
+        }
+    }
+
+    /// Every uid inside `value`.
+    fn value(&mut self, value: &EvalResult) {
+        match value {
+            EvalResult::EntityUid(uid) => self.add(uid.clone()),
+            EvalResult::Set(set) => set.iter().for_each(|v| self.value(v)),
+            EvalResult::Record(record) => record.iter().for_each(|(_, v)| self.value(v)),
+            EvalResult::Bool(_)
+            | EvalResult::Long(_)
+            | EvalResult::String(_)
+            | EvalResult::ExtensionValue(_) => {}
+        }
+    }
+
+    /// Follows, from every uid queued, the ancestors, attributes and tags of the entity
+    /// it names in the store and among the call's entities (both: the stored one's
+    /// reach is more than needed when the call replaces it, never less).
+    fn run(&mut self) {
+        while let Some(uid) = self.queue.pop_front() {
+            for store in [self.stored, self.own] {
+                let Some(entity) = store.get(&uid) else {
+                    continue;
+                };
+                if std::ptr::eq(store, self.stored) {
+                    self.copied.push(entity);
+                }
+                if let Some(ancestors) = store.ancestors(&uid) {
+                    for ancestor in ancestors {
+                        self.add(ancestor.clone());
+                    }
+                }
+                let values: Vec<EvalResult> = entity
+                    .attrs()
+                    .chain(entity.tags())
+                    .filter_map(|(_, v)| v.ok())
+                    .collect();
+                for value in &values {
+                    self.value(value);
+                }
+            }
+        }
+    }
 }
 
 fn check_count(field: &str, count: usize, options: &EngineOptions) -> Result<(), RequestError> {

@@ -13,8 +13,10 @@ mod request;
 use std::borrow::Cow;
 
 use cedar_policy::{
-    AuthorizationError, Authorizer, Context, Entities, EntityUid, RestrictedExpression,
+    AuthorizationError, Authorizer, Context, Entities, EntityUid, Request, RestrictedExpression,
 };
+
+pub use entities::CallEntities;
 
 use crate::{config::Limits, policy::Snapshot};
 
@@ -34,6 +36,10 @@ pub struct EngineOptions {
     /// Evaluate only the policies whose scope can match the request (the same answer,
     /// faster); `false` evaluates the whole set, as a reference.
     pub slice_policies: bool,
+    /// Merge a call's entities over only the part of the stored entities it can reach
+    /// (the same answer, at a cost that does not grow with the store); `false` merges
+    /// them over the whole store, as a reference.
+    pub slice_entities: bool,
 }
 
 impl EngineOptions {
@@ -46,6 +52,7 @@ impl EngineOptions {
             max_value_depth: limits.max_value_depth,
             max_string_bytes: limits.max_string_bytes,
             slice_policies: true,
+            slice_entities: true,
         }
     }
 }
@@ -205,38 +212,80 @@ impl Engine {
         }
     }
 
-    /// The stored entities with the call's entities merged over them (a call's entity
-    /// replaces a stored one with the same uid). Borrows the snapshot's store when the
-    /// call sends none. Build once per call: a batch shares it across items.
-    pub fn entities<'s>(
-        &self,
-        snapshot: &'s Snapshot,
-        input: EntitiesInput,
-    ) -> Result<Cow<'s, Entities>, RequestError> {
-        entities::merge(snapshot, input, &self.options)
-    }
-
-    /// Decides `query` against `snapshot`, with `entities` from [`Engine::entities`] on the
-    /// same snapshot.
+    /// Decides one query with the entities its call sent: [`Engine::entities`],
+    /// [`Engine::request`], [`Engine::store`] and [`Engine::decide_request`] in one.
     pub fn decide(
         &self,
         snapshot: &Snapshot,
-        entities: &Entities,
+        entities: EntitiesInput,
         query: Query,
     ) -> Result<Decision, RequestError> {
+        let entities = self.entities(snapshot, entities)?;
+        let request = self.request(snapshot, query)?;
+        let store = self.store(snapshot, entities, std::slice::from_ref(&request))?;
+        Ok(self.decide_request(snapshot, &store, &request))
+    }
+
+    /// A call's entities, checked against the limits and validated on their own (not yet
+    /// merged over the store: see [`Engine::store`]).
+    pub fn entities(
+        &self,
+        snapshot: &Snapshot,
+        input: EntitiesInput,
+    ) -> Result<CallEntities, RequestError> {
+        entities::check(snapshot, input, &self.options)
+    }
+
+    /// The Cedar request for `query`, validated against the snapshot's schema when
+    /// requests are validated.
+    pub fn request(&self, snapshot: &Snapshot, query: Query) -> Result<Request, RequestError> {
+        request::build(snapshot, query, &self.options)
+    }
+
+    /// The entity store to decide all of one call's `requests` against: the stored
+    /// entities with the call's merged over them (a call's entity replaces a stored one
+    /// with the same uid). Borrows the snapshot's store when the call sends none; else
+    /// copies only what the requests can reach. Build once per call: a batch shares it.
+    pub fn store<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        entities: CallEntities,
+        requests: &[Request],
+    ) -> Result<Cow<'s, Entities>, RequestError> {
+        entities::merge(snapshot, entities, requests, &self.options)
+    }
+
+    /// Decides `request` (from [`Engine::request`]) against `entities` (from
+    /// [`Engine::store`] for a set of requests that included it), on `snapshot`.
+    pub fn decide_request(
+        &self,
+        snapshot: &Snapshot,
+        entities: &Entities,
+        request: &Request,
+    ) -> Decision {
+        let (Some(principal), Some(action), Some(resource)) =
+            (request.principal(), request.action(), request.resource())
+        else {
+            // Every request the engine builds names all three.
+            return self.evaluate(snapshot.policies(), entities, request);
+        };
         let policies = if self.options.slice_policies {
-            snapshot.index().slice(
-                snapshot.policies(),
-                &query.principal,
-                &query.action,
-                &query.resource,
-                entities,
-            )
+            snapshot
+                .index()
+                .slice(snapshot.policies(), principal, action, resource, entities)
         } else {
             Cow::Borrowed(snapshot.policies())
         };
-        let request = request::build(snapshot, query, &self.options)?;
-        let response = self.authorizer.is_authorized(&request, &policies, entities);
+        self.evaluate(&policies, entities, request)
+    }
+
+    fn evaluate(
+        &self,
+        policies: &cedar_policy::PolicySet,
+        entities: &Entities,
+        request: &Request,
+    ) -> Decision {
+        let response = self.authorizer.is_authorized(request, policies, entities);
         let diagnostics = response.diagnostics();
         let mut determining_policies: Vec<String> =
             diagnostics.reason().map(ToString::to_string).collect();
@@ -251,10 +300,10 @@ impl Engine {
             })
             .collect();
         errors.sort_unstable_by(|a, b| a.policy_id.cmp(&b.policy_id));
-        Ok(Decision {
+        Decision {
             allowed: response.decision() == cedar_policy::Decision::Allow,
             determining_policies,
             errors,
-        })
+        }
     }
 }

@@ -157,6 +157,11 @@ pub struct PolicyIndex {
     action_by: HashMap<EntityUid, Vec<usize>>,
     /// False when the set holds template-linked policies: it is then served whole.
     usable: bool,
+    /// By position: the entities each policy names outside its scope (in its
+    /// conditions), which evaluating it may look up in the entity store.
+    literals: Vec<Box<[EntityUid]>>,
+    /// Those of every policy (templates' links included), without repeats.
+    all_literals: Box<[EntityUid]>,
 }
 
 impl PolicyIndex {
@@ -166,11 +171,16 @@ impl PolicyIndex {
             usable: true,
             ..Self::default()
         };
+        let mut all_literals = HashSet::new();
         for policy in set.policies() {
             if !policy.is_static() {
                 index.usable = false;
+                all_literals.extend(policy.entity_literals());
                 continue;
             }
+            let literals = condition_literals(policy);
+            all_literals.extend(literals.iter().cloned());
+            index.literals.push(literals);
             let i = index.ids.len();
             let principal = EntityScope::from(policy.principal_constraint());
             let resource = EntityScope::from(policy.resource_constraint());
@@ -189,7 +199,29 @@ impl PolicyIndex {
             index.ids.push(policy.id().clone());
             index.scopes.push((principal, action, resource));
         }
+        index.all_literals = all_literals.into_iter().collect();
         index
+    }
+
+    /// The entities named in the conditions of the policies [`PolicyIndex::slice`] picks
+    /// for this request (of every policy when `sliced` is false, or when the slice would be
+    /// the whole set): with the request's own entities, all that evaluating those policies
+    /// can look up in the entity store by name.
+    pub fn literals<'i>(
+        &'i self,
+        [principal, action, resource]: [&EntityUid; 3],
+        entities: &Entities,
+        sliced: bool,
+    ) -> Box<dyn Iterator<Item = &'i EntityUid> + 'i> {
+        let chosen = if sliced {
+            self.chosen([principal, action, resource], entities, true)
+        } else {
+            None
+        };
+        match chosen {
+            Some(chosen) => Box::new(chosen.into_iter().flat_map(|i| self.literals[i].iter())),
+            None => Box::new(self.all_literals.iter()),
+        }
     }
 
     /// The policies of `full` (the set this index was built from) that can apply to a
@@ -215,8 +247,32 @@ impl PolicyIndex {
         entities: &Entities,
         only_if_worth_it: bool,
     ) -> Cow<'s, PolicySet> {
-        if !self.usable {
+        let Some(chosen) = self.chosen([principal, action, resource], entities, only_if_worth_it)
+        else {
             return Cow::Borrowed(full);
+        };
+        let policies: Option<Vec<Policy>> = chosen
+            .into_iter()
+            .map(|i| full.policy(&self.ids[i]).cloned())
+            .collect();
+        // Neither can fail (the index was built from `full`, whose ids are distinct), and
+        // the whole set is always right.
+        match policies.map(PolicySet::from_policies) {
+            Some(Ok(set)) => Cow::Owned(set),
+            _ => Cow::Borrowed(full),
+        }
+    }
+
+    /// The positions of the policies [`PolicyIndex::slice_if`] keeps, sorted; `None` for
+    /// the whole set.
+    fn chosen(
+        &self,
+        [principal, action, resource]: [&EntityUid; 3],
+        entities: &Entities,
+        only_if_worth_it: bool,
+    ) -> Option<Vec<usize>> {
+        if !self.usable {
+            return None;
         }
         let p = Subject::new(principal, entities);
         let a = Subject::new(action, entities);
@@ -233,13 +289,11 @@ impl PolicyIndex {
             self.resource.lists(&r),
         ];
         let size = |lists: &Vec<&[usize]>| lists.iter().map(|l| l.len()).sum::<usize>();
-        let Some(smallest) = sides.iter().min_by_key(|lists| size(lists)) else {
-            return Cow::Borrowed(full);
-        };
+        let smallest = sides.iter().min_by_key(|lists| size(lists))?;
         // Building a set costs about as much per policy as evaluating a simple one: past
         // half of the set, the whole set is cheaper.
         if only_if_worth_it && size(smallest) * 2 > self.ids.len() {
-            return Cow::Borrowed(full);
+            return None;
         }
         let mut chosen: Vec<usize> = smallest
             .iter()
@@ -252,17 +306,40 @@ impl PolicyIndex {
         // An action `in [..]` list can hold one policy under several keys.
         chosen.sort_unstable();
         chosen.dedup();
-        let policies: Option<Vec<Policy>> = chosen
-            .into_iter()
-            .map(|i| full.policy(&self.ids[i]).cloned())
-            .collect();
-        // Neither can fail (the index was built from `full`, whose ids are distinct), and
-        // the whole set is always right.
-        match policies.map(PolicySet::from_policies) {
-            Some(Ok(set)) => Cow::Owned(set),
-            _ => Cow::Borrowed(full),
+        Some(chosen)
+    }
+}
+
+/// The entities `policy` names outside its scope, without repeats. Cedar gives the
+/// literals of the whole condition, scope included; one occurrence of each scope entity
+/// is taken away (should Cedar ever not repeat a scope entity there, this keeps more
+/// than needed, which is only slower).
+fn condition_literals(policy: &Policy) -> Box<[EntityUid]> {
+    let mut literals = policy.entity_literals();
+    if literals.is_empty() {
+        return Box::default();
+    }
+    let mut scope: Vec<EntityUid> = Vec::new();
+    for side in [
+        EntityScope::from(policy.principal_constraint()),
+        EntityScope::from(policy.resource_constraint()),
+    ] {
+        if let EntityScope::Eq(e) | EntityScope::In(e) | EntityScope::IsIn(_, e) = side {
+            scope.push(e);
         }
     }
+    match policy.action_constraint() {
+        ActionConstraint::Any => {}
+        ActionConstraint::Eq(e) => scope.push(e),
+        ActionConstraint::In(list) => scope.extend(list),
+    }
+    for e in &scope {
+        if let Some(at) = literals.iter().position(|l| l == e) {
+            literals.swap_remove(at);
+        }
+    }
+    let unique: HashSet<EntityUid> = literals.into_iter().collect();
+    unique.into_iter().collect()
 }
 
 #[cfg(test)]

@@ -113,10 +113,7 @@ impl ExtAuthzService {
                 self.audit.context_keys(),
             )
         });
-        let decided = self
-            .engine
-            .entities(&snapshot, EntitiesInput::None)
-            .and_then(|entities| self.engine.decide(&snapshot, &entities, query));
+        let decided = self.engine.decide(&snapshot, EntitiesInput::None, query);
         let answer = match decided {
             Ok(decision) => response(decision, &snapshot),
             Err(error) => return self.refuse(call, error, question, &snapshot),
