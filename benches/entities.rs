@@ -1,5 +1,5 @@
-//! Decision cost against the size of the stored entity set (`entities.json`): 10 and
-//! 100,000 stored users under 1,000 tenants, the engine alone, for a call that sends no
+//! Decision cost against the size of the stored entity set (`entities.json`): 10, 1,000
+//! and 100,000 stored users under 1,000 tenants, the engine alone, for a call that sends no
 //! entities and for one that sends one, merged over the part of the store the call can
 //! reach (as served) and, for reference, over the whole store.
 //!
@@ -11,7 +11,7 @@ mod support;
 use std::str::FromStr;
 
 use cedar_pdp::{
-    engine::{Engine, EngineOptions, EntitiesInput, EntityInput},
+    engine::{Engine, EngineOptions, EntitiesInput, EntityInput, SLICE_ENTITIES_OVER},
     policy::{LoadOptions, PolicyStore},
 };
 use cedar_policy::{EntityUid, RestrictedExpression};
@@ -44,7 +44,7 @@ fn main() {
     let iterations = iterations_arg(5_000);
     let uid = |s: &str| EntityUid::from_str(s).unwrap();
     let mut results = Vec::new();
-    for users in [10, 100_000] {
+    for users in [10, 1_000, 100_000] {
         let dir = tempfile::tempdir().unwrap();
         store_with(dir.path(), users);
         let (store, _) =
@@ -59,11 +59,18 @@ fn main() {
                 tags: Vec::new(),
             }])
         };
-        // None sent; one sent, merged over the slice of the store it reaches; one sent,
-        // merged over the whole store (the reference the slice is checked against).
-        for (sends, whole_store) in [(false, false), (true, false), (true, true)] {
+        // None sent; one sent, as served (merged over the part of the store it reaches
+        // past SLICE_ENTITIES_OVER stored entities, over the whole store below); one sent,
+        // always merged over that part; one sent, always merged over the whole store.
+        let cases = [
+            ("none sent", false, SLICE_ENTITIES_OVER),
+            ("1 sent", true, SLICE_ENTITIES_OVER),
+            ("1 sent, over the part it reaches", true, 0),
+            ("1 sent, over the whole store", true, usize::MAX),
+        ];
+        for (case, sends, slice_entities_over) in cases {
             let engine = Engine::new(EngineOptions {
-                slice_entities: !whole_store,
+                slice_entities_over,
                 ..EngineOptions::default()
             });
             let decide = || {
@@ -72,7 +79,7 @@ fn main() {
             };
             let decision = decide();
             assert!(decision.allowed && decision.determining_policies == ["p7"]);
-            let runs = if whole_store && users > 10 {
+            let runs = if slice_entities_over == usize::MAX && users > 10 {
                 (iterations / 100).max(20)
             } else {
                 iterations
@@ -80,14 +87,7 @@ fn main() {
             let samples = measure(runs, || {
                 std::hint::black_box(decide());
             });
-            let name = format!(
-                "{users} stored, {}",
-                match (sends, whole_store) {
-                    (false, _) => "none sent",
-                    (true, false) => "1 sent",
-                    (true, true) => "1 sent, merged over the whole store",
-                }
-            );
+            let name = format!("{users} stored, {case}");
             results.push((name, samples));
         }
     }

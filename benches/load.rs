@@ -11,7 +11,9 @@
 //! calls are retried at once by the benchmark's clients, the worst case for the server.
 //!
 //! Client and server share the machine (and, here, the process), so the figures are for
-//! comparing the cases with each other, not absolute capacity.
+//! comparing the cases with each other, not absolute capacity. The cases that are
+//! compared run in turns of one second each (see [`interleave`]), so that a busy moment
+//! of a shared machine does not land on one case alone.
 //!
 //! Run: `cargo bench --bench load` (optionally `-- <seconds per case>`, default 5).
 
@@ -52,6 +54,42 @@ struct Outcome {
     shed: usize,
     latencies: Vec<Duration>,
     elapsed: Duration,
+}
+
+impl Outcome {
+    fn empty() -> Self {
+        Self {
+            calls: 0,
+            decisions: 0,
+            shed: 0,
+            latencies: Vec::new(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// Adds another round of the same case.
+    fn add(&mut self, round: Outcome) {
+        self.calls += round.calls;
+        self.decisions += round.decisions;
+        self.shed += round.shed;
+        self.latencies.extend(round.latencies);
+        self.latencies.sort_unstable();
+        self.elapsed += round.elapsed;
+    }
+}
+
+/// Runs each case for one second in turn, `seconds` times over, and adds up each case's
+/// rounds: the shared machine's slow and fast moments then fall on every case alike, so
+/// the ratios between cases hold still from run to run far better than with each case
+/// run once for the whole time.
+fn interleave(seconds: u64, cases: &[&dyn Fn(u64) -> Outcome]) -> Vec<Outcome> {
+    let mut totals: Vec<Outcome> = cases.iter().map(|_| Outcome::empty()).collect();
+    for _ in 0..seconds {
+        for (case, total) in cases.iter().zip(&mut totals) {
+            total.add(case(1));
+        }
+    }
+    totals
 }
 
 /// Runs `call` from `in_flight` tasks per channel until `seconds` pass; `call` returns
@@ -162,23 +200,25 @@ fn main() {
         ("Platform::Document", "acme-roadmap-q3"),
     );
 
-    let health = run(
-        &runtime,
-        &channels,
-        IN_FLIGHT_PER_CONNECTION,
-        seconds,
-        |channel| async move {
-            let status = HealthClient::new(channel)
-                .check(HealthCheckRequest::default())
-                .await
-                .expect("health answers")
-                .into_inner()
-                .status;
-            assert_eq!(status, 1, "SERVING");
-            Some(0)
-        },
-    );
-    let unary = {
+    let health = |seconds| {
+        run(
+            &runtime,
+            &channels,
+            IN_FLIGHT_PER_CONNECTION,
+            seconds,
+            |channel| async move {
+                let status = HealthClient::new(channel)
+                    .check(HealthCheckRequest::default())
+                    .await
+                    .expect("health answers")
+                    .into_inner()
+                    .status;
+                assert_eq!(status, 1, "SERVING");
+                Some(0)
+            },
+        )
+    };
+    let unary = |seconds| {
         let request = bob_reads.clone();
         run(
             &runtime,
@@ -188,7 +228,7 @@ fn main() {
             move |channel| is_authorized(channel, request.clone()),
         )
     };
-    let batch = {
+    let batch = |seconds| {
         let item = pb::BatchItem {
             principal: bob_reads.principal.clone(),
             action: bob_reads.action.clone(),
@@ -234,21 +274,35 @@ fn main() {
         let telemetry =
             cedar_pdp::api::Telemetry::metrics_only(cedar_pdp::telemetry::Metrics::new());
         let addr = serve_config(&runtime, store.clone(), telemetry, config);
-        let channels = connect(&runtime, addr);
+        connect(&runtime, addr)
+    };
+    let flood_channels = [
+        flood(cedar_pdp::config::Limits::default().max_concurrent_calls),
+        flood(FLOOD_LIMIT),
+    ];
+    let flood_run = |channels: &[Channel], seconds| {
         let request = bob_reads.clone();
         run(
             &runtime,
-            &channels,
+            channels,
             FLOOD_PER_CONNECTION,
             seconds,
             move |channel| is_authorized(channel, request.clone()),
         )
     };
-    let flood_default = flood(cedar_pdp::config::Limits::default().max_concurrent_calls);
-    let flood_limited = flood(FLOOD_LIMIT);
+    let flood_default = |seconds| flood_run(&flood_channels[0], seconds);
+    let flood_limited = |seconds| flood_run(&flood_channels[1], seconds);
+    let mut outcomes = interleave(seconds, &[&health, &unary, &batch]).into_iter();
+    let (health, unary, batch) = (
+        outcomes.next().unwrap(),
+        outcomes.next().unwrap(),
+        outcomes.next().unwrap(),
+    );
+    let mut outcomes = interleave(seconds, &[&flood_default, &flood_limited]).into_iter();
+    let (flood_default, flood_limited) = (outcomes.next().unwrap(), outcomes.next().unwrap());
 
     println!(
-        "{seconds} s per case, {CONNECTIONS} connections x {IN_FLIGHT_PER_CONNECTION} calls in flight ({FLOOD_PER_CONNECTION} in the floods), example policy set"
+        "{seconds} s per case in 1 s rounds taken in turn, {CONNECTIONS} connections x {IN_FLIGHT_PER_CONNECTION} calls in flight ({FLOOD_PER_CONNECTION} in the floods), example policy set"
     );
     println!(
         "{:<36} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9}",

@@ -275,14 +275,14 @@ fn query(rng: &mut Rng) -> Query {
 
 #[test]
 fn a_call_merged_over_its_slice_of_the_store_decides_as_over_the_whole_store() {
-    let engine = |slice_entities| {
+    let engine = |slice_entities_over| {
         Engine::new(EngineOptions {
-            slice_entities,
+            slice_entities_over,
             validate_requests: false,
             ..EngineOptions::default()
         })
     };
-    let (sliced, whole) = (engine(true), engine(false));
+    let (sliced, whole) = (engine(0), engine(usize::MAX));
     let (mut decisions, mut allowed, mut errored) = (0usize, 0usize, 0usize);
     for seed in 1..=150u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));

@@ -99,6 +99,9 @@ impl Converter {
             }
             return Ok(ContextInput::Json(json));
         }
+        if typed.is_empty() {
+            return Ok(ContextInput::Value(Context::empty()));
+        }
         let root = Path::Root("context");
         let pairs = self.fields(&root, typed, 0)?;
         Context::from_pairs(pairs)

@@ -58,8 +58,8 @@ pub(super) fn check(
 /// call's merged over them (a call's entity replaces a stored one with the same uid).
 /// Borrows the snapshot's store when the call sends none.
 ///
-/// With `options.slice_entities`, only the part of the store that deciding these requests
-/// can reach is copied, and the call's entities are merged over that: the store's size
+/// With more stored entities than `options.slice_entities_over`, only the part of the
+/// store that deciding these requests can reach is copied, and the call's entities are merged over that: the store's size
 /// does not matter. Evaluation reaches an entity only by its uid, and a uid comes only
 /// from the request (principal, action, resource, context), the call's entities, a
 /// policy's text, or an attribute or tag of an entity reached; `in` reads an entity's
@@ -84,7 +84,7 @@ pub(super) fn merge<'s>(
     let invalid = |e: cedar_policy::entities_errors::EntitiesError| {
         RequestError::invalid(field, describe(&e))
     };
-    if !options.slice_entities {
+    if snapshot.entity_count() <= options.slice_entities_over {
         // Cedar's upsert replaces stored entities of the same uid and repairs the
         // transitive closure, walking the whole store; the clone shares every stored
         // entity.

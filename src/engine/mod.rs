@@ -18,7 +18,10 @@ use cedar_policy::{
 
 pub use entities::CallEntities;
 
-use crate::{config::Limits, policy::Snapshot};
+use crate::{
+    config::Limits,
+    policy::{Snapshot, slice::Slice},
+};
 
 /// Engine settings, fixed for the life of a server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,9 +40,10 @@ pub struct EngineOptions {
     /// faster); `false` evaluates the whole set, as a reference.
     pub slice_policies: bool,
     /// Merge a call's entities over only the part of the stored entities it can reach
-    /// (the same answer, at a cost that does not grow with the store); `false` merges
-    /// them over the whole store, as a reference.
-    pub slice_entities: bool,
+    /// (the same answer, at a cost that does not grow with the store) when the store
+    /// holds more than this many entities; below, merging over the whole store is cheaper.
+    /// `0` slices whenever anything is stored (tests), `usize::MAX` never (the reference).
+    pub slice_entities_over: usize,
 }
 
 impl EngineOptions {
@@ -52,7 +56,7 @@ impl EngineOptions {
             max_value_depth: limits.max_value_depth,
             max_string_bytes: limits.max_string_bytes,
             slice_policies: true,
-            slice_entities: true,
+            slice_entities_over: SLICE_ENTITIES_OVER,
         }
     }
 }
@@ -62,6 +66,11 @@ impl Default for EngineOptions {
         Self::new(true, &Limits::default())
     }
 }
+
+/// Stored entities past which a call's entities are merged over only what it can reach:
+/// below, copying the whole (small) store costs less than finding that part
+/// (`cargo bench --bench entities`).
+pub const SLICE_ENTITIES_OVER: usize = 100;
 
 /// The request context, typed or in Cedar's JSON context format.
 #[derive(Debug, Clone)]
@@ -269,12 +278,13 @@ impl Engine {
             // Every request the engine builds names all three.
             return self.evaluate(snapshot.policies(), entities, request);
         };
-        let policies = if self.options.slice_policies {
-            snapshot
-                .index()
-                .slice(snapshot.policies(), principal, action, resource, entities)
+        let index = snapshot.index();
+        let policies = if !self.options.slice_policies {
+            Slice::Whole(snapshot.policies())
+        } else if std::ptr::eq(entities, snapshot.entities()) {
+            index.slice_stored(snapshot.policies(), principal, action, resource, entities)
         } else {
-            Cow::Borrowed(snapshot.policies())
+            index.slice(snapshot.policies(), principal, action, resource, entities)
         };
         self.evaluate(&policies, entities, request)
     }

@@ -16,8 +16,8 @@
 //! links are not read from a policy directory; a set that had one would be served whole.
 
 use std::{
-    borrow::Cow,
-    collections::{HashMap, HashSet},
+    collections::HashSet,
+    sync::{Arc, RwLock},
 };
 
 use cedar_policy::{
@@ -59,10 +59,16 @@ impl From<ResourceConstraint> for EntityScope {
     }
 }
 
+/// Maps and sets keyed by entities and types, looked up several times per request: a fast
+/// hash with a per-process random seed instead of SipHash (keys come from the policies;
+/// a request only looks them up, so it cannot crowd a bucket).
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
 /// One request entity as scopes see it: itself and its ancestors.
 struct Subject<'a> {
     uid: &'a EntityUid,
-    ancestors: HashSet<&'a EntityUid>,
+    ancestors: FastSet<&'a EntityUid>,
 }
 
 impl<'a> Subject<'a> {
@@ -108,11 +114,11 @@ impl<'a> Subject<'a> {
 struct SideIndex {
     any: Vec<usize>,
     /// `==` e, by e.
-    eq: HashMap<EntityUid, Vec<usize>>,
+    eq: FastMap<EntityUid, Vec<usize>>,
     /// `in` e and `is T in` e, by e.
-    within: HashMap<EntityUid, Vec<usize>>,
+    within: FastMap<EntityUid, Vec<usize>>,
     /// `is T`, by T.
-    is: HashMap<EntityTypeName, Vec<usize>>,
+    is: FastMap<EntityTypeName, Vec<usize>>,
 }
 
 impl SideIndex {
@@ -154,7 +160,7 @@ pub struct PolicyIndex {
     resource: SideIndex,
     /// Action constraints: unconstrained, and by each entity `==` or `in` names.
     action_any: Vec<usize>,
-    action_by: HashMap<EntityUid, Vec<usize>>,
+    action_by: FastMap<EntityUid, Vec<usize>>,
     /// False when the set holds template-linked policies: it is then served whole.
     usable: bool,
     /// By position: the entities each policy names outside its scope (in its
@@ -162,6 +168,51 @@ pub struct PolicyIndex {
     literals: Vec<Box<[EntityUid]>>,
     /// Those of every policy (templates' links included), without repeats.
     all_literals: Box<[EntityUid]>,
+    /// Slices built so far, by the positions of their policies: requests alike (the same
+    /// types, actions, groups) pick the same policies, and building a set costs about
+    /// what evaluating it does.
+    cache: RwLock<FastMap<Box<[usize]>, Arc<PolicySet>>>,
+    /// The slice for each (principal, action, resource) asked about against the stored
+    /// entities alone (a call that sends none), where it depends on nothing else: `None`
+    /// for the whole set.
+    by_request: RwLock<FastMap<[EntityUid; 3], Option<Arc<PolicySet>>>>,
+}
+
+/// Most (principal, action, resource) slices remembered; emptied when full, like the
+/// slice cache.
+const REMEMBERED_REQUESTS: usize = 16_384;
+
+/// Most slices the cache keeps; when full it is emptied and fills again with what is
+/// asked for from then on (a bound on memory that needs no bookkeeping per hit).
+const CACHED_SLICES: usize = 4096;
+
+/// Largest slice the cache keeps, in policies (bounds its memory to what the set's
+/// policies take, shared, times this over the set's size at worst).
+const CACHED_SLICE_POLICIES: usize = 64;
+
+/// Below this many policies the scopes of every candidate are checked even when the
+/// candidates are over half the set: cheap, and the slice is then usually cached.
+const SMALL_SET: usize = 256;
+
+/// The policies one request is decided with: the whole set, or the part of it whose
+/// scopes can match (shared with other requests that pick the same part).
+#[derive(Debug, Clone)]
+pub enum Slice<'s> {
+    /// The whole set.
+    Whole(&'s PolicySet),
+    /// A part of it.
+    Part(Arc<PolicySet>),
+}
+
+impl std::ops::Deref for Slice<'_> {
+    type Target = PolicySet;
+
+    fn deref(&self) -> &PolicySet {
+        match self {
+            Self::Whole(set) => set,
+            Self::Part(set) => set,
+        }
+    }
 }
 
 impl PolicyIndex {
@@ -234,8 +285,42 @@ impl PolicyIndex {
         action: &EntityUid,
         resource: &EntityUid,
         entities: &Entities,
-    ) -> Cow<'s, PolicySet> {
+    ) -> Slice<'s> {
         self.slice_if(full, [principal, action, resource], entities, true)
+    }
+
+    /// [`PolicyIndex::slice`] for a call that sent no entities, so that `entities` is the
+    /// snapshot's own store (whose ancestors never change): the answer is remembered for
+    /// the next request about the same principal, action and resource.
+    pub fn slice_stored<'s>(
+        &self,
+        full: &'s PolicySet,
+        principal: &EntityUid,
+        action: &EntityUid,
+        resource: &EntityUid,
+        stored: &Entities,
+    ) -> Slice<'s> {
+        let key = [principal.clone(), action.clone(), resource.clone()];
+        let known = self
+            .by_request
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(known) = known {
+            return known.map_or(Slice::Whole(full), Slice::Part);
+        }
+        let slice = self.slice(full, principal, action, resource, stored);
+        let remembered = match &slice {
+            Slice::Whole(_) => None,
+            Slice::Part(set) => Some(set.clone()),
+        };
+        let mut by_request = self.by_request.write().unwrap_or_else(|p| p.into_inner());
+        if by_request.len() >= REMEMBERED_REQUESTS {
+            by_request.clear();
+        }
+        by_request.insert(key, remembered);
+        slice
     }
 
     /// [`PolicyIndex::slice`]; with `only_if_worth_it` false it slices whatever the
@@ -246,21 +331,39 @@ impl PolicyIndex {
         [principal, action, resource]: [&EntityUid; 3],
         entities: &Entities,
         only_if_worth_it: bool,
-    ) -> Cow<'s, PolicySet> {
+    ) -> Slice<'s> {
         let Some(chosen) = self.chosen([principal, action, resource], entities, only_if_worth_it)
         else {
-            return Cow::Borrowed(full);
+            return Slice::Whole(full);
         };
+        let cacheable = chosen.len() <= CACHED_SLICE_POLICIES;
+        if cacheable
+            && let Some(set) = self
+                .cache
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(chosen.as_slice())
+        {
+            return Slice::Part(set.clone());
+        }
         let policies: Option<Vec<Policy>> = chosen
-            .into_iter()
-            .map(|i| full.policy(&self.ids[i]).cloned())
+            .iter()
+            .map(|&i| full.policy(&self.ids[i]).cloned())
             .collect();
         // Neither can fail (the index was built from `full`, whose ids are distinct), and
         // the whole set is always right.
-        match policies.map(PolicySet::from_policies) {
-            Some(Ok(set)) => Cow::Owned(set),
-            _ => Cow::Borrowed(full),
+        let Some(Ok(set)) = policies.map(PolicySet::from_policies) else {
+            return Slice::Whole(full);
+        };
+        let set = Arc::new(set);
+        if cacheable {
+            let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= CACHED_SLICES {
+                cache.clear();
+            }
+            cache.insert(chosen.into_boxed_slice(), set.clone());
         }
+        Slice::Part(set)
     }
 
     /// The positions of the policies [`PolicyIndex::slice_if`] keeps, sorted; `None` for
@@ -291,8 +394,9 @@ impl PolicyIndex {
         let size = |lists: &Vec<&[usize]>| lists.iter().map(|l| l.len()).sum::<usize>();
         let smallest = sides.iter().min_by_key(|lists| size(lists))?;
         // Building a set costs about as much per policy as evaluating a simple one: past
-        // half of the set, the whole set is cheaper.
-        if only_if_worth_it && size(smallest) * 2 > self.ids.len() {
+        // half of a large set, the whole set is cheaper (even checking the candidates'
+        // scopes would cost too much).
+        if only_if_worth_it && size(smallest) * 2 > self.ids.len() && self.ids.len() > SMALL_SET {
             return None;
         }
         let mut chosen: Vec<usize> = smallest
@@ -306,6 +410,13 @@ impl PolicyIndex {
         // An action `in [..]` list can hold one policy under several keys.
         chosen.sort_unstable();
         chosen.dedup();
+        // Built for this request alone (too large to cache), more than half the set costs
+        // more to build than the whole set costs to evaluate.
+        let uncached_and_large =
+            chosen.len() > CACHED_SLICE_POLICIES && chosen.len() * 2 > self.ids.len();
+        if chosen.len() == self.ids.len() || (only_if_worth_it && uncached_and_large) {
+            return None;
+        }
         Some(chosen)
     }
 }

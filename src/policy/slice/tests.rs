@@ -213,5 +213,39 @@ fn a_set_with_template_links_is_served_whole() {
     let b = EntityUid::from_str(r#"User::"b""#).unwrap();
     let act = EntityUid::from_str(r#"Action::"x""#).unwrap();
     let slice = index.slice_if(&set, [&b, &act, &b], &entities, false);
-    assert!(matches!(slice, std::borrow::Cow::Borrowed(_)));
+    assert!(matches!(slice, super::Slice::Whole(_)));
+}
+
+/// The remembered and cached slices are the slices: asked twice (the second answer comes
+/// from memory), every request gets the policies a fresh index picks.
+#[test]
+fn remembered_slices_are_the_slices_a_fresh_index_picks() {
+    let entities = Entities::from_json_str(ENTITIES, None).expect("the test entities parse");
+    let uid = |text: &str| EntityUid::from_str(text).expect("a test uid");
+    let ids = |set: &PolicySet| {
+        let mut ids: Vec<String> = set.policies().map(|p| p.id().to_string()).collect();
+        ids.sort();
+        ids
+    };
+    for seed in 1..=10u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let text: String = (0..30).map(|i| random_policy(&mut rng, i)).collect();
+        let full = PolicySet::from_str(&text).unwrap();
+        let index = PolicyIndex::new(&full);
+        for round in 0..2 {
+            for principal in PRINCIPALS {
+                for action in ACTIONS {
+                    for resource in RESOURCES {
+                        let (p, a, r) = (uid(principal), uid(action), uid(resource));
+                        let fresh = PolicyIndex::new(&full);
+                        let expected = ids(&fresh.slice(&full, &p, &a, &r, &entities));
+                        let remembered = index.slice_stored(&full, &p, &a, &r, &entities);
+                        assert_eq!(ids(&remembered), expected, "seed {seed} round {round}");
+                        let cached = index.slice(&full, &p, &a, &r, &entities);
+                        assert_eq!(ids(&cached), expected, "seed {seed} round {round}");
+                    }
+                }
+            }
+        }
+    }
 }
