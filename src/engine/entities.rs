@@ -59,17 +59,18 @@ pub(super) fn check(
 /// Borrows the snapshot's store when the call sends none.
 ///
 /// With more stored entities than `options.slice_entities_over`, only the part of the
-/// store that deciding these requests can reach is copied, and the call's entities are merged over that: the store's size
-/// does not matter. Evaluation reaches an entity only by its uid, and a uid comes only
-/// from the request (principal, action, resource, context), the call's entities, a
-/// policy's text, or an attribute or tag of an entity reached; `in` reads an entity's
-/// ancestors. So the slice holds, from those roots, every stored entity reached through
-/// ancestors, attributes and tags, with the call's entities' parents and values followed
-/// as well. Every ancestor of an entity in it is in it too, so the ancestors Cedar works
-/// out on the slice after merging are those it works out on the whole store. The
-/// policies' entities are those of the policies the index picks for each request (their
-/// scopes need only the ancestors already in the slice); if they add to it, it is built
-/// again with them.
+/// store that deciding these requests can reach is copied, and the call's entities are
+/// merged over that: the store's size does not matter. Evaluation reaches an entity only
+/// by its uid, and a uid comes only from the request (principal, action, resource,
+/// context), the call's entities, a policy's text, or an attribute or tag of an entity
+/// reached; `in` reads the ancestors recorded on the entity on its left. So the slice
+/// holds, from those roots, every stored entity reached through attributes and tags
+/// (see [`Reach`]), with all their ancestors, the call's entities' own ancestors and
+/// values followed as well. Every ancestor of an entity in it is in it too, so the
+/// ancestors Cedar works out on the slice after merging are those it works out on the
+/// whole store. The policies' entities are those of the policies the index picks for
+/// each request (their scopes need only the ancestors already in the slice); if they add
+/// to it, it is built again with them.
 pub(super) fn merge<'s>(
     snapshot: &'s Snapshot,
     call: CallEntities,
@@ -144,11 +145,23 @@ pub(super) fn merge<'s>(
 }
 
 /// The walk that finds the stored entities a call can reach.
+///
+/// A uid a policy can hold as a value (a root, or found in an attribute or tag) is
+/// *used*: Cedar may read that entity's attributes and tags, so the uids in them are
+/// used too. Its ancestors only need to be *present*: `in` reads the ancestors recorded
+/// on the entity on its left, never the entity on its right, and no expression yields an
+/// entity's ancestors as values, so an ancestor's own attributes are not followed (a group
+/// whose `members` attribute names thousands of users does not bring them in), unless
+/// that ancestor is also used.
 struct Reach<'a> {
     stored: &'a Entities,
     own: &'a Entities,
-    seen: HashSet<EntityUid>,
-    queue: VecDeque<EntityUid>,
+    /// Uids whose entity (and ancestors) are in the slice.
+    present: HashSet<EntityUid>,
+    /// Uids whose attributes and tags have been followed.
+    used: HashSet<EntityUid>,
+    /// Uids still to look at, and whether each is used (else only present).
+    queue: VecDeque<(EntityUid, bool)>,
     /// The stored entities reached, in the order found.
     copied: Vec<&'a Entity>,
 }
@@ -158,16 +171,25 @@ impl<'a> Reach<'a> {
         Self {
             stored,
             own,
-            seen: HashSet::new(),
+            present: HashSet::new(),
+            used: HashSet::new(),
             queue: VecDeque::new(),
             copied: Vec::new(),
         }
     }
 
+    /// A uid a policy can hold as a value.
     fn add(&mut self, uid: EntityUid) {
-        if !self.seen.contains(&uid) {
-            self.seen.insert(uid.clone());
-            self.queue.push_back(uid);
+        if !self.used.contains(&uid) {
+            self.used.insert(uid.clone());
+            self.queue.push_back((uid, true));
+        }
+    }
+
+    /// An ancestor of an entity in the slice.
+    fn add_ancestor(&mut self, uid: EntityUid) {
+        if !self.present.contains(&uid) {
+            self.queue.push_back((uid, false));
         }
     }
 
@@ -184,30 +206,38 @@ impl<'a> Reach<'a> {
         }
     }
 
-    /// Follows, from every uid queued, the ancestors, attributes and tags of the entity
-    /// it names in the store and among the call's entities (both: the stored one's
-    /// reach is more than needed when the call replaces it, never less).
+    /// Takes in every uid queued: its entity, in the store and among the call's entities
+    /// (both: the stored one's reach is more than needed when the call replaces it, never
+    /// less), with its ancestors, and for a used uid the uids in its attributes and tags.
     fn run(&mut self) {
-        while let Some(uid) = self.queue.pop_front() {
+        while let Some((uid, used)) = self.queue.pop_front() {
+            let first = !self.present.contains(&uid);
+            if first {
+                self.present.insert(uid.clone());
+            }
             for store in [self.stored, self.own] {
                 let Some(entity) = store.get(&uid) else {
                     continue;
                 };
-                if std::ptr::eq(store, self.stored) {
-                    self.copied.push(entity);
-                }
-                if let Some(ancestors) = store.ancestors(&uid) {
-                    for ancestor in ancestors {
-                        self.add(ancestor.clone());
+                if first {
+                    if std::ptr::eq(store, self.stored) {
+                        self.copied.push(entity);
+                    }
+                    if let Some(ancestors) = store.ancestors(&uid) {
+                        for ancestor in ancestors {
+                            self.add_ancestor(ancestor.clone());
+                        }
                     }
                 }
-                let values: Vec<EvalResult> = entity
-                    .attrs()
-                    .chain(entity.tags())
-                    .filter_map(|(_, v)| v.ok())
-                    .collect();
-                for value in &values {
-                    self.value(value);
+                if used {
+                    let values: Vec<EvalResult> = entity
+                        .attrs()
+                        .chain(entity.tags())
+                        .filter_map(|(_, v)| v.ok())
+                        .collect();
+                    for value in &values {
+                        self.value(value);
+                    }
                 }
             }
         }

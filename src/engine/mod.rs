@@ -278,13 +278,12 @@ impl Engine {
             // Every request the engine builds names all three.
             return self.evaluate(snapshot.policies(), entities, request);
         };
-        let index = snapshot.index();
-        let policies = if !self.options.slice_policies {
-            Slice::Whole(snapshot.policies())
-        } else if std::ptr::eq(entities, snapshot.entities()) {
-            index.slice_stored(snapshot.policies(), principal, action, resource, entities)
+        let policies = if self.options.slice_policies {
+            snapshot
+                .index()
+                .slice(snapshot.policies(), principal, action, resource, entities)
         } else {
-            index.slice(snapshot.policies(), principal, action, resource, entities)
+            Slice::Whole(snapshot.policies())
         };
         self.evaluate(&policies, entities, request)
     }

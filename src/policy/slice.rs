@@ -171,23 +171,23 @@ pub struct PolicyIndex {
     /// Slices built so far, by the positions of their policies: requests alike (the same
     /// types, actions, groups) pick the same policies, and building a set costs about
     /// what evaluating it does.
-    cache: RwLock<FastMap<Box<[usize]>, Arc<PolicySet>>>,
-    /// The slice for each (principal, action, resource) asked about against the stored
-    /// entities alone (a call that sends none), where it depends on nothing else: `None`
-    /// for the whole set.
-    by_request: RwLock<FastMap<[EntityUid; 3], Option<Arc<PolicySet>>>>,
+    cache: RwLock<SliceCache>,
 }
 
-/// Most (principal, action, resource) slices remembered; emptied when full, like the
-/// slice cache.
-const REMEMBERED_REQUESTS: usize = 16_384;
+/// Slices kept for reuse, and how many policies they hold in all.
+#[derive(Debug, Default)]
+struct SliceCache {
+    slices: FastMap<Box<[usize]>, Arc<PolicySet>>,
+    policies: usize,
+}
 
-/// Most slices the cache keeps; when full it is emptied and fills again with what is
-/// asked for from then on (a bound on memory that needs no bookkeeping per hit).
-const CACHED_SLICES: usize = 4096;
+/// Most policies the cached slices may hold in all (each a copy of a policy and its text,
+/// a few hundred bytes): when a new slice would pass it, the cache is emptied and fills
+/// again with what is asked for from then on, a bound on memory (about 16 MiB) that
+/// needs no bookkeeping per hit.
+const CACHED_POLICIES: usize = 32_768;
 
-/// Largest slice the cache keeps, in policies (bounds its memory to what the set's
-/// policies take, shared, times this over the set's size at worst).
+/// Largest slice the cache keeps, in policies.
 const CACHED_SLICE_POLICIES: usize = 64;
 
 /// Below this many policies the scopes of every candidate are checked even when the
@@ -289,40 +289,6 @@ impl PolicyIndex {
         self.slice_if(full, [principal, action, resource], entities, true)
     }
 
-    /// [`PolicyIndex::slice`] for a call that sent no entities, so that `entities` is the
-    /// snapshot's own store (whose ancestors never change): the answer is remembered for
-    /// the next request about the same principal, action and resource.
-    pub fn slice_stored<'s>(
-        &self,
-        full: &'s PolicySet,
-        principal: &EntityUid,
-        action: &EntityUid,
-        resource: &EntityUid,
-        stored: &Entities,
-    ) -> Slice<'s> {
-        let key = [principal.clone(), action.clone(), resource.clone()];
-        let known = self
-            .by_request
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
-        if let Some(known) = known {
-            return known.map_or(Slice::Whole(full), Slice::Part);
-        }
-        let slice = self.slice(full, principal, action, resource, stored);
-        let remembered = match &slice {
-            Slice::Whole(_) => None,
-            Slice::Part(set) => Some(set.clone()),
-        };
-        let mut by_request = self.by_request.write().unwrap_or_else(|p| p.into_inner());
-        if by_request.len() >= REMEMBERED_REQUESTS {
-            by_request.clear();
-        }
-        by_request.insert(key, remembered);
-        slice
-    }
-
     /// [`PolicyIndex::slice`]; with `only_if_worth_it` false it slices whatever the
     /// size (tests use that to exercise every path).
     fn slice_if<'s>(
@@ -342,6 +308,7 @@ impl PolicyIndex {
                 .cache
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
+                .slices
                 .get(chosen.as_slice())
         {
             return Slice::Part(set.clone());
@@ -358,10 +325,17 @@ impl PolicyIndex {
         let set = Arc::new(set);
         if cacheable {
             let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-            if cache.len() >= CACHED_SLICES {
-                cache.clear();
+            if cache.policies + chosen.len() > CACHED_POLICIES {
+                *cache = SliceCache::default();
             }
-            cache.insert(chosen.into_boxed_slice(), set.clone());
+            let added = chosen.len();
+            if cache
+                .slices
+                .insert(chosen.into_boxed_slice(), set.clone())
+                .is_none()
+            {
+                cache.policies += added;
+            }
         }
         Slice::Part(set)
     }

@@ -323,7 +323,7 @@ struct Run {
     reading: bool,
     /// The files opened between those fences, by this watcher or someone else: when the
     /// count says someone else did, each is held as a possible writer.
-    opened_while_reading: Vec<PathBuf>,
+    opened_while_reading: Vec<(PathBuf, Writer)>,
     /// A SIGHUP arrived and is not answered yet (it may have come in while a rebuild was
     /// reading); the loop answers it with an immediate, forced rebuild.
     reload_requested: bool,
@@ -363,13 +363,14 @@ impl Writer {
         if !self.wrote && age < OPEN_HOLD {
             return Hold::Yes;
         }
-        if !self.wrote && !emptied_by_open(path, self) {
-            return Hold::No;
-        }
-        if age < write_hold {
-            Hold::Yes
-        } else {
-            Hold::Abandoned
+        let writing = self.wrote || emptied_by_open(path, self);
+        match (writing, age < write_hold) {
+            (true, true) => Hold::Yes,
+            (true, false) => Hold::Abandoned,
+            // Most likely a reader (its close sends no event); kept until the write hold
+            // in case its truncation shows only now.
+            (false, true) => Hold::No,
+            (false, false) => Hold::Forget,
         }
     }
 }
@@ -378,7 +379,10 @@ impl Writer {
 #[derive(Debug, PartialEq, Eq)]
 enum Hold {
     Yes,
+    /// Not now; watched a while longer.
     No,
+    /// No longer, and no longer watched.
+    Forget,
     /// It did, but has been open without a write for longer than the write hold.
     Abandoned,
 }
@@ -576,10 +580,15 @@ impl Run {
     fn writers_open(&mut self) -> bool {
         let now = Instant::now();
         let hold = self.options.write_hold;
+        let mut holding = false;
         self.writing
             .retain(|path, writer| match writer.holds(path, now, hold) {
-                Hold::Yes => true,
-                Hold::No => false,
+                Hold::Yes => {
+                    holding = true;
+                    true
+                }
+                Hold::No => true,
+                Hold::Forget => false,
                 Hold::Abandoned => {
                     tracing::warn!(
                         file = %path.display(),
@@ -589,7 +598,7 @@ impl Run {
                     false
                 }
             });
-        !self.writing.is_empty()
+        holding
     }
 
     /// Puts the burst's rebuild off a little while files are open for writing (their
@@ -601,8 +610,11 @@ impl Run {
             *logged = true;
             let files: Vec<_> = self
                 .writing
-                .keys()
-                .map(|p| p.display().to_string())
+                .iter()
+                .filter(|(path, writer)| {
+                    writer.holds(path, now, self.options.write_hold) == Hold::Yes
+                })
+                .map(|(path, _)| path.display().to_string())
                 .collect();
             tracing::info!(?files, "reload waits for files still open for writing");
         }
@@ -653,12 +665,19 @@ impl Run {
                 for path in loaded.into_iter().filter(|p| !p.is_dir()) {
                     self.opens += 1;
                     if self.reading {
-                        self.opened_while_reading.push(path.clone());
+                        self.opened_while_reading
+                            .push((path.clone(), Writer::opened(now)));
                     } else {
-                        // Not this watcher's: a reader, or a writer about to truncate.
-                        self.writing
+                        // Not this watcher's: a reader, or a writer about to truncate. An
+                        // earlier open's entry with no write is replaced: its holds count
+                        // from this open.
+                        let writer = self
+                            .writing
                             .entry(path.clone())
                             .or_insert(Writer::opened(now));
+                        if !writer.wrote {
+                            *writer = Writer::opened(now);
+                        }
                     }
                 }
                 false
@@ -757,9 +776,13 @@ impl Run {
             // Which open was not ours is unknown: hold each file opened meanwhile, a
             // little longer at random (two servers reading one directory see each
             // other's opens, and must not keep meeting).
-            let since = Instant::now() + jitter(OPEN_HOLD);
-            for path in std::mem::take(&mut self.opened_while_reading) {
-                self.writing.entry(path).or_insert(Writer::opened(since));
+            let delay = jitter(OPEN_HOLD);
+            for (path, mut opened) in std::mem::take(&mut self.opened_while_reading) {
+                opened.since += delay;
+                let writer = self.writing.entry(path).or_insert(opened);
+                if !writer.wrote {
+                    *writer = opened;
+                }
             }
             return self.changed();
         }
@@ -972,8 +995,13 @@ mod tests {
         let empty = file("");
         // Within OPEN_HOLD any open holds.
         assert_eq!(open.holds(full.path(), now, WRITE_HOLD), Hold::Yes);
-        // After it, a reader of a file with content does not...
+        // After it, a reader of a file with content does not (it is watched until the
+        // write hold, in case its truncation shows late, then forgotten)...
         assert_eq!(open.holds(full.path(), later, WRITE_HOLD), Hold::No);
+        assert_eq!(
+            open.holds(full.path(), now + WRITE_HOLD, WRITE_HOLD),
+            Hold::Forget
+        );
         // ...but an open that emptied the file (a truncating writer whose truncation is
         // still to be reported) holds until the write hold.
         assert_eq!(open.holds(empty.path(), later, WRITE_HOLD), Hold::Yes);
