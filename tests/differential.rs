@@ -4,6 +4,8 @@
 //! and in batches.
 
 mod common;
+#[path = "common/rng.rs"]
+mod rng;
 
 use std::{collections::HashSet, str::FromStr};
 
@@ -13,25 +15,7 @@ use cedar_policy::{
     Schema,
 };
 use common::*;
-
-/// splitmix64: a small, seeded, reproducible generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[(self.next() % items.len() as u64) as usize]
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
+use rng::Rng;
 
 /// One generated question, in both the wire form and Cedar's own.
 struct Case {
@@ -283,7 +267,7 @@ async fn the_service_decides_exactly_as_cedar_does_in_process() {
     let server = TestServer::start(&dir).await;
     let policies = server.store.current().policies().clone();
     let mut client = server.client().await;
-    let mut rng = Rng(0x5eed_cedaa);
+    let mut rng = Rng::new(0x5eed_cedaa);
     let (mut allows, mut denies, mut refused) = (0, 0, 0);
     let mut batchable = Vec::new();
     for i in 0..400 {

@@ -13,29 +13,9 @@ use cedar_pdp::{
 };
 use cedar_policy::EntityUid;
 
-/// xorshift64*: a fixed sequence, so a failure names a seed that reproduces it.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
-    }
-
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-}
+#[path = "common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 const USERS: &[&str] = &["u0", "u1", "u2", "u3", "u4", "u5"];
 const GROUPS: &[&str] = &["g0", "g1", "g2", "g3", "g9"];
@@ -58,17 +38,17 @@ fn user(rng: &mut Rng, id: &str) -> serde_json::Value {
         attrs.insert("level".into(), (rng.below(5) as i64).into());
     }
     if rng.chance(70) {
-        let manager = rng.pick(&["u0", "u1", "u2", "u3", "u4", "u5", "ghost"]);
+        let manager = rng.choose(&["u0", "u1", "u2", "u3", "u4", "u5", "ghost"]);
         attrs.insert("manager".into(), entity_ref("User", manager));
     }
     let parents: Vec<_> = (0..rng.below(3))
-        .map(|_| uid_json("Group", rng.pick(GROUPS)))
+        .map(|_| uid_json("Group", rng.choose(GROUPS)))
         .collect();
     let mut entity = serde_json::json!({
         "uid": uid_json("User", id), "attrs": attrs, "parents": parents
     });
     if rng.chance(40) {
-        entity["tags"] = serde_json::json!({"home": entity_ref("Folder", rng.pick(FOLDERS))});
+        entity["tags"] = serde_json::json!({"home": entity_ref("Folder", rng.choose(FOLDERS))});
     }
     entity
 }
@@ -82,7 +62,7 @@ fn group(rng: &mut Rng, at: usize) -> serde_json::Value {
     };
     let mut attrs = serde_json::Map::new();
     if rng.chance(50) {
-        attrs.insert("lead".into(), entity_ref("User", rng.pick(USERS)));
+        attrs.insert("lead".into(), entity_ref("User", rng.choose(USERS)));
     }
     serde_json::json!({"uid": uid_json("Group", GROUPS[at]), "attrs": attrs, "parents": parents})
 }
@@ -95,7 +75,7 @@ fn folder(rng: &mut Rng, at: usize) -> serde_json::Value {
     };
     serde_json::json!({
         "uid": uid_json("Folder", FOLDERS[at]),
-        "attrs": {"admins": [entity_ref("User", rng.pick(USERS)), entity_ref("Group", rng.pick(GROUPS))]},
+        "attrs": {"admins": [entity_ref("User", rng.choose(USERS)), entity_ref("Group", rng.choose(GROUPS))]},
         "parents": parents
     })
 }
@@ -103,16 +83,16 @@ fn folder(rng: &mut Rng, at: usize) -> serde_json::Value {
 fn doc(rng: &mut Rng, id: &str) -> serde_json::Value {
     let mut attrs = serde_json::Map::new();
     if rng.chance(80) {
-        attrs.insert("owner".into(), entity_ref("User", rng.pick(USERS)));
+        attrs.insert("owner".into(), entity_ref("User", rng.choose(USERS)));
     }
     if rng.chance(40) {
         attrs.insert(
             "meta".into(),
-            serde_json::json!({"reviewers": [entity_ref("User", rng.pick(USERS))]}),
+            serde_json::json!({"reviewers": [entity_ref("User", rng.choose(USERS))]}),
         );
     }
     let parents: Vec<_> = if rng.chance(80) {
-        vec![uid_json("Folder", rng.pick(FOLDERS))]
+        vec![uid_json("Folder", rng.choose(FOLDERS))]
     } else {
         Vec::new()
     };
@@ -163,21 +143,21 @@ fn sent(rng: &mut Rng) -> Vec<serde_json::Value> {
     for _ in 0..rng.below(4) {
         let entity = match rng.below(5) {
             0 => {
-                let id = rng.pick(USERS);
+                let id = rng.choose(USERS);
                 user(rng, id)
             }
             1 => {
                 // The last group may parent any other: a replacement can move a whole
                 // branch under another one (never making a cycle: g9 has no children in
                 // the store other than users, and is given no parent but g0..g3).
-                let parent = rng.pick(&["g0", "g1", "g2", "g3"]);
+                let parent = rng.choose(&["g0", "g1", "g2", "g3"]);
                 serde_json::json!({
-                    "uid": uid_json("Group", "g9"), "attrs": {"lead": entity_ref("User", rng.pick(USERS))},
+                    "uid": uid_json("Group", "g9"), "attrs": {"lead": entity_ref("User", rng.choose(USERS))},
                     "parents": [uid_json("Group", parent)]
                 })
             }
             2 => {
-                let id = rng.pick(&["d0", "d1", "dnew"]);
+                let id = rng.choose(&["d0", "d1", "dnew"]);
                 doc(rng, id)
             }
             3 => {
@@ -199,8 +179,8 @@ fn sent(rng: &mut Rng) -> Vec<serde_json::Value> {
 }
 
 fn random_policy(rng: &mut Rng, i: usize) -> String {
-    let effect = rng.pick(&["permit", "permit", "forbid"]);
-    let principal = rng.pick(&[
+    let effect = rng.choose(&["permit", "permit", "forbid"]);
+    let principal = rng.choose(&[
         "principal",
         "principal",
         r#"principal == User::"u1""#,
@@ -210,13 +190,13 @@ fn random_policy(rng: &mut Rng, i: usize) -> String {
         "principal is User",
         r#"principal is User in Group::"g1""#,
     ]);
-    let action = rng.pick(&[
+    let action = rng.choose(&[
         "action",
         r#"action == Action::"read""#,
         r#"action in Action::"edit""#,
         r#"action in [Action::"read", Action::"write"]"#,
     ]);
-    let resource = rng.pick(&[
+    let resource = rng.choose(&[
         "resource",
         "resource",
         r#"resource == Doc::"d0""#,
@@ -224,7 +204,7 @@ fn random_policy(rng: &mut Rng, i: usize) -> String {
         r#"resource in Folder::"f1""#,
         "resource is Doc",
     ]);
-    let condition = rng.pick(&[
+    let condition = rng.choose(&[
         "",
         "when { principal.level > 2 }",
         "when { principal.manager.level > 1 }",
@@ -251,8 +231,8 @@ fn random_policy(rng: &mut Rng, i: usize) -> String {
 
 fn query(rng: &mut Rng) -> Query {
     let uid = |s: String| EntityUid::from_str(&s).unwrap();
-    let principal = rng.pick(&["u0", "u1", "u2", "u3", "u4", "u5", "ghost"]);
-    let resource = rng.pick(&[
+    let principal = rng.choose(&["u0", "u1", "u2", "u3", "u4", "u5", "ghost"]);
+    let resource = rng.choose(&[
         "Doc::\"d0\"",
         "Doc::\"d1\"",
         "Doc::\"d2\"",
@@ -260,10 +240,10 @@ fn query(rng: &mut Rng) -> Query {
         "Doc::\"dnew\"",
         "Folder::\"f1\"",
     ]);
-    let action = rng.pick(&["read", "write", "edit"]);
+    let action = rng.choose(&["read", "write", "edit"]);
     let context = serde_json::json!({
-        "target": entity_ref("User", rng.pick(USERS)),
-        "group": entity_ref("Group", rng.pick(GROUPS)),
+        "target": entity_ref("User", rng.choose(USERS)),
+        "group": entity_ref("Group", rng.choose(GROUPS)),
     });
     Query {
         principal: uid(format!("User::\"{principal}\"")),
@@ -285,7 +265,7 @@ fn a_call_merged_over_its_slice_of_the_store_decides_as_over_the_whole_store() {
     let (sliced, whole) = (engine(0), engine(usize::MAX));
     let (mut decisions, mut allowed, mut errored) = (0usize, 0usize, 0usize);
     for seed in 1..=150u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = Rng::new(seed);
         let dir = tempfile::tempdir().unwrap();
         let mut text = String::new();
         for i in 0..1 + rng.below(25) {

@@ -7,25 +7,9 @@ use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicySet, Request,
 
 use super::PolicyIndex;
 
-/// xorshift64*: a fixed sequence, so a failure names a seed that reproduces it.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
-    }
-}
+#[path = "../../../tests/common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// Users in groups three levels deep, documents in nested folders, and actions in two
 /// levels of action groups.
@@ -75,8 +59,8 @@ const RESOURCES: &[&str] = &[
 ];
 
 fn random_policy(rng: &mut Rng, i: usize) -> String {
-    let effect = rng.pick(&["permit", "permit", "forbid"]);
-    let principal = rng.pick(&[
+    let effect = rng.choose(&["permit", "permit", "forbid"]);
+    let principal = rng.choose(&[
         "principal",
         "principal",
         r#"principal == User::"u1""#,
@@ -90,7 +74,7 @@ fn random_policy(rng: &mut Rng, i: usize) -> String {
         r#"principal is User in Group::"g1""#,
         r#"principal is Group in Group::"g2""#,
     ]);
-    let action = rng.pick(&[
+    let action = rng.choose(&[
         "action",
         "action",
         r#"action == Action::"read""#,
@@ -99,7 +83,7 @@ fn random_policy(rng: &mut Rng, i: usize) -> String {
         r#"action in [Action::"read", Action::"delete"]"#,
         r#"action in [Action::"all"]"#,
     ]);
-    let resource = rng.pick(&[
+    let resource = rng.choose(&[
         "resource",
         "resource",
         r#"resource == Doc::"d0""#,
@@ -110,7 +94,7 @@ fn random_policy(rng: &mut Rng, i: usize) -> String {
         r#"resource is Doc in Folder::"f1""#,
         r#"resource is Folder in Folder::"f1""#,
     ]);
-    let condition = rng.pick(&[
+    let condition = rng.choose(&[
         "",
         "",
         "when { context.flag }",
@@ -146,7 +130,7 @@ fn a_slice_decides_every_request_exactly_as_the_whole_set() {
     let uid = |text: &str| EntityUid::from_str(text).expect("a test uid");
     let (mut requests, mut smaller) = (0usize, 0usize);
     for seed in 1..=60u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = Rng::new(seed);
         let count = rng.below(40);
         let text: String = (0..count).map(|i| random_policy(&mut rng, i)).collect();
         let full =
@@ -228,7 +212,7 @@ fn cached_slices_are_the_slices_a_fresh_index_picks() {
         ids
     };
     for seed in 1..=10u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = Rng::new(seed);
         let text: String = (0..30).map(|i| random_policy(&mut rng, i)).collect();
         let full = PolicySet::from_str(&text).unwrap();
         let index = PolicyIndex::new(&full);
