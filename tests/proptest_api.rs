@@ -8,6 +8,8 @@
 //! (default [`CASES`]); a failure prints the smallest input proptest could shrink it to.
 
 mod common;
+#[path = "common/malformed.rs"]
+mod malformed;
 #[path = "common/vocabulary.rs"]
 mod vocabulary;
 
@@ -34,6 +36,7 @@ use cedar_pdp::{
 };
 use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 use common::*;
+use malformed::malformed;
 use proptest::{
     collection::{btree_map, hash_map, vec},
     option,
@@ -1034,51 +1037,6 @@ fn check_request() -> impl Strategy<Value = CheckRequest> {
         4 => attributes.prop_map(|attributes| CheckRequest { attributes }),
         1 => variant,
     ]
-}
-
-/// A check Envoy's HTTP filter would never send: no HTTP attributes, a method that is not
-/// an HTTP token of capitals, a path that is not absolute, a bad escape, a dot segment.
-fn malformed(check: &CheckRequest) -> bool {
-    let Some(http) = check
-        .attributes
-        .as_ref()
-        .and_then(|a| a.request.as_ref())
-        .and_then(|r| r.http.as_ref())
-    else {
-        return true;
-    };
-    let method = &http.method;
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') {
-        return true;
-    }
-    let path = http.path.split(['?', '#']).next().unwrap_or_default();
-    let Some(path) = path.strip_prefix('/') else {
-        return true;
-    };
-    path.split('/').any(|segment| match unescape(segment) {
-        None => true,
-        Some(segment) => segment == "." || segment == "..",
-    })
-}
-
-/// `segment` percent-decoded; `None` for a bad escape or bytes that are not UTF-8.
-fn unescape(segment: &str) -> Option<String> {
-    let mut bytes = Vec::new();
-    let mut rest = segment.as_bytes();
-    while let Some((&b, tail)) = rest.split_first() {
-        if b == b'%' {
-            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
-            if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
-                return None;
-            }
-            bytes.push(u8::from_str_radix(hex, 16).ok()?);
-            rest = &tail[2..];
-        } else {
-            bytes.push(b);
-            rest = tail;
-        }
-    }
-    String::from_utf8(bytes).ok()
 }
 
 fn metadata(response: &CheckResponse, key: &str) -> Option<String> {

@@ -25,6 +25,8 @@
 
 #[path = "../../tests/common/vocabulary.rs"]
 mod vocabulary;
+#[path = "../../tests/common/malformed.rs"]
+mod malformed;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -62,6 +64,7 @@ use libfuzzer_sys::{
 use prost::Message as _;
 use prost_types::{ListValue, Struct, Value as Json, value::Kind as JsonKind};
 use tonic::{Code, Request};
+use malformed::malformed;
 use vocabulary::*;
 
 /// The services under test and what the oracle needs to know about the policy set.
@@ -351,59 +354,7 @@ fn metadata(response: &CheckResponse, key: &str) -> String {
     }
 }
 
-/// A check Envoy's HTTP filter would never send: no HTTP attributes, a method that is not
-/// an HTTP token of capitals, a path that is not absolute, a bad escape, a dot segment.
-fn malformed(check: &CheckRequest) -> bool {
-    let Some(http) = check
-        .attributes
-        .as_ref()
-        .and_then(|a| a.request.as_ref())
-        .and_then(|r| r.http.as_ref())
-    else {
-        return true;
-    };
-    let method = &http.method;
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') {
-        return true;
-    }
-    let path = http.path.split(['?', '#']).next().unwrap_or_default();
-    let Some(path) = path.strip_prefix('/') else {
-        return true;
-    };
-    path.split('/').any(|segment| match unescape(segment) {
-        None => true,
-        Some(segment) => segment == "." || segment == "..",
-    })
-}
-
-/// `segment` percent-decoded; `None` for a bad escape or bytes that are not UTF-8.
-fn unescape(segment: &str) -> Option<String> {
-    let mut bytes = Vec::new();
-    let mut rest = segment.as_bytes();
-    while let Some((&b, tail)) = rest.split_first() {
-        if b == b'%' {
-            let hex = tail.get(..2)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
-                return None;
-            }
-            bytes.push(u8::from_str_radix(hex, 16).ok()?);
-            rest = &tail[2..];
-        } else {
-            bytes.push(b);
-            rest = tail;
-        }
-    }
-    String::from_utf8(bytes).ok()
-}
-
 // ---- Structured generators ----------------------------------------------------------
-
-
-
-
-
-
 
 /// Some text: a name from the example set, an odd one, a long one, or anything.
 fn text(u: &mut Unstructured<'_>, atoms: &[&str]) -> Generated<String> {
@@ -584,9 +535,6 @@ fn context(u: &mut Unstructured<'_>) -> Generated<(HashMap<String, pb::Value>, S
     })
 }
 
-
-
-
 /// A question the schema accepts (action, principal and resource types that fit, a
 /// context of declared attributes) about mostly stored entities, with one part sometimes
 /// replaced by anything.
@@ -718,9 +666,6 @@ fn batch_request(u: &mut Unstructured<'_>) -> Generated<pb::BatchIsAuthorizedReq
         items,
     })
 }
-
-
-
 
 fn json_value(u: &mut Unstructured<'_>, budget: usize) -> Generated<Json> {
     let kind = match u.int_in_range(0..=8u8)? {

@@ -26,13 +26,6 @@ pub struct CallEntities {
     own: Option<Entities>,
 }
 
-impl CallEntities {
-    /// Whether the call sent any entities.
-    pub fn is_empty(&self) -> bool {
-        self.own.is_none()
-    }
-}
-
 pub(super) fn check(
     snapshot: &Snapshot,
     input: EntitiesInput,
