@@ -27,8 +27,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         // prost's codec, but a message nested too deep is a limit, not an internal error,
-        // and an undecodable Envoy check is denied (src/api/codec.rs).
-        .codec_path("crate::api::codec::PdpCodec")
+        // and an undecodable Envoy check is denied (src/proto/codec.rs).
+        .codec_path("crate::proto::codec::PdpCodec")
         .disable_comments(upstream)
         .include_file("protos.rs")
         .compile_fds_with_config(fds, messages)?;

@@ -9,8 +9,8 @@ mod support;
 use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
 use cedar_pdp::{
-    authoring::{self, suite},
-    engine::{Engine, EngineOptions},
+    Config,
+    authoring::{self, commands::Setup, suite},
     policy::LoadOptions,
 };
 use support::{POLICIES, iterations_arg, large_dir, measure, print_table};
@@ -37,13 +37,16 @@ fn large_cases(count: usize) -> String {
 
 /// Every case's decision time over `rounds` runs of the directory's tests.
 fn case_times(dir: &std::path::Path, rounds: usize) -> Vec<Duration> {
-    let validation = authoring::validate(dir, &LoadOptions::default()).unwrap();
+    let setup = Setup::new(&Config {
+        policies: dir.to_owned(),
+        ..Config::default()
+    });
+    let validation = authoring::validate(dir, &setup.load).unwrap();
     let snapshot = validation.snapshot.expect("the directory loads");
     let suites = suite::discover(dir).expect("the cases read");
-    let engine = Engine::new(EngineOptions::default());
     let mut samples = Vec::new();
     for _ in 0..rounds {
-        let report = suite::run(&snapshot, &engine, &suites, None);
+        let report = suite::run(&snapshot, &setup.decider, &suites, None);
         assert_eq!(report.failed(), 0, "{}", report.text(false));
         samples.extend(
             report

@@ -114,7 +114,7 @@ fn main() {
     // One engine decision, as a call makes it: merge entities, then decide; bob may read.
     let decide = |entities: EntitiesInput, context: ContextInput| {
         let decision = engine.decide(&snapshot, entities, query(context)).unwrap();
-        assert!(decision.allowed);
+        assert!(decision.allowed());
     };
     let mut results: Vec<(&str, Vec<Duration>)> = Vec::new();
     results.push((
@@ -164,7 +164,7 @@ fn main() {
     ));
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let addr = serve(&runtime, store.clone());
+    let (addr, _) = serve(&runtime, config(&dir));
     let mut client = client(&runtime, addr);
     let request = request(
         ("Platform::User", "bob"),
@@ -176,18 +176,13 @@ fn main() {
 
     // The same with every decision audited to a file, context allow-listed.
     let audit_dir = tempfile::tempdir().unwrap();
-    let metrics = cedar_pdp::telemetry::Metrics::new();
-    let options = cedar_pdp::telemetry::AuditOptions {
-        sink: cedar_pdp::telemetry::AuditSink::File(audit_dir.path().join("audit.jsonl")),
+    let mut audited_config = config(&dir);
+    audited_config.audit = cedar_pdp::config::AuditOptions {
+        sink: cedar_pdp::config::AuditSink::File(audit_dir.path().join("audit.jsonl")),
         context_keys: vec!["mfa".to_owned()],
         ..Default::default()
     };
-    let audit = cedar_pdp::telemetry::AuditLog::start(&options, metrics.clone()).unwrap();
-    let telemetry = cedar_pdp::api::Telemetry {
-        metrics,
-        audit: Arc::new(audit),
-    };
-    let addr = serve_with(&runtime, store.clone(), telemetry);
+    let (addr, _) = serve(&runtime, audited_config);
     let mut audited = support::client(&runtime, addr);
     let grpc_audited = grpc_samples(&runtime, &mut audited, &request, true, iterations);
     results.push(("gRPC IsAuthorized, every decision audited", grpc_audited));
@@ -195,7 +190,6 @@ fn main() {
     // The same question as Envoy asks it: a JWT subject, a route template, the mapped
     // context (method, path, host, source_ip, headers, params).
     let config = cedar_pdp::Config {
-        policies: store.dir().to_owned(),
         ext_authz: toml::from_str(
             r#"
             action_type = "Platform::Action"
@@ -212,14 +206,9 @@ fn main() {
             "#,
         )
         .expect("the benchmark's mapping parses"),
-        ..cedar_pdp::Config::default()
+        ..config(&dir)
     };
-    let addr = serve_config(
-        &runtime,
-        store.clone(),
-        cedar_pdp::api::Telemetry::metrics_only(cedar_pdp::telemetry::Metrics::new()),
-        config,
-    );
+    let (addr, _) = serve(&runtime, config);
     let check = check_request("bob", "/projects/acme-roadmap/docs/acme-roadmap-q3");
     let mut envoy = runtime.block_on(async {
         AuthorizationClient::connect(format!("http://{addr}"))

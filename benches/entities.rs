@@ -78,7 +78,7 @@ fn main() {
                 engine.decide(&snapshot, input, u7_writes_d7()).unwrap()
             };
             let decision = decide();
-            assert!(decision.allowed && decision.determining_policies == ["p7"]);
+            assert!(decision.allowed() && decision.determining_policies() == ["p7"]);
             let runs = if slice_entities_over == usize::MAX && users > 10 {
                 (iterations / 100).max(20)
             } else {

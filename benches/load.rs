@@ -28,10 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cedar_pdp::{
-    policy::{LoadOptions, PolicyStore},
-    proto::cedarpdp::v1 as pb,
-};
+use cedar_pdp::proto::cedarpdp::v1 as pb;
 use support::*;
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -190,9 +187,7 @@ fn main() {
         .build()
         .unwrap();
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"));
-    let (store, _) = PolicyStore::open(&dir, LoadOptions::default()).expect("the example set");
-    let store = Arc::new(store);
-    let addr = serve(&runtime, store.clone());
+    let (addr, _) = serve(&runtime, config(&dir));
     let channels = connect(&runtime, addr);
     let bob_reads = request(
         ("Platform::User", "bob"),
@@ -266,14 +261,9 @@ fn main() {
     };
 
     let flood = |limit: usize| {
-        let mut config = cedar_pdp::Config {
-            policies: store.dir().to_owned(),
-            ..cedar_pdp::Config::default()
-        };
+        let mut config = config(&dir);
         config.limits.max_concurrent_calls = limit;
-        let telemetry =
-            cedar_pdp::api::Telemetry::metrics_only(cedar_pdp::telemetry::Metrics::new());
-        let addr = serve_config(&runtime, store.clone(), telemetry, config);
+        let (addr, _) = serve(&runtime, config);
         connect(&runtime, addr)
     };
     let flood_channels = [

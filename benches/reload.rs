@@ -93,7 +93,7 @@ fn main() {
 
     // Serving the example set while a separate 10,000-policy store rebuilds.
     let example = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"));
-    let addr = serve(&runtime, open(&example));
+    let (addr, _) = serve(&runtime, config(&example));
     let mut small = client(&runtime, addr);
     let bob_reads = request(
         ("Platform::User", "bob"),
@@ -111,8 +111,13 @@ fn main() {
     results.push(("example set, 10k rebuilds back to back", samples));
 
     // Serving the 10,000 policies while the same store rebuilds them.
-    let served = open(large.path());
-    let addr = serve(&runtime, served.clone());
+    let (addr, served) = serve(
+        &runtime,
+        cedar_pdp::Config {
+            watch: false,
+            ..config(large.path())
+        },
+    );
     let mut big = client(&runtime, addr);
     let mut u4_reads = request(("User", "u4"), ("Action", "read"), ("Doc", "d"));
     u4_reads.context.insert(

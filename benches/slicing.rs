@@ -32,8 +32,8 @@ fn main() {
             let decision = engine
                 .decide(&snapshot, EntitiesInput::None, u7_writes_d7())
                 .unwrap();
-            assert!(decision.allowed, "{n} policies: u7 writes d7");
-            assert_eq!(decision.determining_policies, ["p7"]);
+            assert!(decision.allowed(), "{n} policies: u7 writes d7");
+            assert_eq!(decision.determining_policies(), ["p7"]);
             let runs = if !slice && n > 1_000 {
                 (iterations / 100).max(20)
             } else {

@@ -20,11 +20,77 @@ pub mod ext_authz;
 
 pub use ext_authz::ExtAuthzSettings;
 
-use crate::{
-    policy::PolicyValidation,
-    telemetry::{AuditOptions, AuditSink},
-    tls::TlsFiles,
-};
+/// What to do with policies that fail validation against the schema at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyValidation {
+    /// Run Cedar's validator in strict mode and refuse a set that fails it.
+    #[default]
+    Strict,
+    /// Load the set anyway and log each problem as a warning.
+    Warn,
+    /// Do not validate policies against the schema.
+    Off,
+}
+
+/// The files TLS is read from: the server's own chain and key, and the CA that client
+/// certificates must chain to (mutual TLS) if set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the first certificate.
+    pub key: PathBuf,
+    /// PEM CA certificates for client certificates; `None` serves TLS without client
+    /// authentication.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Where audit records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
+    /// Nowhere: no records are made.
+    Off,
+    /// Standard output, interleaved (line by line) with the logs.
+    Stdout,
+    /// Appended to this file.
+    File(PathBuf),
+}
+
+impl From<&str> for AuditSink {
+    /// `off` (or empty), `stdout` (or `-`), or any other text as a file path.
+    fn from(text: &str) -> Self {
+        match text {
+            "off" | "" => Self::Off,
+            "stdout" | "-" => Self::Stdout,
+            path => Self::File(PathBuf::from(path)),
+        }
+    }
+}
+
+/// How the audit log behaves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditOptions {
+    /// Where records go.
+    pub sink: AuditSink,
+    /// Share of allows written, from 0 (none) to 1 (all); denies are always written.
+    pub allow_sample_rate: f64,
+    /// Context keys whose values may be written; all others are left out.
+    pub context_keys: Vec<String>,
+    /// Records that may wait for the writer before new ones are dropped.
+    pub queue_capacity: usize,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        Self {
+            sink: AuditSink::Stdout,
+            allow_sample_rate: 1.0,
+            context_keys: Vec::new(),
+            queue_capacity: 10_000,
+        }
+    }
+}
 
 /// How `serve` writes its logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
@@ -282,7 +348,8 @@ pub struct Config {
     pub limits: Limits,
     /// The decision log.
     pub audit: AuditOptions,
-    /// How Envoy's ext_authz `Check` maps to Cedar; checked by [`Config::check`].
+    /// How Envoy's ext_authz `Check` maps to Cedar; compiled (and so checked) once, when
+    /// the server starts.
     pub ext_authz: ExtAuthzSettings,
     /// TLS on the gRPC port; `None` is plaintext.
     pub tls: Option<TlsConfig>,
@@ -390,7 +457,6 @@ impl Config {
                 message: "must be at least 1 (0 would time out every call)".to_owned(),
             });
         }
-        self.ext_authz.compile()?;
         if let Some(tls) = &self.tls {
             let lists = [
                 ("tls.authorizer_callers", &tls.authorizer_callers),

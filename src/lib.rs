@@ -2,25 +2,36 @@
 //! policies kept as files on disk, served over gRPC.
 //!
 //! # Layout
-//! Data flows top to bottom; each module only depends on the ones below it.
-//! - [`api`]: tonic services (`cedarpdp.v1.Authorizer`, health, reflection) and the server
-//!   loop; maps wire types to engine types and engine errors to gRPC status.
-//! - [`authoring`]: `validate`, `test`, `authorize` and `fmt` for policy authors, on the
-//!   same loader and engine the server uses.
-//! - [`engine`]: snapshot + request → decision. Synchronous, knows nothing about gRPC.
-//! - [`policy`]: reads a policy directory into an immutable [`policy::Snapshot`] and holds
-//!   the serving one in a [`policy::PolicyStore`].
-//! - [`config`]: the one [`config::Config`], layered file < environment < flags.
-//! - [`telemetry`]: tracing setup, metrics and the audit log.
-//! - [`proto`]: code generated from `proto/` by `build.rs`.
+//! A request flows top to bottom and its answer back up; a module imports only the ones
+//! below it (`config` and `telemetry` sit beside the rest and import no module above them,
+//! `config` none at all).
+//! - [`server`]: the library's `run`: store, watcher, telemetry, listeners, SIGHUP and
+//!   the shutdown order; what `serve`, the tests, the benchmarks and the fuzz target start.
+//! - [`api`]: the front ends (`cedarpdp.v1`, Envoy's ext_authz), each a wire adapter
+//!   around [`decide`], and the transport under them (the gRPC port, TLS, admission, the
+//!   metrics endpoint).
+//! - [`authoring`]: `validate`, `test`, `authorize` and `fmt` for policy authors, deciding
+//!   through the same [`decide`] step as the server.
+//! - [`decide`]: the one protocol-neutral step: a call's questions → the engine → a
+//!   decision or a refusal, with metrics, audit records and logs written from it.
+//! - [`engine`]: snapshot + query → decision; request conversion and validation, policy
+//!   and entity slicing and the slice cache. Synchronous, knows nothing of the wire.
+//! - [`policy`]: reads a policy directory into an immutable [`policy::Snapshot`] (with its
+//!   scope index), holds the serving one in a [`policy::PolicyStore`] and rebuilds it
+//!   when the files change ([`policy::Watcher`]).
+//! - [`telemetry`]: metric names and the registry, the audit log, log setup.
+//! - [`config`]: the one [`config::Config`], layered file < environment < flags; plain
+//!   values only.
+//! - [`proto`]: code generated from `proto/` by `build.rs`, and the codec it uses.
 
 pub mod api;
 pub mod authoring;
 pub mod config;
+pub mod decide;
 pub mod engine;
 pub mod policy;
 pub mod proto;
+pub mod server;
 pub mod telemetry;
-pub mod tls;
 
 pub use config::Config;

@@ -1,22 +1,17 @@
-//! The `cedar-pdp` binary: parses flags, sets up logging and the runtime, and hands over
-//! to the library. Exit codes: 0 ok, 1 the policies or tests are wrong, 2 usage or I/O
-//! error.
+//! The `cedar-pdp` binary: parses flags, sets up logging, the runtime and the signals, and
+//! hands over to the library (`server` for `serve`, `authoring::commands` for the rest).
+//! Exit codes: 0 ok, 1 the policies or tests are wrong, 2 usage or I/O error.
 
-use std::{
-    io::Read as _,
-    path::{Path, PathBuf},
-    process::ExitCode,
-    sync::Arc,
-};
+use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::Context as _;
 use cedar_pdp::{
-    Config, api,
-    authoring::{self, diagnostics, format::FileStatus, request::RequestSpec, suite},
-    config::Settings,
-    engine::{Engine, EngineOptions},
-    policy::{LoadError, LoadOptions, PolicyStore, PolicyValidation, WatchOptions, Watcher},
-    telemetry::{self, AuditLog, Metrics},
+    Config,
+    api::ext_authz::rules::ExtAuthz,
+    authoring::commands::{self, Exit, Format, RequestFlags, Setup, usage_error},
+    config::{PolicyValidation, Settings},
+    policy::LoadError,
+    server::{self, ServeError},
+    telemetry,
 };
 use clap::{Parser, Subcommand};
 
@@ -51,15 +46,6 @@ enum Command {
     Fmt(FmtArgs),
 }
 
-/// How a command prints its findings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Format {
-    /// For a person.
-    Text,
-    /// For a program (CI annotations, scripts).
-    Json,
-}
-
 #[derive(Debug, clap::Args)]
 struct ValidateArgs {
     /// The policy directory [default: the config file's `policies`, else `policies`].
@@ -85,27 +71,18 @@ struct LoadArgs {
     policy_validation: Option<PolicyValidation>,
 }
 
-/// The directory an author command works on and the settings it decides with.
-struct Setup {
-    dir: PathBuf,
-    load: LoadOptions,
-    engine: EngineOptions,
-}
-
 impl LoadArgs {
-    /// The directory (`dir`, else the config file's) and the server's settings.
-    fn setup(&self, dir: Option<PathBuf>) -> Result<Setup, ExitCode> {
+    /// The directory (`dir`, else the config file's) and the server's settings, checked
+    /// as `serve` checks them.
+    fn setup(&self, dir: Option<PathBuf>) -> Result<Setup, Exit> {
         let overrides = Settings {
             policies: dir,
             policy_validation: self.policy_validation,
             ..Settings::default()
         };
         let config = Config::resolve(self.config.as_deref(), overrides).map_err(usage_error)?;
-        Ok(Setup {
-            load: LoadOptions::new(config.policy_validation, &config.limits),
-            engine: EngineOptions::new(config.validate_requests, &config.limits),
-            dir: config.policies,
-        })
+        ExtAuthz::compile(&config.ext_authz).map_err(usage_error)?;
+        Ok(Setup::new(&config))
     }
 }
 
@@ -179,240 +156,47 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let exit = match cli.command {
         Command::Serve(args) => serve(*args),
-        Command::Validate(args) => validate(args),
-        Command::Test(args) => test(args),
-        Command::Authorize(args) => authorize(args),
-        Command::Fmt(args) => fmt(args),
-    }
-}
-
-/// Exit code 1: the policies or the tests are wrong.
-const WRONG: u8 = 1;
-/// Exit code 2: a usage or I/O error.
-const USAGE: u8 = 2;
-
-fn validate(args: ValidateArgs) -> ExitCode {
-    let setup = match args.load.setup(args.dir) {
-        Ok(setup) => setup,
-        Err(code) => return code,
-    };
-    let validation = match authoring::validate(&setup.dir, &setup.load) {
-        Ok(validation) => validation,
-        Err(e) => return usage_error(e),
-    };
-    match args.format {
-        Format::Text => print!("{}", validation.text()),
-        Format::Json => print!("{}", validation.json()),
-    }
-    if validation.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(WRONG)
-    }
-}
-
-/// Loads `dir` for `test` and `authorize`; prints every problem when it does not load.
-fn load(setup: &Setup) -> Result<cedar_pdp::policy::Snapshot, ExitCode> {
-    let dir = &setup.dir;
-    match authoring::validate(dir, &setup.load) {
-        Err(e) => Err(usage_error(e)),
-        Ok(mut validation) => match validation.snapshot.take() {
-            Some(snapshot) => {
-                eprint!("{}", validation.problems_text());
-                Ok(snapshot)
-            }
-            None => {
-                eprint!("{}", validation.text());
-                eprintln!("error: the policies in {} do not load", dir.display());
-                Err(ExitCode::from(WRONG))
-            }
+        Command::Validate(args) => match args.load.setup(args.dir) {
+            Ok(setup) => commands::validate_dir(&setup, args.format),
+            Err(exit) => exit,
         },
-    }
+        Command::Test(args) => match args.load.setup(args.dir) {
+            Ok(setup) => commands::test(
+                &setup,
+                args.junit.as_deref(),
+                args.coverage,
+                args.filter.as_deref(),
+            ),
+            Err(exit) => exit,
+        },
+        Command::Authorize(args) => authorize(&args),
+        Command::Fmt(args) => commands::fmt(&args.dir, args.check),
+    };
+    ExitCode::from(exit as u8)
 }
 
-fn usage_error(error: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {error}");
-    ExitCode::from(USAGE)
-}
-
-fn test(args: TestArgs) -> ExitCode {
-    let setup = match args.load.setup(args.dir) {
-        Ok(setup) => setup,
-        Err(code) => return code,
+fn authorize(args: &AuthorizeArgs) -> Exit {
+    let flags = RequestFlags {
+        file: args.request.as_deref(),
+        principal: args.principal.as_deref(),
+        action: args.action.as_deref(),
+        resource: args.resource.as_deref(),
+        context: args.context.as_deref(),
+        entities: args.entities.as_deref(),
     };
-    let snapshot = match load(&setup) {
-        Ok(snapshot) => snapshot,
-        Err(code) => return code,
-    };
-    let suites = match suite::discover(&setup.dir) {
-        Ok(suites) => suites,
-        Err(problems) => {
-            for problem in &problems {
-                eprint!(
-                    "{}",
-                    diagnostics::render(diagnostics::Severity::Error, problem, None)
-                );
-            }
-            eprintln!(
-                "error: the test cases in {} cannot be read",
-                setup.dir.join("tests").display()
-            );
-            return ExitCode::from(WRONG);
-        }
-    };
-    let engine = Engine::new(setup.engine);
-    let report = suite::run(&snapshot, &engine, &suites, args.filter.as_deref());
-    print!("{}", report.text(args.coverage));
-    if let Some(path) = &args.junit
-        && let Err(e) = std::fs::write(path, report.junit())
-    {
-        return usage_error(format!("cannot write {}: {e}", path.display()));
-    }
-    if report.passed() + report.failed() == 0 {
-        eprintln!(
-            "error: no case matches --filter {:?}",
-            args.filter.unwrap_or_default()
-        );
-        return ExitCode::from(WRONG);
-    }
-    match report.failed() {
-        0 => ExitCode::SUCCESS,
-        _ => ExitCode::from(WRONG),
-    }
-}
-
-fn authorize(args: AuthorizeArgs) -> ExitCode {
-    let request = match authorize_request(&args) {
+    let request = match flags.request() {
         Ok(request) => request,
         Err(message) => return usage_error(message),
     };
-    let setup = match args.load.setup(args.policies.clone()) {
-        Ok(setup) => setup,
-        Err(code) => return code,
-    };
-    let snapshot = match load(&setup) {
-        Ok(snapshot) => snapshot,
-        Err(code) => return code,
-    };
-    let engine = Engine::new(setup.engine);
-    match authoring::decide(&snapshot, &engine, &request) {
-        Ok(answer) => {
-            match args.format {
-                Format::Text => print!("{}", authoring::decision_text(&snapshot, &answer)),
-                Format::Json => print!("{}", authoring::decision_json(&snapshot, &answer)),
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => usage_error(format!("the request is refused: {e}")),
+    match args.load.setup(args.policies.clone()) {
+        Ok(setup) => commands::authorize(&setup, &request, args.format),
+        Err(exit) => exit,
     }
 }
 
-/// The request from `--request` with the flags laid over it.
-fn authorize_request(args: &AuthorizeArgs) -> Result<RequestSpec, String> {
-    let mut fields = match &args.request {
-        None => serde_json::Map::new(),
-        Some(path) => {
-            let text = read_input(path)?;
-            let value: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
-                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
-            } else {
-                serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
-            };
-            match value {
-                serde_json::Value::Object(fields) => fields,
-                _ => return Err(format!("{}: must hold one request object", path.display())),
-            }
-        }
-    };
-    for (key, flag) in [
-        ("principal", &args.principal),
-        ("action", &args.action),
-        ("resource", &args.resource),
-    ] {
-        if let Some(uid) = flag {
-            uid.parse::<authoring::request::Uid>()
-                .map_err(|e| format!("--{key}: {e}"))?;
-            fields.insert(key.to_owned(), uid.clone().into());
-        }
-    }
-    if let Some(context) = &args.context {
-        let value = serde_json::from_str(context).map_err(|e| format!("--context: {e}"))?;
-        fields.insert("context".to_owned(), value);
-    }
-    if let Some(path) = &args.entities {
-        let text = read_input(path)?;
-        let value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        fields.insert("entities".to_owned(), value);
-    }
-    RequestSpec::from_fields(fields).map_err(|e| format!("request: {e}"))
-}
-
-/// A file's text, or standard input for `-`.
-fn read_input(path: &Path) -> Result<String, String> {
-    let mut text = String::new();
-    let read = if path == Path::new("-") {
-        std::io::stdin().read_to_string(&mut text).map(|_| ())
-    } else {
-        std::fs::read_to_string(path).map(|t| text = t)
-    };
-    read.map(|()| text)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))
-}
-
-fn fmt(args: FmtArgs) -> ExitCode {
-    let statuses = match authoring::format::format_dir(&args.dir, args.check) {
-        Ok(statuses) => statuses,
-        Err(e) => return usage_error(e),
-    };
-    let (mut changed, mut failed, mut unwritable) = (0, 0, 0);
-    for (file, status) in &statuses {
-        let problem = match status {
-            FileStatus::Formatted => continue,
-            FileStatus::Changed => {
-                changed += 1;
-                let verb = if args.check {
-                    "not formatted"
-                } else {
-                    "formatted"
-                };
-                println!("{verb}: {file}");
-                continue;
-            }
-            FileStatus::Failed(problem) => {
-                failed += 1;
-                problem
-            }
-            FileStatus::Unwritable(problem) => {
-                unwritable += 1;
-                problem
-            }
-        };
-        let text = std::fs::read_to_string(args.dir.join(&problem.location.file)).ok();
-        let shown = diagnostics::render(diagnostics::Severity::Error, problem, text.as_deref());
-        eprint!("{shown}");
-    }
-    let verb = if args.check {
-        "need formatting"
-    } else {
-        "reformatted"
-    };
-    println!(
-        "{} files checked, {changed} {verb}, {} could not be formatted",
-        statuses.len(),
-        failed + unwritable
-    );
-    if unwritable > 0 {
-        ExitCode::from(USAGE)
-    } else if failed > 0 || (args.check && changed > 0) {
-        ExitCode::from(WRONG)
-    } else {
-        ExitCode::SUCCESS
-    }
-}
-
-fn serve(args: ServeArgs) -> ExitCode {
+fn serve(args: ServeArgs) -> Exit {
     let config = match Config::resolve(args.config.as_deref(), args.settings) {
         Ok(config) => config,
         Err(e) => return usage_error(e),
@@ -420,105 +204,33 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Err(e) = telemetry::init(config.log_format, &config.log_level) {
         return usage_error(e);
     }
-    let options = LoadOptions::new(config.policy_validation, &config.limits);
-    let store = match PolicyStore::open(&config.policies, options) {
-        Ok((store, warnings)) => {
-            for warning in warnings {
-                tracing::warn!(location = %warning.location, "{}", warning.message);
-            }
-            store
-        }
-        Err(e) => {
-            eprintln!("error: cannot serve {}:\n{e}", config.policies.display());
-            return ExitCode::from(match e {
-                LoadError::Directory { .. } => USAGE,
-                LoadError::Invalid(_) => WRONG,
-            });
-        }
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(cedar_pdp::policy::STACK_BYTES)
         .build()
         .expect("the tokio runtime starts");
-    match runtime.block_on(run(config, Arc::new(store))) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(USAGE)
-        }
-    }
-}
-
-async fn run(config: Config, store: Arc<PolicyStore>) -> anyhow::Result<()> {
-    // Handlers go in before the server says it is listening: from then on SIGTERM means
-    // "drain", never the default "die", and SIGHUP means "reload".
-    let shutdown = shutdown_signal().context("cannot install signal handlers")?;
-    #[cfg(unix)]
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("cannot install the SIGHUP handler")?;
-    let grpc = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} for metrics", config.metrics_listen))?;
-    let addr = grpc.local_addr()?;
-    let metrics_addr = metrics_listener.local_addr()?;
-
-    let metrics = Metrics::new();
-    let audit =
-        AuditLog::start(&config.audit, metrics.clone()).context("cannot open the audit log")?;
-    let watch = WatchOptions {
-        watch_files: config.watch,
-        ..WatchOptions::default()
-    };
-    let watcher = Arc::new(
-        Watcher::start(store.clone(), metrics.clone(), watch)
-            .context("cannot watch the policy directory")?,
-    );
-    #[cfg(unix)]
-    let reloads = {
-        let watcher = watcher.clone();
-        tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
-                tracing::info!(signal = "SIGHUP", "reload requested");
-                watcher.reload_now();
+    let served = runtime.block_on(async {
+        // Handlers go in before the server says it is listening: from then on SIGTERM
+        // means "drain", never the default "die".
+        let shutdown = match shutdown_signal() {
+            Ok(shutdown) => shutdown,
+            Err(e) => return Err(usage_error(format!("cannot install signal handlers: {e}"))),
+        };
+        server::run(config, shutdown).await.map_err(|e| {
+            eprintln!("error: {e}");
+            match e {
+                ServeError::Policies {
+                    source: LoadError::Invalid(_),
+                    ..
+                } => Exit::Wrong,
+                _ => Exit::Usage,
             }
         })
-    };
-
-    let snapshot = store.current();
-    tracing::info!(
-        %addr,
-        %metrics_addr,
-        policies = %store.dir().display(),
-        watch = config.watch,
-        policy_version = snapshot.version(),
-        policy_count = snapshot.policy_count(),
-        entity_count = snapshot.entity_count(),
-        schema_loaded = snapshot.schema().is_some(),
-        "listening"
-    );
-    drop(snapshot);
-    let listeners = api::Listeners {
-        grpc,
-        metrics: metrics_listener,
-    };
-    let telemetry = api::Telemetry {
-        metrics,
-        audit: Arc::new(audit),
-    };
-    api::serve(&config, store, telemetry, listeners, shutdown).await?;
-    // Stop the SIGHUP loop first, so the watcher below is the last handle and stops now.
-    #[cfg(unix)]
-    {
-        reloads.abort();
-        let _ = reloads.await;
+    });
+    match served {
+        Ok(()) => Exit::Ok,
+        Err(exit) => exit,
     }
-    drop(watcher);
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Installs the Ctrl-C and SIGTERM handlers now and returns a future that resolves on

@@ -1,16 +1,18 @@
 //! `cedar-pdp test` and the server agree: every case of the example `policies/tests/`,
 //! sent over gRPC in Cedar's JSON forms (`context_json`, `entities_json`), gets the
-//! decision and determining policies the test runner reported, and the one it expects.
+//! decision, determining policies and errors the test runner reported (set up as the
+//! `test` command sets it up), and the one it expects.
 
 mod common;
 
 use cedar_pdp::{
+    Config,
     authoring::{
+        commands::Setup,
         request::merge_entities,
         suite::{self, Expect},
     },
-    engine::{Engine, EngineOptions},
-    policy::{LoadOptions, load_dir},
+    policy::load_dir,
     proto::cedarpdp::v1 as pb,
 };
 use cedar_policy::EntityUid;
@@ -26,19 +28,19 @@ fn wire_uid(uid: &EntityUid) -> pb::EntityUid {
 #[tokio::test]
 async fn every_example_case_decides_over_grpc_as_the_test_runner_reported() {
     let dir = example_policies();
-    let snapshot = load_dir(&dir, &LoadOptions::default())
+    let config = Config {
+        policies: dir.clone(),
+        ..Config::default()
+    };
+    let setup = Setup::new(&config);
+    let snapshot = load_dir(&setup.dir, &setup.load)
         .expect("the example loads")
         .snapshot;
     let suites = suite::discover(&dir).expect("the example cases read");
-    let report = suite::run(
-        &snapshot,
-        &Engine::new(EngineOptions::default()),
-        &suites,
-        None,
-    );
+    let report = suite::run(&snapshot, &setup.decider, &suites, None);
     assert_eq!(report.failed(), 0, "{}", report.text(false));
 
-    let server = TestServer::start(&dir).await;
+    let server = TestServer::start_with(config).await;
     let mut client = server.client().await;
     let mut compared = 0;
     assert_eq!(suites.len(), report.suites.len());
@@ -69,11 +71,22 @@ async fn every_example_case_decides_over_grpc_as_the_test_runner_reported() {
                 .expect("the case was decided")
                 .decision;
             let what = format!("{}: {}", suite.file, case.name);
-            assert_eq!(is_allow(&answer), decided.allowed, "{what}");
+            assert_eq!(is_allow(&answer), decided.allowed(), "{what}");
             assert_eq!(is_allow(&answer), case.expect == Expect::Allow, "{what}");
             let mut served = answer.determining_policies.clone();
             served.sort();
-            assert_eq!(served, decided.determining_policies, "{what}");
+            assert_eq!(served, decided.determining_policies(), "{what}");
+            let errors: Vec<(&str, &str)> = answer
+                .errors
+                .iter()
+                .map(|e| (e.policy_id.as_str(), e.message.as_str()))
+                .collect();
+            let reported: Vec<(&str, &str)> = decided
+                .errors()
+                .iter()
+                .map(|e| (e.policy_id.as_str(), e.message.as_str()))
+                .collect();
+            assert_eq!(errors, reported, "{what}");
             compared += 1;
         }
     }

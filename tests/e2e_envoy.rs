@@ -954,9 +954,7 @@ fn the_docs_istio_resources_name_the_same_provider_and_service() {
     ext_authz.extend(istio);
     let settings: cedar_pdp::config::Settings =
         toml::from_str(&toml::to_string(&table).unwrap()).expect("the Istio mapping parses");
-    settings
-        .ext_authz
-        .expect("an [ext_authz] table")
-        .compile()
+    let table = settings.ext_authz.expect("an [ext_authz] table");
+    cedar_pdp::api::ext_authz::rules::ExtAuthz::compile(&table)
         .expect("the Istio mapping compiles");
 }

@@ -301,8 +301,8 @@ fn a_call_merged_over_its_slice_of_the_store_decides_as_over_the_whole_store() {
                 assert_eq!(got, expected, "{about}");
                 if let Ok(decision) = &expected {
                     decisions += 1;
-                    allowed += usize::from(decision.allowed);
-                    errored += usize::from(!decision.errors.is_empty());
+                    allowed += usize::from(decision.allowed());
+                    errored += usize::from(!decision.errors().is_empty());
                 }
             }
             // All of them as one batch: one store built for all.
@@ -313,7 +313,7 @@ fn a_call_merged_over_its_slice_of_the_store_decides_as_over_the_whole_store() {
                     .map(|q| engine.request(&snapshot, q.clone()))
                     .collect::<Result<Vec<_>, _>>()?;
                 let store = engine.store(&snapshot, entities, &requests)?;
-                Ok::<_, cedar_pdp::engine::RequestError>(
+                Ok::<_, cedar_pdp::engine::Refusal>(
                     requests
                         .iter()
                         .map(|r| engine.decide_request(&snapshot, &store, r))

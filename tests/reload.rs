@@ -355,6 +355,11 @@ async fn a_half_written_file_is_never_served() {
     server.stop().await;
 }
 
+/// With watching off, a change is not served until a reload is asked for. What shows the
+/// change went unseen (rather than not seen yet) is a second server, watching the same
+/// directory: once it has served that change, and a later one too (two rebuilds, each
+/// after the events it saw), the server not watching still answers from the first
+/// version, and has counted no rebuild.
 #[tokio::test]
 async fn with_watching_off_the_files_are_read_only_on_request() {
     let dir = policy_dir(&[("a.cedar", ALICE_READS)]);
@@ -362,15 +367,43 @@ async fn with_watching_off_the_files_are_read_only_on_request() {
         policies: dir.path().to_owned(),
         ..cedar_pdp::Config::default()
     };
-    let watch = cedar_pdp::policy::WatchOptions {
-        watch_files: false,
-        ..Default::default()
-    };
-    let server = TestServer::start_watching(config, watch).await;
-    let client = server.client().await;
+    let server = TestServer::start_with(cedar_pdp::Config {
+        watch: false,
+        ..config.clone()
+    })
+    .await;
+    let watching = TestServer::start_with(config).await;
+    let (client, witness) = (server.client().await, watching.client().await);
+    let first = until_alice(&client, true, LONG, "the first version").await;
+
     fs::write(dir.path().join("a.cedar"), ALICE_FORBIDDEN).unwrap();
-    server.watcher.as_ref().unwrap().reload_now();
+    until_alice(&witness, false, LONG, "the watching server to follow").await;
+    fs::write(dir.path().join("b.cedar"), "// a later change\n").unwrap();
+    let later = version_of(&[
+        ("a.cedar", ALICE_FORBIDDEN),
+        ("b.cedar", "// a later change\n"),
+    ]);
+    eventually(
+        LONG,
+        "the watching server to follow the later change",
+        || {
+            let mut witness = witness.clone();
+            let later = later.clone();
+            async move { (info(&mut witness).await.policy_version == later).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        allowed(&mut client.clone(), "alice").await,
+        (true, first),
+        "the server not watching followed a change"
+    );
+    let text = server.metrics_text().await;
+    assert_eq!(reloads(&text, "success") + reloads(&text, "failure"), 0.0);
+
+    server.watcher.reload_now();
     until_alice(&client, false, LONG, "the requested reload to be served").await;
+    watching.stop().await;
     server.stop().await;
 }
 
@@ -496,12 +529,7 @@ async fn a_change_made_before_the_watch_started_is_picked_up() {
     let store = std::sync::Arc::new(store);
     fs::write(dir.path().join("a.cedar"), ALICE_FORBIDDEN).unwrap();
     let expected = version_of(&[("a.cedar", ALICE_FORBIDDEN)]);
-    let watcher = Watcher::start(
-        store.clone(),
-        cedar_pdp::telemetry::Metrics::new(),
-        WatchOptions::default(),
-    )
-    .unwrap();
+    let watcher = Watcher::start(store.clone(), WatchOptions::default(), Box::new(|_| {})).unwrap();
     eventually(LONG, "the earlier change to be served", || {
         let version = store.current().version().to_owned();
         let expected = expected.clone();
@@ -520,7 +548,7 @@ async fn a_requested_reload_does_not_wait_for_a_file_held_open() {
     let mut held = fs::File::create(dir.path().join("a.cedar")).unwrap();
     held.write_all(ALICE_FORBIDDEN.as_bytes()).unwrap();
     held.flush().unwrap();
-    server.watcher.as_ref().unwrap().reload_now();
+    server.watcher.reload_now();
     // Well inside the 10 s after which an idle open file stops holding reloads back.
     until_alice(
         &client,

@@ -8,13 +8,12 @@ mod common;
 use std::{path::Path, time::Duration};
 
 use cedar_pdp::{
-    config::{Config, TlsConfig},
+    config::{Config, TlsConfig, TlsFiles},
     proto::{
         cedarpdp::v1::{GetPolicySetInfoRequest, authorizer_client::AuthorizerClient},
         envoy::service::auth::v3::{CheckRequest, authorization_client::AuthorizationClient},
     },
     telemetry::{AuditOptions, AuditSink},
-    tls::TlsFiles,
 };
 use common::*;
 use rcgen::{

@@ -4,15 +4,17 @@
 
 use std::{
     net::SocketAddr,
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use cedar_pdp::{
-    Config, api,
+    Config,
+    config::AuditSink,
     policy::PolicyStore,
     proto::cedarpdp::v1::{self as pb, authorizer_client::AuthorizerClient},
-    telemetry::Metrics,
+    server::Server,
 };
 use tonic::transport::Channel;
 
@@ -146,42 +148,31 @@ pub fn print_table(results: &[(impl AsRef<str>, Vec<Duration>)]) {
     }
 }
 
-/// Serves `store` on a loopback port for the rest of the process, audit log off;
-/// returns the address.
-pub fn serve(runtime: &tokio::runtime::Runtime, store: Arc<PolicyStore>) -> SocketAddr {
-    serve_with(runtime, store, api::Telemetry::metrics_only(Metrics::new()))
-}
-
-/// [`serve`] reporting to `telemetry`.
-pub fn serve_with(
-    runtime: &tokio::runtime::Runtime,
-    store: Arc<PolicyStore>,
-    telemetry: api::Telemetry,
-) -> SocketAddr {
-    let config = Config {
-        policies: store.dir().to_owned(),
+/// The configuration the benchmarks serve `dir` with: the defaults, audit log off.
+pub fn config(dir: &Path) -> Config {
+    let mut config = Config {
+        policies: dir.to_owned(),
         ..Config::default()
     };
-    serve_config(runtime, store, telemetry, config)
+    config.audit.sink = AuditSink::Off;
+    config
 }
 
-/// [`serve_with`] with `config` (its policy directory must be the store's).
-pub fn serve_config(
+/// Serves `config` on loopback ports the OS picks, for the rest of the process, as
+/// `serve` would; the gRPC address and the store it serves.
+pub fn serve(
     runtime: &tokio::runtime::Runtime,
-    store: Arc<PolicyStore>,
-    telemetry: api::Telemetry,
-    config: Config,
-) -> SocketAddr {
+    mut config: Config,
+) -> (SocketAddr, Arc<PolicyStore>) {
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.metrics_listen = "127.0.0.1:0".parse().unwrap();
     runtime.block_on(async {
-        let listeners = api::Listeners {
-            grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            metrics: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        };
-        let addr = listeners.grpc.local_addr().unwrap();
-        tokio::spawn(async move {
-            api::serve(&config, store, telemetry, listeners, std::future::pending()).await
-        });
-        addr
+        let server = Server::bind(config)
+            .await
+            .expect("the benchmark server starts");
+        let served = (server.grpc_addr(), server.store().clone());
+        tokio::spawn(server.run(std::future::pending()));
+        served
     })
 }
 

@@ -1,6 +1,7 @@
 //! Fuzzes the request conversion and validation path of both gRPC APIs, called directly
-//! (no network) on services wired as `api::serve` wires them, over the example policy set
-//! (which has a schema, so requests are validated).
+//! (no network) on the services of servers started as `serve` starts them
+//! (`server::Server::bind`), over the example policy set (which has a schema, so requests
+//! are validated).
 //!
 //! The first byte picks a mode; the rest is either decoded as a protobuf message (what a
 //! client can put on the wire) or drives a generator of structured, adversarial requests
@@ -38,10 +39,10 @@ use std::{
 };
 
 use cedar_pdp::{
-    api::{AuthorizerService, CallerPolicy, ExtAuthzService, Telemetry},
-    config::{Config, ExtAuthzSettings, Settings},
-    engine::{Engine, EngineOptions},
-    policy::{LoadOptions, PolicyStore},
+    api::{AuthorizerService, ExtAuthzService},
+    config::{AuditSink, Config, ExtAuthzSettings, Settings},
+    policy::PolicyStore,
+    server::Server,
     proto::{
         cedarpdp::v1::{self as pb, authorizer_server::Authorizer},
         envoy::{
@@ -54,7 +55,6 @@ use cedar_pdp::{
             },
         },
     },
-    telemetry::Metrics,
 };
 use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 use libfuzzer_sys::{
@@ -75,52 +75,45 @@ struct Pdp {
     /// With the mapping of `docs/envoy.md`, then with the default mapping.
     ext_authz: [ExtAuthzService; 2],
     max_batch_items: usize,
+    /// The servers the services belong to, kept for as long as they are called.
+    #[allow(dead_code)]
+    servers: [Server; 2],
 }
 
 static PDP: LazyLock<Pdp> = LazyLock::new(|| {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let config = Config {
-        policies: format!("{root}/policies").into(),
-        ..Config::default()
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    // Servers as `serve` starts them, on ports the OS picks, never run: their services
+    // are called directly.
+    let server = |ext_authz: ExtAuthzSettings| {
+        let mut config = Config {
+            policies: format!("{root}/policies").into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: "127.0.0.1:0".parse().unwrap(),
+            watch: false,
+            ext_authz,
+            ..Config::default()
+        };
+        config.audit.sink = AuditSink::Off;
+        runtime
+            .block_on(Server::bind(config))
+            .expect("the server starts")
     };
-    // As `api::serve_grpc` wires them.
-    let limits = &config.limits;
-    let options = LoadOptions::new(config.policy_validation, limits);
-    let (store, _warnings) = PolicyStore::open(&config.policies, options).expect("policies load");
-    let store = Arc::new(store);
-    let engine = Arc::new(Engine::new(EngineOptions::new(
-        config.validate_requests,
-        limits,
-    )));
-    let telemetry = Telemetry::metrics_only(Metrics::new());
-    let authorizer = AuthorizerService::new(
-        store.clone(),
-        engine.clone(),
-        limits,
-        telemetry.clone(),
-        CallerPolicy::default(),
-    );
-    let ext_authz = |settings: ExtAuthzSettings| {
-        ExtAuthzService::new(
-            store.clone(),
-            engine.clone(),
-            settings.compile().expect("the mapping compiles"),
-            limits.max_value_depth,
-            telemetry.clone(),
-            CallerPolicy::default(),
-        )
-    };
+    let docs = server(docs_mapping(root));
+    let default = server(ExtAuthzSettings::default());
     Pdp {
-        runtime: tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("a runtime"),
-        store: store.clone(),
-        authorizer,
+        store: docs.store().clone(),
+        authorizer: docs.grpc().authorizer().clone(),
         ext_authz: [
-            ext_authz(docs_mapping(root)),
-            ext_authz(ExtAuthzSettings::default()),
+            docs.grpc().ext_authz().clone(),
+            default.grpc().ext_authz().clone(),
         ],
-        max_batch_items: limits.max_batch_items,
+        max_batch_items: Config::default().limits.max_batch_items,
+        servers: [docs, default],
+        runtime,
     }
 });
 

@@ -47,12 +47,12 @@ use tonic::{
 };
 use tower::ServiceExt as _;
 
-use super::throttle::OncePerSecond;
+use crate::telemetry::OncePerSecond;
 use crate::{
     config::Limits,
     telemetry::{
         Metrics,
-        metrics::{Api, Rejection},
+        metrics::{Api, Reason},
     },
 };
 
@@ -66,6 +66,10 @@ pub(crate) struct Overloaded;
 pub(crate) struct Admission {
     routes: Routes,
     metrics: Metrics,
+    /// Decision calls in flight: taken on arrival, given back when answered or reset.
+    in_flight: Arc<AtomicUsize>,
+    /// Shed warnings, once a second at most.
+    shed_warnings: Arc<OncePerSecond>,
     max_concurrent_calls: usize,
     request_timeout: Duration,
     max_message_bytes: usize,
@@ -76,9 +80,13 @@ impl Admission {
     /// calls in flight (counted in `metrics`), each answered within `request_timeout` or
     /// its own deadline.
     pub(crate) fn new(routes: Routes, metrics: Metrics, limits: &Limits) -> Self {
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        metrics.export_calls_in_flight(in_flight.clone());
         Self {
             routes,
             metrics,
+            in_flight,
+            shed_warnings: Arc::new(OncePerSecond::new()),
             max_concurrent_calls: limits.max_concurrent_calls,
             request_timeout: limits.request_timeout,
             max_message_bytes: limits.max_message_bytes,
@@ -96,8 +104,7 @@ impl Admission {
 
     /// Takes a slot for a decision call, or counts and logs the call as shed.
     fn take_slot(&self, api: Api) -> Option<Slot> {
-        static WARNINGS: OncePerSecond = OncePerSecond::new();
-        let in_flight = self.metrics.in_flight();
+        let in_flight = &self.in_flight;
         // Taken only when one is free: a refused call never counts, even for an instant.
         let taken = in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
             (n < self.max_concurrent_calls).then_some(n + 1)
@@ -105,8 +112,8 @@ impl Admission {
         if taken.is_ok() {
             return Some(Slot(in_flight.clone()));
         }
-        self.metrics.rejected(api, Rejection::Overloaded);
-        if WARNINGS.ready() {
+        self.metrics.refused(api, Reason::Overloaded);
+        if self.shed_warnings.ready() {
             tracing::warn!(
                 max_concurrent_calls = self.max_concurrent_calls,
                 "shedding load: a call arrived with max_concurrent_calls already in flight"
@@ -340,13 +347,13 @@ mod tests {
         let first = admission.take_slot(Api::IsAuthorized).expect("one of two");
         let second = admission.take_slot(Api::Batch).expect("two of two");
         assert!(admission.take_slot(Api::ExtAuthz).is_none(), "three of two");
-        assert_eq!(metrics.in_flight().load(Ordering::Relaxed), 2);
+        assert_eq!(admission.in_flight.load(Ordering::Relaxed), 2);
         drop(first);
         let third = admission
             .take_slot(Api::IsAuthorized)
             .expect("a freed slot");
         drop((second, third));
-        assert_eq!(metrics.in_flight().load(Ordering::Relaxed), 0);
+        assert_eq!(admission.in_flight.load(Ordering::Relaxed), 0);
         assert!(metrics.render().contains(
             "cedar_pdp_requests_rejected_total{api=\"ext_authz\",reason=\"overloaded\"} 1"
         ));

@@ -1,34 +1,26 @@
-//! The `cedarpdp.v1.Authorizer` service: IsAuthorized, BatchIsAuthorized and
-//! GetPolicySetInfo over the serving snapshot.
+//! The `cedarpdp.v1.Authorizer` front end: IsAuthorized, BatchIsAuthorized and
+//! GetPolicySetInfo over the serving snapshot. A wire adapter only: each call becomes
+//! [`Question`]s ([`Converter`]), [`Decider`] answers them (and counts and audits), and
+//! each [`Decision`] becomes an `IsAuthorizedResponse`; a [`Refusal`] becomes a status.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{
-    callers::CallerPolicy,
-    convert::Converter,
-    observe::{Call, Question},
-    request_id::{self, RequestId},
-    status::to_status,
-};
+use super::{callers::CallerPolicy, convert::Converter, request_id, status::to_status};
 use crate::{
     config::Limits,
-    engine::{Decision, Engine, RequestError},
+    decide::{Api, Call, Decider, Decision, EntitiesInput, Question, Refusal},
     policy::{PolicyStore, Snapshot},
     proto::cedarpdp::v1::{self as pb, authorizer_server},
-    telemetry::{AuditLog, Metrics, metrics::Api},
 };
 
-/// Serves decisions from a [`PolicyStore`] with an [`Engine`].
+/// Serves decisions from a [`PolicyStore`] through a [`Decider`].
 #[derive(Debug, Clone)]
 pub struct AuthorizerService {
     store: Arc<PolicyStore>,
-    engine: Arc<Engine>,
+    decider: Arc<Decider>,
     convert: Converter,
-    max_batch_items: usize,
-    metrics: Metrics,
-    audit: Arc<AuditLog>,
     callers: CallerPolicy,
 }
 
@@ -36,159 +28,149 @@ pub struct AuthorizerService {
 const SERVICE: &str = "cedarpdp.v1.Authorizer";
 
 impl AuthorizerService {
-    /// A service deciding with `engine` against whatever `store` serves at each call,
-    /// counting into `metrics`, recording decisions in `audit`, for the `callers` it
-    /// admits.
+    /// A service deciding with `decider` against whatever `store` serves at each call,
+    /// converting values within `limits`, for the `callers` it admits.
     pub fn new(
         store: Arc<PolicyStore>,
-        engine: Arc<Engine>,
+        decider: Arc<Decider>,
         limits: &Limits,
-        telemetry: super::Telemetry,
         callers: CallerPolicy,
     ) -> Self {
         Self {
             store,
-            engine,
-            convert: Converter {
-                max_value_depth: limits.max_value_depth,
-                max_string_bytes: limits.max_string_bytes,
-            },
-            max_batch_items: limits.max_batch_items,
-            metrics: telemetry.metrics,
-            audit: telemetry.audit,
+            decider,
+            convert: Converter::new(limits),
             callers,
         }
     }
 
-    /// Starts observing a call: its id (from `x-request-id`, else new), peer, caller and
-    /// clock; a caller off the allow-list is refused here, counted and logged.
-    fn call<T>(&self, api: Api, request: &Request<T>) -> Result<Call<'_>, Status> {
-        let id = RequestId::of(request.metadata());
-        let mut call = Call::start(api, id, request, &self.metrics, &self.audit);
-        call.admit(&self.callers, request).map_err(|refused| {
-            let mut status = Status::permission_denied(refused.message(SERVICE));
-            status
-                .metadata_mut()
-                .insert(request_id::HEADER, call.id.to_metadata());
-            status
-        })?;
-        Ok(call)
+    /// Starts a call: its id (from `x-request-id`, else new), peer and caller; a caller
+    /// off the allow-list is refused here.
+    fn start<T>(&self, api: Api, request: &Request<T>) -> Result<Call, Status> {
+        let given = request_id::from_metadata(request.metadata());
+        let mut call = self.decider.start(api, given, request.remote_addr());
+        let admission = self.callers.admit(request);
+        match self.decider.admit(&mut call, SERVICE, admission) {
+            Ok(()) => Ok(call),
+            Err(refusal) => Err(with_id(to_status(refusal), &call)),
+        }
+    }
+
+    /// One question from the parts every request shape carries, with the context values
+    /// the audit log keeps.
+    fn question(
+        &self,
+        principal: Option<pb::EntityUid>,
+        action: Option<pb::EntityUid>,
+        resource: Option<pb::EntityUid>,
+        context: &std::collections::HashMap<String, pb::Value>,
+        context_json: String,
+    ) -> Result<Question, Refusal> {
+        let keys = self.decider.recorded_keys();
+        let recorded_context = self.convert.recorded_context(context, &context_json, keys);
+        let query = self
+            .convert
+            .query(principal, action, resource, context, context_json)?;
+        Ok(Question {
+            query,
+            recorded_context,
+        })
     }
 
     fn is_authorized(
         &self,
+        call: &Call,
         snapshot: &Snapshot,
         request: pb::IsAuthorizedRequest,
-    ) -> Result<pb::IsAuthorizedResponse, RequestError> {
-        let entities = self
+    ) -> Result<pb::IsAuthorizedResponse, Refusal> {
+        let converted = self
             .convert
-            .entities(&request.entities, request.entities_json)?;
-        let query = self.convert.query(
-            request.principal,
-            request.action,
-            request.resource,
-            &request.context,
-            request.context_json,
-        )?;
-        let decision = self.engine.decide(snapshot, entities, query)?;
-        Ok(response(decision, snapshot))
+            .entities(&request.entities, request.entities_json)
+            .and_then(|entities| {
+                let question = self.question(
+                    request.principal,
+                    request.action,
+                    request.resource,
+                    &request.context,
+                    request.context_json,
+                )?;
+                Ok((entities, question))
+            });
+        let (entities, question) = converted.inspect_err(|refusal| {
+            self.decider.refuse(call, snapshot, refusal, None);
+        })?;
+        let decision = self.decider.decide(call, snapshot, entities, question)?;
+        Ok(response(&decision, snapshot))
     }
 
     fn batch(
         &self,
+        call: &Call,
         snapshot: &Snapshot,
         request: pb::BatchIsAuthorizedRequest,
-    ) -> Result<pb::BatchIsAuthorizedResponse, RequestError> {
-        if request.items.len() > self.max_batch_items {
-            return Err(RequestError::limit(
-                "items",
-                format!(
-                    "{} items is more than the limit of {} (max_batch_items)",
-                    request.items.len(),
-                    self.max_batch_items
-                ),
-            ));
-        }
-        let entities = self
+    ) -> Result<pb::BatchIsAuthorizedResponse, Refusal> {
+        let entities: Result<EntitiesInput, Refusal> = self
             .convert
-            .entities(&request.entities, request.entities_json)?;
-        let entities = self.engine.entities(snapshot, entities)?;
-        let requests = request
-            .items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| {
-                self.convert
-                    .query(
-                        item.principal,
-                        item.action,
-                        item.resource,
-                        &item.context,
-                        item.context_json,
-                    )
-                    .and_then(|query| self.engine.request(snapshot, query))
-                    .map_err(|e| e.within(&format!("items[{i}]")))
-            })
-            .collect::<Result<Vec<_>, RequestError>>()?;
-        // One store for every item: built from what all of them can reach.
-        let store = self.engine.store(snapshot, entities, &requests)?;
-        let results = requests
-            .iter()
-            .map(|request| {
-                response(
-                    self.engine.decide_request(snapshot, &store, request),
-                    snapshot,
-                )
-            })
-            .collect();
+            .entities(&request.entities, request.entities_json);
+        let items = request.items.into_iter().map(|item| {
+            self.question(
+                item.principal,
+                item.action,
+                item.resource,
+                &item.context,
+                item.context_json,
+            )
+        });
+        let decisions = self.decider.decide_batch(call, snapshot, entities, items)?;
         Ok(pb::BatchIsAuthorizedResponse {
-            results,
+            results: decisions.iter().map(|d| response(d, snapshot)).collect(),
             policy_version: snapshot.version().to_owned(),
         })
     }
 }
 
-/// The wire answer for a decision on `snapshot` (ext_authz builds it too, so that both
-/// APIs are observed alike).
-pub(super) fn response(decision: Decision, snapshot: &Snapshot) -> pb::IsAuthorizedResponse {
-    let verdict = if decision.allowed {
+/// The wire answer for a decision made on `snapshot`.
+fn response(decision: &Decision, snapshot: &Snapshot) -> pb::IsAuthorizedResponse {
+    let verdict = if decision.allowed() {
         pb::Decision::Allow
     } else {
         pb::Decision::Deny
     };
     pb::IsAuthorizedResponse {
         decision: verdict.into(),
-        determining_policies: decision.determining_policies,
+        determining_policies: decision.determining_policies().to_vec(),
         errors: decision
-            .errors
-            .into_iter()
+            .errors()
+            .iter()
             .map(|e| pb::EvaluationError {
-                policy_id: e.policy_id,
-                message: e.message,
+                policy_id: e.policy_id.clone(),
+                message: e.message.clone(),
             })
             .collect(),
         policy_version: snapshot.version().to_owned(),
     }
 }
 
+/// `status` carrying the call's request id.
+fn with_id(mut status: Status, call: &Call) -> Status {
+    status
+        .metadata_mut()
+        .insert(request_id::HEADER, request_id::to_metadata(call.id()));
+    status
+}
+
 /// The answer with the call's request id echoed back, or the refusal as a status that
 /// carries it too.
-fn reply<T>(id: &RequestId, result: Result<T, RequestError>) -> Result<Response<T>, Status> {
+fn reply<T>(call: &Call, result: Result<T, Refusal>) -> Result<Response<T>, Status> {
     match result {
         Ok(answer) => {
             let mut response = Response::new(answer);
             response
                 .metadata_mut()
-                .insert(request_id::HEADER, id.to_metadata());
+                .insert(request_id::HEADER, request_id::to_metadata(call.id()));
             Ok(response)
         }
-        Err(error) => {
-            let mut status = to_status(error);
-            status
-                .metadata_mut()
-                .insert(request_id::HEADER, id.to_metadata());
-            Err(status)
-        }
+        Err(refusal) => Err(with_id(to_status(refusal), call)),
     }
 }
 
@@ -198,67 +180,24 @@ impl authorizer_server::Authorizer for AuthorizerService {
         &self,
         request: Request<pb::IsAuthorizedRequest>,
     ) -> Result<Response<pb::IsAuthorizedResponse>, Status> {
-        let call = self.call(Api::IsAuthorized, &request)?;
-        let span = tracing::info_span!("call", api = "is_authorized", request_id = %call.id);
+        let call = self.start(Api::IsAuthorized, &request)?;
+        let span = tracing::info_span!("call", api = "is_authorized", request_id = %call.id());
         let _in_span = span.enter();
-        let request = request.into_inner();
-        let question = call.auditing().then(|| {
-            Question::new(
-                request.principal.as_ref(),
-                request.action.as_ref(),
-                request.resource.as_ref(),
-                &request.context,
-                &request.context_json,
-                self.audit.context_keys(),
-            )
-        });
         let snapshot = self.store.current();
-        let result = AuthorizerService::is_authorized(self, &snapshot, request);
-        match &result {
-            Ok(answer) => call.answered([(answer, question)], false),
-            Err(error) => call.refused(error),
-        }
-        reply(&call.id, result)
+        let result = AuthorizerService::is_authorized(self, &call, &snapshot, request.into_inner());
+        reply(&call, result)
     }
 
     async fn batch_is_authorized(
         &self,
         request: Request<pb::BatchIsAuthorizedRequest>,
     ) -> Result<Response<pb::BatchIsAuthorizedResponse>, Status> {
-        let call = self.call(Api::Batch, &request)?;
-        let span = tracing::info_span!("call", api = "batch", request_id = %call.id);
+        let call = self.start(Api::Batch, &request)?;
+        let span = tracing::info_span!("call", api = "batch", request_id = %call.id());
         let _in_span = span.enter();
-        let request = request.into_inner();
-        // Past the batch limit the call is refused below; note nothing for it.
-        let questions: Vec<Question> =
-            if call.auditing() && request.items.len() <= self.max_batch_items {
-                request
-                    .items
-                    .iter()
-                    .map(|item| {
-                        Question::new(
-                            item.principal.as_ref(),
-                            item.action.as_ref(),
-                            item.resource.as_ref(),
-                            &item.context,
-                            &item.context_json,
-                            self.audit.context_keys(),
-                        )
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
         let snapshot = self.store.current();
-        let result = self.batch(&snapshot, request);
-        match &result {
-            Ok(answer) => {
-                let mut questions = questions.into_iter();
-                call.answered(answer.results.iter().map(|r| (r, questions.next())), true);
-            }
-            Err(error) => call.refused(error),
-        }
-        reply(&call.id, result)
+        let result = self.batch(&call, &snapshot, request.into_inner());
+        reply(&call, result)
     }
 
     async fn get_policy_set_info(
@@ -266,7 +205,7 @@ impl authorizer_server::Authorizer for AuthorizerService {
         request: Request<pb::GetPolicySetInfoRequest>,
     ) -> Result<Response<pb::PolicySetInfo>, Status> {
         // Not a decision: a refusal here counts under the service's unary API.
-        self.call(Api::IsAuthorized, &request)?;
+        self.start(Api::IsAuthorized, &request)?;
         let snapshot = self.store.current();
         let last_error = self.store.last_error();
         Ok(Response::new(pb::PolicySetInfo {

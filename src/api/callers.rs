@@ -13,30 +13,13 @@ use rustls::pki_types::CertificateDer;
 use tonic::Request;
 use x509_parser::{extensions::GeneralName, prelude::FromDer as _};
 
+use crate::decide::Admission;
+
 /// The callers one API admits.
 #[derive(Debug, Clone, Default)]
 pub struct CallerPolicy {
     /// Identities allowed; `None` admits every caller that passed the handshake.
     allowed: Option<Arc<[String]>>,
-}
-
-/// A caller the allow-list does not hold, and the identities its certificate showed.
-#[derive(Debug)]
-pub(crate) struct CallerRefused {
-    /// What the caller presented (empty when it sent no certificate).
-    pub(crate) identities: Vec<String>,
-}
-
-impl CallerRefused {
-    /// The status message: who was refused, without any list of who would not be.
-    pub(crate) fn message(&self, service: &str) -> String {
-        match self.identities.as_slice() {
-            [] => format!(
-                "{service}: the caller presented no certificate identity (SPIFFE URI or DNS name)"
-            ),
-            ids => format!("{service}: caller {} is not allowed", ids.join(", ")),
-        }
-    }
 }
 
 impl CallerPolicy {
@@ -47,19 +30,19 @@ impl CallerPolicy {
         }
     }
 
-    /// The caller's identity for the audit log (`None` without a client certificate),
-    /// or the refusal when an allow-list is set and holds none of its identities.
-    pub(crate) fn admit<T>(&self, request: &Request<T>) -> Result<Option<String>, CallerRefused> {
+    /// Admits the caller with its identity for the audit log (`None` without a client
+    /// certificate), or not, when an allow-list is set and holds none of its identities.
+    pub(crate) fn admit<T>(&self, request: &Request<T>) -> Admission {
         let identities = request
             .peer_certs()
             .and_then(|chain| chain.first().map(identities))
             .unwrap_or_default();
         let Some(allowed) = &self.allowed else {
-            return Ok(identities.into_iter().next());
+            return Admission::Admitted(identities.into_iter().next());
         };
         match identities.iter().find(|id| allowed.contains(id)) {
-            Some(id) => Ok(Some(id.clone())),
-            None => Err(CallerRefused { identities }),
+            Some(id) => Admission::Admitted(Some(id.clone())),
+            None => Admission::NotAllowed(identities),
         }
     }
 }

@@ -1,12 +1,14 @@
-//! Wire types (`cedarpdp.v1`) to engine types. Every error names the request field at
-//! fault, as a path: `context.net.src_ip`, `entities[2].parents[0].type`.
+//! Wire types (`cedarpdp.v1`) to the decide step's types. Every error names the request
+//! field at fault, as a path: `context.net.src_ip`, `entities[2].parents[0].type`.
 
 use std::{collections::HashMap, str::FromStr};
 
 use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
+use serde_json::{Map, Value as Json};
 
 use crate::{
-    engine::{ContextInput, EntitiesInput, EntityInput, Query, RequestError},
+    config::Limits,
+    decide::{ContextInput, EntitiesInput, EntityInput, Query, Refusal},
     policy::describe,
     proto::cedarpdp::v1 as pb,
 };
@@ -55,13 +57,50 @@ fn shown(text: &str) -> std::borrow::Cow<'_, str> {
 }
 
 impl Converter {
+    /// A converter within `limits`.
+    pub(crate) fn new(limits: &Limits) -> Self {
+        Self {
+            max_value_depth: limits.max_value_depth,
+            max_string_bytes: limits.max_string_bytes,
+        }
+    }
+
+    /// The values of `keys` in a request's context, typed or JSON, in Cedar's JSON form,
+    /// for the audit log (nothing when `keys` is empty; a JSON context that does not
+    /// parse gives none: the request is refused anyway).
+    pub(crate) fn recorded_context(
+        &self,
+        typed: &HashMap<String, pb::Value>,
+        json: &str,
+        keys: &[String],
+    ) -> Map<String, Json> {
+        let mut recorded = Map::new();
+        if keys.is_empty() {
+            return recorded;
+        }
+        if json.is_empty() {
+            for key in keys {
+                if let Some(value) = typed.get(key) {
+                    recorded.insert(key.clone(), value_json(value));
+                }
+            }
+        } else if let Ok(Json::Object(mut all)) = serde_json::from_str(json) {
+            for key in keys {
+                if let Some(value) = all.remove(key) {
+                    recorded.insert(key.clone(), value);
+                }
+            }
+        }
+        recorded
+    }
+
     /// Refuses `text` at `path` if it is longer than the limit (the message gives its
     /// length, never its content).
-    fn short(&self, path: impl FnOnce() -> String, text: &str) -> Result<(), RequestError> {
+    fn short(&self, path: impl FnOnce() -> String, text: &str) -> Result<(), Refusal> {
         if text.len() <= self.max_string_bytes {
             return Ok(());
         }
-        Err(RequestError::limit(
+        Err(Refusal::limit(
             path(),
             format!(
                 "{} bytes is longer than the limit of {} (max_string_bytes)",
@@ -79,7 +118,7 @@ impl Converter {
         resource: Option<pb::EntityUid>,
         context: &HashMap<String, pb::Value>,
         context_json: String,
-    ) -> Result<Query, RequestError> {
+    ) -> Result<Query, Refusal> {
         Ok(Query {
             principal: self.required_uid(&Path::Root("principal"), principal.as_ref())?,
             action: self.required_uid(&Path::Root("action"), action.as_ref())?,
@@ -92,7 +131,7 @@ impl Converter {
         &self,
         typed: &HashMap<String, pb::Value>,
         json: String,
-    ) -> Result<ContextInput, RequestError> {
+    ) -> Result<ContextInput, Refusal> {
         if !json.trim().is_empty() {
             if !typed.is_empty() {
                 return Err(both_forms("context"));
@@ -110,7 +149,7 @@ impl Converter {
                 // Extension literals are first evaluated here; only on failure are they
                 // looked at one by one, so that the error names the bad one's path.
                 bad_extension(&root, typed)
-                    .unwrap_or_else(|| RequestError::invalid("context", describe(&e)))
+                    .unwrap_or_else(|| Refusal::invalid("context", describe(&e)))
             })
     }
 
@@ -119,7 +158,7 @@ impl Converter {
         &self,
         typed: &[pb::Entity],
         json: String,
-    ) -> Result<EntitiesInput, RequestError> {
+    ) -> Result<EntitiesInput, Refusal> {
         if !json.trim().is_empty() {
             if !typed.is_empty() {
                 return Err(both_forms("entities"));
@@ -138,7 +177,7 @@ impl Converter {
             .map(EntitiesInput::Typed)
     }
 
-    fn entity(&self, path: &Path<'_>, entity: &pb::Entity) -> Result<EntityInput, RequestError> {
+    fn entity(&self, path: &Path<'_>, entity: &pb::Entity) -> Result<EntityInput, Refusal> {
         let parents = Path::Field(path, "parents");
         Ok(EntityInput {
             uid: self.required_uid(&Path::Field(path, "uid"), entity.uid.as_ref())?,
@@ -158,7 +197,7 @@ impl Converter {
         path: &Path<'_>,
         fields: &HashMap<String, pb::Value>,
         depth: usize,
-    ) -> Result<Vec<(String, RestrictedExpression)>, RequestError> {
+    ) -> Result<Vec<(String, RestrictedExpression)>, Refusal> {
         fields
             .iter()
             .map(|(key, value)| {
@@ -174,11 +213,11 @@ impl Converter {
         path: &Path<'_>,
         value: &pb::Value,
         depth: usize,
-    ) -> Result<RestrictedExpression, RequestError> {
+    ) -> Result<RestrictedExpression, Refusal> {
         use pb::value::Kind;
         let nested = || {
             if depth >= self.max_value_depth {
-                return Err(RequestError::limit(
+                return Err(Refusal::limit(
                     path.to_string(),
                     format!(
                         "sets and records are nested deeper than the limit of {} (max_value_depth)",
@@ -189,7 +228,7 @@ impl Converter {
             Ok(depth + 1)
         };
         match &value.kind {
-            None => Err(RequestError::invalid(
+            None => Err(Refusal::invalid(
                 path.to_string(),
                 "the value is empty; set one of boolean, long, string, set, record, entity or extension",
             )),
@@ -213,7 +252,7 @@ impl Converter {
                 let depth = nested()?;
                 let fields = self.fields(path, &record.fields, depth)?;
                 RestrictedExpression::new_record(fields)
-                    .map_err(|e| RequestError::invalid(path.to_string(), describe(&e)))
+                    .map_err(|e| Refusal::invalid(path.to_string(), describe(&e)))
             }
             Some(Kind::Entity(entity)) => Ok(RestrictedExpression::new_entity_uid(
                 self.uid(path, entity)?,
@@ -230,27 +269,27 @@ impl Converter {
         &self,
         path: &Path<'_>,
         value: Option<&pb::EntityUid>,
-    ) -> Result<EntityUid, RequestError> {
+    ) -> Result<EntityUid, Refusal> {
         match value {
             Some(value) => self.uid(path, value),
-            None => Err(RequestError::invalid(
+            None => Err(Refusal::invalid(
                 path.to_string(),
                 "is missing; give an entity type and id",
             )),
         }
     }
 
-    fn uid(&self, path: &Path<'_>, value: &pb::EntityUid) -> Result<EntityUid, RequestError> {
+    fn uid(&self, path: &Path<'_>, value: &pb::EntityUid) -> Result<EntityUid, Refusal> {
         self.short(|| format!("{path}.type"), &value.r#type)?;
         self.short(|| format!("{path}.id"), &value.id)?;
         if value.r#type.is_empty() {
-            return Err(RequestError::invalid(
+            return Err(Refusal::invalid(
                 format!("{path}.type"),
                 "is empty; give an entity type such as `App::User`",
             ));
         }
         let ty = EntityTypeName::from_str(&value.r#type).map_err(|e| {
-            RequestError::invalid(
+            Refusal::invalid(
                 format!("{path}.type"),
                 format!(
                     "`{}` is not a valid entity type name: {}",
@@ -268,7 +307,7 @@ impl Converter {
 
 /// An extension value. Its literal is evaluated once, when the context or entity is
 /// built; [`bad_extension`] finds a bad one's path after that fails.
-fn extension(path: &Path<'_>, ext: &pb::Extension) -> Result<RestrictedExpression, RequestError> {
+fn extension(path: &Path<'_>, ext: &pb::Extension) -> Result<RestrictedExpression, Refusal> {
     let arg = ext.arg.as_str();
     let expr = match ext.r#fn.as_str() {
         "ip" | "ipaddr" => RestrictedExpression::new_ip(arg),
@@ -276,7 +315,7 @@ fn extension(path: &Path<'_>, ext: &pb::Extension) -> Result<RestrictedExpressio
         "datetime" => RestrictedExpression::new_datetime(arg),
         "duration" => RestrictedExpression::new_duration(arg),
         other => {
-            return Err(RequestError::invalid(
+            return Err(Refusal::invalid(
                 format!("{path}.fn"),
                 format!(
                     "unknown extension `{}`; use one of ip, decimal, datetime, duration",
@@ -290,19 +329,19 @@ fn extension(path: &Path<'_>, ext: &pb::Extension) -> Result<RestrictedExpressio
 
 /// The first extension value under `fields` whose literal does not evaluate, as an error
 /// naming its path (`context.net.src_ip`). Only called once building a context failed.
-fn bad_extension(path: &Path<'_>, fields: &HashMap<String, pb::Value>) -> Option<RequestError> {
+fn bad_extension(path: &Path<'_>, fields: &HashMap<String, pb::Value>) -> Option<Refusal> {
     fields
         .iter()
         .find_map(|(key, value)| bad_extension_in(&Path::Key(path, key), value))
 }
 
-fn bad_extension_in(path: &Path<'_>, value: &pb::Value) -> Option<RequestError> {
+fn bad_extension_in(path: &Path<'_>, value: &pb::Value) -> Option<Refusal> {
     use pb::value::Kind;
     match &value.kind {
         Some(Kind::Extension(ext)) => {
             let expr = extension(path, ext).ok()?;
             let e = Context::from_pairs([(String::new(), expr)]).err()?;
-            Some(RequestError::invalid(
+            Some(Refusal::invalid(
                 path.to_string(),
                 format!(
                     "invalid {} literal {:?}: {}",
@@ -322,8 +361,33 @@ fn bad_extension_in(path: &Path<'_>, value: &pb::Value) -> Option<RequestError> 
     }
 }
 
-fn both_forms(field: &str) -> RequestError {
-    RequestError::invalid(
+/// A typed value in Cedar's JSON form (entities as `__entity`, extensions as `__extn`).
+fn value_json(value: &pb::Value) -> Json {
+    use pb::value::Kind;
+    match &value.kind {
+        None => Json::Null,
+        Some(Kind::Boolean(b)) => Json::Bool(*b),
+        Some(Kind::Long(n)) => Json::from(*n),
+        Some(Kind::String(s)) => Json::String(s.clone()),
+        Some(Kind::Set(list)) => Json::Array(list.values.iter().map(value_json).collect()),
+        Some(Kind::Record(record)) => Json::Object(
+            record
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), value_json(v)))
+                .collect(),
+        ),
+        Some(Kind::Entity(uid)) => {
+            serde_json::json!({ "__entity": { "type": uid.r#type, "id": uid.id } })
+        }
+        Some(Kind::Extension(ext)) => {
+            serde_json::json!({ "__extn": { "fn": ext.r#fn, "arg": ext.arg } })
+        }
+    }
+}
+
+fn both_forms(field: &str) -> Refusal {
+    Refusal::invalid(
         field,
         format!("both {field} and {field}_json are set; give one form or the other"),
     )

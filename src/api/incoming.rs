@@ -30,8 +30,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use super::throttle::OncePerSecond;
-use crate::tls::ServerTls;
+use super::tls::ServerTls;
+use crate::telemetry::OncePerSecond;
 
 /// How long a client has to finish its TLS handshake (or, in plaintext, to send its first
 /// byte) before the connection is closed.

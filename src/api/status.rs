@@ -1,4 +1,4 @@
-//! Engine errors to gRPC status, in one place.
+//! Refusals to gRPC status, in one place.
 //!
 //! A status message travels as an HTTP/2 header (`grpc-message`): clients refuse long
 //! ones (tonic's fails the call past about 16 KiB, and drops the connection past 64 KiB),
@@ -7,17 +7,19 @@
 
 use tonic::Status;
 
-use crate::engine::RequestError;
+use crate::decide::{Reason, Refusal};
 
 /// Longest status message sent; the field at fault comes first, so it always fits.
 pub const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// A refused request as a status whose message names the field and the problem.
-pub(crate) fn to_status(error: RequestError) -> Status {
-    let message = bounded(error.to_string());
-    match &error {
-        RequestError::Invalid { .. } => Status::invalid_argument(message),
-        RequestError::Limit { .. } => Status::resource_exhausted(message),
+pub(crate) fn to_status(refusal: Refusal) -> Status {
+    let message = bounded(refusal.to_string());
+    match refusal.reason() {
+        Reason::Invalid => Status::invalid_argument(message),
+        Reason::Limit | Reason::Overloaded => Status::resource_exhausted(message),
+        Reason::Unauthenticated => Status::unauthenticated(message),
+        Reason::CallerNotAllowed => Status::permission_denied(message),
     }
 }
 

@@ -1,10 +1,11 @@
 //! Tools for the people who write policies: `validate`, `test`, `authorize` and `fmt`.
 //!
 //! They sit beside the server, not on its path: each one loads the policy directory with
-//! the same loader (`policy::read_dir` + `policy::build`) and decides with the same
-//! [`Engine`] that `serve` uses, so what passes here is what the server does. The binary
-//! only parses flags, calls into this module and picks the exit code.
+//! the same loader (`policy::read_dir` + `policy::build`) and decides through the same
+//! [`Decider`] step that `serve` uses, so what passes here is what the server does. The
+//! binary only parses flags, calls into this module and picks the exit code.
 
+pub mod commands;
 pub mod diagnostics;
 pub mod format;
 pub mod request;
@@ -14,8 +15,10 @@ use std::path::Path;
 
 use serde_json::json;
 
+use cedar_policy::EntityUid;
+
 use crate::{
-    engine::{Decision, Engine, RequestError},
+    decide::{Api, Decider, Decision, Question, Refusal},
     policy::{LoadError, LoadOptions, Loaded, Problem, Snapshot, Sources, build, read_dir},
 };
 use diagnostics::Severity;
@@ -131,14 +134,15 @@ pub struct Answer {
     pub unknown: Vec<(&'static str, String)>,
 }
 
-/// Decides `request` against `snapshot` as the server would.
+/// Decides `request` against `snapshot` as the server would: through `decider`, the
+/// step every front end of the server takes.
 pub fn decide(
     snapshot: &Snapshot,
-    engine: &Engine,
+    decider: &Decider,
     request: &RequestSpec,
-) -> Result<Answer, RequestError> {
+) -> Result<Answer, Refusal> {
     // The engine names the gRPC fields; a request file calls them `context`, `entities`.
-    let rename = |e: RequestError| {
+    let rename = |e: Refusal| {
         e.map_field(|field| {
             for (wire, written) in [("context_json", "context"), ("entities_json", "entities")] {
                 if let Some(rest) = field.strip_prefix(wire) {
@@ -149,20 +153,23 @@ pub fn decide(
         })
     };
     let (query, entities) = request.query();
-    let entities = engine.entities(snapshot, entities).map_err(rename)?;
-    let question = engine.request(snapshot, query).map_err(rename)?;
-    let store = engine
-        .store(snapshot, entities, std::slice::from_ref(&question))
+    let call = decider.start(Api::IsAuthorized, None, None);
+    let decision = decider
+        .decide(&call, snapshot, entities, Question::from(query))
         .map_err(rename)?;
+    let sent: Vec<EntityUid> = request
+        .entities
+        .iter()
+        .filter_map(|e| EntityUid::from_json(e.get("uid")?.clone()).ok())
+        .collect();
     let unknown = [
         ("principal", &request.principal),
         ("resource", &request.resource),
     ]
     .into_iter()
-    .filter(|(_, uid)| store.get(&uid.0).is_none())
+    .filter(|(_, uid)| snapshot.entities().get(&uid.0).is_none() && !sent.contains(&uid.0))
     .map(|(role, uid)| (role, uid.to_string()))
     .collect();
-    let decision = engine.decide_request(snapshot, &store, &question);
     Ok(Answer { decision, unknown })
 }
 
@@ -183,7 +190,7 @@ pub fn unknown_lines(answer: &Answer) -> Vec<String> {
 /// `authorize`'s answer for a reader: the decision, why, and the policy version.
 pub fn decision_text(snapshot: &Snapshot, answer: &Answer) -> String {
     let decision = &answer.decision;
-    let word = if decision.allowed { "allow" } else { "deny" };
+    let word = decision.effect().label();
     let mut out = format!("decision: {word}\n");
     for line in suite::decision_lines(snapshot, decision) {
         out.push_str(&line);
@@ -201,7 +208,7 @@ pub fn decision_text(snapshot: &Snapshot, answer: &Answer) -> String {
 pub fn decision_json(snapshot: &Snapshot, answer: &Answer) -> String {
     let decision = &answer.decision;
     let determining: Vec<_> = decision
-        .determining_policies
+        .determining_policies()
         .iter()
         .map(|id| {
             let at = snapshot.policy_location(id);
@@ -214,12 +221,12 @@ pub fn decision_json(snapshot: &Snapshot, answer: &Answer) -> String {
         })
         .collect();
     let errors: Vec<_> = decision
-        .errors
+        .errors()
         .iter()
         .map(|e| json!({"policy_id": e.policy_id, "message": e.message}))
         .collect();
     let value = json!({
-        "decision": if decision.allowed { "allow" } else { "deny" },
+        "decision": decision.effect().label(),
         "determining_policies": determining,
         "errors": errors,
         "unknown_entities": answer

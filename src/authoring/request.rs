@@ -1,5 +1,5 @@
 //! One authorization question as a policy author writes it, in a test case, a request file
-//! for `authorize`, or its flags, and the way it becomes the engine's [`Query`] — the same
+//! for `authorize`, or its flags, and the way it becomes the decide step's [`Query`] — the same
 //! engine, request validation and limits `serve` uses, so a case passes here exactly when
 //! the server would answer the same.
 
@@ -9,7 +9,7 @@ use cedar_policy::EntityUid;
 use serde::{Deserialize, Deserializer, de};
 use serde_json::{Map, Value};
 
-use crate::engine::{ContextInput, EntitiesInput, Query};
+use crate::decide::{ContextInput, EntitiesInput, Query};
 
 /// An entity uid, written as Cedar writes it (`Platform::User::"alice"`) or as Cedar's JSON
 /// form (`{type: Platform::User, id: alice}`).

@@ -30,7 +30,7 @@ use serde_json::{Map, Value};
 
 use super::request::{RequestSpec, Uid, merge_entities};
 use crate::{
-    engine::{Decision, Engine, RequestError},
+    decide::{Decider, Decision, Refusal},
     policy::{Location, Problem, Snapshot},
 };
 
@@ -228,7 +228,7 @@ pub struct CaseReport {
     /// Time to decide it (building the request included).
     pub elapsed: Duration,
     /// The decision, or why the engine refused the request.
-    pub result: Result<super::Answer, RequestError>,
+    pub result: Result<super::Answer, Refusal>,
     /// Why it failed: one line per unmet expectation; empty when it passed.
     pub failures: Vec<String>,
     /// Failure details for a reader: the decision, determining policies, errors.
@@ -281,7 +281,12 @@ pub struct Report {
 
 /// Runs every case of `suites` whose `file: name` contains `filter` (all when `None`)
 /// against `snapshot`.
-pub fn run(snapshot: &Snapshot, engine: &Engine, suites: &[Suite], filter: Option<&str>) -> Report {
+pub fn run(
+    snapshot: &Snapshot,
+    decider: &Decider,
+    suites: &[Suite],
+    filter: Option<&str>,
+) -> Report {
     let started = Instant::now();
     let mut determined: BTreeMap<String, usize> = BTreeMap::new();
     let known: HashSet<String> = snapshot
@@ -296,9 +301,9 @@ pub fn run(snapshot: &Snapshot, engine: &Engine, suites: &[Suite], filter: Optio
             if filter.is_some_and(|f| !format!("{}: {}", suite.file, case.name).contains(f)) {
                 continue;
             }
-            let report = run_case(snapshot, engine, suite, case, &known);
+            let report = run_case(snapshot, decider, suite, case, &known);
             if let Ok(answer) = &report.result {
-                for id in &answer.decision.determining_policies {
+                for id in answer.decision.determining_policies() {
                     *determined.entry(id.clone()).or_default() += 1;
                 }
             }
@@ -336,7 +341,7 @@ pub fn run(snapshot: &Snapshot, engine: &Engine, suites: &[Suite], filter: Optio
 
 fn run_case(
     snapshot: &Snapshot,
-    engine: &Engine,
+    decider: &Decider,
     suite: &Suite,
     case: &Case,
     known: &HashSet<String>,
@@ -349,7 +354,7 @@ fn run_case(
         entities: merge_entities(&suite.entities, &case.entities),
     };
     let started = Instant::now();
-    let result = super::decide(snapshot, engine, &spec);
+    let result = super::decide(snapshot, decider, &spec);
     let elapsed = started.elapsed();
     let mut failures = Vec::new();
     let mut details = Vec::new();
@@ -366,7 +371,7 @@ fn run_case(
                 }
             }
             let mut errored: Vec<&str> = decision
-                .errors
+                .errors()
                 .iter()
                 .map(|e| e.policy_id.as_str())
                 .collect();
@@ -382,7 +387,7 @@ fn run_case(
                     errored.join(", ")
                 ));
             }
-            let got = Expect::of(decision.allowed);
+            let got = Expect::of(decision.allowed());
             details.push(format!("decision: {}", got.word()));
             if got != case.expect {
                 failures.push(format!(
@@ -400,11 +405,11 @@ fn run_case(
                 let mut expected = expected.clone();
                 expected.sort_unstable();
                 expected.dedup();
-                if expected != decision.determining_policies {
+                if expected != decision.determining_policies() {
                     failures.push(format!(
                         "expected determining policies [{}], got [{}]",
                         expected.join(", "),
-                        decision.determining_policies.join(", ")
+                        decision.determining_policies().join(", ")
                     ));
                 }
             }
@@ -424,25 +429,25 @@ fn run_case(
 /// decision, as lines for a reader; shared by `test` failures and `authorize`.
 pub fn decision_lines(snapshot: &Snapshot, decision: &Decision) -> Vec<String> {
     let mut lines = Vec::new();
-    if decision.determining_policies.is_empty() {
-        lines.push(match decision.allowed {
+    if decision.determining_policies().is_empty() {
+        lines.push(match decision.allowed() {
             true => "determining policies: none".to_owned(),
             false => "determining policies: none (no permit applies: default deny)".to_owned(),
         });
     } else {
         lines.push("determining policies:".to_owned());
-        for id in &decision.determining_policies {
+        for id in decision.determining_policies() {
             lines.push(match snapshot.policy_location(id) {
                 Some(at) => format!("  {id} ({at})"),
                 None => format!("  {id}"),
             });
         }
     }
-    if decision.errors.is_empty() {
+    if decision.errors().is_empty() {
         lines.push("errors: none".to_owned());
     } else {
         lines.push("errors (these policies were skipped):".to_owned());
-        for e in &decision.errors {
+        for e in decision.errors() {
             lines.push(format!("  {}: {}", e.policy_id, e.message));
         }
     }

@@ -13,7 +13,7 @@ use std::{
 
 use cedar_policy::{Entities, Entity, EntityUid, EvalResult, Request, Schema};
 
-use super::{EngineOptions, EntitiesInput, EntityInput, RequestError, json};
+use super::{EngineOptions, EntitiesInput, EntityInput, Refusal, json};
 use crate::policy::{Snapshot, describe, hierarchy, json_uid_and_parents};
 
 /// A call's own entities, checked and validated on their own, not yet merged over the
@@ -30,7 +30,7 @@ pub(super) fn check(
     snapshot: &Snapshot,
     input: EntitiesInput,
     options: &EngineOptions,
-) -> Result<CallEntities, RequestError> {
+) -> Result<CallEntities, Refusal> {
     let schema = snapshot.schema().filter(|_| options.validate_requests);
     let (field, own) = match input {
         EntitiesInput::None => return Ok(CallEntities::default()),
@@ -69,15 +69,14 @@ pub(super) fn merge<'s>(
     call: CallEntities,
     requests: &[Request],
     options: &EngineOptions,
-) -> Result<Cow<'s, Entities>, RequestError> {
+) -> Result<Cow<'s, Entities>, Refusal> {
     let CallEntities { field, own } = call;
     let Some(own) = own else {
         return Ok(Cow::Borrowed(snapshot.entities()));
     };
     let stored = snapshot.entities();
-    let invalid = |e: cedar_policy::entities_errors::EntitiesError| {
-        RequestError::invalid(field, describe(&e))
-    };
+    let invalid =
+        |e: cedar_policy::entities_errors::EntitiesError| Refusal::invalid(field, describe(&e));
     if snapshot.entity_count() <= options.slice_entities_over {
         // Cedar's upsert replaces stored entities of the same uid and repairs the
         // transitive closure, walking the whole store; the clone shares every stored
@@ -108,7 +107,7 @@ pub(super) fn merge<'s>(
         reach.add(entity.uid());
     }
     reach.run();
-    let build = |reach: &Reach<'_>| -> Result<Entities, RequestError> {
+    let build = |reach: &Reach<'_>| -> Result<Entities, Refusal> {
         Entities::from_entities(reach.copied.iter().map(|&e| e.clone()), None)
             .map_err(invalid)?
             .upsert_entities(own.iter().cloned(), None)
@@ -237,9 +236,9 @@ impl<'a> Reach<'a> {
     }
 }
 
-fn check_count(field: &str, count: usize, options: &EngineOptions) -> Result<(), RequestError> {
+fn check_count(field: &str, count: usize, options: &EngineOptions) -> Result<(), Refusal> {
     if count > options.max_request_entities {
-        return Err(RequestError::limit(
+        return Err(Refusal::limit(
             field,
             format!(
                 "{count} entities is more than the limit of {} (max_request_entities)",
@@ -254,15 +253,15 @@ fn check_hierarchy<K>(
     field: &str,
     nodes: &[(K, Vec<K>)],
     options: &EngineOptions,
-) -> Result<(), RequestError>
+) -> Result<(), Refusal>
 where
     K: std::hash::Hash + Eq + std::fmt::Display,
 {
     hierarchy::check(nodes, options.max_ancestor_depth).map_err(|e| match e {
         hierarchy::HierarchyError::TooDeep { .. } => {
-            RequestError::limit(field, format!("{e} (max_ancestor_depth)"))
+            Refusal::limit(field, format!("{e} (max_ancestor_depth)"))
         }
-        hierarchy::HierarchyError::Cycle { .. } => RequestError::invalid(field, e.to_string()),
+        hierarchy::HierarchyError::Cycle { .. } => Refusal::invalid(field, e.to_string()),
     })
 }
 
@@ -270,7 +269,7 @@ fn typed(
     list: Vec<EntityInput>,
     schema: Option<&Schema>,
     options: &EngineOptions,
-) -> Result<Entities, RequestError> {
+) -> Result<Entities, Refusal> {
     check_count("entities", list.len(), options)?;
     let nodes: Vec<_> = list
         .iter()
@@ -282,28 +281,27 @@ fn typed(
         .enumerate()
         .map(|(i, e)| {
             Entity::new_with_tags(e.uid, e.attrs, e.parents, e.tags)
-                .map_err(|err| RequestError::invalid(format!("entities[{i}]"), describe(&err)))
+                .map_err(|err| Refusal::invalid(format!("entities[{i}]"), describe(&err)))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Entities::from_entities(built, schema)
-        .map_err(|e| RequestError::invalid("entities", describe(&e)))
+    Entities::from_entities(built, schema).map_err(|e| Refusal::invalid("entities", describe(&e)))
 }
 
 fn from_json(
     json: &str,
     schema: Option<&Schema>,
     options: &EngineOptions,
-) -> Result<Entities, RequestError> {
+) -> Result<Entities, Refusal> {
     const FIELD: &str = "entities_json";
     // The list and each entity's own object add two levels around the values.
     json::guard(FIELD, json, 2, options)?;
     let value: serde_json::Value = serde_json::from_str(json)
-        .map_err(|e| RequestError::invalid(FIELD, format!("invalid JSON: {e}")))?;
+        .map_err(|e| Refusal::invalid(FIELD, format!("invalid JSON: {e}")))?;
     let list = value
         .as_array()
-        .ok_or_else(|| RequestError::invalid(FIELD, "must be a JSON array of entities"))?;
+        .ok_or_else(|| Refusal::invalid(FIELD, "must be a JSON array of entities"))?;
     check_count(FIELD, list.len(), options)?;
     let nodes: Vec<_> = list.iter().filter_map(json_uid_and_parents).collect();
     check_hierarchy(FIELD, &nodes, options)?;
-    Entities::from_json_value(value, schema).map_err(|e| RequestError::invalid(FIELD, describe(&e)))
+    Entities::from_json_value(value, schema).map_err(|e| Refusal::invalid(FIELD, describe(&e)))
 }

@@ -2,7 +2,7 @@
 //! strings longer than the limit are refused, so no parser recurses deeper, and no string
 //! is held, longer than configured.
 
-use super::{EngineOptions, RequestError};
+use super::{EngineOptions, Refusal};
 
 /// What [`measure`] found in a JSON text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,11 +65,11 @@ pub(crate) fn guard(
     json: &str,
     wrapping: usize,
     options: &EngineOptions,
-) -> Result<(), RequestError> {
+) -> Result<(), Refusal> {
     let limit = options.max_value_depth + wrapping;
     let shape = measure(json, limit);
     if shape.depth > limit {
-        return Err(RequestError::limit(
+        return Err(Refusal::limit(
             field,
             format!(
                 "values are nested deeper than the limit of {} (max_value_depth)",
@@ -78,7 +78,7 @@ pub(crate) fn guard(
         ));
     }
     if shape.longest_string > options.max_string_bytes {
-        return Err(RequestError::limit(
+        return Err(Refusal::limit(
             field,
             format!(
                 "a string of {} bytes is longer than the limit of {} (max_string_bytes)",

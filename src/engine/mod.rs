@@ -1,14 +1,20 @@
-//! The decision engine: a [`Snapshot`] plus one request gives a [`Decision`].
+//! The decision engine: a [`Snapshot`] plus one [`Query`] gives a [`Decision`], or a
+//! [`Refusal`] when the query cannot be decided.
 //!
-//! Everything here is synchronous and knows nothing of gRPC: the API layer converts wire
-//! types into a [`Query`] and [`EntitiesInput`], and maps [`RequestError`] to a status.
-//! Cedar's own rules decide: default deny, forbid wins over permit, a policy that errors
-//! is skipped and reported. Inputs are checked against the limits (entity count, parent
-//! chain length, JSON nesting) before Cedar sees them.
+//! Everything here is synchronous and knows nothing of the wire: front ends convert
+//! their requests into a [`Query`] and [`EntitiesInput`] (through `decide`, which also
+//! counts and audits), and map a [`Refusal`] to their own answer. Cedar's own rules
+//! decide: default deny, forbid wins over permit, a policy that errors is reported.
+//! Inputs are checked against the limits (entity count, parent chain length, JSON
+//! nesting) before Cedar sees them. Request-time policy slicing and its cache are here
+//! too ([`slice`]); the snapshot they read stays immutable.
 
+mod decision;
 mod entities;
 mod json;
+mod refusal;
 mod request;
+pub mod slice;
 
 use std::borrow::Cow;
 
@@ -16,12 +22,12 @@ use cedar_policy::{
     AuthorizationError, Authorizer, Context, Entities, EntityUid, Request, RestrictedExpression,
 };
 
+pub use decision::{Decision, Effect, PolicyError};
 pub use entities::CallEntities;
+pub use refusal::Refusal;
 
-use crate::{
-    config::Limits,
-    policy::{Snapshot, slice::Slice},
-};
+use self::slice::{Slice, Slicer};
+use crate::{config::Limits, policy::Snapshot};
 
 /// Engine settings, fixed for the life of a server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,97 +125,13 @@ pub enum EntitiesInput {
     Json(String),
 }
 
-/// An error inside one policy during evaluation; Cedar skips that policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyError {
-    /// The policy that errored.
-    pub policy_id: String,
-    /// What went wrong.
-    pub message: String,
-}
-
-/// The answer to one [`Query`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    /// `true` only when some permit is satisfied and no forbid is.
-    pub allowed: bool,
-    /// The satisfied forbids (deny) or permits (allow), sorted; empty for a default deny.
-    pub determining_policies: Vec<String>,
-    /// Policies that errored and were skipped, sorted by policy id.
-    pub errors: Vec<PolicyError>,
-}
-
-/// A request the engine refuses to decide; `field` names the input at fault.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
-    /// The input is malformed or does not match the schema.
-    #[error("{field}: {message}")]
-    Invalid {
-        /// The request field at fault, e.g. `context.mfa` or `entities[2]`.
-        field: String,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// The input is past a configured limit.
-    #[error("{field}: {message}")]
-    Limit {
-        /// The request field at fault.
-        field: String,
-        /// Which limit, and by how much.
-        message: String,
-    },
-}
-
-impl RequestError {
-    /// An [`RequestError::Invalid`] for `field`.
-    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Invalid {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
-    /// A [`RequestError::Limit`] for `field`.
-    pub fn limit(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Limit {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
-    /// The request field at fault (never the value sent, which may be a secret).
-    pub fn field(&self) -> &str {
-        match self {
-            Self::Invalid { field, .. } | Self::Limit { field, .. } => field,
-        }
-    }
-
-    /// The same error, its field placed under `prefix` (e.g. `items[3]`).
-    pub fn within(self, prefix: &str) -> Self {
-        self.map_field(|field| format!("{prefix}.{field}"))
-    }
-
-    /// The same error with its field renamed by `rename` (e.g. a wire name to the name
-    /// the caller wrote).
-    pub fn map_field(self, rename: impl FnOnce(String) -> String) -> Self {
-        match self {
-            Self::Invalid { field, message } => Self::Invalid {
-                field: rename(field),
-                message,
-            },
-            Self::Limit { field, message } => Self::Limit {
-                field: rename(field),
-                message,
-            },
-        }
-    }
-}
-
 /// Decides queries against snapshots.
 #[derive(Debug, Default)]
 pub struct Engine {
     authorizer: Authorizer,
     options: EngineOptions,
+    /// Slices built for the snapshots served, kept for reuse.
+    slicer: Slicer,
 }
 
 impl Engine {
@@ -218,7 +140,13 @@ impl Engine {
         Self {
             authorizer: Authorizer::new(),
             options,
+            slicer: Slicer::new(),
         }
+    }
+
+    /// The options it decides with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
     }
 
     /// Decides one query with the entities its call sent: [`Engine::entities`],
@@ -228,7 +156,7 @@ impl Engine {
         snapshot: &Snapshot,
         entities: EntitiesInput,
         query: Query,
-    ) -> Result<Decision, RequestError> {
+    ) -> Result<Decision, Refusal> {
         let entities = self.entities(snapshot, entities)?;
         let request = self.request(snapshot, query)?;
         let store = self.store(snapshot, entities, std::slice::from_ref(&request))?;
@@ -241,13 +169,13 @@ impl Engine {
         &self,
         snapshot: &Snapshot,
         input: EntitiesInput,
-    ) -> Result<CallEntities, RequestError> {
+    ) -> Result<CallEntities, Refusal> {
         entities::check(snapshot, input, &self.options)
     }
 
     /// The Cedar request for `query`, validated against the snapshot's schema when
     /// requests are validated.
-    pub fn request(&self, snapshot: &Snapshot, query: Query) -> Result<Request, RequestError> {
+    pub fn request(&self, snapshot: &Snapshot, query: Query) -> Result<Request, Refusal> {
         request::build(snapshot, query, &self.options)
     }
 
@@ -260,7 +188,7 @@ impl Engine {
         snapshot: &'s Snapshot,
         entities: CallEntities,
         requests: &[Request],
-    ) -> Result<Cow<'s, Entities>, RequestError> {
+    ) -> Result<Cow<'s, Entities>, Refusal> {
         entities::merge(snapshot, entities, requests, &self.options)
     }
 
@@ -279,15 +207,21 @@ impl Engine {
             return self.evaluate(snapshot.policies(), entities, request);
         };
         let policies = if self.options.slice_policies {
-            snapshot
-                .index()
-                .slice(snapshot.policies(), principal, action, resource, entities)
+            self.slicer.slice(
+                snapshot.version(),
+                snapshot.index(),
+                snapshot.policies(),
+                [principal, action, resource],
+                entities,
+                true,
+            )
         } else {
             Slice::Whole(snapshot.policies())
         };
         self.evaluate(&policies, entities, request)
     }
 
+    /// Cedar's answer for `request` on `policies`, as a [`Decision`].
     fn evaluate(
         &self,
         policies: &cedar_policy::PolicySet,
@@ -296,10 +230,7 @@ impl Engine {
     ) -> Decision {
         let response = self.authorizer.is_authorized(request, policies, entities);
         let diagnostics = response.diagnostics();
-        let mut determining_policies: Vec<String> =
-            diagnostics.reason().map(ToString::to_string).collect();
-        determining_policies.sort_unstable();
-        let mut errors: Vec<PolicyError> = diagnostics
+        let errors = diagnostics
             .errors()
             .map(|e| match e {
                 AuthorizationError::PolicyEvaluationError(e) => PolicyError {
@@ -308,11 +239,10 @@ impl Engine {
                 },
             })
             .collect();
-        errors.sort_unstable_by(|a, b| a.policy_id.cmp(&b.policy_id));
-        Decision {
-            allowed: response.decision() == cedar_policy::Decision::Allow,
-            determining_policies,
+        Decision::evaluated(
+            response.decision() == cedar_policy::Decision::Allow,
+            diagnostics.reason().map(ToString::to_string).collect(),
             errors,
-        }
+        )
     }
 }

@@ -3,14 +3,14 @@
 
 use cedar_policy::{Context, ContextJsonError, EntityUid, Request, RequestValidationError, Schema};
 
-use super::{ContextInput, EngineOptions, Query, RequestError, json};
+use super::{ContextInput, EngineOptions, Query, Refusal, json};
 use crate::policy::{Snapshot, describe};
 
 pub(super) fn build(
     snapshot: &Snapshot,
     query: Query,
     options: &EngineOptions,
-) -> Result<Request, RequestError> {
+) -> Result<Request, Refusal> {
     let schema = snapshot.schema().filter(|_| options.validate_requests);
     let Query {
         principal,
@@ -34,25 +34,21 @@ fn context_from_json(
     action: &EntityUid,
     schema: Option<&Schema>,
     options: &EngineOptions,
-) -> Result<Context, RequestError> {
+) -> Result<Context, Refusal> {
     const FIELD: &str = "context_json";
     if json.trim().is_empty() {
         return Ok(Context::empty());
     }
     json::guard(FIELD, json, 0, options)?;
     Context::from_json_str(json, schema.map(|s| (s, action))).map_err(|e| match e {
-        ContextJsonError::MissingAction(_) => RequestError::invalid("action", describe(&e)),
-        _ => RequestError::invalid(FIELD, describe(&e)),
+        ContextJsonError::MissingAction(_) => Refusal::invalid("action", describe(&e)),
+        _ => Refusal::invalid(FIELD, describe(&e)),
     })
 }
 
 /// Names the field a request validation error is about. Cedar's "context is not valid"
 /// does not say which attribute is wrong; the schema's shapes do (error path only).
-fn explain(
-    error: RequestValidationError,
-    snapshot: &Snapshot,
-    context_field: &str,
-) -> RequestError {
+fn explain(error: RequestValidationError, snapshot: &Snapshot, context_field: &str) -> Refusal {
     let field = match &error {
         RequestValidationError::UndeclaredAction(_) | RequestValidationError::ExternalAction(_) => {
             "action"
@@ -69,15 +65,14 @@ fn explain(
                     shape.explain_context(invalid.action(), &json, context_field)
                 });
             return match found {
-                Some((path, problem)) => RequestError::invalid(
-                    path,
-                    format!("{problem} (context of {})", invalid.action()),
-                ),
-                None => RequestError::invalid(context_field, describe(&error)),
+                Some((path, problem)) => {
+                    Refusal::invalid(path, format!("{problem} (context of {})", invalid.action()))
+                }
+                None => Refusal::invalid(context_field, describe(&error)),
             };
         }
         RequestValidationError::TypeOfContext(_) => context_field,
         _ => "request",
     };
-    RequestError::invalid(field, describe(&error))
+    Refusal::invalid(field, describe(&error))
 }

@@ -1,7 +1,11 @@
 //! Errors of loading a policy directory: a [`LoadError`] carries every [`Problem`] found,
-//! each pointing at a file, and where known a line and column.
+//! each pointing at a file, and where known a line and column; and [`describe`], which
+//! turns any of Cedar's diagnostics into one readable line (the engine and the API use
+//! it for request errors too).
 
 use std::{fmt, path::PathBuf};
+
+use miette::Diagnostic;
 
 /// Where a problem is: a file relative to the policy directory, and a 1-based position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,4 +130,38 @@ impl fmt::Display for ProblemList<'_> {
         }
         Ok(())
     }
+}
+
+/// A Cedar diagnostic as a problem located at its first label in `text`.
+pub(crate) fn diagnostic_problem(diagnostic: &dyn Diagnostic, file: &str, text: &str) -> Problem {
+    let label = diagnostic.labels().and_then(|mut labels| labels.next());
+    Problem {
+        location: match &label {
+            Some(label) => Location::at_offset(file, text, label.offset()),
+            None => Location::file(file),
+        },
+        message: describe(diagnostic),
+        span: label.map(|label| Span {
+            offset: label.offset(),
+            len: label.len(),
+            label: label.label().map(str::to_owned),
+        }),
+    }
+}
+
+/// A diagnostic's message, then each underlying cause not already said, then its help.
+pub fn describe(diagnostic: &dyn Diagnostic) -> String {
+    let mut message = diagnostic.to_string();
+    let mut source = diagnostic.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !message.contains(&cause_text) {
+            message = format!("{message}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    if let Some(help) = diagnostic.help() {
+        message = format!("{message} (help: {help})");
+    }
+    message
 }

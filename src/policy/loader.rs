@@ -23,8 +23,8 @@ use miette::Diagnostic;
 use sha2::{Digest, Sha256};
 
 use super::{
-    LoadError, Location, PolicyValidation, Problem, SchemaShape, Snapshot, Span, hierarchy,
-    slice::PolicyIndex,
+    LoadError, Location, PolicyValidation, Problem, SchemaShape, Snapshot, describe,
+    entity_json::json_uid_and_parents, error::diagnostic_problem, hierarchy, index::PolicyIndex,
 };
 
 /// How to load a policy directory.
@@ -741,61 +741,4 @@ fn entity_problems(
             ))
         })
         .collect()
-}
-
-/// The uid and parent uids of one entity in Cedar's JSON entity format, as display
-/// strings, for the hierarchy check; `None` when malformed (Cedar then says why).
-pub(crate) fn json_uid_and_parents(entity: &serde_json::Value) -> Option<(String, Vec<String>)> {
-    let parents = match entity.get("parents") {
-        Some(list) => list.as_array()?.iter().filter_map(json_uid).collect(),
-        None => Vec::new(),
-    };
-    Some((entity_uid(entity)?, parents))
-}
-
-/// The uid of one entity in Cedar's JSON entity format, as a display string.
-pub(crate) fn entity_uid(entity: &serde_json::Value) -> Option<String> {
-    json_uid(entity.get("uid")?)
-}
-
-/// A uid in Cedar's JSON form (`{"type", "id"}`, optionally under `__entity`).
-fn json_uid(value: &serde_json::Value) -> Option<String> {
-    let value = value.get("__entity").unwrap_or(value);
-    let ty = value.get("type")?.as_str()?;
-    let id = value.get("id")?.as_str()?;
-    Some(format!("{ty}::{id:?}"))
-}
-
-/// A Cedar diagnostic as a problem located at its first label in `text`.
-fn diagnostic_problem(diagnostic: &dyn Diagnostic, file: &str, text: &str) -> Problem {
-    let label = diagnostic.labels().and_then(|mut labels| labels.next());
-    Problem {
-        location: match &label {
-            Some(label) => Location::at_offset(file, text, label.offset()),
-            None => Location::file(file),
-        },
-        message: describe(diagnostic),
-        span: label.map(|label| Span {
-            offset: label.offset(),
-            len: label.len(),
-            label: label.label().map(str::to_owned),
-        }),
-    }
-}
-
-/// A diagnostic's message, then each underlying cause not already said, then its help.
-pub(crate) fn describe(diagnostic: &dyn Diagnostic) -> String {
-    let mut message = diagnostic.to_string();
-    let mut source = diagnostic.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !message.contains(&cause_text) {
-            message = format!("{message}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    if let Some(help) = diagnostic.help() {
-        message = format!("{message} (help: {help})");
-    }
-    message
 }

@@ -4,7 +4,7 @@ use std::{collections::HashMap, time::SystemTime};
 
 use cedar_policy::{Entities, PolicySet, Schema};
 
-use super::{Location, SchemaShape, slice::PolicyIndex};
+use super::{Location, SchemaShape, index::PolicyIndex};
 
 /// Everything a decision needs from the policy directory, built once and never changed.
 ///

@@ -28,7 +28,8 @@
 //! A read that fails those checks is thrown away and tried again after the next quiet
 //! period; changes made while parsing simply start the next rebuild. A rebuild that fails
 //! to load keeps the last good snapshot serving and is recorded in the store (for
-//! `GetPolicySetInfo`), the log (file, line and reason) and the metrics. Nothing makes
+//! `GetPolicySetInfo`), the log (file, line and reason) and told to the [`OnRebuild`] hook
+//! (the server counts it in its metrics). Nothing makes
 //! the watcher give up: errors from `notify` are logged and answered with a rebuild, and a
 //! directory that disappears is watched again when it comes back.
 
@@ -45,8 +46,7 @@ use notify::{
     event::{AccessKind, AccessMode, ModifyKind, RenameMode},
 };
 
-use super::{LoadError, Loaded, PolicyStore, ReloadOutcome, build, read_dir};
-use crate::telemetry::metrics::{Metrics, ReloadResult};
+use super::{LoadError, Loaded, PolicyStore, ReloadOutcome, Snapshot, build, read_dir};
 
 /// Timing of the watcher; the defaults suit people editing files and Kubernetes alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +95,22 @@ pub enum WatchError {
     Thread(#[from] std::io::Error),
 }
 
+/// What one rebuild came to, told to whoever keeps count of rebuilds (the server's
+/// metrics) before anyone can see its result, so that whoever sees a new snapshot or
+/// error also sees it counted.
+#[derive(Debug, Clone, Copy)]
+pub enum Rebuilt<'a> {
+    /// The directory holds what is serving already; nothing is swapped.
+    Unchanged,
+    /// This snapshot is about to serve.
+    Swapping(&'a Snapshot),
+    /// The directory did not load; the last good snapshot keeps serving.
+    Failed(&'a LoadError),
+}
+
+/// Told of every rebuild, on the watcher's thread; it must not block.
+pub type OnRebuild = Box<dyn Fn(Rebuilt<'_>) + Send>;
+
 /// What wakes the watcher thread.
 enum Signal {
     /// A file-system event, or an error `notify` met.
@@ -113,12 +129,11 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Starts watching `store`'s directory and records its current snapshot in `metrics`
-    /// as the one serving.
+    /// Starts watching `store`'s directory, telling `on_rebuild` of every rebuild.
     pub fn start(
         store: Arc<PolicyStore>,
-        metrics: Metrics,
         options: WatchOptions,
+        on_rebuild: OnRebuild,
     ) -> Result<Self, WatchError> {
         let (signals, receiver) = mpsc::channel();
         let dir = watched_path(store.dir());
@@ -148,10 +163,9 @@ impl Watcher {
         } else {
             None
         };
-        metrics.started(&store.current());
         let run = Run {
             store,
-            metrics,
+            on_rebuild,
             options,
             dir,
             files,
@@ -309,7 +323,7 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
 /// The watcher thread's state.
 struct Run {
     store: Arc<PolicyStore>,
-    metrics: Metrics,
+    on_rebuild: OnRebuild,
     options: WatchOptions,
     dir: PathBuf,
     files: Option<Files>,
@@ -791,11 +805,11 @@ impl Run {
             (Ok(_), _) => return self.changed(),
             (Err(err), _) => Err(err),
         };
-        // Metrics first: whoever sees the new snapshot or error also sees them counted.
+        // Told first: whoever sees the new snapshot or error also sees it counted.
         let built = match read {
             Ok(read) if read.complete() && read.version() == self.store.current().version() => {
                 // Same content (a touch, an editor's swap file): nothing to parse.
-                self.metrics.reloaded(ReloadResult::Success);
+                (self.on_rebuild)(Rebuilt::Unchanged);
                 self.store.unchanged();
                 tracing::debug!("policy directory read again; content unchanged");
                 return Attempt::Done;
@@ -810,8 +824,7 @@ impl Run {
                 }
                 let policy_count = snapshot.policy_count();
                 let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-                self.metrics.reloaded(ReloadResult::Success);
-                self.metrics.serving(&snapshot);
+                (self.on_rebuild)(Rebuilt::Swapping(&snapshot));
                 if let ReloadOutcome::Swapped {
                     old_version,
                     new_version,
@@ -827,7 +840,7 @@ impl Run {
                 }
             }
             Err(err) => {
-                self.metrics.reloaded(ReloadResult::Failure);
+                (self.on_rebuild)(Rebuilt::Failed(&err));
                 self.store.fail(&err);
                 log_failure(&err, self.store.current().version());
             }

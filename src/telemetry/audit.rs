@@ -11,8 +11,10 @@ use std::{
     fs::OpenOptions,
     hash::{BuildHasher as _, RandomState},
     io::{self, Write},
-    path::PathBuf,
-    sync::mpsc::{self, SyncSender, TryRecvError},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, SyncSender, TryRecvError},
+    },
     thread,
     time::{Duration, SystemTime},
 };
@@ -20,52 +22,7 @@ use std::{
 use serde::Serialize;
 
 use super::metrics::{Api, Metrics};
-
-/// Where audit records go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuditSink {
-    /// Nowhere: no records are made.
-    Off,
-    /// Standard output, interleaved (line by line) with the logs.
-    Stdout,
-    /// Appended to this file.
-    File(PathBuf),
-}
-
-impl From<&str> for AuditSink {
-    /// `off` (or empty), `stdout` (or `-`), or any other text as a file path.
-    fn from(text: &str) -> Self {
-        match text {
-            "off" | "" => Self::Off,
-            "stdout" | "-" => Self::Stdout,
-            path => Self::File(PathBuf::from(path)),
-        }
-    }
-}
-
-/// How the audit log behaves.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AuditOptions {
-    /// Where records go.
-    pub sink: AuditSink,
-    /// Share of allows written, from 0 (none) to 1 (all); denies are always written.
-    pub allow_sample_rate: f64,
-    /// Context keys whose values may be written; all others are left out.
-    pub context_keys: Vec<String>,
-    /// Records that may wait for the writer before new ones are dropped.
-    pub queue_capacity: usize,
-}
-
-impl Default for AuditOptions {
-    fn default() -> Self {
-        Self {
-            sink: AuditSink::Stdout,
-            allow_sample_rate: 1.0,
-            context_keys: Vec::new(),
-            queue_capacity: 10_000,
-        }
-    }
-}
+use crate::config::{AuditOptions, AuditSink};
 
 /// One decision, as written. Built by the caller only when [`AuditLog::wants`] says so.
 #[derive(Debug, Clone, Serialize)]
@@ -150,6 +107,8 @@ pub struct AuditLog {
     allow_below: u64,
     context_keys: Vec<String>,
     hasher: RandomState,
+    /// Draws made for [`AuditLog::sample_allows`], hashed into a uniform sample.
+    draws: AtomicU64,
     metrics: Metrics,
 }
 
@@ -178,6 +137,7 @@ impl AuditLog {
             allow_below: 0,
             context_keys: Vec::new(),
             hasher: RandomState::new(),
+            draws: AtomicU64::new(0),
             metrics,
         }
     }
@@ -206,6 +166,7 @@ impl AuditLog {
             },
             context_keys: options.context_keys.clone(),
             hasher: RandomState::new(),
+            draws: AtomicU64::new(0),
             metrics,
         })
     }
@@ -222,8 +183,7 @@ impl AuditLog {
             return false;
         }
         self.allow_below == u64::MAX || {
-            static DRAWS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let draw = DRAWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let draw = self.draws.fetch_add(1, Ordering::Relaxed);
             self.hasher.hash_one(draw) < self.allow_below
         }
     }

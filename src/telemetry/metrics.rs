@@ -9,7 +9,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -17,8 +17,6 @@ use std::{
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::policy::Snapshot;
 
 /// `decisions_total{api,decision}`: decisions made; a batch counts one per item.
 pub const DECISIONS: &str = "cedar_pdp_decisions_total";
@@ -77,9 +75,12 @@ impl Api {
     }
 }
 
-/// The `reason` label of [`REQUESTS_REJECTED`].
+/// Why a request was refused before any policy decided it: the one list of reasons,
+/// which the gRPC status, the ext_authz answer and the audit record derive from, and
+/// the `reason` label of [`REQUESTS_REJECTED`] (its values are fixed, so the label set
+/// is small).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
+pub enum Reason {
     /// Malformed input (INVALID_ARGUMENT).
     Invalid,
     /// Past a configured limit (RESOURCE_EXHAUSTED).
@@ -94,19 +95,32 @@ pub enum Rejection {
     Overloaded,
 }
 
-impl Rejection {
-    const ALL: [Rejection; 5] = [
-        Rejection::Invalid,
-        Rejection::Limit,
-        Rejection::Unauthenticated,
-        Rejection::CallerNotAllowed,
-        Rejection::Overloaded,
+impl Reason {
+    const ALL: [Reason; 5] = [
+        Reason::Invalid,
+        Reason::Limit,
+        Reason::Unauthenticated,
+        Reason::CallerNotAllowed,
+        Reason::Overloaded,
     ];
 
-    fn label(self) -> &'static str {
+    /// The `reason` label value of [`REQUESTS_REJECTED`].
+    pub fn label(self) -> &'static str {
         match self {
             Self::Invalid => "invalid_argument",
             Self::Limit => "limit_exceeded",
+            Self::Unauthenticated => "unauthenticated",
+            Self::CallerNotAllowed => "caller_not_allowed",
+            Self::Overloaded => "overloaded",
+        }
+    }
+
+    /// The short word an ext_authz answer's metadata and an audit record's `refused`
+    /// field use for it (kept as first released: access logs and audit queries read it).
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::Limit => "limit",
             Self::Unauthenticated => "unauthenticated",
             Self::CallerNotAllowed => "caller_not_allowed",
             Self::Overloaded => "overloaded",
@@ -135,6 +149,20 @@ impl ReloadResult {
     }
 }
 
+/// What the metrics say about a policy set: told by whoever swaps one in, so that this
+/// module needs nothing of the policy loader.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicySetSummary<'a> {
+    /// Its `policy_version`.
+    pub version: &'a str,
+    /// Static policies in it.
+    pub policies: usize,
+    /// Entities read from its `entities.json`.
+    pub entities: usize,
+    /// When it was built.
+    pub loaded_at: SystemTime,
+}
+
 /// The service's metrics; cheap to clone, every clone counts into the same registry.
 #[derive(Clone)]
 pub struct Metrics {
@@ -146,8 +174,8 @@ struct Inner {
     /// Per api: [deny, allow].
     decisions: [[Counter; 2]; 3],
     durations: [Histogram; 3],
-    /// Per api: [invalid, limit].
-    rejected: [[Counter; Rejection::ALL.len()]; Api::ALL.len()],
+    /// Per api and reason.
+    refused: [[Counter; Reason::ALL.len()]; Api::ALL.len()],
     audit_dropped: Counter,
     reload_success: Counter,
     reload_failure: Counter,
@@ -155,9 +183,10 @@ struct Inner {
     last_successful: Gauge,
     policies_loaded: Gauge,
     entities_loaded: Gauge,
-    /// Decision calls in flight, kept by the gRPC port's admission and copied into
-    /// `in_flight_gauge` when rendered: a plain atomic costs the hot path the least.
-    in_flight: Arc<AtomicUsize>,
+    /// The count of decision calls in flight that the gRPC port's admission keeps (a
+    /// plain atomic costs the hot path the least), copied into `in_flight_gauge` when
+    /// rendered; unset until a server's admission hands it over.
+    in_flight: OnceLock<Arc<AtomicUsize>>,
     in_flight_gauge: Gauge,
     /// The serving version, rendered as the one `policy_info` series. A std mutex: held
     /// for a string copy, never across an await.
@@ -269,8 +298,8 @@ impl Metrics {
                 &metadata(),
             )
         });
-        let rejected = Api::ALL.map(|a| {
-            Rejection::ALL.map(|r| {
+        let refused = Api::ALL.map(|a| {
+            Reason::ALL.map(|r| {
                 zero(counter(
                     REQUESTS_REJECTED,
                     vec![api(a), Label::new("reason", r.label())],
@@ -280,7 +309,7 @@ impl Metrics {
         let inner = Inner {
             decisions,
             durations,
-            rejected,
+            refused,
             audit_dropped: zero(counter(AUDIT_DROPPED, vec![])),
             reload_success: reload(ReloadResult::Success),
             reload_failure: reload(ReloadResult::Failure),
@@ -288,7 +317,7 @@ impl Metrics {
             last_successful: gauge(POLICY_LAST_RELOAD_SUCCESSFUL),
             policies_loaded: gauge(POLICIES_LOADED),
             entities_loaded: gauge(ENTITIES_LOADED),
-            in_flight: Arc::new(AtomicUsize::new(0)),
+            in_flight: OnceLock::new(),
             in_flight_gauge: gauge(CALLS_IN_FLIGHT),
             serving_version: Mutex::new(String::new()),
             handle,
@@ -301,9 +330,11 @@ impl Metrics {
 
     /// The registry in the Prometheus text format, as `/metrics` serves it.
     pub fn render(&self) -> String {
-        #[allow(clippy::cast_precision_loss)] // a count of calls is far below 2^52
-        let in_flight = self.inner.in_flight.load(Ordering::Relaxed) as f64;
-        self.inner.in_flight_gauge.set(in_flight);
+        if let Some(in_flight) = self.inner.in_flight.get() {
+            #[allow(clippy::cast_precision_loss)] // a count of calls is far below 2^52
+            let in_flight = in_flight.load(Ordering::Relaxed) as f64;
+            self.inner.in_flight_gauge.set(in_flight);
+        }
         let mut text = self.inner.handle.render();
         let version = self
             .inner
@@ -327,9 +358,10 @@ impl Metrics {
         self.inner.handle.run_upkeep();
     }
 
-    /// The count of decision calls in flight, which the gRPC port's admission keeps.
-    pub fn in_flight(&self) -> &Arc<AtomicUsize> {
-        &self.inner.in_flight
+    /// Exports `calls` as [`CALLS_IN_FLIGHT`]: the count of decision calls in flight that
+    /// the gRPC port's admission keeps. The first count handed over is the one rendered.
+    pub fn export_calls_in_flight(&self, calls: Arc<AtomicUsize>) {
+        let _ = self.inner.in_flight.set(calls);
     }
 
     /// Counts one decision.
@@ -343,8 +375,8 @@ impl Metrics {
     }
 
     /// Counts one refused call.
-    pub fn rejected(&self, api: Api, reason: Rejection) {
-        self.inner.rejected[api as usize][reason as usize].increment(1);
+    pub fn refused(&self, api: Api, reason: Reason) {
+        self.inner.refused[api as usize][reason as usize].increment(1);
     }
 
     /// Counts one audit record dropped for want of queue space.
@@ -357,16 +389,16 @@ impl Metrics {
         self.inner.audit_dropped.increment(n);
     }
 
-    /// Records `snapshot` as the one serving: its counts and its `policy_info` series.
+    /// Records `set` as the policy set serving: its counts and its `policy_info` series.
     /// Called at start-up and after every swap.
-    pub fn serving(&self, snapshot: &Snapshot) {
+    pub fn serving(&self, set: &PolicySetSummary<'_>) {
         let inner = &self.inner;
-        inner.policies_loaded.set(snapshot.policy_count() as f64);
-        inner.entities_loaded.set(snapshot.entity_count() as f64);
+        inner.policies_loaded.set(set.policies as f64);
+        inner.entities_loaded.set(set.entities as f64);
         *inner
             .serving_version
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = snapshot.version().to_owned();
+            .unwrap_or_else(|p| p.into_inner()) = set.version.to_owned();
     }
 
     /// Counts one rebuild of the policy directory and its result.
@@ -385,12 +417,10 @@ impl Metrics {
         }
     }
 
-    /// Records the snapshot loaded at start-up: serving, and a success at its load time.
-    pub fn started(&self, snapshot: &Snapshot) {
-        self.serving(snapshot);
-        self.inner
-            .last_success
-            .set(unix_seconds(snapshot.loaded_at()));
+    /// Records the policy set loaded at start-up: serving, and a success at its load time.
+    pub fn started(&self, set: &PolicySetSummary<'_>) {
+        self.serving(set);
+        self.inner.last_success.set(unix_seconds(set.loaded_at));
     }
 }
 

@@ -5,9 +5,12 @@
 
 pub mod audit;
 pub mod metrics;
+mod throttle;
 
-pub use audit::{AuditLog, AuditOptions, AuditSink};
+pub use crate::config::{AuditOptions, AuditSink};
+pub use audit::AuditLog;
 pub use metrics::Metrics;
+pub use throttle::OncePerSecond;
 
 use tracing_subscriber::EnvFilter;
 

@@ -10,10 +10,11 @@ use std::{
 };
 
 use cedar_pdp::{
-    Config, api,
-    policy::{LoadOptions, PolicyStore, WatchOptions, Watcher},
+    Config,
+    policy::{PolicyStore, Watcher},
     proto::cedarpdp::v1::{self as pb, authorizer_client::AuthorizerClient},
-    telemetry::{AuditLog, AuditSink, Metrics},
+    server::{ServeError, Server},
+    telemetry::AuditSink,
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
@@ -60,9 +61,9 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub store: Arc<PolicyStore>,
-    pub watcher: Option<Watcher>,
+    pub watcher: Arc<Watcher>,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), api::ServeError>>>,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
 }
 
 impl TestServer {
@@ -75,49 +76,28 @@ impl TestServer {
         .await
     }
 
-    /// Serves with `config` on 127.0.0.1, port 0 (gRPC and metrics), watching the
-    /// policy directory as `serve` does.
-    pub async fn start_with(config: Config) -> Self {
-        Self::start_watching(config, WatchOptions::default()).await
-    }
-
-    /// Serves with `config`, watching the policy directory with `watch`. An audit log
-    /// configured for stdout is turned off: the test harness owns stdout.
-    pub async fn start_watching(mut config: Config, watch: WatchOptions) -> Self {
+    /// Serves with `config` on 127.0.0.1, port 0 (gRPC and metrics), as `serve` does. An
+    /// audit log configured for stdout is turned off: the test harness owns stdout.
+    pub async fn start_with(mut config: Config) -> Self {
         if config.audit.sink == AuditSink::Stdout {
             config.audit.sink = AuditSink::Off;
         }
-        let options = LoadOptions::new(config.policy_validation, &config.limits);
-        let (store, _warnings) =
-            PolicyStore::open(&config.policies, options).expect("policies load");
-        let store = Arc::new(store);
-        let metrics = Metrics::new();
-        let audit = AuditLog::start(&config.audit, metrics.clone()).expect("audit log opens");
-        let telemetry = api::Telemetry {
-            metrics: metrics.clone(),
-            audit: Arc::new(audit),
-        };
-        let watcher =
-            Watcher::start(store.clone(), metrics.clone(), watch).expect("watcher starts");
-        let listeners = api::Listeners {
-            grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            metrics: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        };
-        let addr = listeners.grpc.local_addr().unwrap();
-        let metrics_addr = listeners.metrics.local_addr().unwrap();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.metrics_listen = "127.0.0.1:0".parse().unwrap();
+        let server = Server::bind(config).await.expect("the server starts");
+        let addr = server.grpc_addr();
+        let metrics_addr = server.metrics_addr();
+        let store = server.store().clone();
+        let watcher = server.watcher().clone();
         let (tx, rx) = oneshot::channel::<()>();
-        let serving = store.clone();
-        let task = tokio::spawn(async move {
-            api::serve(&config, serving, telemetry, listeners, async {
-                let _ = rx.await;
-            })
-            .await
-        });
+        let task = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
         Self {
             addr,
             metrics_addr,
             store,
-            watcher: Some(watcher),
+            watcher,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -153,7 +133,6 @@ impl TestServer {
 
     /// Signals shutdown and waits for the server to finish cleanly.
     pub async fn stop(mut self) {
-        drop(self.watcher.take());
         self.begin_shutdown();
         let task = self.task.take().unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(30), task)
@@ -283,7 +262,7 @@ pub fn is_allow(response: &pb::IsAuthorizedResponse) -> bool {
 /// The version the server reports for a directory holding exactly `files`.
 pub fn version_of(files: &[(&str, &str)]) -> String {
     let dir = policy_dir(files);
-    cedar_pdp::policy::load_dir(dir.path(), &LoadOptions::default())
+    cedar_pdp::policy::load_dir(dir.path(), &cedar_pdp::policy::LoadOptions::default())
         .expect("the expected content loads")
         .snapshot
         .version()

@@ -1,12 +1,12 @@
-//! An Envoy `CheckRequest` to a Cedar [`Query`], by the configured [`ExtAuthz`] mapping:
+//! An Envoy `CheckRequest` to a [`Question`], by the compiled [`ExtAuthz`] mapping:
 //! the principal from the first source that yields one, the action from the route, the
 //! method or the gRPC path, the resource from the first route whose host and path match,
 //! and a context of the request's method, path, host, source address, allow-listed
 //! headers and claims, and the route's path parameters.
 //!
 //! Anything Envoy would not send (no HTTP attributes, a path that is not absolute, bad
-//! percent-encoding, `.` or `..` segments) is refused as invalid, which the service turns
-//! into a deny.
+//! percent-encoding, `.` or `..` segments) is refused as invalid, and a check no principal
+//! source yields an identity for as unauthenticated; the service answers both with a deny.
 
 use std::{borrow::Cow, net::IpAddr, str::FromStr};
 
@@ -14,30 +14,18 @@ use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, RestrictedExpre
 use prost_types::{Struct, value::Kind};
 use serde_json::{Map, Value as Json};
 
+use super::rules::{ExtAuthz, PrincipalRule, Source};
 use crate::{
-    api::codec::UNDECODABLE,
-    config::ext_authz::{ContextPart, ExtAuthz, PrincipalRule, Source},
-    engine::{ContextInput, Query, RequestError},
-    proto::envoy::{
-        config::core::v3::address,
-        service::auth::v3::{AttributeContext, CheckRequest, attribute_context::HttpRequest},
+    config::ext_authz::ContextPart,
+    decide::{ContextInput, Query, Question, Reason, Refusal},
+    proto::{
+        codec::UNDECODABLE,
+        envoy::{
+            config::core::v3::address,
+            service::auth::v3::{AttributeContext, CheckRequest, attribute_context::HttpRequest},
+        },
     },
 };
-
-/// A check that gets no decision.
-#[derive(Debug)]
-pub(super) enum Refusal {
-    /// No principal source yielded an identity: 401.
-    Unauthenticated,
-    /// The check is malformed or past a limit: 403.
-    Refused(RequestError),
-}
-
-impl From<RequestError> for Refusal {
-    fn from(error: RequestError) -> Self {
-        Self::Refused(error)
-    }
-}
 
 /// A check mapped to a Cedar question.
 #[derive(Debug)]
@@ -46,6 +34,22 @@ pub(super) struct Mapped {
     pub(super) query: Query,
     /// The context as built, for the audit log's allow-listed keys.
     pub(super) context: Vec<(&'static str, Attr)>,
+}
+
+impl Mapped {
+    /// The question, with the values of `recorded_keys` kept for the audit log.
+    pub(super) fn into_question(self, recorded_keys: &[String]) -> Question {
+        let recorded_context = self
+            .context
+            .iter()
+            .filter(|(key, _)| recorded_keys.iter().any(|k| k == key))
+            .map(|(key, value)| ((*key).to_owned(), value.json()))
+            .collect();
+        Question {
+            query: self.query,
+            recorded_context,
+        }
+    }
 }
 
 /// A context value as the mapping builds it; becomes a Cedar value, or JSON for the
@@ -76,7 +80,7 @@ impl Attr {
     }
 
     /// Cedar's JSON form of the value (an `ip` as `__extn`).
-    pub(super) fn json(&self) -> Json {
+    fn json(&self) -> Json {
         match self {
             Self::String(s) => Json::String(s.clone()),
             Self::Bool(b) => Json::Bool(*b),
@@ -103,20 +107,23 @@ pub(super) fn map(
     max_depth: usize,
 ) -> Result<Mapped, Refusal> {
     let attributes = check.attributes.as_ref().ok_or_else(|| {
-        RequestError::invalid(
+        Refusal::invalid(
             "attributes",
             "missing: not a check from Envoy's HTTP ext_authz filter",
         )
     })?;
     if let Some(reason) = attributes.context_extensions.get(UNDECODABLE) {
-        return Err(RequestError::invalid("request", format!("does not decode: {reason}")).into());
+        return Err(Refusal::invalid(
+            "request",
+            format!("does not decode: {reason}"),
+        ));
     }
     let http = attributes
         .request
         .as_ref()
         .and_then(|r| r.http.as_ref())
         .ok_or_else(|| {
-            RequestError::invalid(
+            Refusal::invalid(
                 HTTP,
                 "missing: only HTTP checks are served (not the network ext_authz filter)",
             )
@@ -225,7 +232,7 @@ pub(super) fn map(
     }
     let cedar_context =
         Context::from_pairs(context.iter().map(|(k, v)| ((*k).to_owned(), v.expr())))
-            .map_err(|e| RequestError::invalid("context", e.to_string()))?;
+            .map_err(|e| Refusal::invalid("context", e.to_string()))?;
     Ok(Mapped {
         query: Query {
             principal,
@@ -269,7 +276,11 @@ fn principal(
             return Ok(uid(&rule.entity_type, id));
         }
     }
-    Err(Refusal::Unauthenticated)
+    Err(Refusal::new(
+        Reason::Unauthenticated,
+        "",
+        "no principal source yielded an identity",
+    ))
 }
 
 /// The entity id for `identity` under `rule`, or `None` when it does not match.
@@ -318,9 +329,9 @@ fn claim(
     field: &str,
     depth: usize,
     max_depth: usize,
-) -> Result<Option<Attr>, RequestError> {
+) -> Result<Option<Attr>, Refusal> {
     if depth > max_depth {
-        return Err(RequestError::limit(
+        return Err(Refusal::limit(
             field,
             format!("nested deeper than the limit of {max_depth} (max_value_depth)"),
         ));
@@ -334,7 +345,7 @@ fn claim(
             if n.fract() != 0.0
                 || !(-9.007_199_254_740_992e15..=9.007_199_254_740_992e15).contains(n)
             {
-                return Err(RequestError::invalid(
+                return Err(Refusal::invalid(
                     field,
                     format!("{n} is not a whole number Cedar can hold as a Long"),
                 ));
@@ -393,17 +404,17 @@ struct HttpView<'a> {
 }
 
 impl<'a> HttpView<'a> {
-    fn new(http: &'a HttpRequest) -> Result<Self, RequestError> {
+    fn new(http: &'a HttpRequest) -> Result<Self, Refusal> {
         let method = http.method.as_str();
         if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') {
-            return Err(RequestError::invalid(
+            return Err(Refusal::invalid(
                 format!("{HTTP}.method"),
                 "missing or not an HTTP method",
             ));
         }
         let raw = http.path.split(['?', '#']).next().unwrap_or_default();
         if !raw.starts_with('/') {
-            return Err(RequestError::invalid(
+            return Err(Refusal::invalid(
                 format!("{HTTP}.path"),
                 "not an absolute path (origin-form request target)",
             ));
@@ -412,9 +423,9 @@ impl<'a> HttpView<'a> {
         let mut decoded = Vec::new();
         for segment in raw.split('/').skip(1) {
             let segment = percent_decode(segment)
-                .ok_or_else(|| RequestError::invalid(path_field(), "bad percent-encoding"))?;
+                .ok_or_else(|| Refusal::invalid(path_field(), "bad percent-encoding"))?;
             if segment == "." || segment == ".." {
-                return Err(RequestError::invalid(
+                return Err(Refusal::invalid(
                     path_field(),
                     "has a '.' or '..' segment; normalize paths in Envoy (normalize_path)",
                 ));

@@ -2,177 +2,117 @@
 //! the same port as `cedarpdp.v1`: gateways and sidecars (Envoy, Istio, Emissary, Gloo,
 //! Contour) ask it for every HTTP request, with no code in the services behind them.
 //!
-//! [`mapping`] turns each check into a Cedar question; the engine decides it exactly as
-//! `IsAuthorized` would. The answer is always a `CheckResponse`, never a gRPC error for
-//! bad input, because Envoy set to `failure_mode_allow: true` lets a request through on
-//! an error: allow is OK (with the configured upstream headers), deny is
-//! PERMISSION_DENIED with a 403, no identifiable principal is UNAUTHENTICATED with a 401,
-//! and a check that cannot be mapped is a deny. Bodies say no more than that; what was
-//! decided and why goes to the audit log, the metrics (`api="ext_authz"`), and the
-//! response's dynamic metadata, which Envoy can write to its access log.
+//! A wire adapter like the `cedarpdp.v1` one: [`mapping`] turns each check into a
+//! [`Question`] by the compiled [`ExtAuthz`] rules ([`rules`]), the [`Decider`] answers
+//! it exactly as `IsAuthorized` would (and counts and audits it, `api="ext_authz"`), and
+//! [`response`] renders the answer. The answer is always a `CheckResponse`, never a gRPC
+//! error for bad input, because Envoy set to `failure_mode_allow: true` lets a request
+//! through on an error: every refusal is a deny (see [`response`] for which status).
 
 mod mapping;
+mod response;
+pub mod rules;
 
 use std::sync::Arc;
 
-use cedar_policy::EntityUid;
-use prost_types::{ListValue, Struct, Value, value::Kind};
 use tonic::{Request, Response, Status};
 
-use self::mapping::{Mapped, Refusal};
-use super::{
-    admission::Overloaded,
-    authorizer::response,
-    callers::CallerPolicy,
-    observe::{Call, Question, rejection},
-    request_id::RequestId,
+use self::{
+    response::{Names, header},
+    rules::ExtAuthz,
 };
+use super::{admission::Overloaded, callers::CallerPolicy, request_id};
 use crate::{
-    config::ext_authz::ExtAuthz,
-    engine::{Engine, EntitiesInput, RequestError},
+    decide::{Api, Call, Decider, EntitiesInput, Reason, Refusal, RequestId},
     policy::{PolicyStore, Snapshot},
-    proto::{
-        cedarpdp::v1 as pb,
-        envoy::{
-            config::core::v3::{HeaderValue, HeaderValueOption, header_value_option},
-            service::auth::v3::{
-                CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
-                authorization_server::Authorization, check_response::HttpResponse,
-            },
-            r#type::v3::{HttpStatus, StatusCode},
-        },
-        google::rpc,
-    },
-    telemetry::{
-        AuditLog, Metrics,
-        metrics::{Api, Rejection},
+    proto::envoy::{
+        config::core::v3::HeaderValueOption,
+        service::auth::v3::{CheckRequest, CheckResponse, authorization_server::Authorization},
     },
 };
 
-/// Serves `Check` from a [`PolicyStore`] with an [`Engine`], mapping by [`ExtAuthz`].
+/// The service name callers are refused for.
+const SERVICE: &str = "envoy.service.auth.v3.Authorization";
+
+/// Serves `Check` from a [`PolicyStore`] through a [`Decider`], mapping by [`ExtAuthz`].
 #[derive(Debug, Clone)]
 pub struct ExtAuthzService {
     store: Arc<PolicyStore>,
-    engine: Arc<Engine>,
-    mapping: Arc<ExtAuthz>,
+    decider: Arc<Decider>,
+    rules: Arc<ExtAuthz>,
     max_value_depth: usize,
-    metrics: Metrics,
-    audit: Arc<AuditLog>,
     callers: CallerPolicy,
 }
 
 impl ExtAuthzService {
-    /// A service deciding with `engine` against whatever `store` serves at each call.
+    /// A service deciding with `decider` against whatever `store` serves at each call.
     pub fn new(
         store: Arc<PolicyStore>,
-        engine: Arc<Engine>,
-        mapping: ExtAuthz,
+        decider: Arc<Decider>,
+        rules: ExtAuthz,
         max_value_depth: usize,
-        telemetry: super::Telemetry,
         callers: CallerPolicy,
     ) -> Self {
         Self {
             store,
-            engine,
-            mapping: Arc::new(mapping),
+            decider,
+            rules: Arc::new(rules),
             max_value_depth,
-            metrics: telemetry.metrics,
-            audit: telemetry.audit,
             callers,
         }
     }
 
-    /// Decides one check; every outcome is a response.
-    fn check(&self, call: &Call<'_>, check: &CheckRequest) -> CheckResponse {
+    /// Decides one admitted check; every outcome is a response.
+    fn check(&self, call: &Call, check: &CheckRequest) -> CheckResponse {
         let snapshot = self.store.current();
-        let mapped = match mapping::map(&self.mapping, check, self.max_value_depth) {
-            Ok(mapped) => mapped,
-            Err(Refusal::Unauthenticated) => {
-                call.denied_undecided(
-                    Rejection::Unauthenticated,
-                    "unauthenticated".to_owned(),
-                    None,
-                    snapshot.version(),
-                );
-                return undecided(Denial::Unauthenticated, None, &snapshot);
+        let version = Some(snapshot.version());
+        let question = match mapping::map(&self.rules, check, self.max_value_depth) {
+            Ok(mapped) => mapped.into_question(self.decider.recorded_keys()),
+            Err(refusal) => {
+                self.decider.refuse(call, &snapshot, &refusal, None);
+                return response::refused(&refusal, version);
             }
-            Err(Refusal::Refused(error)) => return self.refuse(call, error, None, &snapshot),
         };
-        let Mapped { query, context } = mapped;
         let (principal, action, resource) = (
-            query.principal.clone(),
-            query.action.to_string(),
-            query.resource.to_string(),
+            question.query.principal.clone(),
+            question.query.action.to_string(),
+            question.query.resource.to_string(),
         );
-        let question = call.auditing().then(|| {
-            Question::mapped(
-                principal.to_string(),
-                action.clone(),
-                resource.clone(),
-                context.iter().map(|(k, v)| ((*k).to_owned(), v.json())),
-                self.audit.context_keys(),
-            )
-        });
-        let decided = self.engine.decide(&snapshot, EntitiesInput::None, query);
-        let answer = match decided {
-            Ok(decision) => response(decision, &snapshot),
-            Err(error) => return self.refuse(call, error, question, &snapshot),
-        };
-        let allowed = answer.decision == pb::Decision::Allow as i32;
         let names = Names {
             principal: &principal,
             action: &action,
             resource: &resource,
             version: snapshot.version(),
         };
-        let headers = if allowed {
-            match self.upstream_headers(&names) {
-                Ok(headers) => Some(headers),
-                Err(error) => return self.refuse(call, error, question, &snapshot),
+        // Filled in before deciding, so that a check whose allow could not be sent on is
+        // refused (and recorded as refused), never recorded as an allow and sent as a deny.
+        let headers = match self.upstream_headers(&names) {
+            Ok(headers) => headers,
+            Err(refusal) => {
+                self.decider
+                    .refuse(call, &snapshot, &refusal, Some(question));
+                return response::refused(&refusal, version);
             }
-        } else {
-            None
         };
-        let metadata = decided_metadata(&answer, &names);
-        call.answered([(&answer, question)], false);
-        match headers {
-            Some(headers) => CheckResponse {
-                status: Some(rpc_status(tonic::Code::Ok)),
-                http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                    headers,
-                    ..Default::default()
-                })),
-                dynamic_metadata: Some(metadata),
-            },
-            None => denied(Denial::Forbidden, metadata),
+        match self
+            .decider
+            .decide(call, &snapshot, EntitiesInput::None, question)
+        {
+            Ok(decision) => response::decided(&decision, &names, headers),
+            Err(refusal) => response::refused(&refusal, version),
         }
-    }
-
-    /// A deny for a check that cannot be decided: counted, audited, logged at debug.
-    fn refuse(
-        &self,
-        call: &Call<'_>,
-        error: RequestError,
-        question: Option<Question>,
-        snapshot: &Snapshot,
-    ) -> CheckResponse {
-        let reason = rejection(&error);
-        call.denied_undecided(
-            reason,
-            format!("{}: {}", reason_word(reason), error.field()),
-            question,
-            snapshot.version(),
-        );
-        undecided(Denial::Forbidden, Some(&error), snapshot)
     }
 
     /// The configured upstream headers, filled in; a value that would not be a valid
     /// header value (a control character from an entity id) refuses the check.
-    fn upstream_headers(&self, names: &Names<'_>) -> Result<Vec<HeaderValueOption>, RequestError> {
+    fn upstream_headers(&self, names: &Names<'_>) -> Result<Vec<HeaderValueOption>, Refusal> {
+        if self.rules.upstream_headers.is_empty() {
+            return Ok(Vec::new());
+        }
         let principal_type = names.principal.type_name().to_string();
         let principal_id = names.principal.id().unescaped().to_owned();
         let principal = names.principal.to_string();
-        self.mapping
+        self.rules
             .upstream_headers
             .iter()
             .map(|(name, template)| {
@@ -186,157 +126,21 @@ impl ExtAuthzService {
                     _ => None,
                 });
                 if value.chars().any(|c| c.is_control() && c != '\t') {
-                    return Err(RequestError::invalid(
+                    return Err(Refusal::invalid(
                         format!("upstream_headers.{name}"),
                         "the value would hold a control character",
                     ));
                 }
-                #[allow(deprecated)] // `append` is what Envoy before 1.23 reads.
-                Ok(HeaderValueOption {
-                    header: Some(HeaderValue {
-                        key: name.clone(),
-                        value,
-                        raw_value: Vec::new(),
-                    }),
-                    append: Some(false),
-                    append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd
-                        as i32,
-                    keep_empty_value: false,
-                })
+                Ok(header(name, value))
             })
             .collect()
     }
-}
 
-/// What a decided check was about, for headers and metadata.
-struct Names<'a> {
-    principal: &'a EntityUid,
-    action: &'a str,
-    resource: &'a str,
-    version: &'a str,
-}
-
-/// The two ways a check is denied.
-#[derive(Debug, Clone, Copy)]
-enum Denial {
-    /// PERMISSION_DENIED, HTTP 403.
-    Forbidden,
-    /// UNAUTHENTICATED, HTTP 401.
-    Unauthenticated,
-    /// RESOURCE_EXHAUSTED, HTTP 503: shed past `max_concurrent_calls`, not decided.
-    Overloaded,
-}
-
-fn reason_word(reason: Rejection) -> &'static str {
-    match reason {
-        Rejection::Invalid => "invalid",
-        Rejection::Limit => "limit",
-        Rejection::Unauthenticated => "unauthenticated",
-        Rejection::CallerNotAllowed => "caller_not_allowed",
-        Rejection::Overloaded => "overloaded",
-    }
-}
-
-fn rpc_status(code: tonic::Code) -> rpc::Status {
-    rpc::Status {
-        code: code as i32,
-        message: String::new(),
-        details: Vec::new(),
-    }
-}
-
-/// The response for a denial; the body says only what kind it is.
-fn denied(denial: Denial, metadata: Struct) -> CheckResponse {
-    let (code, http, body) = match denial {
-        Denial::Forbidden => (
-            tonic::Code::PermissionDenied,
-            StatusCode::Forbidden,
-            "access denied\n",
-        ),
-        Denial::Unauthenticated => (
-            tonic::Code::Unauthenticated,
-            StatusCode::Unauthorized,
-            "authentication required\n",
-        ),
-        Denial::Overloaded => (
-            tonic::Code::ResourceExhausted,
-            StatusCode::ServiceUnavailable,
-            "authorization service overloaded; retry\n",
-        ),
-    };
-    #[allow(deprecated)] // `append` is what Envoy before 1.23 reads.
-    let content_type = HeaderValueOption {
-        header: Some(HeaderValue {
-            key: "content-type".to_owned(),
-            value: "text/plain; charset=utf-8".to_owned(),
-            raw_value: Vec::new(),
-        }),
-        append: Some(false),
-        append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-        keep_empty_value: false,
-    };
-    CheckResponse {
-        status: Some(rpc_status(code)),
-        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-            status: Some(HttpStatus { code: http as i32 }),
-            headers: vec![content_type],
-            body: body.to_owned(),
-        })),
-        dynamic_metadata: Some(metadata),
-    }
-}
-
-/// A denial no policy made, with metadata saying why (the field, never the value).
-fn undecided(denial: Denial, error: Option<&RequestError>, snapshot: &Snapshot) -> CheckResponse {
-    let mut fields = vec![
-        ("decision", text("deny")),
-        ("policy_version", text(snapshot.version())),
-    ];
-    match (denial, error) {
-        (Denial::Unauthenticated, _) => fields.push(("reason", text("unauthenticated"))),
-        (Denial::Forbidden, Some(error)) => {
-            fields.push(("reason", text(reason_word(rejection(error)))));
-            fields.push(("field", text(error.field())));
-        }
-        (Denial::Overloaded, _) => fields.push(("reason", text("overloaded"))),
-        (Denial::Forbidden, None) => {}
-    }
-    denied(denial, record(fields))
-}
-
-/// Metadata for a decided check: the decision, its policies and what was asked.
-fn decided_metadata(answer: &pb::IsAuthorizedResponse, names: &Names<'_>) -> Struct {
-    let allowed = answer.decision == pb::Decision::Allow as i32;
-    record(vec![
-        ("decision", text(if allowed { "allow" } else { "deny" })),
-        ("policy_version", text(names.version)),
-        ("principal", text(&names.principal.to_string())),
-        ("action", text(names.action)),
-        ("resource", text(names.resource)),
-        (
-            "determining_policies",
-            Value {
-                kind: Some(Kind::ListValue(ListValue {
-                    values: answer
-                        .determining_policies
-                        .iter()
-                        .map(|p| text(p))
-                        .collect(),
-                })),
-            },
-        ),
-    ])
-}
-
-fn text(s: &str) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(s.to_owned())),
-    }
-}
-
-fn record(fields: Vec<(&str, Value)>) -> Struct {
-    Struct {
-        fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    /// The answer to a check shed on arrival (counted and logged there): a deny rather
+    /// than a gRPC error, so an Envoy set to fail open cannot turn overload into allow.
+    fn overloaded(snapshot: &Snapshot) -> CheckResponse {
+        let refusal = Refusal::new(Reason::Overloaded, "", "max_concurrent_calls");
+        response::refused(&refusal, Some(snapshot.version()))
     }
 }
 
@@ -346,6 +150,9 @@ impl Authorization for ExtAuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        if request.extensions().get::<Overloaded>().is_some() {
+            return Ok(Response::new(Self::overloaded(&self.store.current())));
+        }
         // The HTTP request's `x-request-id` (which Envoy sets) ties the audit record to
         // Envoy's access log; then the call's own; then `http.id`, Envoy's stream id,
         // unique only within one Envoy.
@@ -355,33 +162,22 @@ impl Authorization for ExtAuthzService {
             .as_ref()
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref());
-        let id = http
+        let given = http
             .and_then(|http| mapping::header(http, "x-request-id"))
             .and_then(|id| RequestId::parse(&id))
-            .or_else(|| RequestId::from_metadata(request.metadata()))
-            .or_else(|| http.and_then(|http| RequestId::parse(&http.id)))
-            .unwrap_or_default();
-        if request.extensions().get::<Overloaded>().is_some() {
-            // Shed on arrival (counted and logged there). A deny rather than a gRPC
-            // error, so an Envoy set to fail open cannot turn overload into allow.
-            let snapshot = self.store.current();
-            return Ok(Response::new(undecided(
-                Denial::Overloaded,
-                None,
-                &snapshot,
-            )));
-        }
-        let mut call = Call::start(Api::ExtAuthz, id, &request, &self.metrics, &self.audit);
-        let span = tracing::info_span!("call", api = "ext_authz", request_id = %call.id);
+            .or_else(|| request_id::from_metadata(request.metadata()))
+            .or_else(|| http.and_then(|http| RequestId::parse(&http.id)));
+        let mut call = self
+            .decider
+            .start(Api::ExtAuthz, given, request.remote_addr())
+            .refusals_deny();
+        let span = tracing::info_span!("call", api = "ext_authz", request_id = %call.id());
         let _in_span = span.enter();
-        if call.admit(&self.callers, &request).is_err() {
+        let admission = self.callers.admit(&request);
+        if let Err(refusal) = self.decider.admit(&mut call, SERVICE, admission) {
             // A 403 answer rather than a gRPC error: an Envoy set to fail open must not
             // turn this refusal into an allow.
-            let fields = vec![
-                ("decision", text("deny")),
-                ("reason", text("caller_not_allowed")),
-            ];
-            return Ok(Response::new(denied(Denial::Forbidden, record(fields))));
+            return Ok(Response::new(response::refused(&refusal, None)));
         }
         Ok(Response::new(ExtAuthzService::check(
             self,

@@ -10,6 +10,7 @@ fn escapes_of_unreserved_characters_are_decoded_and_others_kept() {
 
 use crate::{
     config::ext_authz::ExtAuthzSettings,
+    decide::Reason,
     proto::envoy::config::core::v3::{
         Address, HeaderMap, HeaderValue, Metadata, Pipe, SocketAddress, socket_address,
     },
@@ -22,10 +23,9 @@ const DEPTH: usize = 32;
 // --- building checks ------------------------------------------------------------------
 
 fn mapping(text: &str) -> ExtAuthz {
-    toml::from_str::<ExtAuthzSettings>(text)
-        .unwrap_or_else(|e| panic!("{text}\ndoes not parse: {e}"))
-        .compile()
-        .unwrap_or_else(|e| panic!("{text}\ndoes not compile: {e}"))
+    let settings = toml::from_str::<ExtAuthzSettings>(text)
+        .unwrap_or_else(|e| panic!("{text}\ndoes not parse: {e}"));
+    ExtAuthz::compile(&settings).unwrap_or_else(|e| panic!("{text}\ndoes not compile: {e}"))
 }
 
 /// A check of `method path` on `docs.example.com`, from no peer.
@@ -168,10 +168,12 @@ fn mapped(mapping: &ExtAuthz, check: &CheckRequest) -> Mapped {
     map(mapping, check, DEPTH).unwrap_or_else(|e| panic!("refused: {e:?}\n{check:?}"))
 }
 
-fn refused_with(mapping: &ExtAuthz, check: &CheckRequest, depth: usize) -> RequestError {
+fn refused_with(mapping: &ExtAuthz, check: &CheckRequest, depth: usize) -> Refusal {
     match map(mapping, check, depth) {
-        Err(Refusal::Refused(error)) => error,
-        Err(Refusal::Unauthenticated) => panic!("unauthenticated, not refused: {check:?}"),
+        Err(error) if error.reason() == Reason::Unauthenticated => {
+            panic!("unauthenticated, not refused: {check:?}")
+        }
+        Err(error) => error,
         Ok(mapped) => panic!("mapped: {mapped:?}"),
     }
 }
@@ -179,13 +181,13 @@ fn refused_with(mapping: &ExtAuthz, check: &CheckRequest, depth: usize) -> Reque
 /// The field of the `Invalid` error the check is refused with.
 fn invalid_field(mapping: &ExtAuthz, check: &CheckRequest) -> String {
     match refused_with(mapping, check, DEPTH) {
-        RequestError::Invalid { field, .. } => field,
+        refusal if refusal.reason() == Reason::Invalid => refusal.field().to_owned(),
         other => panic!("not invalid: {other:?}"),
     }
 }
 
 fn unauthenticated(mapping: &ExtAuthz, check: &CheckRequest) -> bool {
-    matches!(map(mapping, check, DEPTH), Err(Refusal::Unauthenticated))
+    matches!(map(mapping, check, DEPTH), Err(e) if e.reason() == Reason::Unauthenticated)
 }
 
 fn principal_of(mapping: &ExtAuthz, check: &CheckRequest) -> String {
@@ -911,13 +913,10 @@ fn claims_nested_past_the_limit_are_refused_as_a_limit() {
             ),
         ],
     );
-    match refused_with(&m, &c, 2) {
-        RequestError::Limit { field, message } => {
-            assert_eq!(field, "claims.deep.a.b");
-            assert!(message.contains("limit of 2"), "{message}");
-        }
-        other => panic!("not a limit: {other:?}"),
-    }
+    let refusal = refused_with(&m, &c, 2);
+    assert_eq!(refusal.reason(), Reason::Limit, "{refusal:?}");
+    assert_eq!(refusal.field(), "claims.deep.a.b");
+    assert!(refusal.message().contains("limit of 2"), "{refusal}");
     let out = map(&m, &c, 3).expect("three levels fit a limit of three");
     assert_eq!(
         context_part(&out, "claims"),
@@ -931,10 +930,9 @@ fn claims_nested_past_the_limit_are_refused_as_a_limit() {
             ("deep", list(vec![list(vec![string_value("x")])])),
         ],
     );
-    match refused_with(&m, &c, 2) {
-        RequestError::Limit { field, .. } => assert_eq!(field, "claims.deep[0][0]"),
-        other => panic!("not a limit: {other:?}"),
-    }
+    let refusal = refused_with(&m, &c, 2);
+    assert_eq!(refusal.reason(), Reason::Limit, "{refusal:?}");
+    assert_eq!(refusal.field(), "claims.deep[0][0]");
 }
 
 #[test]

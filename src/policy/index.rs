@@ -1,6 +1,8 @@
-//! Policy slicing: an index of every policy's scope, built once per snapshot, that picks
-//! for one request the few policies whose scope can match it, so that a decision costs
-//! what those cost and not what the whole set costs.
+//! The scope index: every policy's scope, indexed once per snapshot, from which the
+//! engine picks for one request the few policies whose scope can match it (its
+//! `slice` module), so that a decision costs what those cost and not what the whole set
+//! costs. The index is immutable; the slices built from it and their cache are the
+//! engine's.
 //!
 //! A policy's scope is three constraints, on principal, action and resource: none (any),
 //! `==` an entity, `in` an entity, `is` a type, or `is` a type `in` an entity (the action:
@@ -10,15 +12,12 @@
 //! satisfied nor in error if Cedar evaluated it: leaving it out changes neither the
 //! decision, nor its reasons, nor its errors.
 //!
-//! [`PolicyIndex::slice`] looks up, for the side (principal, action or resource) with the
+//! [`PolicyIndex::chosen`] looks up, for the side (principal, action or resource) with the
 //! fewest candidates, the lists keyed by the entity, its ancestors and its type (plus the
 //! unconstrained ones), and keeps those whose other two constraints also match. Template
 //! links are not read from a policy directory; a set that had one would be served whole.
 
-use std::{
-    collections::HashSet,
-    sync::{Arc, RwLock},
-};
+use std::collections::HashSet;
 
 use cedar_policy::{
     ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
@@ -59,11 +58,12 @@ impl From<ResourceConstraint> for EntityScope {
     }
 }
 
-/// Maps and sets keyed by entities and types, looked up several times per request: a fast
-/// hash with a per-process random seed instead of SipHash (keys come from the policies;
-/// a request only looks them up, so it cannot crowd a bucket).
-type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+/// A map keyed by entities, types or positions, looked up several times per request: a
+/// fast hash with a per-process random seed instead of SipHash (keys come from the
+/// policies; a request only looks them up, so it cannot crowd a bucket).
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// A set hashed like [`FastMap`].
+pub type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 /// One request entity as scopes see it: itself and its ancestors.
 struct Subject<'a> {
@@ -149,7 +149,7 @@ impl SideIndex {
     }
 }
 
-/// The scope of every static policy of a snapshot, indexed for [`PolicyIndex::slice`].
+/// The scope of every static policy of a snapshot, indexed for [`PolicyIndex::chosen`].
 #[derive(Debug, Default)]
 pub struct PolicyIndex {
     /// Ids, not policies: the set already holds them, and a copy costs over a kilobyte
@@ -168,52 +168,16 @@ pub struct PolicyIndex {
     literals: Vec<Box<[EntityUid]>>,
     /// Those of every policy (templates' links included), without repeats.
     all_literals: Box<[EntityUid]>,
-    /// Slices built so far, by the positions of their policies: requests alike (the same
-    /// types, actions, groups) pick the same policies, and building a set costs about
-    /// what evaluating it does.
-    cache: RwLock<SliceCache>,
 }
 
-/// Slices kept for reuse, and how many policies they hold in all.
-#[derive(Debug, Default)]
-struct SliceCache {
-    slices: FastMap<Box<[usize]>, Arc<PolicySet>>,
-    policies: usize,
-}
-
-/// Most policies the cached slices may hold in all (each a copy of a policy and its text,
-/// a few hundred bytes): when a new slice would pass it, the cache is emptied and fills
-/// again with what is asked for from then on, a bound on memory (about 16 MiB) that
-/// needs no bookkeeping per hit.
-const CACHED_POLICIES: usize = 32_768;
-
-/// Largest slice the cache keeps, in policies.
-const CACHED_SLICE_POLICIES: usize = 64;
+/// Largest slice worth keeping for reuse, in policies: past it, a slice built for one
+/// request alone that holds over half the set costs more to build than the whole set
+/// costs to evaluate.
+pub const CACHED_SLICE_POLICIES: usize = 64;
 
 /// Below this many policies the scopes of every candidate are checked even when the
 /// candidates are over half the set: cheap, and the slice is then usually cached.
 const SMALL_SET: usize = 256;
-
-/// The policies one request is decided with: the whole set, or the part of it whose
-/// scopes can match (shared with other requests that pick the same part).
-#[derive(Debug, Clone)]
-pub enum Slice<'s> {
-    /// The whole set.
-    Whole(&'s PolicySet),
-    /// A part of it.
-    Part(Arc<PolicySet>),
-}
-
-impl std::ops::Deref for Slice<'_> {
-    type Target = PolicySet;
-
-    fn deref(&self) -> &PolicySet {
-        match self {
-            Self::Whole(set) => set,
-            Self::Part(set) => set,
-        }
-    }
-}
 
 impl PolicyIndex {
     /// Indexes the static policies of `set`.
@@ -254,7 +218,7 @@ impl PolicyIndex {
         index
     }
 
-    /// The entities named in the conditions of the policies [`PolicyIndex::slice`] picks
+    /// The entities named in the conditions of the policies [`PolicyIndex::chosen`] picks
     /// for this request (of every policy when `sliced` is false, or when the slice would be
     /// the whole set): with the request's own entities, all that evaluating those policies
     /// can look up in the entity store by name.
@@ -275,74 +239,11 @@ impl PolicyIndex {
         }
     }
 
-    /// The policies of `full` (the set this index was built from) that can apply to a
-    /// request for `principal`, `action` and `resource`, with ancestors from `entities`:
-    /// `full` itself when slicing would not leave out enough to pay for itself.
-    pub fn slice<'s>(
-        &self,
-        full: &'s PolicySet,
-        principal: &EntityUid,
-        action: &EntityUid,
-        resource: &EntityUid,
-        entities: &Entities,
-    ) -> Slice<'s> {
-        self.slice_if(full, [principal, action, resource], entities, true)
-    }
-
-    /// [`PolicyIndex::slice`]; with `only_if_worth_it` false it slices whatever the
-    /// size (tests use that to exercise every path).
-    fn slice_if<'s>(
-        &self,
-        full: &'s PolicySet,
-        [principal, action, resource]: [&EntityUid; 3],
-        entities: &Entities,
-        only_if_worth_it: bool,
-    ) -> Slice<'s> {
-        let Some(chosen) = self.chosen([principal, action, resource], entities, only_if_worth_it)
-        else {
-            return Slice::Whole(full);
-        };
-        let cacheable = chosen.len() <= CACHED_SLICE_POLICIES;
-        if cacheable
-            && let Some(set) = self
-                .cache
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .slices
-                .get(chosen.as_slice())
-        {
-            return Slice::Part(set.clone());
-        }
-        let policies: Option<Vec<Policy>> = chosen
-            .iter()
-            .map(|&i| full.policy(&self.ids[i]).cloned())
-            .collect();
-        // Neither can fail (the index was built from `full`, whose ids are distinct), and
-        // the whole set is always right.
-        let Some(Ok(set)) = policies.map(PolicySet::from_policies) else {
-            return Slice::Whole(full);
-        };
-        let set = Arc::new(set);
-        if cacheable {
-            let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-            if cache.policies + chosen.len() > CACHED_POLICIES {
-                *cache = SliceCache::default();
-            }
-            let added = chosen.len();
-            if cache
-                .slices
-                .insert(chosen.into_boxed_slice(), set.clone())
-                .is_none()
-            {
-                cache.policies += added;
-            }
-        }
-        Slice::Part(set)
-    }
-
-    /// The positions of the policies [`PolicyIndex::slice_if`] keeps, sorted; `None` for
-    /// the whole set.
-    fn chosen(
+    /// The positions of the policies whose scope can match a request for `principal`,
+    /// `action` and `resource`, with ancestors from `entities`, sorted; `None` for the
+    /// whole set: when the set has template links, when every policy can match, or (with
+    /// `only_if_worth_it`) when slicing would not leave out enough to pay for itself.
+    pub fn chosen(
         &self,
         [principal, action, resource]: [&EntityUid; 3],
         entities: &Entities,
@@ -393,6 +294,11 @@ impl PolicyIndex {
         }
         Some(chosen)
     }
+
+    /// The id of the policy at position `i` of [`PolicyIndex::chosen`].
+    pub fn policy_id(&self, i: usize) -> &PolicyId {
+        &self.ids[i]
+    }
 }
 
 /// The entities `policy` names outside its scope, without repeats. Cedar gives the
@@ -426,6 +332,3 @@ fn condition_literals(policy: &Policy) -> Box<[EntityUid]> {
     let unique: HashSet<EntityUid> = literals.into_iter().collect();
     unique.into_iter().collect()
 }
-
-#[cfg(test)]
-mod tests;

@@ -36,18 +36,7 @@ use rustls::{
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
-/// The files TLS is read from: the server's own chain and key, and the CA that client
-/// certificates must chain to (mutual TLS) if set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// PEM certificate chain, the server's certificate first.
-    pub cert: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the first certificate.
-    pub key: PathBuf,
-    /// PEM CA certificates for client certificates; `None` serves TLS without client
-    /// authentication.
-    pub client_ca: Option<PathBuf>,
-}
+pub use crate::config::TlsFiles;
 
 /// A TLS configuration that cannot be used, naming the file and the problem.
 #[derive(Debug, thiserror::Error)]

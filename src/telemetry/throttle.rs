@@ -6,16 +6,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Says yes at most once per wall-clock second, across threads.
 #[derive(Debug)]
-pub(crate) struct OncePerSecond(AtomicU64);
+pub struct OncePerSecond(AtomicU64);
+
+impl Default for OncePerSecond {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl OncePerSecond {
     /// A throttle that has not said yes yet.
-    pub(crate) const fn new() -> Self {
+    pub const fn new() -> Self {
         Self(AtomicU64::new(u64::MAX))
     }
 
     /// Whether a warning may be written now.
-    pub(crate) fn ready(&self) -> bool {
+    pub fn ready(&self) -> bool {
         let second = std::time::UNIX_EPOCH
             .elapsed()
             .map_or(0, |since| since.as_secs());

@@ -5,7 +5,8 @@ use std::str::FromStr;
 
 use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicySet, Request, Response};
 
-use super::PolicyIndex;
+use super::{Slice, Slicer};
+use crate::policy::PolicyIndex;
 
 #[path = "../../../tests/common/rng.rs"]
 mod rng;
@@ -136,6 +137,8 @@ fn a_slice_decides_every_request_exactly_as_the_whole_set() {
         let full =
             PolicySet::from_str(&text).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{text}"));
         let index = PolicyIndex::new(&full);
+        let slicer = Slicer::new();
+        let version = seed.to_string();
         for principal in PRINCIPALS {
             for action in ACTIONS {
                 for resource in RESOURCES {
@@ -148,8 +151,14 @@ fn a_slice_decides_every_request_exactly_as_the_whole_set() {
                         Request::new(p.clone(), a.clone(), r.clone(), context, None).unwrap();
                     let whole = answer(&authorizer.is_authorized(&request, &full, &entities));
                     for only_if_worth_it in [false, true] {
-                        let slice =
-                            index.slice_if(&full, [&p, &a, &r], &entities, only_if_worth_it);
+                        let slice = slicer.slice(
+                            &version,
+                            &index,
+                            &full,
+                            [&p, &a, &r],
+                            &entities,
+                            only_if_worth_it,
+                        );
                         if slice.num_of_policies() < full.num_of_policies() {
                             smaller += 1;
                         }
@@ -196,12 +205,13 @@ fn a_set_with_template_links_is_served_whole() {
     let entities = Entities::empty();
     let b = EntityUid::from_str(r#"User::"b""#).unwrap();
     let act = EntityUid::from_str(r#"Action::"x""#).unwrap();
-    let slice = index.slice_if(&set, [&b, &act, &b], &entities, false);
-    assert!(matches!(slice, super::Slice::Whole(_)));
+    let slice = Slicer::new().slice("v", &index, &set, [&b, &act, &b], &entities, false);
+    assert!(matches!(slice, Slice::Whole(_)));
 }
 
 /// Cached slices are the slices: asked twice (the second answer comes from the cache),
-/// every request gets the policies a fresh index picks.
+/// every request gets the policies a fresh slicer picks, and a slicer that served
+/// another version in between (a reload) still answers each version with its own.
 #[test]
 fn cached_slices_are_the_slices_a_fresh_index_picks() {
     let entities = Entities::from_json_str(ENTITIES, None).expect("the test entities parse");
@@ -216,15 +226,30 @@ fn cached_slices_are_the_slices_a_fresh_index_picks() {
         let text: String = (0..30).map(|i| random_policy(&mut rng, i)).collect();
         let full = PolicySet::from_str(&text).unwrap();
         let index = PolicyIndex::new(&full);
-        for round in 0..2 {
+        let other_text: String = (0..30).map(|i| random_policy(&mut rng, i)).collect();
+        let other = PolicySet::from_str(&other_text).unwrap();
+        let other_index = PolicyIndex::new(&other);
+        let slicer = Slicer::new();
+        for round in 0..3 {
             for principal in PRINCIPALS {
                 for action in ACTIONS {
                     for resource in RESOURCES {
                         let (p, a, r) = (uid(principal), uid(action), uid(resource));
-                        let fresh = PolicyIndex::new(&full);
-                        let expected = ids(&fresh.slice(&full, &p, &a, &r, &entities));
-                        let cached = index.slice(&full, &p, &a, &r, &entities);
-                        assert_eq!(ids(&cached), expected, "seed {seed} round {round}");
+                        let request = [&p, &a, &r];
+                        for (version, index, full) in
+                            [("a", &index, &full), ("b", &other_index, &other)]
+                        {
+                            let fresh = Slicer::new();
+                            let expected =
+                                ids(&fresh.slice(version, index, full, request, &entities, true));
+                            let cached =
+                                slicer.slice(version, index, full, request, &entities, true);
+                            assert_eq!(ids(&cached), expected, "seed {seed} round {round}");
+                            if round == 0 {
+                                // One version alone before the other is asked about.
+                                break;
+                            }
+                        }
                     }
                 }
             }

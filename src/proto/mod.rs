@@ -1,5 +1,5 @@
-//! Code generated from `proto/` at build time (see `build.rs`), plus the encoded
-//! descriptor set that server reflection serves.
+//! Code generated from `proto/` at build time (see `build.rs`), the encoded descriptor
+//! set that server reflection serves, and the [`codec`] the generated services use.
 //!
 //! The module tree follows the proto packages:
 //! - `cedarpdp::v1`: our own contract, the `Authorizer` server trait and a client;
@@ -9,6 +9,8 @@
 
 // Generated code is checked by its generator, not by our lints.
 #![allow(clippy::large_enum_variant, clippy::len_without_is_empty)]
+
+pub mod codec;
 
 include!(concat!(env!("OUT_DIR"), "/protos.rs"));
 

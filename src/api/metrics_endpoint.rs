@@ -20,8 +20,8 @@ use tokio::{
     sync::{Semaphore, watch},
 };
 
-use super::throttle::OncePerSecond;
 use crate::telemetry::Metrics;
+use crate::telemetry::OncePerSecond;
 
 /// How often the exporter's housekeeping runs (it folds histogram samples).
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);

@@ -1,0 +1,153 @@
+//! `CheckResponse`s: what Envoy gets back for a decision or a refusal. Always an answer,
+//! never a gRPC error: allow is OK (with the configured upstream headers); a deny is
+//! PERMISSION_DENIED with a 403; a refusal is a deny too, with the status its [`Reason`]
+//! calls for (no identifiable principal: UNAUTHENTICATED, 401; overloaded: 503). Bodies say
+//! no more than that; the response's dynamic metadata says what was decided and why (the
+//! field at fault, never the value), for Envoy's access log.
+
+use cedar_policy::EntityUid;
+use prost_types::{ListValue, Struct, Value, value::Kind};
+
+use crate::{
+    decide::{Decision, Reason, Refusal},
+    proto::{
+        envoy::{
+            config::core::v3::{HeaderValue, HeaderValueOption, header_value_option},
+            service::auth::v3::{
+                CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
+            },
+            r#type::v3::{HttpStatus, StatusCode},
+        },
+        google::rpc,
+    },
+};
+
+/// What a decided check was about, for headers and metadata.
+pub(super) struct Names<'a> {
+    pub(super) principal: &'a EntityUid,
+    pub(super) action: &'a str,
+    pub(super) resource: &'a str,
+    pub(super) version: &'a str,
+}
+
+/// The answer for a decision: allowed with `headers` for the upstream request, or denied.
+pub(super) fn decided(
+    decision: &Decision,
+    names: &Names<'_>,
+    headers: Vec<HeaderValueOption>,
+) -> CheckResponse {
+    let metadata = record(vec![
+        ("decision", text(decision.effect().label())),
+        ("policy_version", text(names.version)),
+        ("principal", text(&names.principal.to_string())),
+        ("action", text(names.action)),
+        ("resource", text(names.resource)),
+        (
+            "determining_policies",
+            Value {
+                kind: Some(Kind::ListValue(ListValue {
+                    values: decision
+                        .determining_policies()
+                        .iter()
+                        .map(|p| text(p))
+                        .collect(),
+                })),
+            },
+        ),
+    ]);
+    if !decision.allowed() {
+        return denied(Reason::Invalid, metadata, false);
+    }
+    CheckResponse {
+        status: Some(rpc_status(tonic::Code::Ok)),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers,
+            ..Default::default()
+        })),
+        dynamic_metadata: Some(metadata),
+    }
+}
+
+/// The answer for a refused check, with metadata saying why: its reason, the field at
+/// fault (for invalid input and limits), and the policy version serving (when known).
+pub(super) fn refused(refusal: &Refusal, version: Option<&str>) -> CheckResponse {
+    let mut fields = vec![("decision", text("deny"))];
+    if let Some(version) = version {
+        fields.push(("policy_version", text(version)));
+    }
+    fields.push(("reason", text(refusal.reason().word())));
+    if matches!(refusal.reason(), Reason::Invalid | Reason::Limit) {
+        fields.push(("field", text(refusal.field())));
+    }
+    denied(refusal.reason(), record(fields), true)
+}
+
+/// A header for the upstream request (or the denied response), replacing any of the same
+/// name.
+pub(super) fn header(key: &str, value: String) -> HeaderValueOption {
+    #[allow(deprecated)] // `append` is what Envoy before 1.23 reads.
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value,
+            raw_value: Vec::new(),
+        }),
+        append: Some(false),
+        append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        keep_empty_value: false,
+    }
+}
+
+/// A denied response; the body says only what kind of deny it is. A deny a policy made
+/// (`refusal` false) is always 403.
+fn denied(reason: Reason, metadata: Struct, refusal: bool) -> CheckResponse {
+    let (code, http, body) = match reason {
+        Reason::Unauthenticated if refusal => (
+            tonic::Code::Unauthenticated,
+            StatusCode::Unauthorized,
+            "authentication required\n",
+        ),
+        Reason::Overloaded if refusal => (
+            tonic::Code::ResourceExhausted,
+            StatusCode::ServiceUnavailable,
+            "authorization service overloaded; retry\n",
+        ),
+        _ => (
+            tonic::Code::PermissionDenied,
+            StatusCode::Forbidden,
+            "access denied\n",
+        ),
+    };
+    CheckResponse {
+        status: Some(rpc_status(code)),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus { code: http as i32 }),
+            headers: vec![header(
+                "content-type",
+                "text/plain; charset=utf-8".to_owned(),
+            )],
+            body: body.to_owned(),
+        })),
+        dynamic_metadata: Some(metadata),
+    }
+}
+
+fn rpc_status(code: tonic::Code) -> rpc::Status {
+    rpc::Status {
+        code: code as i32,
+        message: String::new(),
+        details: Vec::new(),
+    }
+}
+
+fn text(s: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    }
+}
+
+fn record(fields: Vec<(&str, Value)>) -> Struct {
+    Struct {
+        fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    }
+}

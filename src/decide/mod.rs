@@ -1,0 +1,328 @@
+//! The one protocol-neutral step every front end (and the CLI) takes to answer a
+//! question: a [`Call`] and its [`Question`]s go in, the engine decides them against one
+//! snapshot, and a [`Decision`] (or a [`Refusal`]) comes out, with the call's metrics,
+//! audit records and log lines written from it here, in one place ([`record`]).
+//!
+//! Front ends (`api::authorizer`, `api::ext_authz`) are wire adapters around this: they
+//! turn their request into questions and the answer into their response, and nothing
+//! else. The vocabulary is the engine's: a *decision* allows or denies; a request that
+//! is not decided is *refused*, for a [`Reason`].
+
+mod record;
+mod request_id;
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use serde_json::{Map, Value as Json};
+
+pub use self::request_id::{RequestId, RequestIds};
+pub use crate::engine::{
+    ContextInput, Decision, Effect, EntitiesInput, EntityInput, PolicyError, Query, Refusal,
+};
+pub use crate::telemetry::metrics::{Api, Reason};
+use crate::{
+    config::Config,
+    engine::{Engine, EngineOptions},
+    policy::Snapshot,
+    telemetry::{AuditLog, Metrics, OncePerSecond},
+};
+
+/// Where decisions are reported: the metrics registry and the decision log.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    /// Counted into by every call and reload; rendered at `/metrics`.
+    pub metrics: Metrics,
+    /// One record per decision (or none, when off).
+    pub audit: Arc<AuditLog>,
+}
+
+impl Telemetry {
+    /// Metrics only; the audit log off (tests, benchmarks and the CLI).
+    pub fn metrics_only(metrics: Metrics) -> Self {
+        Self {
+            audit: Arc::new(AuditLog::off(metrics.clone())),
+            metrics,
+        }
+    }
+}
+
+/// One question of a call, in Cedar's terms, with the context values the audit log may
+/// keep (those of its allow-listed keys, as the caller wrote them; see
+/// [`Decider::recorded_keys`]).
+#[derive(Debug, Clone)]
+pub struct Question {
+    /// What is asked.
+    pub query: Query,
+    /// Allow-listed context values for the audit record.
+    pub recorded_context: Map<String, Json>,
+}
+
+impl From<Query> for Question {
+    fn from(query: Query) -> Self {
+        Self {
+            query,
+            recorded_context: Map::new(),
+        }
+    }
+}
+
+/// One call being answered: which API, its request id, where it came from, who the
+/// caller is, and when it started.
+#[derive(Debug)]
+pub struct Call {
+    api: Api,
+    id: RequestId,
+    peer: Option<SocketAddr>,
+    caller: Option<String>,
+    started: Instant,
+    /// Whether this call's allows are audited: drawn once per call by the server, so a
+    /// caller cannot choose it (a batch is kept or left whole).
+    keep_allows: bool,
+    /// Whether a refusal is answered with a deny (ext_authz: Envoy sees a 403, never an
+    /// error), and so audited like one.
+    refusals_deny: bool,
+}
+
+impl Call {
+    /// Which API it came through.
+    pub fn api(&self) -> Api {
+        self.api
+    }
+
+    /// Its request id.
+    pub fn id(&self) -> &RequestId {
+        &self.id
+    }
+
+    /// The verified identity of its caller, once admitted.
+    pub fn caller(&self) -> Option<&str> {
+        self.caller.as_deref()
+    }
+
+    /// Answers its refusals with a deny, audited like one (ext_authz).
+    pub fn refusals_deny(mut self) -> Self {
+        self.refusals_deny = true;
+        self
+    }
+}
+
+/// Who may call an API: the identities its caller presented, checked by the front end
+/// against its allow-list (see `api::callers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Admitted, with its verified identity when it has one.
+    Admitted(Option<String>),
+    /// Not on the allow-list: the identities it presented (none without a certificate).
+    NotAllowed(Vec<String>),
+}
+
+/// Decides questions against snapshots and reports every answer.
+#[derive(Debug)]
+pub struct Decider {
+    engine: Engine,
+    max_batch_items: usize,
+    telemetry: Telemetry,
+    ids: RequestIds,
+    /// Warnings about refused callers, once a second at most.
+    caller_warnings: OncePerSecond,
+}
+
+impl Decider {
+    /// A decider with `engine`, refusing batches over `max_batch_items`, reporting to
+    /// `telemetry`.
+    pub fn new(engine: Engine, max_batch_items: usize, telemetry: Telemetry) -> Self {
+        Self {
+            engine,
+            max_batch_items,
+            telemetry,
+            ids: RequestIds::new(),
+            caller_warnings: OncePerSecond::new(),
+        }
+    }
+
+    /// The decider a server configured by `config` answers with: its request validation
+    /// and limits, reporting to `telemetry`.
+    pub fn for_config(config: &Config, telemetry: Telemetry) -> Self {
+        let options = EngineOptions::new(config.validate_requests, &config.limits);
+        Self::new(
+            Engine::new(options),
+            config.limits.max_batch_items,
+            telemetry,
+        )
+    }
+
+    /// The engine it decides with.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Where it reports.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// The context keys whose values a [`Question`] should carry for the audit log: none
+    /// when the log is off.
+    pub fn recorded_keys(&self) -> &[String] {
+        if self.telemetry.audit.enabled() {
+            self.telemetry.audit.context_keys()
+        } else {
+            &[]
+        }
+    }
+
+    /// Starts a call on `api`: its id (the caller's `given` one, else a new one), its
+    /// peer, its clock, and whether its allows are audited.
+    pub fn start(&self, api: Api, given: Option<RequestId>, peer: Option<SocketAddr>) -> Call {
+        Call {
+            api,
+            id: given.unwrap_or_else(|| self.ids.next()),
+            peer,
+            caller: None,
+            started: Instant::now(),
+            keep_allows: self.telemetry.audit.sample_allows(),
+            refusals_deny: false,
+        }
+    }
+
+    /// Admits the call's caller (its identity is kept for the audit log), or refuses it:
+    /// counted, and logged (the identity is a certificate's name, not a secret) as a
+    /// warning once a second at most, so that a refused client cannot flood the log.
+    /// The refusal names `service` and the identities presented.
+    pub fn admit(
+        &self,
+        call: &mut Call,
+        service: &str,
+        admission: Admission,
+    ) -> Result<(), Refusal> {
+        let identities = match admission {
+            Admission::Admitted(caller) => {
+                call.caller = caller;
+                return Ok(());
+            }
+            Admission::NotAllowed(identities) => identities,
+        };
+        let refusal = Refusal::new(
+            Reason::CallerNotAllowed,
+            service,
+            match identities.as_slice() {
+                [] => "the caller presented no certificate identity (SPIFFE URI or DNS name)"
+                    .to_owned(),
+                ids => format!("caller {} is not allowed", ids.join(", ")),
+            },
+        );
+        let caller = identities.join(", ");
+        if self.caller_warnings.ready() {
+            tracing::warn!(%caller, peer = ?call.peer, "caller refused: not on this API's allow-list");
+        } else {
+            tracing::debug!(%caller, peer = ?call.peer, "caller refused: not on this API's allow-list");
+        }
+        // Counted, never audited: no question of this caller was read.
+        let metrics = &self.telemetry.metrics;
+        metrics.call_took(call.api, call.started.elapsed());
+        metrics.refused(call.api, refusal.reason());
+        Err(refusal)
+    }
+
+    /// Decides one question with the entities its call sent, against `snapshot`, and
+    /// reports the answer (or the refusal).
+    pub fn decide(
+        &self,
+        call: &Call,
+        snapshot: &Snapshot,
+        entities: EntitiesInput,
+        question: Question,
+    ) -> Result<Decision, Refusal> {
+        let Question {
+            query,
+            recorded_context,
+        } = question;
+        let asked = self.asked(&query, recorded_context);
+        let decided = self.engine.decide(snapshot, entities, query);
+        match &decided {
+            Ok(decision) => self.record_decisions(call, snapshot, [(decision, asked)], false),
+            Err(refusal) => self.record_refusal(call, refusal, asked, Some(snapshot)),
+        }
+        decided
+    }
+
+    /// Decides the questions of one batch call, all against `snapshot` and one entity
+    /// store built from the call's `entities` and what every item can reach, and reports
+    /// the answers. A refused item refuses the whole call, naming it (`items[3]…`); more
+    /// than `max_batch_items` are refused before any is looked at.
+    pub fn decide_batch(
+        &self,
+        call: &Call,
+        snapshot: &Snapshot,
+        entities: Result<EntitiesInput, Refusal>,
+        items: impl ExactSizeIterator<Item = Result<Question, Refusal>>,
+    ) -> Result<Vec<Decision>, Refusal> {
+        let decided = self.batch(snapshot, entities, items);
+        match decided {
+            Ok((decisions, asked)) => {
+                self.record_decisions(call, snapshot, decisions.iter().zip(asked), true);
+                Ok(decisions)
+            }
+            Err(refusal) => {
+                self.record_refusal(call, &refusal, None, Some(snapshot));
+                Err(refusal)
+            }
+        }
+    }
+
+    /// Reports a call the front end refused itself, before deciding: one it could not
+    /// turn into a question (no principal, an unmappable check), or whose `question` it
+    /// could not answer on its wire (ext_authz: an upstream header that would be
+    /// invalid).
+    pub fn refuse(
+        &self,
+        call: &Call,
+        snapshot: &Snapshot,
+        refusal: &Refusal,
+        question: Option<Question>,
+    ) {
+        let asked = question.and_then(|q| self.asked(&q.query, q.recorded_context));
+        self.record_refusal(call, refusal, asked, Some(snapshot));
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn batch(
+        &self,
+        snapshot: &Snapshot,
+        entities: Result<EntitiesInput, Refusal>,
+        items: impl ExactSizeIterator<Item = Result<Question, Refusal>>,
+    ) -> Result<(Vec<Decision>, Vec<Option<record::Asked>>), Refusal> {
+        if items.len() > self.max_batch_items {
+            return Err(Refusal::limit(
+                "items",
+                format!(
+                    "{} items is more than the limit of {} (max_batch_items)",
+                    items.len(),
+                    self.max_batch_items
+                ),
+            ));
+        }
+        let entities = self.engine.entities(snapshot, entities?)?;
+        let mut requests = Vec::with_capacity(items.len());
+        let mut asked = Vec::with_capacity(items.len());
+        for (i, item) in items.enumerate() {
+            let question = item.map_err(|e| e.within(&format!("items[{i}]")))?;
+            asked.push(self.asked(&question.query, question.recorded_context));
+            let request = self
+                .engine
+                .request(snapshot, question.query)
+                .map_err(|e| e.within(&format!("items[{i}]")))?;
+            requests.push(request);
+        }
+        // One store for every item: built from what all of them can reach.
+        let store = self.engine.store(snapshot, entities, &requests)?;
+        let decisions = requests
+            .iter()
+            .map(|request| self.engine.decide_request(snapshot, &store, request))
+            .collect();
+        Ok((decisions, asked))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,145 @@
+//! Request-time policy slicing: the policies of a snapshot whose scope can match one
+//! request, picked with the snapshot's immutable scope index ([`PolicyIndex`]) and built
+//! into a `PolicySet` Cedar can evaluate, with the slices built so far kept for reuse.
+//!
+//! Evaluating a scope never errors, so a policy whose scope cannot match would be neither
+//! satisfied nor in error: leaving it out changes neither the decision, nor its reasons,
+//! nor its errors (see `policy::index` for the index itself, and `tests.rs` beside this
+//! file for the differential proof).
+//!
+//! The cache belongs to the engine, not to the snapshot (which stays immutable, with no
+//! lock inside): slices are kept per snapshot version, for the version serving and the
+//! one before it (calls that started before a reload finish on their snapshot), so a
+//! reload empties it without anyone having to say so.
+
+use std::sync::{Arc, RwLock};
+
+use cedar_policy::{Entities, EntityUid, Policy, PolicySet};
+
+use crate::policy::{CACHED_SLICE_POLICIES, FastMap, PolicyIndex};
+
+/// The policies one request is decided with: the whole set, or the part of it whose
+/// scopes can match (shared with other requests that pick the same part).
+#[derive(Debug, Clone)]
+pub enum Slice<'s> {
+    /// The whole set.
+    Whole(&'s PolicySet),
+    /// A part of it.
+    Part(Arc<PolicySet>),
+}
+
+impl std::ops::Deref for Slice<'_> {
+    type Target = PolicySet;
+
+    fn deref(&self) -> &PolicySet {
+        match self {
+            Self::Whole(set) => set,
+            Self::Part(set) => set,
+        }
+    }
+}
+
+/// Most policies the cached slices of one version may hold in all (each a copy of a
+/// policy and its text, a few hundred bytes): when a new slice would pass it, that
+/// version's cache is emptied and fills again with what is asked for from then on, a
+/// bound on memory (about 16 MiB a version) that needs no bookkeeping per hit.
+const CACHED_POLICIES: usize = 32_768;
+
+/// Picks and builds slices, keeping the small ones for reuse.
+#[derive(Debug, Default)]
+pub struct Slicer {
+    /// The two most recent versions' slices: requests alike (the same types, actions,
+    /// groups) pick the same policies, and building a set costs about what evaluating it
+    /// does.
+    cache: RwLock<[Generation; 2]>,
+}
+
+/// The slices built for one snapshot version, by the positions of their policies.
+#[derive(Debug, Default)]
+struct Generation {
+    version: String,
+    slices: FastMap<Box<[usize]>, Arc<PolicySet>>,
+    /// Policies held by `slices`, in all.
+    policies: usize,
+}
+
+impl Slicer {
+    /// A slicer with nothing cached.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The policies of `full` (the set `index` was built from, of snapshot `version`)
+    /// that can apply to a request for `principal`, `action` and `resource`, with
+    /// ancestors from `entities`; `full` itself when slicing would not leave out enough
+    /// to pay for itself (or, with `only_if_worth_it` false, only when nothing can be
+    /// left out: tests use that to exercise every path).
+    pub fn slice<'s>(
+        &self,
+        version: &str,
+        index: &PolicyIndex,
+        full: &'s PolicySet,
+        [principal, action, resource]: [&EntityUid; 3],
+        entities: &Entities,
+        only_if_worth_it: bool,
+    ) -> Slice<'s> {
+        let Some(chosen) = index.chosen([principal, action, resource], entities, only_if_worth_it)
+        else {
+            return Slice::Whole(full);
+        };
+        let cacheable = chosen.len() <= CACHED_SLICE_POLICIES;
+        if cacheable && let Some(set) = self.cached(version, &chosen) {
+            return Slice::Part(set);
+        }
+        let policies: Option<Vec<Policy>> = chosen
+            .iter()
+            .map(|&i| full.policy(index.policy_id(i)).cloned())
+            .collect();
+        // Neither can fail (the index was built from `full`, whose ids are distinct), and
+        // the whole set is always right.
+        let Some(Ok(set)) = policies.map(PolicySet::from_policies) else {
+            return Slice::Whole(full);
+        };
+        let set = Arc::new(set);
+        if cacheable {
+            self.keep(version, chosen.into_boxed_slice(), set.clone());
+        }
+        Slice::Part(set)
+    }
+
+    fn cached(&self, version: &str, chosen: &[usize]) -> Option<Arc<PolicySet>> {
+        let generations = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        generations
+            .iter()
+            .find(|g| g.version == version)
+            .and_then(|g| g.slices.get(chosen).cloned())
+    }
+
+    fn keep(&self, version: &str, chosen: Box<[usize]>, set: Arc<PolicySet>) {
+        let mut generations = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        let at = match generations.iter().position(|g| g.version == version) {
+            Some(at) => at,
+            None => {
+                // A version not seen yet (a reload): it replaces the older of the two.
+                generations.swap(0, 1);
+                generations[0] = Generation {
+                    version: version.to_owned(),
+                    ..Generation::default()
+                };
+                0
+            }
+        };
+        let generation = &mut generations[at];
+        if generation.policies + chosen.len() > CACHED_POLICIES {
+            generation.slices.clear();
+            generation.policies = 0;
+        }
+        let added = chosen.len();
+        if generation.slices.insert(chosen, set).is_none() {
+            generation.policies += added;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

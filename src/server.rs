@@ -1,0 +1,295 @@
+//! The server as a library: [`run`] (or [`Server::bind`] then [`Server::run`]) owns
+//! everything `serve` is made of — the policy store and its watcher, the metrics and the
+//! audit log, the decider, SIGHUP, the TLS files and their watcher, and the two
+//! listeners — and shuts them down in a stated order. The binary, the tests, the
+//! benchmarks and the fuzz target all start the server this way, so it is wired once.
+//!
+//! Start-up ([`Server::bind`]) does everything that can fail before anything is served:
+//! TLS files, the `[ext_authz]` table, the policy directory, the audit sink, the watch,
+//! the signal handler and both listeners. Shutdown ([`Server::run`], once its `shutdown`
+//! future resolves):
+//! 1. health reports NOT_SERVING and `/readyz` answers 503; calls are still answered for
+//!    `drain_seconds` while callers move away;
+//! 2. the gRPC port stops taking connections and calls and lets calls in flight finish,
+//!    for up to `shutdown_grace_seconds`;
+//! 3. the metrics endpoint stops;
+//! 4. SIGHUP, the policy watcher and the TLS watcher stop;
+//! 5. the audit log is flushed as the last handle to it goes.
+
+use std::{future::Future, io, net::SocketAddr, path::PathBuf, sync::Arc};
+
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{
+    api::{
+        GrpcError, GrpcPort, serve_metrics,
+        tls::{CertWatcher, ServerTls, TlsError},
+    },
+    config::Config,
+    decide::{Decider, Telemetry},
+    policy::{
+        LoadError, LoadOptions, PolicyStore, Rebuilt, Snapshot, WatchError, WatchOptions, Watcher,
+    },
+    telemetry::{
+        AuditLog, Metrics,
+        metrics::{PolicySetSummary, ReloadResult},
+    },
+};
+
+/// The server could not start, or failed while running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The policy directory does not load (an invalid one is exit code 1 in `serve`).
+    #[error("cannot serve {}:\n{source}", dir.display())]
+    Policies {
+        /// The directory.
+        dir: PathBuf,
+        /// Every problem, with file and line.
+        source: LoadError,
+    },
+    /// The gRPC port cannot be set up (an `[ext_authz]` mistake, named by its key).
+    #[error(transparent)]
+    Grpc(#[from] GrpcError),
+    /// The TLS files cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The TLS files cannot be watched for rotation.
+    #[error("cannot watch the TLS files for changes: {0}")]
+    TlsWatch(#[source] notify::Error),
+    /// The policy directory cannot be watched.
+    #[error("cannot watch the policy directory: {0}")]
+    Watch(#[from] WatchError),
+    /// The audit sink cannot be opened.
+    #[error("cannot open the audit log: {0}")]
+    Audit(#[source] io::Error),
+    /// A signal handler cannot be installed.
+    #[error("cannot install the SIGHUP handler: {0}")]
+    Signal(#[source] io::Error),
+    /// A listener cannot be bound.
+    #[error("cannot listen on {addr}{what}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// What for (empty for the gRPC port).
+        what: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// What the metrics say about `snapshot`.
+fn summary(snapshot: &Snapshot) -> PolicySetSummary<'_> {
+    PolicySetSummary {
+        version: snapshot.version(),
+        policies: snapshot.policy_count(),
+        entities: snapshot.entity_count(),
+        loaded_at: snapshot.loaded_at(),
+    }
+}
+
+/// A server that has loaded its policies and bound its ports, ready to [`Server::run`].
+#[derive(Debug)]
+pub struct Server {
+    config: Config,
+    store: Arc<PolicyStore>,
+    decider: Arc<Decider>,
+    metrics: Metrics,
+    watcher: Arc<Watcher>,
+    grpc: GrpcPort,
+    tls: Option<Arc<ServerTls>>,
+    tls_watcher: Option<CertWatcher>,
+    #[cfg(unix)]
+    hangups: tokio::signal::unix::Signal,
+    grpc_listener: TcpListener,
+    metrics_listener: TcpListener,
+}
+
+impl Server {
+    /// Starts everything `config` asks for except serving: reads the TLS files, compiles
+    /// the `[ext_authz]` table, loads the policy directory (logging its warnings), opens
+    /// the audit log, starts watching, installs the SIGHUP handler and binds both ports
+    /// (port 0 picks a free one: see [`Server::grpc_addr`]).
+    pub async fn bind(config: Config) -> Result<Self, ServeError> {
+        let tls = match &config.tls {
+            Some(tls) => Some(Arc::new(ServerTls::load(tls.files.clone())?)),
+            None => None,
+        };
+        // Rotations are followed for as long as the server runs.
+        let tls_watcher = match &tls {
+            Some(tls) => Some(CertWatcher::start(tls.clone()).map_err(ServeError::TlsWatch)?),
+            None => None,
+        };
+        let options = LoadOptions::new(config.policy_validation, &config.limits);
+        let (store, warnings) = PolicyStore::open(&config.policies, options).map_err(|source| {
+            ServeError::Policies {
+                dir: config.policies.clone(),
+                source,
+            }
+        })?;
+        for warning in warnings {
+            tracing::warn!(location = %warning.location, "{}", warning.message);
+        }
+        let store = Arc::new(store);
+        let metrics = Metrics::new();
+        metrics.started(&summary(&store.current()));
+        let audit = AuditLog::start(&config.audit, metrics.clone()).map_err(ServeError::Audit)?;
+        let telemetry = Telemetry {
+            metrics: metrics.clone(),
+            audit: Arc::new(audit),
+        };
+        let decider = Arc::new(Decider::for_config(&config, telemetry));
+        let grpc = GrpcPort::new(&config, store.clone(), decider.clone()).await?;
+        let watch = WatchOptions {
+            watch_files: config.watch,
+            ..WatchOptions::default()
+        };
+        let counted = metrics.clone();
+        let watcher = Watcher::start(
+            store.clone(),
+            watch,
+            Box::new(move |rebuilt| match rebuilt {
+                Rebuilt::Unchanged => counted.reloaded(ReloadResult::Success),
+                Rebuilt::Swapping(snapshot) => {
+                    counted.reloaded(ReloadResult::Success);
+                    counted.serving(&summary(snapshot));
+                }
+                Rebuilt::Failed(_) => counted.reloaded(ReloadResult::Failure),
+            }),
+        )?;
+        #[cfg(unix)]
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(ServeError::Signal)?;
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Listen { addr, what, source })
+        };
+        let grpc_listener = bind(config.listen, "").await?;
+        let metrics_listener = bind(config.metrics_listen, " for metrics").await?;
+        Ok(Self {
+            config,
+            store,
+            decider,
+            metrics,
+            watcher: Arc::new(watcher),
+            grpc,
+            tls,
+            tls_watcher,
+            #[cfg(unix)]
+            hangups,
+            grpc_listener,
+            metrics_listener,
+        })
+    }
+
+    /// The address the gRPC port listens on.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The address of the metrics endpoint.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The store whose snapshot is served.
+    pub fn store(&self) -> &Arc<PolicyStore> {
+        &self.store
+    }
+
+    /// The policy watcher, to ask for a reload (as SIGHUP does).
+    pub fn watcher(&self) -> &Arc<Watcher> {
+        &self.watcher
+    }
+
+    /// The gRPC port's services.
+    pub fn grpc(&self) -> &GrpcPort {
+        &self.grpc
+    }
+
+    /// The decider the front ends answer with.
+    pub fn decider(&self) -> &Arc<Decider> {
+        &self.decider
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down in the order the module docs
+    /// give.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let Self {
+            config,
+            store,
+            decider,
+            metrics,
+            watcher,
+            grpc,
+            tls,
+            tls_watcher,
+            #[cfg(unix)]
+            mut hangups,
+            grpc_listener,
+            metrics_listener,
+        } = self;
+        #[cfg(unix)]
+        let reloads = {
+            let watcher = watcher.clone();
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!(signal = "SIGHUP", "reload requested");
+                    watcher.reload_now();
+                }
+            })
+        };
+        let snapshot = store.current();
+        let (addr, metrics_addr) = (grpc_listener.local_addr(), metrics_listener.local_addr());
+        let (Ok(addr), Ok(metrics_addr)) = (addr, metrics_addr) else {
+            unreachable!("a bound listener has an address");
+        };
+        tracing::info!(
+            %addr,
+            %metrics_addr,
+            policies = %store.dir().display(),
+            watch = config.watch,
+            policy_version = snapshot.version(),
+            policy_count = snapshot.policy_count(),
+            entity_count = snapshot.entity_count(),
+            schema_loaded = snapshot.schema().is_some(),
+            "listening"
+        );
+        drop(snapshot);
+
+        let (stopping, stopping_rx) = watch::channel(false);
+        let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics_server = tokio::spawn(serve_metrics(
+            metrics.clone(),
+            stopping_rx,
+            metrics_listener,
+            async {
+                let _ = metrics_stopped.await;
+            },
+        ));
+        grpc.serve(&config, grpc_listener, tls, metrics, shutdown, stopping)
+            .await;
+        let _ = stop_metrics.send(());
+        let _ = metrics_server.await;
+        // Stop the SIGHUP loop first, so the watcher below is the last handle and stops now.
+        #[cfg(unix)]
+        {
+            reloads.abort();
+            let _ = reloads.await;
+        }
+        drop(watcher);
+        drop(tls_watcher);
+        drop(decider);
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Serves `config` until `shutdown` resolves: [`Server::bind`], then [`Server::run`].
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    Server::bind(config).await?.run(shutdown).await
+}
