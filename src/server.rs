@@ -114,11 +114,6 @@ impl Server {
             Some(tls) => Some(Arc::new(ServerTls::load(tls.files.clone())?)),
             None => None,
         };
-        // Rotations are followed for as long as the server runs.
-        let tls_watcher = match &tls {
-            Some(tls) => Some(CertWatcher::start(tls.clone()).map_err(ServeError::TlsWatch)?),
-            None => None,
-        };
         let options = LoadOptions::new(config.policy_validation, &config.limits);
         let (store, warnings) = PolicyStore::open(&config.policies, options).map_err(|source| {
             ServeError::Policies {
@@ -132,6 +127,13 @@ impl Server {
         let store = Arc::new(store);
         let metrics = Metrics::new();
         metrics.started(&summary(&store.current()));
+        // Rotations are followed for as long as the server runs.
+        let tls_watcher = match &tls {
+            Some(tls) => Some(
+                CertWatcher::start(tls.clone(), metrics.clone()).map_err(ServeError::TlsWatch)?,
+            ),
+            None => None,
+        };
         let audit = AuditLog::start(&config.audit, metrics.clone()).map_err(ServeError::Audit)?;
         let telemetry = Telemetry {
             metrics: metrics.clone(),

@@ -306,13 +306,22 @@ async fn a_rotated_certificate_is_served_to_new_connections_without_a_restart() 
     ));
     assert!(decides(&server, &new_ca, None).await.is_err());
 
-    // A broken rotation (a key that does not go with the certificate) is refused: the
-    // old certificate keeps serving.
+    // A broken rotation (a key that does not go with the certificate) is refused: once
+    // the server has read it and counted the failure, the old certificate still serves.
     let (new_cert, new_key) = new_ca.server();
     let (_, wrong_key) = new_ca.server();
     std::fs::write(&files.key, &wrong_key).unwrap();
     std::fs::write(&files.cert, &new_cert).unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    eventually(
+        Duration::from_secs(10),
+        "the broken rotation to be refused",
+        || async {
+            let text = server.metrics_text().await;
+            let failures = metric(&text, r#"cedar_pdp_tls_reloads_total{result="failure"}"#);
+            (failures >= Some(1.0)).then_some(())
+        },
+    )
+    .await;
     assert_eq!(decides(&server, &old_ca, None).await, Ok(true));
 
     // Completing it: new connections get the new certificate.

@@ -36,6 +36,8 @@ use rustls::{
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
+use crate::telemetry::{Metrics, metrics::TlsReload};
+
 pub use crate::config::TlsFiles;
 
 /// A TLS configuration that cannot be used, naming the file and the problem.
@@ -71,8 +73,6 @@ pub struct ServerTls {
     /// Hash of the three files' contents as last loaded, to tell a real change from a
     /// touch.
     loaded: Mutex<[u8; 32]>,
-    /// Times the files were read again.
-    rereads: AtomicU64,
 }
 
 impl ServerTls {
@@ -83,7 +83,6 @@ impl ServerTls {
             files,
             current: ArcSwap::from_pointee(config),
             loaded: Mutex::new(hash),
-            rereads: AtomicU64::new(0),
         })
     }
 
@@ -103,7 +102,6 @@ impl ServerTls {
     pub fn reload(&self) -> Result<bool, TlsError> {
         // Held across the build, so that two reloads cannot store out of order.
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        self.rereads.fetch_add(1, Ordering::Relaxed);
         let (config, hash) = build(&self.files)?;
         if *loaded == hash {
             return Ok(false);
@@ -111,11 +109,6 @@ impl ServerTls {
         self.current.store(Arc::new(config));
         *loaded = hash;
         Ok(true)
-    }
-
-    /// How many times [`ServerTls::reload`] has read the files (for tests and debugging).
-    pub fn rereads(&self) -> u64 {
-        self.rereads.load(Ordering::Relaxed)
     }
 
     /// An acceptor with the current configuration, for one new connection.
@@ -222,6 +215,16 @@ fn build(files: &TlsFiles) -> Result<(ServerConfig, [u8; 32]), TlsError> {
 pub struct CertWatcher {
     // Dropping the watcher drops the only sender, which ends the reloading thread.
     _watcher: notify::RecommendedWatcher,
+    seen: Arc<Seen>,
+}
+
+/// What the watch has been told, for seeing that it judged events right.
+#[derive(Debug, Default)]
+struct Seen {
+    /// File-system events received.
+    events: AtomicU64,
+    /// Those that may mean a change, each of which leads to a reload.
+    changes: AtomicU64,
 }
 
 /// How long the certificate folders must be quiet before a reload: a rotation writes
@@ -250,19 +253,29 @@ fn may_change(event: &notify::Result<notify::Event>) -> bool {
     }
 }
 
-/// Reloads `tls` and logs the outcome; a failure is logged once until it changes (the
-/// files stay broken across rechecks), and its message is returned for that comparison.
-fn reload_and_log(tls: &ServerTls, last_error: Option<String>) -> Option<String> {
+/// Reloads `tls`, counts the outcome in `metrics` and logs it; a failure is logged once
+/// until it changes (the files stay broken across rechecks), and its message is returned
+/// for that comparison.
+fn reload_and_log(
+    tls: &ServerTls,
+    metrics: &Metrics,
+    last_error: Option<String>,
+) -> Option<String> {
     match tls.reload() {
         Ok(changed) => {
             if changed {
+                metrics.tls_reloaded(TlsReload::Changed);
                 tracing::info!("TLS files changed: new connections use the new certificate");
-            } else if last_error.is_some() {
-                tracing::info!("TLS files usable again; the serving certificate is unchanged");
+            } else {
+                metrics.tls_reloaded(TlsReload::Unchanged);
+                if last_error.is_some() {
+                    tracing::info!("TLS files usable again; the serving certificate is unchanged");
+                }
             }
             None
         }
         Err(err) => {
+            metrics.tls_reloaded(TlsReload::Failure);
             let message = err.to_string();
             if last_error.as_deref() != Some(message.as_str()) {
                 tracing::error!(
@@ -276,12 +289,16 @@ fn reload_and_log(tls: &ServerTls, last_error: Option<String>) -> Option<String>
 }
 
 impl CertWatcher {
-    /// Watches the folders of `tls`'s files.
-    pub fn start(tls: Arc<ServerTls>) -> Result<Self, notify::Error> {
+    /// Watches the folders of `tls`'s files, counting each re-read in `metrics`.
+    pub fn start(tls: Arc<ServerTls>, metrics: Metrics) -> Result<Self, notify::Error> {
         let (events, receiver) = mpsc::channel::<()>();
+        let seen = Arc::new(Seen::default());
+        let counted = seen.clone();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                counted.events.fetch_add(1, Ordering::Relaxed);
                 if may_change(&event) {
+                    counted.changes.fetch_add(1, Ordering::Relaxed);
                     let _ = events.send(());
                 }
             })?;
@@ -308,7 +325,7 @@ impl CertWatcher {
             .name("tls-watch".to_owned())
             .spawn(move || {
                 // A change between the start-up load and the watch is caught here.
-                let mut last_error = reload_and_log(&tls, None);
+                let mut last_error = reload_and_log(&tls, &metrics, None);
                 loop {
                     match receiver.recv_timeout(RECHECK) {
                         Ok(()) => {
@@ -320,11 +337,24 @@ impl CertWatcher {
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     }
-                    last_error = reload_and_log(&tls, last_error);
+                    last_error = reload_and_log(&tls, &metrics, last_error);
                 }
             })
             .map_err(notify::Error::io)?;
-        Ok(Self { _watcher: watcher })
+        Ok(Self {
+            _watcher: watcher,
+            seen,
+        })
+    }
+
+    /// File-system events received so far in the watched folders.
+    pub fn events_seen(&self) -> u64 {
+        self.seen.events.load(Ordering::Relaxed)
+    }
+
+    /// Of those, the ones taken as a possible change (each leads to a reload).
+    pub fn changes_seen(&self) -> u64 {
+        self.seen.changes.load(Ordering::Relaxed)
     }
 }
 
@@ -333,6 +363,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::{CertWatcher, ServerTls, TlsFiles};
+    use crate::telemetry::Metrics;
 
     fn write_pair(dir: &std::path::Path) {
         let key = rcgen::KeyPair::generate().unwrap();
@@ -342,6 +373,28 @@ mod tests {
             .unwrap();
         std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
         std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+    }
+
+    /// The value of `cedar_pdp_tls_reloads_total{result}`.
+    fn reloads(metrics: &Metrics, result: &str) -> f64 {
+        let series = format!("cedar_pdp_tls_reloads_total{{result=\"{result}\"}} ");
+        metrics
+            .render()
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str())?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Polls `done` until it holds, for at most 10 s.
+    fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not happen within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
@@ -354,31 +407,29 @@ mod tests {
             client_ca: None,
         };
         let tls = std::sync::Arc::new(ServerTls::load(files.clone()).unwrap());
-        let _watcher = CertWatcher::start(tls.clone()).unwrap();
-        // The start-up check.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tls.rereads() < 1 {
-            assert!(Instant::now() < deadline, "no start-up check");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // Others reading the files (and the reload's own reads) start no reload loop.
+        let metrics = Metrics::new();
+        let watcher = CertWatcher::start(tls.clone(), metrics.clone()).unwrap();
+        until("the start-up check", || {
+            reloads(&metrics, "unchanged") == 1.0
+        });
+        // Others reading the files (and the reload's own reads, which are no different)
+        // start no reload: once the watch has been told of every read (an open each, at
+        // least), none of them was taken for a change.
+        let (events, changes) = (watcher.events_seen(), watcher.changes_seen());
         for _ in 0..5 {
             std::fs::read(&files.cert).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(1500));
-        assert_eq!(tls.rereads(), 1, "reads were taken for changes");
+        until("the reads' events", || watcher.events_seen() >= events + 5);
+        assert_eq!(
+            watcher.changes_seen(),
+            changes,
+            "reads were taken for changes"
+        );
+        assert_eq!(reloads(&metrics, "unchanged"), 1.0);
 
         write_pair(dir.path());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tls.rereads() < 2 {
-            assert!(Instant::now() < deadline, "a write was not seen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        std::thread::sleep(Duration::from_millis(1500));
-        assert!(
-            tls.rereads() <= 3,
-            "{} rereads after one rotation",
-            tls.rereads()
-        );
+        until("the rotation", || reloads(&metrics, "changed") == 1.0);
+        assert!(watcher.changes_seen() > changes);
+        assert_eq!(reloads(&metrics, "failure"), 0.0);
     }
 }

@@ -40,6 +40,10 @@ pub const ENTITIES_LOADED: &str = "cedar_pdp_entities_loaded";
 /// `calls_in_flight`: decision calls received and not yet answered, queued ones included;
 /// refused past `max_concurrent_calls`.
 pub const CALLS_IN_FLIGHT: &str = "cedar_pdp_calls_in_flight";
+/// `tls_reloads_total{result}`: re-reads of the gRPC port's TLS files (on a change or the
+/// periodic check), by outcome: `changed` (new connections get the new files),
+/// `unchanged`, or `failure` (unusable files; the previous ones keep serving).
+pub const TLS_RELOADS: &str = "cedar_pdp_tls_reloads_total";
 /// `policy_info{version}`: 1, labelled with the serving version; only that one series is
 /// exported, so the label cannot pile up values as versions come and go.
 pub const POLICY_INFO: &str = "cedar_pdp_policy_info";
@@ -163,6 +167,29 @@ pub struct PolicySetSummary<'a> {
     pub loaded_at: SystemTime,
 }
 
+/// The `result` label of [`TLS_RELOADS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsReload {
+    /// The files changed and new connections get them.
+    Changed,
+    /// The files hold what is already served.
+    Unchanged,
+    /// The files cannot be used; the previous ones keep serving.
+    Failure,
+}
+
+impl TlsReload {
+    const ALL: [TlsReload; 3] = [TlsReload::Changed, TlsReload::Unchanged, TlsReload::Failure];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Changed => "changed",
+            Self::Unchanged => "unchanged",
+            Self::Failure => "failure",
+        }
+    }
+}
+
 /// The service's metrics; cheap to clone, every clone counts into the same registry.
 #[derive(Clone)]
 pub struct Metrics {
@@ -181,6 +208,7 @@ struct Inner {
     reload_failure: Counter,
     last_success: Gauge,
     last_successful: Gauge,
+    tls_reloads: [Counter; TlsReload::ALL.len()],
     policies_loaded: Gauge,
     entities_loaded: Gauge,
     /// The count of decision calls in flight that the gRPC port's admission keeps (a
@@ -243,6 +271,10 @@ impl Metrics {
         describe_counter(
             AUDIT_DROPPED,
             "Audit records dropped because the audit queue was full or the sink refused them.",
+        );
+        describe_counter(
+            TLS_RELOADS,
+            "Re-reads of the gRPC port's TLS files, by result: changed (new connections get the new files), unchanged, or failure (unusable files; the previous ones keep serving).",
         );
         describe_counter(
             POLICY_RELOADS,
@@ -314,6 +346,8 @@ impl Metrics {
             reload_success: reload(ReloadResult::Success),
             reload_failure: reload(ReloadResult::Failure),
             last_success: gauge(POLICY_LAST_RELOAD_SUCCESS),
+            tls_reloads: TlsReload::ALL
+                .map(|r| zero(counter(TLS_RELOADS, vec![Label::new("result", r.label())]))),
             last_successful: gauge(POLICY_LAST_RELOAD_SUCCESSFUL),
             policies_loaded: gauge(POLICIES_LOADED),
             entities_loaded: gauge(ENTITIES_LOADED),
@@ -399,6 +433,11 @@ impl Metrics {
             .serving_version
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = set.version.to_owned();
+    }
+
+    /// Counts one re-read of the TLS files and its result.
+    pub fn tls_reloaded(&self, result: TlsReload) {
+        self.inner.tls_reloads[result as usize].increment(1);
     }
 
     /// Counts one rebuild of the policy directory and its result.

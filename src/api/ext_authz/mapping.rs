@@ -11,6 +11,8 @@
 use std::{borrow::Cow, net::IpAddr, str::FromStr};
 
 use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
+use http::uri::Authority;
+use percent_encoding::percent_decode_str;
 use prost_types::{Struct, value::Kind};
 use serde_json::{Map, Value as Json};
 
@@ -433,7 +435,7 @@ impl<'a> HttpView<'a> {
             decoded.push(segment);
         }
         let path = normalize(raw);
-        let host = strip_port(&http.host).to_ascii_lowercase();
+        let host = host_of(&http.host).to_ascii_lowercase();
         let mut view = Self {
             http,
             method,
@@ -485,45 +487,44 @@ pub(super) fn header<'a>(http: &'a HttpRequest, name: &str) -> Option<Cow<'a, st
     Some(Cow::Owned(values.collect::<Vec<_>>().join(",")))
 }
 
-/// `host[:port]` or `[v6]:port` without the port.
-fn strip_port(authority: &str) -> &str {
-    if authority.starts_with('[') {
-        return authority
-            .find(']')
-            .map_or(authority, |end| &authority[..=end]);
+/// The host of an HTTP authority (`host[:port]`, `[v6]:port`, with any user info left
+/// out), as `http` parses it; an authority `http` refuses is taken whole (it then matches
+/// no route host and names a resource no policy expects).
+fn host_of(authority: &str) -> String {
+    match Authority::from_str(authority) {
+        Ok(parsed) => parsed.host().to_owned(),
+        Err(_) => authority.to_owned(),
     }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    }
+}
+
+/// Whether every `%` in `text` starts an escape of two hex digits (`percent-encoding`
+/// passes a malformed one through as it is; a path Envoy sends never has one).
+fn escapes_well_formed(text: &str) -> bool {
+    text.match_indices('%').all(|(i, _)| {
+        text.as_bytes()
+            .get(i + 1..i + 3)
+            .is_some_and(|digits| digits.iter().all(u8::is_ascii_hexdigit))
+    })
 }
 
 /// Percent-decodes `text`; `None` for a bad escape or a result that is not UTF-8.
 fn percent_decode(text: &str) -> Option<String> {
-    if !text.contains('%') {
-        return Some(text.to_owned());
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            out.push(hex_byte(bytes.get(i + 1..i + 3)?)?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// The byte two hex digits spell (`from_str_radix` alone would take `+1`).
-fn hex_byte(digits: &[u8]) -> Option<u8> {
-    if digits.len() != 2 || !digits.iter().all(u8::is_ascii_hexdigit) {
+    if !escapes_well_formed(text) {
         return None;
     }
-    u8::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    percent_decode_str(text)
+        .decode_utf8()
+        .ok()
+        .map(Cow::into_owned)
+}
+
+/// The byte the escape at the start of `escape` (`%` and two hex digits) stands for.
+fn escaped_byte(escape: &str) -> Option<u8> {
+    let digits = escape.get(1..3)?;
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u8::from_str_radix(digits, 16).ok()
 }
 
 /// `raw` with escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) decoded, so that
@@ -537,7 +538,7 @@ fn normalize(raw: &str) -> Cow<'_, str> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%'
-            && let Some(b) = bytes.get(i + 1..i + 3).and_then(hex_byte)
+            && let Some(b) = escaped_byte(&raw[i..])
             && (b.is_ascii_alphanumeric() || b"-._~".contains(&b))
         {
             out.push(char::from(b));

@@ -6,6 +6,16 @@ fn escapes_of_unreserved_characters_are_decoded_and_others_kept() {
     assert_eq!(percent_decode("a%2Fb").as_deref(), Some("a/b"));
     assert_eq!(percent_decode("%+1"), None);
     assert_eq!(percent_decode("%ff"), None, "not UTF-8");
+    assert_eq!(percent_decode("%4"), None, "cut short");
+}
+
+#[test]
+fn the_host_is_the_authority_without_port_or_user_info() {
+    assert_eq!(host_of("docs.example.com"), "docs.example.com");
+    assert_eq!(host_of("Docs.Example.com:443"), "Docs.Example.com");
+    assert_eq!(host_of("[::1]:8080"), "[::1]");
+    assert_eq!(host_of("user@docs.example.com:1"), "docs.example.com");
+    assert_eq!(host_of("not a host"), "not a host");
 }
 
 use crate::{

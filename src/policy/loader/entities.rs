@@ -1,0 +1,118 @@
+//! `entities.json`: the stored entities, checked against the limits (count, parent chain)
+//! before Cedar builds them, and validated against the schema.
+
+use cedar_policy::{Entities, Schema};
+
+use super::{
+    LoadOptions,
+    policies::array_element_starts,
+    read::{Kind, Source},
+};
+use crate::policy::{Location, Problem, describe, entity_json::json_uid_and_parents, hierarchy};
+
+/// The stored entities and how many `entities.json` held, or `None` after reporting why
+/// they cannot be loaded.
+pub(super) fn load_entities(
+    sources: &[Source],
+    schema: Option<&Schema>,
+    options: &LoadOptions,
+    problems: &mut Vec<Problem>,
+) -> Option<(Entities, usize)> {
+    let Some(source) = sources.iter().find(|s| s.kind == Kind::Entities) else {
+        return match Entities::from_entities([], schema) {
+            Ok(entities) => Some((entities, 0)),
+            Err(e) => {
+                problems.push(Problem::new(
+                    Location::file("(schema actions)"),
+                    e.to_string(),
+                ));
+                None
+            }
+        };
+    };
+    let mut fail = |location: Location, message: String| {
+        problems.push(Problem::new(location, message));
+        None
+    };
+    let json: serde_json::Value = match serde_json::from_str(&source.text) {
+        Ok(json) => json,
+        Err(e) => {
+            let location = Location {
+                file: source.rel.clone(),
+                line: Some(e.line().max(1)),
+                // serde_json says column 0 for an error at the start of a line.
+                column: Some(e.column().max(1)),
+            };
+            return fail(location, format!("invalid JSON: {e}"));
+        }
+    };
+    let Some(list) = json.as_array() else {
+        return fail(
+            Location::file(source.rel.clone()),
+            "must be a JSON array of entities".to_owned(),
+        );
+    };
+    if list.len() > options.max_store_entities {
+        return fail(
+            Location::file(source.rel.clone()),
+            format!(
+                "holds {} entities, more than the limit of {} (max_store_entities)",
+                list.len(),
+                options.max_store_entities
+            ),
+        );
+    }
+    let nodes: Vec<(String, Vec<String>)> = list.iter().filter_map(json_uid_and_parents).collect();
+    if let Err(e) = hierarchy::check(&nodes, options.max_ancestor_depth) {
+        return fail(
+            Location::file(source.rel.clone()),
+            format!("{e} (max_ancestor_depth)"),
+        );
+    }
+    let count = list.len();
+    match Entities::from_json_value(json.clone(), schema) {
+        Ok(entities) => Some((entities, count)),
+        Err(e) => {
+            let found = entity_problems(source, list, schema);
+            if found.is_empty() {
+                fail(Location::file(source.rel.clone()), describe(&e))
+            } else {
+                problems.extend(found);
+                None
+            }
+        }
+    }
+}
+
+/// Every entity of `list` (the parsed text of `source`) that fails on its own, each
+/// located at its line: Cedar stops at the first bad entity and does not say where it is.
+/// Empty when each entity is fine alone (the fault is between entities, e.g. a uid used
+/// twice), and the caller then reports Cedar's message for the whole file.
+pub(super) fn entity_problems(
+    source: &Source,
+    list: &[serde_json::Value],
+    schema: Option<&Schema>,
+) -> Vec<Problem> {
+    let starts = array_element_starts(&source.text);
+    let location = |i: usize| match starts.get(i) {
+        Some(&offset) if starts.len() == list.len() => {
+            Location::at_offset(source.rel.clone(), &source.text, offset)
+        }
+        _ => Location::file(source.rel.clone()),
+    };
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, entity)| {
+            let alone = serde_json::Value::Array(vec![entity.clone()]);
+            let e = Entities::from_json_value(alone, schema).err()?;
+            let name = json_uid_and_parents(entity).map_or_else(
+                || format!("entity [{i}]"),
+                |(uid, _)| format!("entity {uid}"),
+            );
+            Some(Problem::new(
+                location(i),
+                format!("{name}: {}", describe(&e)),
+            ))
+        })
+        .collect()
+}

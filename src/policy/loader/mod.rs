@@ -1,0 +1,124 @@
+//! Reads a policy directory into a [`Snapshot`], or into the list of everything wrong
+//! with it.
+//!
+//! The rules (see the README, "Policy directory"): `*.cedar` files anywhere except the
+//! top-level `tests/` folder and hidden entries; at most one `*.cedarschema` or
+//! `*.cedarschema.json` and an optional `entities.json`, both at the top. A policy's id is
+//! its `@id("…")` annotation, else its file's relative path without `.cedar` and its
+//! 0-based position in the file (`tenants/acme.2`). The version is a hash of every file
+//! read, so unchanged content always gives the same version.
+
+mod entities;
+mod policies;
+mod read;
+mod schema;
+
+use std::{path::Path, time::SystemTime};
+
+pub(crate) use self::policies::{parse_problems, too_deep};
+use self::{
+    entities::load_entities,
+    policies::parse_policies,
+    schema::{parse_schema, validate_policies},
+};
+pub use self::{
+    policies::MAX_POLICY_NESTING,
+    read::{Sources, read_dir},
+};
+use super::{LoadError, PolicyValidation, Problem, Snapshot, index::PolicyIndex};
+
+/// How to load a policy directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Policy validation against the schema.
+    pub validation: PolicyValidation,
+    /// Most entities `entities.json` may hold.
+    pub max_store_entities: usize,
+    /// Longest parent chain allowed in `entities.json`.
+    pub max_ancestor_depth: usize,
+}
+
+impl LoadOptions {
+    /// Options from the configured validation mode and limits.
+    pub fn new(validation: PolicyValidation, limits: &crate::config::Limits) -> Self {
+        Self {
+            validation,
+            max_store_entities: limits.max_store_entities,
+            max_ancestor_depth: limits.max_ancestor_depth,
+        }
+    }
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self::new(PolicyValidation::Strict, &crate::config::Limits::default())
+    }
+}
+
+/// A loaded snapshot and the problems that did not stop it loading (validation problems
+/// under `warn`, Cedar's validation and schema warnings).
+#[derive(Debug)]
+pub struct Loaded {
+    /// The new snapshot.
+    pub snapshot: Snapshot,
+    /// Problems worth logging.
+    pub warnings: Vec<Problem>,
+}
+
+/// Reads and validates the whole directory at `dir`.
+pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Loaded, LoadError> {
+    build(&read_dir(dir)?, options)
+}
+
+/// Parses and validates what [`read_dir`] read into a snapshot: the CPU half of
+/// [`load_dir`].
+pub fn build(read: &Sources, options: &LoadOptions) -> Result<Loaded, LoadError> {
+    let sources = &read.sources;
+    let mut problems = read.problems.clone();
+    let mut warnings = Vec::new();
+
+    let policies = parse_policies(sources, &mut problems);
+    let parsed = parse_schema(sources, &mut problems, &mut warnings);
+    let (schema, schema_shape) = match parsed {
+        Ok(Some((schema, shape))) => (Ok(Some(schema)), shape),
+        Ok(None) => (Ok(None), None),
+        Err(()) => (Err(()), None),
+    };
+    // Policies that parsed are validated even when others did not, so that one run
+    // reports every problem.
+    if let Ok(Some(schema)) = &schema {
+        validate_policies(
+            schema,
+            &policies,
+            sources,
+            options,
+            &mut problems,
+            &mut warnings,
+        );
+    }
+    let entities = match &schema {
+        Ok(schema) => load_entities(sources, schema.as_ref(), options, &mut problems),
+        Err(()) => None,
+    };
+    match (problems.is_empty(), schema, entities) {
+        (true, Ok(schema), Some((entities, entity_count))) => Ok(Loaded {
+            snapshot: Snapshot {
+                policy_locations: policies
+                    .origin
+                    .into_iter()
+                    .map(|(id, origin)| (id.to_string(), origin.location))
+                    .collect(),
+                index: PolicyIndex::new(&policies.set),
+                policies: policies.set,
+                schema_shape,
+                schema,
+                entities,
+                entity_count,
+                version: read.version.clone(),
+                loaded_at: SystemTime::now(),
+            },
+            warnings,
+        }),
+        _ => Err(LoadError::Invalid(problems)),
+    }
+}

@@ -1,0 +1,215 @@
+//! The I/O half of a load: walking the directory and reading every file a snapshot is
+//! built from, with the content hash that becomes its version.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use sha2::{Digest, Sha256};
+
+use crate::policy::{LoadError, Location, Problem};
+
+/// What a file in the directory is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Policies,
+    CedarSchema,
+    JsonSchema,
+    Entities,
+}
+
+/// One file read from the directory.
+pub(super) struct Source {
+    /// Relative path with `/` separators.
+    pub(super) rel: String,
+    pub(super) kind: Kind,
+    pub(super) text: String,
+}
+
+/// Everything a snapshot is built from, read from the directory but not yet parsed: the
+/// I/O half of [`load_dir`], so that a reload can check the directory held still while
+/// it was read before spending time on parsing.
+pub struct Sources {
+    pub(super) sources: Vec<Source>,
+    /// Files that could not be read.
+    pub(super) problems: Vec<Problem>,
+    pub(super) version: String,
+    /// Files opened, whether or not they could then be read.
+    pub(super) opened: usize,
+    /// The latest modification time among the files read.
+    pub(super) newest: Option<SystemTime>,
+}
+
+impl Sources {
+    /// The version a snapshot built from these sources has.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Whether every file could be read (else [`build`] reports which could not).
+    pub fn complete(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The latest modification time among the files read, if any could be read.
+    pub fn newest_modification(&self) -> Option<SystemTime> {
+        self.newest
+    }
+
+    /// How many files were opened to read them (an unreadable one included).
+    pub fn opened(&self) -> usize {
+        self.opened
+    }
+
+    /// The files that could not be read (or are misplaced), each as a problem.
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
+    /// The text read from `rel` (relative, `/`-separated), for showing a problem's spot.
+    pub fn text(&self, rel: &str) -> Option<&str> {
+        self.sources
+            .iter()
+            .find(|s| s.rel == rel)
+            .map(|s| s.text.as_str())
+    }
+
+    /// The policy files read (relative path and text), in directory order.
+    pub fn policy_files(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.sources
+            .iter()
+            .filter(|s| s.kind == Kind::Policies)
+            .map(|s| (s.rel.as_str(), s.text.as_str()))
+    }
+}
+
+/// Reads every file a snapshot is built from; only a missing or unusable directory is an
+/// error here, unreadable files are problems reported by [`build`].
+pub fn read_dir(dir: &Path) -> Result<Sources, LoadError> {
+    let meta = fs::metadata(dir).map_err(|source| LoadError::Directory {
+        path: dir.to_owned(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(LoadError::Directory {
+            path: dir.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        });
+    }
+    let mut problems = Vec::new();
+    let mut opened = 0;
+    let mut newest = None;
+    let sources = read_sources(dir, &mut problems, &mut opened, &mut newest);
+    let version = content_hash(&sources);
+    Ok(Sources {
+        sources,
+        problems,
+        version,
+        opened,
+        newest,
+    })
+}
+
+/// Walks the directory (following links, as a Kubernetes ConfigMap volume needs) and reads
+/// every file that belongs to a snapshot, in a stable order.
+pub(super) fn read_sources(
+    dir: &Path,
+    problems: &mut Vec<Problem>,
+    opened: &mut usize,
+    newest: &mut Option<SystemTime>,
+) -> Vec<Source> {
+    let walker = walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|entry| entry.depth() == 0 || !skipped(entry));
+    let mut sources = Vec::new();
+    for entry in walker {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(err) => {
+                let rel = err.path().map_or_else(String::new, |p| relative(dir, p));
+                problems.push(Problem::new(
+                    Location::file(rel),
+                    format!("cannot read: {err}"),
+                ));
+                continue;
+            }
+        };
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy();
+        let top = entry.depth() == 1;
+        let kind = if name.ends_with(".cedar") {
+            Kind::Policies
+        } else if name.ends_with(".cedarschema") {
+            Kind::CedarSchema
+        } else if name.ends_with(".cedarschema.json") {
+            Kind::JsonSchema
+        } else if top && name == "entities.json" {
+            Kind::Entities
+        } else {
+            continue;
+        };
+        let rel = relative(dir, entry.path());
+        if !top && kind != Kind::Policies {
+            problems.push(Problem::new(
+                Location::file(rel),
+                "a schema is read only at the top of the policy directory; move it there",
+            ));
+            continue;
+        }
+        let read = fs::File::open(entry.path()).and_then(|mut file| {
+            *opened += 1;
+            if let Ok(modified) = file.metadata().and_then(|m| m.modified()) {
+                *newest = (*newest).max(Some(modified));
+            }
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut file, &mut text).map(|_| text)
+        });
+        match read {
+            Ok(text) => sources.push(Source { rel, kind, text }),
+            Err(err) => problems.push(Problem::new(
+                Location::file(rel),
+                format!("cannot read: {err}"),
+            )),
+        }
+    }
+    sources
+}
+
+/// Hidden entries (`.git`, a ConfigMap's `..data`) and the top-level `tests/` folder are
+/// not part of a snapshot. A ConfigMap's visible links through `..data` are.
+pub(super) fn skipped(entry: &walkdir::DirEntry) -> bool {
+    let name = entry.file_name().to_string_lossy();
+    name.starts_with('.') || (entry.depth() == 1 && name == "tests" && entry.file_type().is_dir())
+}
+
+pub(super) fn relative(dir: &Path, path: &Path) -> String {
+    let rel: PathBuf = path.strip_prefix(dir).unwrap_or(path).to_owned();
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// SHA-256 over each file's relative path and content, length-prefixed so that no two
+/// different directories hash alike. The first 16 hex digits are the version.
+pub(super) fn content_hash(sources: &[Source]) -> String {
+    let mut hasher = Sha256::new();
+    for source in sources {
+        for part in [source.rel.as_bytes(), source.text.as_bytes()] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+    }
+    hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

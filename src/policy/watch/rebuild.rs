@@ -1,0 +1,246 @@
+//! One rebuild: read the directory, make sure it held still while it was read (no
+//! writer, a fence, a second read with the same hash, nothing modified just now), build
+//! a snapshot and serve it, or keep the last good one and say why.
+
+use std::{
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use notify::EventKind;
+
+use super::{
+    Rebuilt, Signal,
+    run::{Attempt, Run, Wait, jitter},
+    writers::OPEN_HOLD,
+};
+use crate::policy::{LoadError, Loaded, ReloadOutcome, build, read_dir};
+
+impl Run {
+    /// Reads the directory, checks it held still, builds a snapshot and serves it.
+    pub(super) fn attempt(&mut self, forced: bool) -> Attempt {
+        if let Some(files) = &mut self.files
+            && let Err(err) = files.rewatch()
+        {
+            tracing::warn!(dir = %self.dir.display(), error = %err, "cannot watch the policy directory; will try again on the next change");
+        }
+        // Take in every change made so far, so "open for writing" is up to date.
+        if self.fence().is_none() {
+            return Attempt::Stop;
+        }
+        if !forced && self.writers_open() {
+            return Attempt::Held;
+        }
+        let started = Instant::now();
+        let opens_before = self.opens;
+        self.opened_while_reading.clear();
+        self.reading = true;
+        let read = read_dir(self.store.dir());
+        let fresh = read
+            .as_ref()
+            .is_ok_and(|read| modified_just_now(read.newest_modification()));
+        // A write can make its data visible before its event is queued (a truncating
+        // open that blocks, say), so read a second time a little later and compare.
+        let settled = self.changed_until(Instant::now() + self.options.settle);
+        let again = (settled == Some(false)).then(|| read_dir(self.store.dir()));
+        // Fence even when already changed, so this watcher's own opens are all taken in
+        // while they are known to be its own.
+        let fenced = self.fence();
+        self.reading = false;
+        match (settled, fenced) {
+            (None, _) | (_, None) => return Attempt::Stop,
+            (Some(true), _) | (_, Some(true)) => return self.changed(),
+            (Some(false), Some(false)) if fresh => return self.changed(),
+            (Some(false), Some(false)) => {}
+        }
+        let Some(again) = again else {
+            return self.changed();
+        };
+        // Every open of a policy file while reading that was not one of ours may have
+        // been a writer's, whose truncation the reads saw before its event.
+        let ours = [&read, &again]
+            .iter()
+            .map(|r| r.as_ref().map_or(0, |r| r.opened()))
+            .sum::<usize>();
+        if self.opens - opens_before > ours {
+            // Which open was not ours is unknown: hold each file opened meanwhile, a
+            // little longer at random (two servers reading one directory see each
+            // other's opens, and must not keep meeting).
+            let delay = jitter(OPEN_HOLD);
+            for (path, mut opened) in std::mem::take(&mut self.opened_while_reading) {
+                opened.since += delay;
+                let writer = self.writing.entry(path).or_insert(opened);
+                if !writer.wrote {
+                    *writer = opened;
+                }
+            }
+            return self.changed();
+        }
+        let read = match (read, again) {
+            (Ok(read), Ok(again)) if again.version() == read.version() => Ok(read),
+            (Ok(_), _) => return self.changed(),
+            (Err(err), _) => Err(err),
+        };
+        // Told first: whoever sees the new snapshot or error also sees it counted.
+        let built = match read {
+            Ok(read) if read.complete() && read.version() == self.store.current().version() => {
+                // Same content (a touch, an editor's swap file): nothing to parse.
+                (self.on_rebuild)(Rebuilt::Unchanged);
+                self.store.unchanged();
+                tracing::debug!("policy directory read again; content unchanged");
+                return Attempt::Done;
+            }
+            Ok(read) => build(&read, self.store.options()),
+            Err(err) => Err(err),
+        };
+        match built {
+            Ok(Loaded { snapshot, warnings }) => {
+                for warning in &warnings {
+                    tracing::warn!(location = %warning.location, "{}", warning.message);
+                }
+                let policy_count = snapshot.policy_count();
+                let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+                (self.on_rebuild)(Rebuilt::Swapping(&snapshot));
+                if let ReloadOutcome::Swapped {
+                    old_version,
+                    new_version,
+                } = self.store.install(snapshot)
+                {
+                    tracing::info!(
+                        old_version,
+                        new_version,
+                        policy_count,
+                        elapsed_ms,
+                        "policies reloaded"
+                    );
+                }
+            }
+            Err(err) => {
+                (self.on_rebuild)(Rebuilt::Failed(&err));
+                self.store.fail(&err);
+                log_failure(&err, self.store.current().version());
+            }
+        }
+        Attempt::Done
+    }
+
+    pub(super) fn changed(&self) -> Attempt {
+        tracing::debug!("the policy directory changed while it was read; trying again");
+        Attempt::Changed
+    }
+
+    /// Takes in every event queued before now: `Some(true)` if one was a change, `None`
+    /// if the watcher is stopping. With a fence this is exact (see the module docs);
+    /// without, it waits [`WatchOptions::settle`]. A SIGHUP meanwhile is answered by the
+    /// rebuild under way.
+    pub(super) fn fence(&mut self) -> Option<bool> {
+        let mut changed = false;
+        // A marker's own event can be lost with others when the kernel's queue overflows;
+        // then a new marker is made, and waited for instead.
+        'marker: loop {
+            let Some(fence) = self.files.as_mut().and_then(|f| f.fence.as_mut()) else {
+                let settled = self.changed_until(Instant::now() + self.options.settle)?;
+                return Some(changed || settled);
+            };
+            fence.issued += 1;
+            let marker = fence.path().join(fence.issued.to_string());
+            if let Err(err) = std::fs::File::create(&marker) {
+                return self.fence_lost(&err.to_string());
+            }
+            // Its removal is an event too, but not one anybody waits for.
+            let _ = std::fs::remove_file(&marker);
+            let deadline = Instant::now() + FENCE_TIMEOUT;
+            loop {
+                let signal = self
+                    .receiver
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()));
+                match signal {
+                    Ok(Signal::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                    Ok(Signal::ReloadNow) => self.reload_requested = true,
+                    Ok(Signal::Fs(Ok(event)))
+                        if matches!(event.kind, EventKind::Create(_))
+                            && event.paths.contains(&marker) =>
+                    {
+                        return Some(changed);
+                    }
+                    Ok(Signal::Fs(event)) => {
+                        let rescan = event.as_ref().is_ok_and(notify::Event::need_rescan);
+                        changed |= self.note(event);
+                        if rescan {
+                            continue 'marker;
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        return self.fence_lost("its event did not come back in time");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fence failed: drop it (the next rebuild makes a new one), wait a settle period
+    /// instead, and count this read as changed, since it was not checked.
+    pub(super) fn fence_lost(&mut self, why: &str) -> Option<bool> {
+        if let Some(files) = &mut self.files
+            && let Some(fence) = files.fence.take()
+        {
+            tracing::warn!(fence = %fence.path().display(), why, "policy read fence failed; making a new one");
+        }
+        self.changed_until(Instant::now() + self.options.settle)
+            .map(|_| true)
+    }
+
+    /// Takes in signals until `deadline`: `Some(true)` if a change arrived, `None` if the
+    /// watcher is stopping.
+    pub(super) fn changed_until(&mut self, deadline: Instant) -> Option<bool> {
+        let mut changed = false;
+        loop {
+            match self.wait(Some(deadline)) {
+                Wait::Stop => return None,
+                Wait::Change => changed = true,
+                Wait::ReloadNow => self.reload_requested = true,
+                Wait::Timeout => return Some(changed),
+            }
+        }
+    }
+}
+
+/// How old the newest policy file must be before it is read into a snapshot. A truncating
+/// `open` that blocks (on the file system's journal, say) shows the file empty before its
+/// event is queued, and its open event can merge with this watcher's own; a modification
+/// this recent may be such a write still under way.
+pub(super) const SETTLED_AFTER: Duration = Duration::from_millis(25);
+
+/// Whether `modified` is within [`SETTLED_AFTER`] of now. A time in the future (a clock
+/// step, a `touch -d`) does not count, or it would hold reloads back until then.
+pub(super) fn modified_just_now(modified: Option<std::time::SystemTime>) -> bool {
+    let Some(modified) = modified else {
+        return false;
+    };
+    match std::time::SystemTime::now().duration_since(modified) {
+        Ok(age) => age < SETTLED_AFTER,
+        Err(ahead) => ahead.duration() < Duration::from_millis(5),
+    }
+}
+
+/// How long a fence's event may take to come back before the fence is given up.
+pub(super) const FENCE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Logs every problem of a failed rebuild with its file and line.
+pub(super) fn log_failure(err: &LoadError, serving: &str) {
+    match err {
+        LoadError::Invalid(problems) => {
+            for problem in problems {
+                tracing::error!(
+                    location = %problem.location,
+                    serving_version = serving,
+                    "policy reload refused: {}",
+                    problem.message
+                );
+            }
+        }
+        LoadError::Directory { .. } => {
+            tracing::error!(serving_version = serving, "policy reload failed: {err}");
+        }
+    }
+}

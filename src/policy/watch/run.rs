@@ -1,0 +1,375 @@
+//! The watcher thread's loop: waiting for events and signals, noting what they say
+//! (changes, possible writers), debouncing a burst into one rebuild and holding it while
+//! a file is being written.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, mpsc},
+    time::{Duration, Instant},
+};
+
+use notify::{
+    EventKind,
+    event::{AccessKind, AccessMode, ModifyKind, RenameMode},
+};
+
+use super::{
+    OnRebuild, Signal, WatchOptions,
+    files::Files,
+    writers::{Hold, Writer},
+};
+use crate::policy::{PolicyStore, read_dir};
+
+/// The watcher thread's state.
+pub(super) struct Run {
+    pub(super) store: Arc<PolicyStore>,
+    pub(super) on_rebuild: OnRebuild,
+    pub(super) options: WatchOptions,
+    pub(super) dir: PathBuf,
+    pub(super) files: Option<Files>,
+    pub(super) receiver: mpsc::Receiver<Signal>,
+    /// Files the loader reads that someone else has opened or written to and not closed
+    /// since: possible writers.
+    pub(super) writing: HashMap<PathBuf, Writer>,
+    /// Opens of files the loader reads, by anyone (this watcher's reads included).
+    pub(super) opens: usize,
+    /// Between the fences around this watcher's reads: opens then may be its own.
+    pub(super) reading: bool,
+    /// The files opened between those fences, by this watcher or someone else: when the
+    /// count says someone else did, each is held as a possible writer.
+    pub(super) opened_while_reading: Vec<(PathBuf, Writer)>,
+    /// A SIGHUP arrived and is not answered yet (it may have come in while a rebuild was
+    /// reading); the loop answers it with an immediate, forced rebuild.
+    pub(super) reload_requested: bool,
+}
+
+/// What one attempt at a rebuild came to.
+pub(super) enum Attempt {
+    /// Served, found unchanged, or recorded as failed.
+    Done,
+    /// A file is open for writing: look again shortly.
+    Held,
+    /// The directory changed while it was read: try again after the next quiet period.
+    Changed,
+    /// The watcher is stopping.
+    Stop,
+}
+
+/// What waiting for a signal came to.
+pub(super) enum Wait {
+    /// A change to the directory.
+    Change,
+    /// Rebuild now (SIGHUP).
+    ReloadNow,
+    /// Nothing relevant arrived before the deadline.
+    Timeout,
+    /// The watcher is stopping.
+    Stop,
+}
+
+/// A burst of changes waiting for its rebuild.
+pub(super) struct Pending {
+    /// The burst's first change.
+    pub(super) since: Instant,
+    /// Its latest change.
+    pub(super) last_change: Instant,
+    /// Rebuild without waiting for quiet (SIGHUP).
+    pub(super) immediate: bool,
+    /// Rebuild even while files are open for writing (SIGHUP).
+    pub(super) forced: bool,
+    /// When files open for writing began holding the rebuild back, and whether that has
+    /// been logged.
+    pub(super) held: Option<(Instant, bool)>,
+    /// While held: when to look again.
+    pub(super) next_try: Option<Instant>,
+}
+
+impl Pending {
+    pub(super) fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            last_change: now,
+            immediate: false,
+            forced: false,
+            held: None,
+            next_try: None,
+        }
+    }
+}
+
+impl Run {
+    pub(super) fn run(mut self) {
+        let mut pending = match self.changed_before_watch() {
+            None => return,
+            Some(true) => Some(Pending::new(Instant::now())),
+            Some(false) => None,
+        };
+        loop {
+            // A SIGHUP, whether it arrived here or while a rebuild was reading: rebuild now.
+            if std::mem::take(&mut self.reload_requested) {
+                let burst = pending.get_or_insert_with(|| Pending::new(Instant::now()));
+                burst.immediate = true;
+                burst.forced = true;
+                burst.next_try = None;
+            }
+            let deadline = pending.as_ref().map(|p| self.due(p));
+            match self.wait(deadline) {
+                Wait::Stop => return,
+                Wait::Change => {
+                    let now = Instant::now();
+                    pending.get_or_insert_with(|| Pending::new(now)).last_change = now;
+                }
+                Wait::ReloadNow => self.reload_requested = true,
+                Wait::Timeout => {
+                    let Some(burst) = pending.as_mut() else {
+                        continue;
+                    };
+                    match self.attempt(burst.forced) {
+                        Attempt::Stop => return,
+                        Attempt::Done => pending = None,
+                        Attempt::Held => self.hold(burst),
+                        Attempt::Changed => {
+                            // Start over as a new burst, keeping only "ignore open files",
+                            // a little later at random: two servers reading one directory
+                            // must not keep meeting.
+                            let forced = burst.forced;
+                            *burst = Pending::new(Instant::now());
+                            burst.forced = forced;
+                            burst.last_change += jitter(self.options.quiet);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the directory differs from the snapshot loaded before the watch began
+    /// (changes made in between left no events): compared by version, nothing parsed and
+    /// nothing counted. `None` if the watcher is stopping.
+    pub(super) fn changed_before_watch(&mut self) -> Option<bool> {
+        self.reading = true;
+        let read = read_dir(self.store.dir());
+        let fenced = self.fence();
+        self.reading = false;
+        // A change seen meanwhile counts as well: the read may have missed it.
+        let changed_meanwhile = fenced?;
+        let serving = self.store.current();
+        Some(
+            changed_meanwhile
+                || read.map_or(true, |read| {
+                    !read.complete() || read.version() != serving.version()
+                }),
+        )
+    }
+
+    /// When the burst's rebuild is due: after quiet, but no later than `max_wait` after
+    /// its first change.
+    pub(super) fn due(&self, burst: &Pending) -> Instant {
+        if let Some(next_try) = burst.next_try {
+            return next_try;
+        }
+        if burst.immediate {
+            return burst.since;
+        }
+        (burst.last_change + self.options.quiet).min(burst.since + self.options.max_wait)
+    }
+
+    /// Waits for the next relevant signal until `deadline` (forever if `None`).
+    pub(super) fn wait(&mut self, deadline: Option<Instant>) -> Wait {
+        loop {
+            let signal = match deadline {
+                None => self
+                    .receiver
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                Some(deadline) => self
+                    .receiver
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now())),
+            };
+            match signal {
+                Ok(Signal::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Wait::Stop;
+                }
+                Ok(Signal::ReloadNow) => return Wait::ReloadNow,
+                Ok(Signal::Fs(event)) => {
+                    if self.note(event) {
+                        return Wait::Change;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => return Wait::Timeout,
+            }
+        }
+    }
+
+    /// Whether a file the loader reads may be open for writing. Writes left open longer
+    /// than [`WatchOptions::write_hold`] are taken as abandoned and stop counting; opens
+    /// with no write stop counting after [`OPEN_HOLD`].
+    pub(super) fn writers_open(&mut self) -> bool {
+        let now = Instant::now();
+        let hold = self.options.write_hold;
+        let mut holding = false;
+        self.writing
+            .retain(|path, writer| match writer.holds(path, now, hold) {
+                Hold::Yes => {
+                    holding = true;
+                    true
+                }
+                Hold::No => true,
+                Hold::Forget => false,
+                Hold::Abandoned => {
+                    tracing::warn!(
+                        file = %path.display(),
+                        hold_seconds = hold.as_secs_f64(),
+                        "a policy file was opened for writing and left open; reloading without waiting for it"
+                    );
+                    false
+                }
+            });
+        holding
+    }
+
+    /// Puts the burst's rebuild off a little while files are open for writing (their
+    /// close is a change and brings it forward); a hold of over a second is logged once.
+    pub(super) fn hold(&self, burst: &mut Pending) {
+        let now = Instant::now();
+        let (since, logged) = burst.held.get_or_insert((now, false));
+        if !*logged && now.duration_since(*since) >= Duration::from_secs(1) {
+            *logged = true;
+            let files: Vec<_> = self
+                .writing
+                .iter()
+                .filter(|(path, writer)| {
+                    writer.holds(path, now, self.options.write_hold) == Hold::Yes
+                })
+                .map(|(path, _)| path.display().to_string())
+                .collect();
+            tracing::info!(?files, "reload waits for files still open for writing");
+        }
+        let pause = Duration::from_millis(20).min(self.options.quiet);
+        burst.next_try = Some(now + pause.max(Duration::from_millis(1)) + jitter(pause));
+    }
+
+    /// Takes in one `notify` event; `true` if it is a change that calls for a rebuild.
+    pub(super) fn note(&mut self, event: notify::Result<notify::Event>) -> bool {
+        let event = match event {
+            Ok(event) => event,
+            Err(err) => {
+                tracing::warn!(error = %err, "the policy directory watch reported an error; rebuilding");
+                self.forget();
+                return true;
+            }
+        };
+        if event.need_rescan() {
+            // Events were lost: nothing is known about open files or new folders.
+            self.writing.clear();
+            self.forget();
+            return true;
+        }
+        let paths: Vec<&PathBuf> = event.paths.iter().filter(|p| self.concerns(p)).collect();
+        if paths.is_empty() && !event.paths.is_empty() {
+            return false;
+        }
+        if paths.iter().any(|p| **p == self.dir) && !matches!(event.kind, EventKind::Access(_)) {
+            // The directory's own entry changed (moved, removed, replaced): watch anew.
+            self.forget();
+        }
+        // Writes and closes matter only for files the loader reads; a log file or an
+        // editor's swap file next to the policies must not hold reloads back.
+        let loaded: Vec<&PathBuf> = paths
+            .iter()
+            .copied()
+            .filter(|p| is_loaded_name(p))
+            .collect();
+        match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                for path in &loaded {
+                    self.writing.remove(*path);
+                }
+                !loaded.is_empty()
+            }
+            EventKind::Access(AccessKind::Open(_)) => {
+                let now = Instant::now();
+                for path in loaded.into_iter().filter(|p| !p.is_dir()) {
+                    self.opens += 1;
+                    if self.reading {
+                        self.opened_while_reading
+                            .push((path.clone(), Writer::opened(now)));
+                    } else {
+                        // Not this watcher's: a reader, or a writer about to truncate. An
+                        // earlier open's entry with no write is replaced: its holds count
+                        // from this open.
+                        let writer = self
+                            .writing
+                            .entry(path.clone())
+                            .or_insert(Writer::opened(now));
+                        if !writer.wrote {
+                            *writer = Writer::opened(now);
+                        }
+                    }
+                }
+                false
+            }
+            // Other reads change nothing.
+            EventKind::Access(_) => false,
+            EventKind::Modify(ModifyKind::Data(_)) => {
+                let now = Instant::now();
+                for path in &loaded {
+                    self.writing.insert((*path).clone(), Writer::wrote(now));
+                }
+                !loaded.is_empty()
+            }
+            EventKind::Modify(ModifyKind::Metadata(_)) => !loaded.is_empty(),
+            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+                for path in paths {
+                    self.writing.retain(|open, _| !open.starts_with(path));
+                }
+                true
+            }
+            // Creations, renames and anything unknown: entries came or went.
+            _ => true,
+        }
+    }
+
+    /// See [`Files::forget`].
+    pub(super) fn forget(&mut self) {
+        if let Some(files) = &mut self.files {
+            files.forget();
+        }
+    }
+
+    /// Whether a change at `path` can change the snapshot: anything inside the directory
+    /// (hidden entries too: a ConfigMap's `..data` swap) except the top-level `tests/`,
+    /// and the directory's own entry in its parent.
+    pub(super) fn concerns(&self, path: &Path) -> bool {
+        let fence = self.files.as_ref().and_then(|f| f.fence.as_ref());
+        if fence.is_some_and(|fence| path.starts_with(fence.path())) {
+            return false;
+        }
+        match path.strip_prefix(&self.dir) {
+            Ok(rel) => rel
+                .components()
+                .next()
+                .is_none_or(|first| first.as_os_str() != "tests"),
+            Err(_) => false,
+        }
+    }
+}
+
+/// A random pause of up to `bound`, so that retries of two processes drift apart.
+pub(super) fn jitter(bound: Duration) -> Duration {
+    use std::hash::{BuildHasher as _, RandomState};
+    let random = RandomState::new().hash_one(Instant::now());
+    bound.mul_f64((random % 1024) as f64 / 1024.0)
+}
+
+/// Whether the loader reads files with this name (so a write to it must finish first).
+pub(super) fn is_loaded_name(path: &Path) -> bool {
+    path.file_name().is_some_and(|name| {
+        let name = name.to_string_lossy();
+        name.ends_with(".cedar")
+            || name.ends_with(".cedarschema")
+            || name.ends_with(".cedarschema.json")
+            || name == "entities.json"
+    })
+}
