@@ -1146,7 +1146,7 @@ fn checks_always_get_a_check_response_and_malformed_ones_are_never_allowed() {
 /// Found by `is_authorized_answers_…`: a typed value nested past `max_value_depth` in
 /// records was refused by the protobuf decoder (prost stops at 100 nested messages; a
 /// record level is three: `Value`, `Record`, the map entry) before the server's own limit
-/// could, and the caller got INTERNAL. The codec (src/api/codec.rs) now answers
+/// could, and the caller got INTERNAL. The codec (src/proto/codec.rs) now answers
 /// RESOURCE_EXHAUSTED naming `max_value_depth`.
 #[test]
 fn values_nested_past_the_decoder_limit_get_resource_exhausted() {

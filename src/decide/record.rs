@@ -6,7 +6,7 @@
 //! the front end answers them with a deny (ext_authz), with `refused` saying why. Log
 //! lines name the field at fault, never the value sent, which may be a credential.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value as Json};
 
@@ -61,16 +61,7 @@ impl Decider {
                 continue;
             }
             self.telemetry.audit.submit(Record {
-                time: SystemTime::now(),
-                kind: "decision",
-                request_id: call.id.as_str().to_owned(),
-                api: call.api,
-                caller: call.caller.clone(),
-                peer: call.peer.map(|p| p.to_string()),
                 item: batch.then_some(item),
-                principal: asked.principal,
-                action: asked.action,
-                resource: asked.resource,
                 allowed,
                 determining_policies: decision.determining_policies().to_vec(),
                 errors: decision
@@ -81,10 +72,7 @@ impl Decider {
                         message: e.message.clone(),
                     })
                     .collect(),
-                policy_version: snapshot.version().to_owned(),
-                latency: took,
-                refused: None,
-                context: asked.context,
+                ..record(call, asked, snapshot.version(), took)
             });
         }
     }
@@ -112,31 +100,40 @@ impl Decider {
         if !call.refusals_deny || !self.telemetry.audit.enabled() {
             return;
         }
-        let asked = asked.unwrap_or_default();
         let word = refusal.reason().word();
         let refused = if refusal.field().is_empty() {
             word.to_owned()
         } else {
             format!("{word}: {}", refusal.field())
         };
+        let version = snapshot.map_or("", Snapshot::version);
         self.telemetry.audit.submit(Record {
-            time: SystemTime::now(),
-            kind: "decision",
-            request_id: call.id.as_str().to_owned(),
-            api: call.api,
-            caller: call.caller.clone(),
-            peer: call.peer.map(|p| p.to_string()),
-            item: None,
-            principal: asked.principal,
-            action: asked.action,
-            resource: asked.resource,
-            allowed: false,
-            determining_policies: Vec::new(),
-            errors: Vec::new(),
-            policy_version: snapshot.map(|s| s.version().to_owned()).unwrap_or_default(),
-            latency: took,
             refused: Some(refused),
-            context: asked.context,
+            ..record(call, asked.unwrap_or_default(), version, took)
         });
+    }
+}
+
+/// The audit record of `call` about `asked` on policy `version`, answered after `took`: a
+/// deny no policy made, until the caller fills in the decision.
+fn record(call: &Call, asked: Asked, version: &str, took: Duration) -> Record {
+    Record {
+        time: SystemTime::now(),
+        kind: "decision",
+        request_id: call.id.as_str().to_owned(),
+        api: call.api,
+        caller: call.caller.clone(),
+        peer: call.peer.map(|p| p.to_string()),
+        item: None,
+        principal: asked.principal,
+        action: asked.action,
+        resource: asked.resource,
+        allowed: false,
+        determining_policies: Vec::new(),
+        errors: Vec::new(),
+        policy_version: version.to_owned(),
+        latency: took,
+        refused: None,
+        context: asked.context,
     }
 }

@@ -1,11 +1,7 @@
 //! The decide step on its own: what it counts and audits for decisions and refusals, and
 //! that a batch past its limit is refused before any item is looked at.
 
-use std::{
-    io::{self, Write},
-    str::FromStr,
-    sync::{Arc, Mutex},
-};
+use std::{str::FromStr, sync::Arc};
 
 use cedar_policy::EntityUid;
 
@@ -13,21 +9,8 @@ use super::*;
 use crate::{
     config::AuditOptions,
     policy::{LoadOptions, load_dir},
+    telemetry::audit::Collect,
 };
-
-/// A writer that collects what it is given.
-#[derive(Clone, Default)]
-struct Collect(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Collect {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 fn example() -> Snapshot {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
@@ -84,8 +67,7 @@ fn series(metrics: &Metrics, series: &str) -> f64 {
 /// the decider flushes it).
 fn records(decider: Decider, sink: &Collect) -> Vec<serde_json::Value> {
     drop(decider);
-    String::from_utf8(sink.0.lock().unwrap().clone())
-        .unwrap()
+    sink.text()
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect()

@@ -1,5 +1,5 @@
 //! The seeded generator the randomized tests draw from (the differential tests in
-//! tests/, and the slicing tests in src/policy/slice/tests.rs, which include this file by
+//! tests/, and the slicing tests in src/engine/slice/tests.rs, which include this file by
 //! path): a fixed sequence per seed, so a failure names a seed that reproduces it.
 #![allow(dead_code)] // each test uses a different part of it
 

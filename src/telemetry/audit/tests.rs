@@ -29,20 +29,6 @@ fn record(allowed: bool) -> Record {
     }
 }
 
-/// A writer that collects what it is given.
-#[derive(Clone, Default)]
-struct Collect(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Collect {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 fn dropped(metrics: &Metrics) -> f64 {
     metrics
         .render()
