@@ -217,7 +217,7 @@ pub(crate) struct Admitting<C> {
 }
 
 /// What [`Admitting`] answers with.
-type Answer = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+type Responding = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 impl<C> hyper::service::Service<Request<Incoming>> for Admitting<C>
 where
@@ -225,7 +225,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Answer;
+    type Future = Responding;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let arrived = Instant::now();
