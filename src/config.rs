@@ -33,6 +33,34 @@ pub enum PolicyValidation {
     Off,
 }
 
+/// What a `forbid` policy whose evaluation errors does to the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnForbidError {
+    /// The decision is DENY, with the erroring forbid among its determining policies: a
+    /// guardrail that cannot be evaluated holds (fail closed).
+    #[default]
+    Deny,
+    /// Cedar's own semantics: the erroring forbid is left out, as if it were not
+    /// satisfied (for conformance tests, and for those who accept that risk).
+    Skip,
+}
+
+/// What a call may do with the entities it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestEntities {
+    /// Add entities the policy directory does not hold; one with a stored entity's uid
+    /// (or an Action entity) is refused: the stored entities are the truth.
+    #[default]
+    Add,
+    /// Replace stored entities (and send Action entities) for the call only: Cedar's
+    /// test-harness behaviour, for callers trusted with it.
+    Replace,
+    /// Refuse calls that send entities.
+    Off,
+}
+
 /// The files TLS is read from: the server's own chain and key, and the CA that client
 /// certificates must chain to (mutual TLS) if set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +155,14 @@ pub struct Settings {
     #[arg(long, env = "CEDAR_PDP_VALIDATE_REQUESTS", value_name = "BOOL",
           value_parser = BoolishValueParser::new())]
     pub validate_requests: Option<bool>,
+    /// What a forbid whose evaluation errors does: deny (the decision is DENY) or skip
+    /// (Cedar's semantics: it is left out).
+    #[arg(long, env = "CEDAR_PDP_ON_FORBID_ERROR", value_name = "MODE")]
+    pub on_forbid_error: Option<OnForbidError>,
+    /// What calls may do with the entities they send: add (entities the store does not
+    /// hold), replace (stored ones, for the call only) or off (none).
+    #[arg(long, env = "CEDAR_PDP_REQUEST_ENTITIES", value_name = "MODE")]
+    pub request_entities: Option<RequestEntities>,
     /// Log format: json or text.
     #[arg(long, env = "CEDAR_PDP_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -189,6 +225,16 @@ pub struct TlsSettings {
         value_delimiter = ','
     )]
     pub ext_authz_callers: Option<Vec<String>>,
+    /// With `request_entities = "replace"`: the only caller identities whose entities
+    /// replace stored ones (comma-separated); other callers' entities are taken as with
+    /// `add`. Unset: every caller's.
+    #[arg(
+        long = "tls-request-entities-replace-callers",
+        env = "CEDAR_PDP_TLS_REQUEST_ENTITIES_REPLACE_CALLERS",
+        value_name = "IDS",
+        value_delimiter = ','
+    )]
+    pub request_entities_replace_callers: Option<Vec<String>>,
 }
 
 /// Resolved TLS: the files, and the callers each API admits.
@@ -200,6 +246,9 @@ pub struct TlsConfig {
     pub authorizer_callers: Option<Vec<String>>,
     /// Identities that may call ext_authz `Check`; `None`: any verified client.
     pub ext_authz_callers: Option<Vec<String>>,
+    /// With `request_entities = "replace"`: the identities whose entities replace stored
+    /// ones; `None`: every caller's.
+    pub request_entities_replace_callers: Option<Vec<String>>,
 }
 
 /// The `[audit]` table of [`Settings`].
@@ -252,6 +301,19 @@ pub struct LimitSettings {
     /// Longest parent chain among the entities of one call, or of `entities.json`.
     #[arg(long, env = "CEDAR_PDP_MAX_ANCESTOR_DEPTH", value_name = "N")]
     pub max_ancestor_depth: Option<usize>,
+    /// Most parent edges among the entities of one call.
+    #[arg(long, env = "CEDAR_PDP_MAX_REQUEST_PARENT_EDGES", value_name = "N")]
+    pub max_request_parent_edges: Option<usize>,
+    /// Most steps working out the ancestors of one call's entities may take (each
+    /// ancestor reached through each parent edge counts one).
+    #[arg(long, env = "CEDAR_PDP_MAX_REQUEST_ANCESTOR_CLOSURE", value_name = "N")]
+    pub max_request_ancestor_closure: Option<usize>,
+    /// Most parent edges in `entities.json`.
+    #[arg(long, env = "CEDAR_PDP_MAX_STORE_PARENT_EDGES", value_name = "N")]
+    pub max_store_parent_edges: Option<usize>,
+    /// Most steps working out the ancestors of `entities.json`'s entities may take.
+    #[arg(long, env = "CEDAR_PDP_MAX_STORE_ANCESTOR_CLOSURE", value_name = "N")]
+    pub max_store_ancestor_closure: Option<usize>,
     /// Longest string in a request: an entity type or id, a string value, a record key,
     /// an extension argument (in bytes; in JSON fields, as written).
     #[arg(long, env = "CEDAR_PDP_MAX_STRING_BYTES", value_name = "BYTES")]
@@ -288,6 +350,14 @@ pub struct Limits {
     pub max_value_depth: usize,
     /// Longest parent chain among the entities of one call or of `entities.json`.
     pub max_ancestor_depth: usize,
+    /// Most parent edges among the entities of one call.
+    pub max_request_parent_edges: usize,
+    /// Most steps working out the ancestors of one call's entities may take.
+    pub max_request_ancestor_closure: usize,
+    /// Most parent edges in `entities.json`.
+    pub max_store_parent_edges: usize,
+    /// Most steps working out the ancestors of `entities.json`'s entities may take.
+    pub max_store_ancestor_closure: usize,
     /// Longest string in a request, in bytes.
     pub max_string_bytes: usize,
     /// Most entities `entities.json` may hold.
@@ -310,6 +380,10 @@ impl Default for Limits {
             max_batch_items: 1_000,
             max_value_depth: 32,
             max_ancestor_depth: 64,
+            max_request_parent_edges: 5_000,
+            max_request_ancestor_closure: 20_000,
+            max_store_parent_edges: 10_000_000,
+            max_store_ancestor_closure: 20_000_000,
             max_string_bytes: 64 * 1024,
             max_store_entities: 1_000_000,
             request_timeout: Duration::from_secs(5),
@@ -335,6 +409,10 @@ pub struct Config {
     pub policy_validation: PolicyValidation,
     /// Validate requests against the schema when one is loaded.
     pub validate_requests: bool,
+    /// What a forbid whose evaluation errors does to the decision.
+    pub on_forbid_error: OnForbidError,
+    /// What calls may do with the entities they send.
+    pub request_entities: RequestEntities,
     /// Log format for `serve`.
     pub log_format: LogFormat,
     /// Log filter (`RUST_LOG` syntax); `RUST_LOG` itself wins when set.
@@ -364,6 +442,8 @@ impl Default for Config {
             watch: true,
             policy_validation: PolicyValidation::Strict,
             validate_requests: true,
+            on_forbid_error: OnForbidError::Deny,
+            request_entities: RequestEntities::Add,
             log_format: LogFormat::Json,
             log_level: "info".to_owned(),
             shutdown_grace: Duration::from_secs(10),
@@ -457,10 +537,23 @@ impl Config {
                 message: "must be at least 1 (0 would time out every call)".to_owned(),
             });
         }
+        if let Some(tls) = &self.tls
+            && tls.request_entities_replace_callers.is_some()
+            && self.request_entities != RequestEntities::Replace
+        {
+            return Err(ConfigError::Invalid {
+                key: "tls.request_entities_replace_callers".to_owned(),
+                message: "has no meaning unless request_entities = \"replace\"".to_owned(),
+            });
+        }
         if let Some(tls) = &self.tls {
             let lists = [
                 ("tls.authorizer_callers", &tls.authorizer_callers),
                 ("tls.ext_authz_callers", &tls.ext_authz_callers),
+                (
+                    "tls.request_entities_replace_callers",
+                    &tls.request_entities_replace_callers,
+                ),
             ];
             for (key, list) in lists {
                 let Some(list) = list else { continue };
@@ -496,6 +589,9 @@ impl Config {
         let client_ca = ut.client_ca.or(lt.client_ca);
         let authorizer_callers = ut.authorizer_callers.or(lt.authorizer_callers);
         let ext_authz_callers = ut.ext_authz_callers.or(lt.ext_authz_callers);
+        let request_entities_replace_callers = ut
+            .request_entities_replace_callers
+            .or(lt.request_entities_replace_callers);
         let tls = match (cert, key) {
             (Some(cert), Some(key)) => Some(TlsConfig {
                 files: TlsFiles {
@@ -505,6 +601,7 @@ impl Config {
                 },
                 authorizer_callers,
                 ext_authz_callers,
+                request_entities_replace_callers,
             }),
             (cert, key) => {
                 // Half a TLS setup is a mistake, never a quiet fallback to plaintext.
@@ -514,6 +611,10 @@ impl Config {
                     ("tls.client_ca", client_ca.is_some()),
                     ("tls.authorizer_callers", authorizer_callers.is_some()),
                     ("tls.ext_authz_callers", ext_authz_callers.is_some()),
+                    (
+                        "tls.request_entities_replace_callers",
+                        request_entities_replace_callers.is_some(),
+                    ),
                 ];
                 if let Some((key, _)) = stray.into_iter().find(|(_, set)| *set) {
                     return Err(ConfigError::Invalid {
@@ -539,6 +640,16 @@ impl Config {
                 upper.validate_requests,
                 lower.validate_requests,
                 d.validate_requests,
+            ),
+            on_forbid_error: pick(
+                upper.on_forbid_error,
+                lower.on_forbid_error,
+                d.on_forbid_error,
+            ),
+            request_entities: pick(
+                upper.request_entities,
+                lower.request_entities,
+                d.request_entities,
             ),
             log_format: pick(upper.log_format, lower.log_format, d.log_format),
             log_level: pick(upper.log_level, lower.log_level, d.log_level),
@@ -567,6 +678,26 @@ impl Config {
                     up.max_ancestor_depth,
                     lo.max_ancestor_depth,
                     dl.max_ancestor_depth,
+                ),
+                max_request_parent_edges: pick(
+                    up.max_request_parent_edges,
+                    lo.max_request_parent_edges,
+                    dl.max_request_parent_edges,
+                ),
+                max_request_ancestor_closure: pick(
+                    up.max_request_ancestor_closure,
+                    lo.max_request_ancestor_closure,
+                    dl.max_request_ancestor_closure,
+                ),
+                max_store_parent_edges: pick(
+                    up.max_store_parent_edges,
+                    lo.max_store_parent_edges,
+                    dl.max_store_parent_edges,
+                ),
+                max_store_ancestor_closure: pick(
+                    up.max_store_ancestor_closure,
+                    lo.max_store_ancestor_closure,
+                    dl.max_store_ancestor_closure,
                 ),
                 max_string_bytes: pick(
                     up.max_string_bytes,

@@ -1,7 +1,10 @@
 //! Differential test: for a few hundred generated requests over the example policy set,
-//! the service's decision, determining policies and errors equal what
-//! `cedar_policy::Authorizer` gives in-process for the same inputs, one call at a time
-//! and in batches.
+//! a service configured with Cedar's own semantics (`on_forbid_error = "skip"`,
+//! `request_entities = "replace"`) gives the decision, determining policies and errors
+//! that `cedar_policy::Authorizer` gives in-process for the same inputs, one call at a
+//! time and in batches; and a service with the defaults (failing closed) never allows
+//! what Cedar denies, agrees with Cedar wherever no forbid errored and no stored entity was
+//! sent, and otherwise denies or refuses.
 
 mod common;
 #[path = "common/rng.rs"]
@@ -264,15 +267,56 @@ async fn the_service_decides_exactly_as_cedar_does_in_process() {
     let entities_text = std::fs::read_to_string(dir.join("entities.json")).unwrap();
     let stored = Entities::from_json_str(&entities_text, Some(&schema)).unwrap();
 
-    let server = TestServer::start(&dir).await;
+    let server = TestServer::start_with(cedar_pdp::Config {
+        policies: dir.clone(),
+        on_forbid_error: cedar_pdp::config::OnForbidError::Skip,
+        request_entities: cedar_pdp::config::RequestEntities::Replace,
+        ..cedar_pdp::Config::default()
+    })
+    .await;
+    let failing_closed = TestServer::start(&dir).await;
     let policies = server.store.current().policies().clone();
     let mut client = server.client().await;
+    let mut closed = failing_closed.client().await;
+    let (mut agreed, mut stricter) = (0, 0);
     let mut rng = Rng::new(0x5eed_cedaa);
     let (mut allows, mut denies, mut refused) = (0, 0, 0);
     let mut batchable = Vec::new();
     for i in 0..400 {
         let case = generate(&mut rng);
         let expected = oracle(&case, &schema, &stored, &policies);
+        let strict = closed.is_authorized(case.wire.clone()).await;
+        match (&expected, strict) {
+            (_, Err(status)) => {
+                assert_eq!(status.code(), tonic::Code::InvalidArgument, "case {i}");
+                assert!(
+                    expected.is_none() || rewrites_the_store(&case, &stored),
+                    "case {i}: refused, though Cedar decides it and it sends no stored \
+                     entity: {status:?} for {:?}",
+                    case.wire
+                );
+                if expected.is_some() {
+                    stricter += 1;
+                }
+            }
+            (None, Ok(response)) => panic!("case {i}: decided {response:?}, Cedar refuses it"),
+            (Some(expected), Ok(response)) => {
+                let got = observed(&response.into_inner());
+                assert!(
+                    !got.0 || expected.0,
+                    "case {i}: allowed what Cedar denies: {got:?} for {:?}",
+                    case.wire
+                );
+                assert_eq!(got.2, expected.2, "case {i}: the errors are Cedar's");
+                if forbid_errored(&expected.2, &policies) || rewrites_the_store(&case, &stored) {
+                    assert!(!got.0, "case {i}: a forbid errored, yet allowed");
+                    stricter += 1;
+                } else {
+                    assert_eq!(&got, expected, "case {i}: {:?}", case.wire);
+                    agreed += 1;
+                }
+            }
+        }
         let got = client.is_authorized(case.wire.clone()).await;
         match (&expected, got) {
             (None, Err(status)) => {
@@ -310,6 +354,10 @@ async fn the_service_decides_exactly_as_cedar_does_in_process() {
         allows >= 30 && denies >= 100 && refused >= 10,
         "allows {allows}, denies {denies}, refused {refused}"
     );
+    assert!(
+        agreed >= 100 && stricter >= 10,
+        "failing closed: {agreed} agreed, {stricter} stricter"
+    );
 
     for chunk in batchable.chunks(50) {
         let items = chunk
@@ -341,5 +389,23 @@ async fn the_service_decides_exactly_as_cedar_does_in_process() {
         "only {} policies ever decided: {distinct:?}",
         distinct.len()
     );
+    failing_closed.stop().await;
     server.stop().await;
+}
+
+/// Whether any of `errors` (policy ids) is a forbid.
+fn forbid_errored(errors: &[String], policies: &cedar_policy::PolicySet) -> bool {
+    errors.iter().any(|id| {
+        policies
+            .policy(&cedar_policy::PolicyId::new(id))
+            .is_some_and(|p| p.effect() == cedar_policy::Effect::Forbid)
+    })
+}
+
+/// Whether the case sends an entity the store holds (or an Action entity), which a
+/// server failing closed refuses.
+fn rewrites_the_store(case: &Case, stored: &Entities) -> bool {
+    case.extra.iter().any(|entity| {
+        stored.get(&entity.uid()).is_some() || entity.uid().type_name().basename() == "Action"
+    })
 }

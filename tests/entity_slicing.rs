@@ -256,9 +256,11 @@ fn query(rng: &mut Rng) -> Query {
 #[test]
 fn a_call_merged_over_its_slice_of_the_store_decides_as_over_the_whole_store() {
     let engine = |slice_entities_over| {
+        // Calls here replace stored entities too, the merge's hardest case.
         Engine::new(EngineOptions {
             slice_entities_over,
             validate_requests: false,
+            request_entities: cedar_pdp::config::RequestEntities::Replace,
             ..EngineOptions::default()
         })
     };

@@ -80,8 +80,8 @@ pub struct Case {
     /// When given, exactly these policy ids must be the determining ones.
     #[serde(default)]
     pub determining: Option<Vec<String>>,
-    /// The policies expected to fail evaluation (and so be skipped); any other
-    /// evaluation error fails the case.
+    /// The policies expected to fail evaluation (a permit that errors is skipped, a forbid
+    /// that errors denies); any other evaluation error fails the case.
     #[serde(default)]
     pub errors: Vec<String>,
     /// Let the principal or resource be an entity that is neither stored nor sent;
@@ -381,8 +381,9 @@ fn run_case(
             expected_errors.dedup();
             if errored != expected_errors {
                 failures.push(format!(
-                    "expected evaluation errors in [{}], got [{}] (an erroring policy is \
-                     skipped; list the ones you expect under `errors`)",
+                    "expected evaluation errors in [{}], got [{}] (an erroring permit is \
+                     skipped and an erroring forbid denies; list the ones you expect under \
+                     `errors`)",
                     expected_errors.join(", "),
                     errored.join(", ")
                 ));

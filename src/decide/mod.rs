@@ -18,6 +18,7 @@ use serde_json::{Map, Value as Json};
 pub use self::request_id::{RequestId, RequestIds};
 pub use crate::engine::{
     ContextInput, Decision, Effect, EntitiesInput, EntityInput, PolicyError, Query, Refusal,
+    RequestEntities,
 };
 pub use crate::telemetry::metrics::{Api, Reason};
 use crate::{
@@ -122,6 +123,9 @@ pub struct Decider {
     engine: Engine,
     max_batch_items: usize,
     telemetry: Telemetry,
+    /// With `request_entities = "replace"`, the only callers trusted with it (others'
+    /// entities are taken as with `"add"`); `None`: every caller.
+    replace_callers: Option<Vec<String>>,
     ids: RequestIds,
     /// Warnings about refused callers, once a second at most.
     caller_warnings: OncePerSecond,
@@ -135,20 +139,40 @@ impl Decider {
             engine,
             max_batch_items,
             telemetry,
+            replace_callers: None,
             ids: RequestIds::new(),
             caller_warnings: OncePerSecond::new(),
         }
     }
 
+    /// With `request_entities = "replace"`, trusts only `callers` (verified identities)
+    /// with it; other callers' entities are taken as with `"add"`.
+    pub fn replace_only_for(mut self, callers: Vec<String>) -> Self {
+        self.replace_callers = Some(callers);
+        self
+    }
+
     /// The decider a server configured by `config` answers with: its request validation
     /// and limits, reporting to `telemetry`.
     pub fn for_config(config: &Config, telemetry: Telemetry) -> Self {
-        let options = EngineOptions::new(config.validate_requests, &config.limits);
-        Self::new(
+        let options = EngineOptions {
+            on_forbid_error: config.on_forbid_error,
+            request_entities: config.request_entities,
+            ..EngineOptions::new(config.validate_requests, &config.limits)
+        };
+        let decider = Self::new(
             Engine::new(options),
             config.limits.max_batch_items,
             telemetry,
-        )
+        );
+        match config
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.request_entities_replace_callers.clone())
+        {
+            Some(callers) => decider.replace_only_for(callers),
+            None => decider,
+        }
     }
 
     /// The engine it decides with.
@@ -237,13 +261,46 @@ impl Decider {
             query,
             recorded_context,
         } = question;
-        let asked = self.asked(&query, recorded_context);
-        let decided = self.engine.decide(snapshot, entities, query);
+        let mut asked = self.asked(&query, recorded_context);
+        let decided = self.one(call, snapshot, entities, query, &mut asked);
         match &decided {
             Ok(decision) => self.record_decisions(call, snapshot, [(decision, asked)], false),
             Err(refusal) => self.record_refusal(call, refusal, asked, Some(snapshot)),
         }
         decided
+    }
+
+    /// The mode `call`'s entities are taken in: the configured one, except that a caller
+    /// not trusted with `Replace` gets `Add`.
+    fn entities_mode(&self, call: &Call) -> RequestEntities {
+        let configured = self.engine.options().request_entities;
+        match (&self.replace_callers, call.caller()) {
+            (Some(trusted), caller) if configured == RequestEntities::Replace => {
+                if caller.is_some_and(|c| trusted.iter().any(|t| t == c)) {
+                    RequestEntities::Replace
+                } else {
+                    RequestEntities::Add
+                }
+            }
+            _ => configured,
+        }
+    }
+
+    /// Decides one question, noting the entities its call sent in `asked`.
+    fn one(
+        &self,
+        call: &Call,
+        snapshot: &Snapshot,
+        entities: EntitiesInput,
+        query: Query,
+        asked: &mut Option<record::Asked>,
+    ) -> Result<Decision, Refusal> {
+        let engine = &self.engine;
+        let entities = engine.entities_as(snapshot, entities, self.entities_mode(call))?;
+        record::note_entities(asked, &entities);
+        let request = engine.request(snapshot, query)?;
+        let store = engine.store(snapshot, entities, std::slice::from_ref(&request))?;
+        Ok(engine.decide_request(snapshot, &store, &request))
     }
 
     /// Decides the questions of one batch call, all against `snapshot` and one entity
@@ -257,7 +314,7 @@ impl Decider {
         entities: Result<EntitiesInput, Refusal>,
         items: impl ExactSizeIterator<Item = Result<Question, Refusal>>,
     ) -> Result<Vec<Decision>, Refusal> {
-        let decided = self.batch(snapshot, entities, items);
+        let decided = self.batch(call, snapshot, entities, items);
         match decided {
             Ok((decisions, asked)) => {
                 self.record_decisions(call, snapshot, decisions.iter().zip(asked), true);
@@ -288,6 +345,7 @@ impl Decider {
     #[allow(clippy::type_complexity)]
     fn batch(
         &self,
+        call: &Call,
         snapshot: &Snapshot,
         entities: Result<EntitiesInput, Refusal>,
         items: impl ExactSizeIterator<Item = Result<Question, Refusal>>,
@@ -302,12 +360,16 @@ impl Decider {
                 ),
             ));
         }
-        let entities = self.engine.entities(snapshot, entities?)?;
+        let entities = self
+            .engine
+            .entities_as(snapshot, entities?, self.entities_mode(call))?;
         let mut requests = Vec::with_capacity(items.len());
         let mut asked = Vec::with_capacity(items.len());
         for (i, item) in items.enumerate() {
             let question = item.map_err(|e| e.within(&format!("items[{i}]")))?;
-            asked.push(self.asked(&question.query, question.recorded_context));
+            let mut item_asked = self.asked(&question.query, question.recorded_context);
+            record::note_entities(&mut item_asked, &entities);
+            asked.push(item_asked);
             let request = self
                 .engine
                 .request(snapshot, question.query)

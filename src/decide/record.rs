@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value as Json};
 
 use super::{Call, Decider, Decision, Query, Refusal};
+use crate::engine::CallEntities;
 use crate::{
     policy::Snapshot,
     telemetry::audit::{AuditError, Record},
@@ -24,6 +25,15 @@ pub(super) struct Asked {
     action: String,
     resource: String,
     context: Map<String, Json>,
+    /// The uids of the entities the call sent.
+    entities: Vec<String>,
+}
+
+/// Notes in `asked` (when the audit log is on) which entities the call sent.
+pub(super) fn note_entities(asked: &mut Option<Asked>, entities: &CallEntities) {
+    if let Some(asked) = asked {
+        asked.entities = entities.uids().iter().map(ToString::to_string).collect();
+    }
 }
 
 impl Decider {
@@ -38,6 +48,7 @@ impl Decider {
             action: query.action.to_string(),
             resource: query.resource.to_string(),
             context: recorded_context,
+            entities: Vec::new(),
         })
     }
 
@@ -56,6 +67,9 @@ impl Decider {
         for (item, (decision, asked)) in decisions.into_iter().enumerate() {
             let allowed = decision.allowed();
             metrics.decided(call.api, allowed);
+            for policy in decision.erroring_forbids() {
+                metrics.forbid_errored(policy);
+            }
             let Some(asked) = asked else { continue };
             if allowed && !call.keep_allows {
                 continue;
@@ -135,5 +149,6 @@ fn record(call: &Call, asked: Asked, version: &str, took: Duration) -> Record {
         latency: took,
         refused: None,
         context: asked.context,
+        request_entities: asked.entities,
     }
 }

@@ -1,9 +1,9 @@
 //! [`Decision`]: what the engine answers for a query it decided.
 //!
 //! An allow can only be built here, by [`Decision::evaluated`], from Cedar's own answer
-//! on a policy set; everything else a front end can make of a request (a refusal, a
-//! timeout, a failure) is a deny or a refusal. Front ends read a decision; they cannot
-//! write one.
+//! on a policy set in which no forbid errored (the engine checks that first); everything
+//! else a front end can make of a request (a refusal, a timeout, a failure) is a deny or
+//! a refusal. Front ends read a decision; they cannot write one.
 
 /// Allow or deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +39,8 @@ pub struct Decision {
     effect: Effect,
     determining_policies: Vec<String>,
     errors: Vec<PolicyError>,
+    /// Forbids that errored and so denied (`on_forbid_error = "deny"`), sorted.
+    erroring_forbids: Vec<String>,
 }
 
 impl Decision {
@@ -55,7 +57,25 @@ impl Decision {
             effect: if allowed { Effect::Allow } else { Effect::Deny },
             determining_policies,
             errors,
+            erroring_forbids: Vec::new(),
         }
+    }
+
+    /// A deny made by forbids whose evaluation errored (`erroring_forbids`, at least
+    /// one), with the `satisfied` forbids if any: all of them determine it.
+    pub(super) fn denied_by_error(
+        satisfied: Vec<String>,
+        mut erroring_forbids: Vec<String>,
+        errors: Vec<PolicyError>,
+    ) -> Self {
+        erroring_forbids.sort_unstable();
+        erroring_forbids.dedup();
+        let mut determining = satisfied;
+        determining.extend(erroring_forbids.iter().cloned());
+        let mut decision = Self::evaluated(false, determining, errors);
+        decision.determining_policies.dedup();
+        decision.erroring_forbids = erroring_forbids;
+        decision
     }
 
     /// Allow or deny.
@@ -76,5 +96,11 @@ impl Decision {
     /// Policies whose evaluation errored, sorted by policy id.
     pub fn errors(&self) -> &[PolicyError] {
         &self.errors
+    }
+
+    /// The forbids whose evaluation errored and so made this a deny (with
+    /// `on_forbid_error = "deny"`); empty otherwise.
+    pub fn erroring_forbids(&self) -> &[String] {
+        &self.erroring_forbids
     }
 }

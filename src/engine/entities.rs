@@ -1,10 +1,15 @@
 //! Merging a call's entities over the snapshot's stored ones.
 //!
-//! The call's entities are checked first (count, parent chains, JSON nesting), then built
-//! and validated against the schema on their own ([`check`]), and only then merged over
-//! the store ([`merge`]): a call's entity replaces the stored one with the same uid, for
-//! that call only. The merge copies only the part of the store the call can reach, so
-//! its cost does not grow with the store.
+//! A call's entities are untrusted. They are checked first ([`check`]): whether the
+//! call may send any (`request_entities = "off"` refuses them), their count, parent
+//! chains, parent edges and the closure Cedar would work out (so the cost of what follows
+//! is bounded), JSON nesting, and — with `request_entities = "add"`, the default — that
+//! none has a stored entity's uid or is an Action entity: the stored entities are the
+//! truth, a call may only add to them. Then they are built and validated against the
+//! schema on their own, and only then merged over the store ([`merge`]); with `"replace"`
+//! a call's entity replaces the stored one with the same uid, for that call only. The
+//! merge copies only the part of the store the call can reach, so its cost does not grow
+//! with the store.
 
 use std::{
     borrow::Cow,
@@ -13,8 +18,8 @@ use std::{
 
 use cedar_policy::{Entities, Entity, EntityUid, EvalResult, Request, Schema};
 
-use super::{EngineOptions, EntitiesInput, EntityInput, Refusal, json};
-use crate::policy::{Snapshot, describe, hierarchy, json_uid_and_parents};
+use super::{EngineOptions, EntitiesInput, EntityInput, Refusal, RequestEntities, json};
+use crate::policy::{Snapshot, describe, hierarchy, json_entity_uids};
 
 /// A call's own entities, checked and validated on their own, not yet merged over the
 /// store (see [`merge`]).
@@ -24,32 +29,120 @@ pub struct CallEntities {
     field: &'static str,
     /// `None` when the call sent none.
     own: Option<Entities>,
+    /// The uids the call sent, in its order.
+    sent: Vec<EntityUid>,
+}
+
+impl CallEntities {
+    /// The uids of the entities the call sent (for the audit record).
+    pub fn uids(&self) -> &[EntityUid] {
+        &self.sent
+    }
 }
 
 pub(super) fn check(
     snapshot: &Snapshot,
     input: EntitiesInput,
     options: &EngineOptions,
+    mode: RequestEntities,
 ) -> Result<CallEntities, Refusal> {
     let schema = snapshot.schema().filter(|_| options.validate_requests);
-    let (field, own) = match input {
+    let field = match &input {
         EntitiesInput::None => return Ok(CallEntities::default()),
         EntitiesInput::Typed(list) if list.is_empty() => return Ok(CallEntities::default()),
         EntitiesInput::Json(json) if json.trim().is_empty() => {
             return Ok(CallEntities::default());
         }
-        EntitiesInput::Typed(list) => ("entities", typed(list, schema, options)?),
-        EntitiesInput::Json(json) => ("entities_json", from_json(&json, schema, options)?),
+        EntitiesInput::Typed(_) => "entities",
+        EntitiesInput::Json(_) => "entities_json",
+    };
+    if mode == RequestEntities::Off {
+        return Err(Refusal::invalid(
+            field,
+            "entities are not taken from requests here: the policy directory's \
+             entities.json is the only source (request_entities = off)",
+        ));
+    }
+    let (own, sent) = match input {
+        EntitiesInput::Typed(list) => typed(snapshot, list, schema, options, mode)?,
+        EntitiesInput::Json(json) => from_json(snapshot, &json, schema, options, mode)?,
+        EntitiesInput::None => unreachable!("no entities returned above"),
     };
     Ok(CallEntities {
         field,
         own: Some(own),
+        sent,
     })
 }
 
+/// Checks the shape of a call's entity graph (`nodes`: each entity's uid and parents)
+/// against the limits before Cedar sees it, and, unless `mode` is `Replace`, that the
+/// call only adds entities: none is stored or an Action entity. `name(i)` is the field
+/// of the `i`th entity, for errors.
+fn admit(
+    snapshot: &Snapshot,
+    field: &str,
+    nodes: &[(EntityUid, Vec<EntityUid>)],
+    name: impl Fn(usize) -> String,
+    options: &EngineOptions,
+    mode: RequestEntities,
+) -> Result<(), Refusal> {
+    hierarchy::check(nodes, options.max_ancestor_depth).map_err(|e| match e {
+        hierarchy::HierarchyError::TooDeep { .. } => {
+            Refusal::limit(field, format!("{e} (max_ancestor_depth)"))
+        }
+        hierarchy::HierarchyError::Cycle { .. } => Refusal::invalid(field, e.to_string()),
+    })?;
+    let stored = snapshot.entities();
+    let outside = |uid: &EntityUid| stored.ancestors(uid).map_or(0, Iterator::count);
+    hierarchy::closure(
+        nodes,
+        outside,
+        options.max_parent_edges,
+        options.max_ancestor_closure,
+    )
+    .map_err(|e| match e {
+        hierarchy::ClosureError::Edges { .. } => {
+            Refusal::limit(field, format!("{e} (max_request_parent_edges)"))
+        }
+        hierarchy::ClosureError::Closure { .. } => {
+            Refusal::limit(field, format!("{e} (max_request_ancestor_closure)"))
+        }
+    })?;
+    if mode == RequestEntities::Replace {
+        return Ok(());
+    }
+    for (i, (uid, _)) in nodes.iter().enumerate() {
+        if is_action(uid) {
+            return Err(Refusal::invalid(
+                name(i),
+                format!(
+                    "{uid} is an Action entity; actions come from the schema and the \
+                     policy directory, never from a request (request_entities = add)"
+                ),
+            ));
+        }
+        if stored.get(uid).is_some() {
+            return Err(Refusal::invalid(
+                name(i),
+                format!(
+                    "{uid} is a stored entity; a request may only add entities the policy \
+                     directory does not hold, never change one (request_entities = add)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `uid` is an Action entity: of type `Action`, in any namespace.
+fn is_action(uid: &EntityUid) -> bool {
+    uid.type_name().basename() == "Action"
+}
+
 /// The store the call's `requests` are decided against: the stored entities with the
-/// call's merged over them (a call's entity replaces a stored one with the same uid).
-/// Borrows the snapshot's store when the call sends none.
+/// call's merged over them (new ones, or with `"replace"` ones that replace a stored
+/// entity of the same uid). Borrows the snapshot's store when the call sends none.
 ///
 /// With more stored entities than `options.slice_entities_over`, only the part of the
 /// store that deciding these requests can reach is copied, and the call's entities are
@@ -70,7 +163,7 @@ pub(super) fn merge<'s>(
     requests: &[Request],
     options: &EngineOptions,
 ) -> Result<Cow<'s, Entities>, Refusal> {
-    let CallEntities { field, own } = call;
+    let CallEntities { field, own, .. } = call;
     let Some(own) = own else {
         return Ok(Cow::Borrowed(snapshot.entities()));
     };
@@ -249,33 +342,27 @@ fn check_count(field: &str, count: usize, options: &EngineOptions) -> Result<(),
     Ok(())
 }
 
-fn check_hierarchy<K>(
-    field: &str,
-    nodes: &[(K, Vec<K>)],
-    options: &EngineOptions,
-) -> Result<(), Refusal>
-where
-    K: std::hash::Hash + Eq + std::fmt::Display,
-{
-    hierarchy::check(nodes, options.max_ancestor_depth).map_err(|e| match e {
-        hierarchy::HierarchyError::TooDeep { .. } => {
-            Refusal::limit(field, format!("{e} (max_ancestor_depth)"))
-        }
-        hierarchy::HierarchyError::Cycle { .. } => Refusal::invalid(field, e.to_string()),
-    })
-}
-
 fn typed(
+    snapshot: &Snapshot,
     list: Vec<EntityInput>,
     schema: Option<&Schema>,
     options: &EngineOptions,
-) -> Result<Entities, Refusal> {
+    mode: RequestEntities,
+) -> Result<(Entities, Vec<EntityUid>), Refusal> {
     check_count("entities", list.len(), options)?;
     let nodes: Vec<_> = list
         .iter()
         .map(|e| (e.uid.clone(), e.parents.clone()))
         .collect();
-    check_hierarchy("entities", &nodes, options)?;
+    admit(
+        snapshot,
+        "entities",
+        &nodes,
+        |i| format!("entities[{i}].uid"),
+        options,
+        mode,
+    )?;
+    let sent = nodes.into_iter().map(|(uid, _)| uid).collect();
     let built = list
         .into_iter()
         .enumerate()
@@ -284,14 +371,18 @@ fn typed(
                 .map_err(|err| Refusal::invalid(format!("entities[{i}]"), describe(&err)))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Entities::from_entities(built, schema).map_err(|e| Refusal::invalid("entities", describe(&e)))
+    Entities::from_entities(built, schema)
+        .map(|own| (own, sent))
+        .map_err(|e| Refusal::invalid("entities", describe(&e)))
 }
 
 fn from_json(
+    snapshot: &Snapshot,
     json: &str,
     schema: Option<&Schema>,
     options: &EngineOptions,
-) -> Result<Entities, Refusal> {
+    mode: RequestEntities,
+) -> Result<(Entities, Vec<EntityUid>), Refusal> {
     const FIELD: &str = "entities_json";
     // The list and each entity's own object add two levels around the values.
     json::guard(FIELD, json, 2, options)?;
@@ -301,7 +392,22 @@ fn from_json(
         .as_array()
         .ok_or_else(|| Refusal::invalid(FIELD, "must be a JSON array of entities"))?;
     check_count(FIELD, list.len(), options)?;
-    let nodes: Vec<_> = list.iter().filter_map(json_uid_and_parents).collect();
-    check_hierarchy(FIELD, &nodes, options)?;
-    Entities::from_json_value(value, schema).map_err(|e| Refusal::invalid(FIELD, describe(&e)))
+    // An entity whose uid is malformed is left out here; Cedar refuses it below.
+    let (nodes, positions): (Vec<_>, Vec<usize>) = list
+        .iter()
+        .enumerate()
+        .filter_map(|(i, entity)| Some((json_entity_uids(entity)?, i)))
+        .unzip();
+    admit(
+        snapshot,
+        FIELD,
+        &nodes,
+        |i| format!("{FIELD}[{}].uid", positions[i]),
+        options,
+        mode,
+    )?;
+    let sent = nodes.into_iter().map(|(uid, _)| uid).collect();
+    Entities::from_json_value(value, schema)
+        .map(|own| (own, sent))
+        .map_err(|e| Refusal::invalid(FIELD, describe(&e)))
 }

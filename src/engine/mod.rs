@@ -3,11 +3,17 @@
 //!
 //! Everything here is synchronous and knows nothing of the wire: front ends convert
 //! their requests into a [`Query`] and [`EntitiesInput`] (through `decide`, which also
-//! counts and audits), and map a [`Refusal`] to their own answer. Cedar's own rules
-//! decide: default deny, forbid wins over permit, a policy that errors is reported.
-//! Inputs are checked against the limits (entity count, parent chain length, JSON
-//! nesting) before Cedar sees them. Request-time policy slicing and its cache are here
-//! too ([`slice`]); the snapshot they read stays immutable.
+//! counts and audits), and map a [`Refusal`] to their own answer.
+//!
+//! Cedar's rules decide, failing closed: default deny; forbid wins over permit; a permit
+//! whose evaluation errors is skipped (it cannot allow), and a forbid that errors makes
+//! the decision DENY (`on_forbid_error = "deny"`, the default; `"skip"` is Cedar's own
+//! semantics). A call's entities are untrusted: by default they may only add entities
+//! the store does not hold (`request_entities`). Inputs are checked against the limits
+//! (entity count, parent chain length, parent edges, the closure Cedar would work out,
+//! JSON nesting) before Cedar sees them, so every admitted decision has a bounded cost.
+//! Request-time policy slicing and its cache are here too ([`slice`]); the snapshot they
+//! read stays immutable.
 
 mod decision;
 mod entities;
@@ -19,7 +25,8 @@ pub mod slice;
 use std::borrow::Cow;
 
 use cedar_policy::{
-    AuthorizationError, Authorizer, Context, Entities, EntityUid, Request, RestrictedExpression,
+    AuthorizationError, Authorizer, Context, Effect as PolicyEffect, Entities, EntityUid,
+    PolicySet, Request, RestrictedExpression,
 };
 
 pub use decision::{Decision, Effect, PolicyError};
@@ -27,6 +34,7 @@ pub use entities::CallEntities;
 pub use refusal::Refusal;
 
 use self::slice::{Slice, Slicer};
+pub use crate::config::{OnForbidError, RequestEntities};
 use crate::{config::Limits, policy::Snapshot};
 
 /// Engine settings, fixed for the life of a server.
@@ -38,6 +46,15 @@ pub struct EngineOptions {
     pub max_request_entities: usize,
     /// Longest parent chain among one call's entities.
     pub max_ancestor_depth: usize,
+    /// Most parent edges among one call's entities.
+    pub max_parent_edges: usize,
+    /// Most steps working out the ancestors of one call's entities may take.
+    pub max_ancestor_closure: usize,
+    /// What a forbid whose evaluation errors does to the decision.
+    pub on_forbid_error: OnForbidError,
+    /// What calls may do with the entities they send (see [`Engine::entities`] for a
+    /// call whose caller is not trusted with `Replace`).
+    pub request_entities: RequestEntities,
     /// Deepest bracket nesting of a JSON field.
     pub max_value_depth: usize,
     /// Longest string in a JSON field, in bytes as written.
@@ -53,12 +70,17 @@ pub struct EngineOptions {
 }
 
 impl EngineOptions {
-    /// Options from the resolved limits.
+    /// Options from the resolved limits, failing closed (`on_forbid_error = "deny"`,
+    /// `request_entities = "add"`).
     pub fn new(validate_requests: bool, limits: &Limits) -> Self {
         Self {
             validate_requests,
             max_request_entities: limits.max_request_entities,
             max_ancestor_depth: limits.max_ancestor_depth,
+            max_parent_edges: limits.max_request_parent_edges,
+            max_ancestor_closure: limits.max_request_ancestor_closure,
+            on_forbid_error: OnForbidError::Deny,
+            request_entities: RequestEntities::Add,
             max_value_depth: limits.max_value_depth,
             max_string_bytes: limits.max_string_bytes,
             slice_policies: true,
@@ -113,7 +135,7 @@ pub struct EntityInput {
     pub tags: Vec<(String, RestrictedExpression)>,
 }
 
-/// The entities sent with a call; they replace stored entities with the same uid.
+/// The entities sent with a call; what they may do is [`EngineOptions::request_entities`].
 #[derive(Debug, Clone, Default)]
 pub enum EntitiesInput {
     /// None: decide against the stored entities alone.
@@ -163,14 +185,26 @@ impl Engine {
         Ok(self.decide_request(snapshot, &store, &request))
     }
 
-    /// A call's entities, checked against the limits and validated on their own (not yet
-    /// merged over the store: see [`Engine::store`]).
+    /// A call's entities, checked against the limits and the configured
+    /// [`RequestEntities`] mode, and validated on their own (not yet merged over the store:
+    /// see [`Engine::store`]).
     pub fn entities(
         &self,
         snapshot: &Snapshot,
         input: EntitiesInput,
     ) -> Result<CallEntities, Refusal> {
-        entities::check(snapshot, input, &self.options)
+        self.entities_as(snapshot, input, self.options.request_entities)
+    }
+
+    /// [`Engine::entities`] under `mode` instead of the configured one (a caller not
+    /// trusted with `Replace` gets `Add`).
+    pub fn entities_as(
+        &self,
+        snapshot: &Snapshot,
+        input: EntitiesInput,
+        mode: RequestEntities,
+    ) -> Result<CallEntities, Refusal> {
+        entities::check(snapshot, input, &self.options, mode)
     }
 
     /// The Cedar request for `query`, validated against the snapshot's schema when
@@ -180,8 +214,8 @@ impl Engine {
     }
 
     /// The entity store to decide all of one call's `requests` against: the stored
-    /// entities with the call's merged over them (a call's entity replaces a stored one
-    /// with the same uid). Borrows the snapshot's store when the call sends none; else
+    /// entities with the call's merged over them (only new ones, unless the call was
+    /// allowed to replace). Borrows the snapshot's store when the call sends none; else
     /// copies only what the requests can reach. Build once per call: a batch shares it.
     pub fn store<'s>(
         &self,
@@ -221,28 +255,39 @@ impl Engine {
         self.evaluate(&policies, entities, request)
     }
 
-    /// Cedar's answer for `request` on `policies`, as a [`Decision`].
-    fn evaluate(
-        &self,
-        policies: &cedar_policy::PolicySet,
-        entities: &Entities,
-        request: &Request,
-    ) -> Decision {
+    /// Cedar's answer for `request` on `policies`, as a [`Decision`]: Cedar's, except
+    /// that with `on_forbid_error = "deny"` a forbid whose evaluation errored denies.
+    fn evaluate(&self, policies: &PolicySet, entities: &Entities, request: &Request) -> Decision {
         let response = self.authorizer.is_authorized(request, policies, entities);
         let diagnostics = response.diagnostics();
+        let mut erroring_forbids = Vec::new();
         let errors = diagnostics
             .errors()
             .map(|e| match e {
-                AuthorizationError::PolicyEvaluationError(e) => PolicyError {
-                    policy_id: e.policy_id().to_string(),
-                    message: e.inner().to_string(),
-                },
+                AuthorizationError::PolicyEvaluationError(e) => {
+                    let forbid = policies
+                        .policy(e.policy_id())
+                        .is_some_and(|p| p.effect() == PolicyEffect::Forbid);
+                    if forbid {
+                        erroring_forbids.push(e.policy_id().to_string());
+                    }
+                    PolicyError {
+                        policy_id: e.policy_id().to_string(),
+                        message: e.inner().to_string(),
+                    }
+                }
             })
             .collect();
-        Decision::evaluated(
-            response.decision() == cedar_policy::Decision::Allow,
-            diagnostics.reason().map(ToString::to_string).collect(),
-            errors,
-        )
+        let allowed = response.decision() == cedar_policy::Decision::Allow;
+        let reasons = diagnostics.reason().map(ToString::to_string).collect();
+        match self.options.on_forbid_error {
+            OnForbidError::Deny if !erroring_forbids.is_empty() => {
+                // The satisfied forbids still decide, with the erroring ones; the
+                // satisfied permits of an allow Cedar made do not.
+                let reasons = if allowed { Vec::new() } else { reasons };
+                Decision::denied_by_error(reasons, erroring_forbids, errors)
+            }
+            _ => Decision::evaluated(allowed, reasons, errors),
+        }
     }
 }

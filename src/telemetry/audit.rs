@@ -71,6 +71,9 @@ pub struct Record {
     /// Values of allow-listed context keys only.
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub context: serde_json::Map<String, serde_json::Value>,
+    /// `Type::"id"` of each entity the call sent with its request (absent when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub request_entities: Vec<String>,
 }
 
 /// A policy that failed to evaluate.

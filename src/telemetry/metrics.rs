@@ -16,7 +16,9 @@ use std::{
 };
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, SharedString, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 /// `decisions_total{api,decision}`: decisions made; a batch counts one per item.
 pub const DECISIONS: &str = "cedar_pdp_decisions_total";
@@ -40,6 +42,10 @@ pub const ENTITIES_LOADED: &str = "cedar_pdp_entities_loaded";
 /// `calls_in_flight`: decision calls received and not yet answered, queued ones included;
 /// refused past `max_concurrent_calls`.
 pub const CALLS_IN_FLIGHT: &str = "cedar_pdp_calls_in_flight";
+/// `forbid_errors_total{policy_id}`: decisions made DENY by a forbid whose evaluation
+/// errored (`on_forbid_error = "deny"`), by the forbid's id. Ids come from the policy
+/// files, so the series are as many as the forbids that ever errored since start-up.
+pub const FORBID_ERRORS: &str = "cedar_pdp_forbid_errors_total";
 /// `tls_reloads_total{result}`: re-reads of the gRPC port's TLS files (on a change or the
 /// periodic check), by outcome: `changed` (new connections get the new files),
 /// `unchanged`, or `failure` (unusable files; the previous ones keep serving).
@@ -197,6 +203,8 @@ pub struct Metrics {
 }
 
 struct Inner {
+    /// Kept to register series whose labels are known only later (policy ids).
+    recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     /// Per api: [deny, allow].
     decisions: [[Counter; 2]; 3],
@@ -271,6 +279,10 @@ impl Metrics {
         describe_counter(
             AUDIT_DROPPED,
             "Audit records dropped because the audit queue was full or the sink refused them.",
+        );
+        describe_counter(
+            FORBID_ERRORS,
+            "Decisions made DENY by a forbid whose evaluation errored (on_forbid_error = deny), by the forbid's policy id.",
         );
         describe_counter(
             TLS_RELOADS,
@@ -355,6 +367,7 @@ impl Metrics {
             in_flight_gauge: gauge(CALLS_IN_FLIGHT),
             serving_version: Mutex::new(String::new()),
             handle,
+            recorder,
         };
         inner.last_successful.set(1.0);
         Self {
@@ -433,6 +446,15 @@ impl Metrics {
             .serving_version
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = set.version.to_owned();
+    }
+
+    /// Counts one decision made DENY by the forbid `policy_id` erroring.
+    pub fn forbid_errored(&self, policy_id: &str) {
+        let labels = vec![Label::new("policy_id", policy_id.to_owned())];
+        self.inner
+            .recorder
+            .register_counter(&Key::from_parts(FORBID_ERRORS, labels), &metadata())
+            .increment(1);
     }
 
     /// Counts one re-read of the TLS files and its result.

@@ -26,6 +26,7 @@ fn record(allowed: bool) -> Record {
         latency: Duration::from_micros(42),
         refused: None,
         context,
+        request_entities: vec![r#"User::"alice""#.to_owned()],
     }
 }
 
@@ -69,6 +70,7 @@ fn a_record_is_one_json_line_with_every_field() {
     assert_eq!(json["policy_version"], "0123456789abcdef");
     assert_eq!(json["latency"], 42);
     assert_eq!(json["context"]["mfa"], true);
+    assert_eq!(json["request_entities"][0], r#"User::"alice""#);
 }
 
 #[test]
