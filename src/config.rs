@@ -335,6 +335,10 @@ pub struct LimitSettings {
     /// are refused at once with RESOURCE_EXHAUSTED (ext_authz: a 503 deny).
     #[arg(long, env = "CEDAR_PDP_MAX_CONCURRENT_CALLS", value_name = "N")]
     pub max_concurrent_calls: Option<usize>,
+    /// Threads decisions run on, off the async workers: at most this many calls decide
+    /// at once, the rest wait (within their deadline) [default: one per CPU].
+    #[arg(long, env = "CEDAR_PDP_DECISION_THREADS", value_name = "N")]
+    pub decision_threads: Option<usize>,
 }
 
 /// Resolved limits, each with a safe default.
@@ -370,18 +374,20 @@ pub struct Limits {
     pub max_concurrent_streams: usize,
     /// Most decision calls in flight at once, across all connections.
     pub max_concurrent_calls: usize,
+    /// Threads decisions run on; at most this many calls decide at once.
+    pub decision_threads: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_message_bytes: 4 * 1024 * 1024,
-            max_request_entities: 1_000,
+            max_request_entities: 500,
             max_batch_items: 1_000,
             max_value_depth: 32,
             max_ancestor_depth: 64,
-            max_request_parent_edges: 5_000,
-            max_request_ancestor_closure: 20_000,
+            max_request_parent_edges: 2_000,
+            max_request_ancestor_closure: 5_000,
             max_store_parent_edges: 10_000_000,
             max_store_ancestor_closure: 20_000_000,
             max_string_bytes: 64 * 1024,
@@ -390,6 +396,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_concurrent_streams: 100,
             max_concurrent_calls: 1_000,
+            decision_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -524,6 +531,7 @@ impl Config {
                 self.limits.max_concurrent_calls,
             ),
             ("limits.max_string_bytes", self.limits.max_string_bytes),
+            ("limits.decision_threads", self.limits.decision_threads),
         ];
         if let Some((key, _)) = at_least_one.iter().find(|(_, n)| *n == 0) {
             return Err(ConfigError::Invalid {
@@ -723,6 +731,11 @@ impl Config {
                     up.max_concurrent_calls,
                     lo.max_concurrent_calls,
                     dl.max_concurrent_calls,
+                ),
+                decision_threads: pick(
+                    up.decision_threads,
+                    lo.decision_threads,
+                    dl.decision_threads,
                 ),
             },
             audit: AuditOptions {

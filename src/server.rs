@@ -26,7 +26,7 @@ use crate::{
         tls::{CertWatcher, ServerTls, TlsError},
     },
     config::Config,
-    decide::{Decider, Telemetry},
+    decide::{Decider, Pool, Telemetry},
     policy::{
         LoadError, LoadOptions, PolicyStore, Rebuilt, Snapshot, WatchError, WatchOptions, Watcher,
     },
@@ -62,6 +62,9 @@ pub enum ServeError {
     /// The audit sink cannot be opened.
     #[error("cannot open the audit log: {0}")]
     Audit(#[source] io::Error),
+    /// The decision threads cannot be started.
+    #[error("cannot start the decision threads: {0}")]
+    Threads(#[source] io::Error),
     /// A signal handler cannot be installed.
     #[error("cannot install the SIGHUP handler: {0}")]
     Signal(#[source] io::Error),
@@ -139,7 +142,8 @@ impl Server {
             metrics: metrics.clone(),
             audit: Arc::new(audit),
         };
-        let decider = Arc::new(Decider::for_config(&config, telemetry));
+        let pool = Pool::new(config.limits.decision_threads).map_err(ServeError::Threads)?;
+        let decider = Arc::new(Decider::for_config(&config, telemetry).on_pool(pool));
         let grpc = GrpcPort::new(&config, store.clone(), decider.clone()).await?;
         let watch = WatchOptions {
             watch_files: config.watch,

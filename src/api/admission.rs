@@ -47,11 +47,11 @@ use tonic::{
 };
 use tower::ServiceExt as _;
 
-use crate::telemetry::OncePerSecond;
+use super::ext_authz::response;
 use crate::{
     config::Limits,
     telemetry::{
-        Metrics,
+        Metrics, OncePerSecond,
         metrics::{Api, Reason},
     },
 };
@@ -200,13 +200,23 @@ async fn discard(mut body: Incoming, limit: usize, deadline: Option<Instant>) {
     }
 }
 
-/// The answer for a call past its deadline.
-fn deadline_exceeded(timeout: Duration) -> Response<Body> {
-    Status::deadline_exceeded(format!(
-        "the call was not answered within its deadline of {timeout:?} (the shorter of \
-         request_timeout_ms and the client's grpc-timeout)"
-    ))
-    .into_http()
+impl Admission {
+    /// The answer for a call past its deadline: DEADLINE_EXCEEDED, except that an ext_authz
+    /// check gets a 504 deny (an Envoy set to fail open would let a gRPC error through).
+    /// A decision call's timeout is counted.
+    fn timed_out(&self, api: Option<Api>, timeout: Duration) -> Response<Body> {
+        if let Some(api) = api {
+            self.metrics.refused(api, Reason::Timeout);
+        }
+        if api == Some(Api::ExtAuthz) {
+            return response::as_grpc_http(&response::timed_out(timeout));
+        }
+        Status::deadline_exceeded(format!(
+            "the call was not answered within its deadline of {timeout:?} (the shorter of \
+             request_timeout_ms and the client's grpc-timeout)"
+        ))
+        .into_http()
+    }
 }
 
 /// [`Admission`] for the calls of one connection, as hyper calls it.
@@ -235,7 +245,8 @@ where
         });
         let deadline = arrived.checked_add(timeout);
         let mut slot = None;
-        if let Some(api) = decision_api(request.uri().path()) {
+        let api = decision_api(request.uri().path());
+        if let Some(api) = api {
             slot = admission.take_slot(api);
             if slot.is_none() {
                 if api != Api::ExtAuthz {
@@ -251,6 +262,7 @@ where
         }
         request.extensions_mut().insert(self.connect_info.clone());
         let routes = admission.routes.clone();
+        let admission = admission.clone();
         Box::pin(async move {
             let _slot = slot;
             // Past the deadline already, after waiting for a worker: the caller has given
@@ -260,11 +272,11 @@ where
                 return routes.oneshot(request).await;
             };
             if Instant::now() >= deadline {
-                return Ok(deadline_exceeded(timeout));
+                return Ok(admission.timed_out(api, timeout));
             }
             match tokio::time::timeout_at(deadline, routes.oneshot(request)).await {
                 Ok(answer) => answer,
-                Err(_) => Ok(deadline_exceeded(timeout)),
+                Err(_) => Ok(admission.timed_out(api, timeout)),
             }
         })
     }

@@ -182,9 +182,16 @@ impl authorizer_server::Authorizer for AuthorizerService {
     ) -> Result<Response<pb::IsAuthorizedResponse>, Status> {
         let call = self.start(Api::IsAuthorized, &request)?;
         let span = tracing::info_span!("call", api = "is_authorized", request_id = %call.id());
-        let _in_span = span.enter();
-        let snapshot = self.store.current();
-        let result = AuthorizerService::is_authorized(self, &call, &snapshot, request.into_inner());
+        let (this, decided) = (self.clone(), call.clone());
+        let result = self
+            .decider
+            .off_workers(move || {
+                let _in_span = span.enter();
+                let snapshot = this.store.current();
+                this.is_authorized(&decided, &snapshot, request.into_inner())
+            })
+            .await
+            .unwrap_or_else(|error| Err(self.decider.failed(&call, error)));
         reply(&call, result)
     }
 
@@ -194,9 +201,16 @@ impl authorizer_server::Authorizer for AuthorizerService {
     ) -> Result<Response<pb::BatchIsAuthorizedResponse>, Status> {
         let call = self.start(Api::Batch, &request)?;
         let span = tracing::info_span!("call", api = "batch", request_id = %call.id());
-        let _in_span = span.enter();
-        let snapshot = self.store.current();
-        let result = self.batch(&call, &snapshot, request.into_inner());
+        let (this, decided) = (self.clone(), call.clone());
+        let result = self
+            .decider
+            .off_workers(move || {
+                let _in_span = span.enter();
+                let snapshot = this.store.current();
+                this.batch(&decided, &snapshot, request.into_inner())
+            })
+            .await
+            .unwrap_or_else(|error| Err(self.decider.failed(&call, error)));
         reply(&call, result)
     }
 

@@ -20,6 +20,8 @@ pub(crate) fn to_status(refusal: Refusal) -> Status {
         Reason::Limit | Reason::Overloaded => Status::resource_exhausted(message),
         Reason::Unauthenticated => Status::unauthenticated(message),
         Reason::CallerNotAllowed => Status::permission_denied(message),
+        Reason::Timeout => Status::deadline_exceeded(message),
+        Reason::Internal => Status::internal(message),
     }
 }
 

@@ -8,6 +8,7 @@
 //! else. The vocabulary is the engine's: a *decision* allows or denies; a request that
 //! is not decided is *refused*, for a [`Reason`].
 
+mod pool;
 mod record;
 mod request_id;
 
@@ -15,7 +16,10 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use serde_json::{Map, Value as Json};
 
-pub use self::request_id::{RequestId, RequestIds};
+pub use self::{
+    pool::{Pool, PoolError},
+    request_id::{RequestId, RequestIds},
+};
 pub use crate::engine::{
     ContextInput, Decision, Effect, EntitiesInput, EntityInput, PolicyError, Query, Refusal,
     RequestEntities,
@@ -69,7 +73,7 @@ impl From<Query> for Question {
 
 /// One call being answered: which API, its request id, where it came from, who the
 /// caller is, and when it started.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Call {
     api: Api,
     id: RequestId,
@@ -126,6 +130,9 @@ pub struct Decider {
     /// With `request_entities = "replace"`, the only callers trusted with it (others'
     /// entities are taken as with `"add"`); `None`: every caller.
     replace_callers: Option<Vec<String>>,
+    /// Where decisions run, off the async workers; `None` decides on the caller's
+    /// thread (the CLI).
+    pool: Option<Pool>,
     ids: RequestIds,
     /// Warnings about refused callers, once a second at most.
     caller_warnings: OncePerSecond,
@@ -140,9 +147,41 @@ impl Decider {
             max_batch_items,
             telemetry,
             replace_callers: None,
+            pool: None,
             ids: RequestIds::new(),
             caller_warnings: OncePerSecond::new(),
         }
+    }
+
+    /// Decides on `pool`'s threads, off the async workers (the server).
+    pub fn on_pool(mut self, pool: Pool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Runs `work` (deciding a call) off the async workers when there is a pool, else
+    /// here; a panic in it is an error, never an answer.
+    pub async fn off_workers<T, F>(&self, work: F) -> Result<T, PoolError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        match &self.pool {
+            Some(pool) => pool.run(work).await,
+            None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                .map_err(|_| PoolError::Panicked),
+        }
+    }
+
+    /// Reports a call that failed unexpectedly (a panic while deciding): counted as
+    /// `internal` and logged; the front end answers it with an error or a deny.
+    pub fn failed(&self, call: &Call, error: PoolError) -> Refusal {
+        tracing::error!(request_id = %call.id, %error, "a call failed unexpectedly; answered without a decision");
+        let refusal = Refusal::new(Reason::Internal, "", error.to_string());
+        let metrics = &self.telemetry.metrics;
+        metrics.call_took(call.api, call.started.elapsed());
+        metrics.refused(call.api, refusal.reason());
+        refusal
     }
 
     /// With `request_entities = "replace"`, trusts only `callers` (verified identities)

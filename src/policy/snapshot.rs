@@ -2,9 +2,9 @@
 
 use std::{collections::HashMap, time::SystemTime};
 
-use cedar_policy::{Entities, PolicySet, Schema};
+use cedar_policy::{Entities, EntityUid, PolicySet, Schema};
 
-use super::{Location, SchemaShape, index::PolicyIndex};
+use super::{FastSet, Location, SchemaShape, index::PolicyIndex};
 
 /// Everything a decision needs from the policy directory, built once and never changed.
 ///
@@ -21,6 +21,8 @@ pub struct Snapshot {
     pub(super) schema_shape: Option<SchemaShape>,
     pub(super) entities: Entities,
     pub(super) entity_count: usize,
+    /// Uids stored entities name as ancestors that the store does not hold.
+    pub(super) dangling_parents: FastSet<EntityUid>,
     pub(super) version: String,
     pub(super) loaded_at: SystemTime,
 }
@@ -56,6 +58,12 @@ impl Snapshot {
     /// The stored entities (`entities.json`, plus the schema's action entities).
     pub fn entities(&self) -> &Entities {
         &self.entities
+    }
+
+    /// Whether stored entities name `uid` as an ancestor although the store does not hold
+    /// it: defining it in a request would change what those stored entities are in.
+    pub fn is_dangling_parent(&self, uid: &EntityUid) -> bool {
+        self.dangling_parents.contains(uid)
     }
 
     /// Content hash of every file the snapshot was built from.

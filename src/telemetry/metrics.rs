@@ -103,15 +103,21 @@ pub enum Reason {
     /// Shed because `max_concurrent_calls` were in flight (RESOURCE_EXHAUSTED; ext_authz:
     /// a 503 deny).
     Overloaded,
+    /// Not answered within its deadline (DEADLINE_EXCEEDED; ext_authz: a 504 deny).
+    Timeout,
+    /// Deciding failed unexpectedly (a bug: INTERNAL; ext_authz: a 500 deny).
+    Internal,
 }
 
 impl Reason {
-    const ALL: [Reason; 5] = [
+    const ALL: [Reason; 7] = [
         Reason::Invalid,
         Reason::Limit,
         Reason::Unauthenticated,
         Reason::CallerNotAllowed,
         Reason::Overloaded,
+        Reason::Timeout,
+        Reason::Internal,
     ];
 
     /// The `reason` label value of [`REQUESTS_REJECTED`].
@@ -122,6 +128,8 @@ impl Reason {
             Self::Unauthenticated => "unauthenticated",
             Self::CallerNotAllowed => "caller_not_allowed",
             Self::Overloaded => "overloaded",
+            Self::Timeout => "deadline_exceeded",
+            Self::Internal => "internal",
         }
     }
 
@@ -134,6 +142,8 @@ impl Reason {
             Self::Unauthenticated => "unauthenticated",
             Self::CallerNotAllowed => "caller_not_allowed",
             Self::Overloaded => "overloaded",
+            Self::Timeout => "timeout",
+            Self::Internal => "internal",
         }
     }
 }
@@ -274,7 +284,7 @@ impl Metrics {
         );
         describe_counter(
             REQUESTS_REJECTED,
-            "Calls refused, by API and reason (invalid_argument, limit_exceeded, caller_not_allowed, overloaded past max_concurrent_calls, or unauthenticated for ext_authz checks with no identifiable principal).",
+            "Calls refused, by API and reason (invalid_argument, limit_exceeded, caller_not_allowed, overloaded past max_concurrent_calls, deadline_exceeded, internal for an unexpected failure, or unauthenticated for ext_authz checks with no identifiable principal).",
         );
         describe_counter(
             AUDIT_DROPPED,

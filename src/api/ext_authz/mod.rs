@@ -10,7 +10,7 @@
 //! through on an error: every refusal is a deny (see [`response`] for which status).
 
 mod mapping;
-mod response;
+pub(crate) mod response;
 pub mod rules;
 
 use std::sync::Arc;
@@ -172,17 +172,25 @@ impl Authorization for ExtAuthzService {
             .start(Api::ExtAuthz, given, request.remote_addr())
             .refusals_deny();
         let span = tracing::info_span!("call", api = "ext_authz", request_id = %call.id());
-        let _in_span = span.enter();
         let admission = self.callers.admit(&request);
-        if let Err(refusal) = self.decider.admit(&mut call, SERVICE, admission) {
+        if let Err(refusal) = span.in_scope(|| self.decider.admit(&mut call, SERVICE, admission)) {
             // A 403 answer rather than a gRPC error: an Envoy set to fail open must not
             // turn this refusal into an allow.
             return Ok(Response::new(response::refused(&refusal, None)));
         }
-        Ok(Response::new(ExtAuthzService::check(
-            self,
-            &call,
-            request.get_ref(),
-        )))
+        let (this, decided) = (self.clone(), call.clone());
+        let answer = self
+            .decider
+            .off_workers(move || {
+                let _in_span = span.enter();
+                this.check(&decided, request.get_ref())
+            })
+            .await
+            .unwrap_or_else(|error| {
+                // Whatever failed, a deny: never a gRPC error an Envoy may fail open on.
+                let refusal = self.decider.failed(&call, error);
+                response::refused(&refusal, Some(self.store.current().version()))
+            });
+        Ok(Response::new(answer))
     }
 }

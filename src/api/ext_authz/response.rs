@@ -5,8 +5,13 @@
 //! no more than that; the response's dynamic metadata says what was decided and why (the
 //! field at fault, never the value), for Envoy's access log.
 
+use bytes::{BufMut as _, Bytes, BytesMut};
 use cedar_policy::EntityUid;
+use http_body_util::StreamBody;
+use hyper::body::Frame;
+use prost::Message as _;
 use prost_types::{ListValue, Struct, Value, value::Kind};
+use tonic::codegen::http::{self, HeaderMap};
 
 use crate::{
     decide::{Decision, Reason, Refusal},
@@ -112,6 +117,16 @@ fn denied(reason: Reason, metadata: Struct, refusal: bool) -> CheckResponse {
             StatusCode::ServiceUnavailable,
             "authorization service overloaded; retry\n",
         ),
+        Reason::Timeout if refusal => (
+            tonic::Code::DeadlineExceeded,
+            StatusCode::GatewayTimeout,
+            "authorization timed out; retry\n",
+        ),
+        Reason::Internal if refusal => (
+            tonic::Code::Internal,
+            StatusCode::InternalServerError,
+            "authorization failed\n",
+        ),
         _ => (
             tonic::Code::PermissionDenied,
             StatusCode::Forbidden,
@@ -150,4 +165,38 @@ fn record(fields: Vec<(&str, Value)>) -> Struct {
     Struct {
         fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
     }
+}
+
+/// `response` as a whole gRPC answer on the wire (one message, then `grpc-status: 0`), for
+/// the transport to send without the service: to a check whose deadline passed before it
+/// was answered.
+pub(crate) fn as_grpc_http(response: &CheckResponse) -> http::Response<tonic::body::Body> {
+    let message = response.encode_to_vec();
+    let length = u32::try_from(message.len()).expect("a CheckResponse is small");
+    let mut framed = BytesMut::with_capacity(5 + message.len());
+    framed.put_u8(0); // not compressed
+    framed.put_u32(length);
+    framed.extend_from_slice(&message);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let frames: [Result<Frame<Bytes>, std::convert::Infallible>; 2] = [
+        Ok(Frame::data(framed.freeze())),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let body = StreamBody::new(tokio_stream::iter(frames));
+    http::Response::builder()
+        .status(http::StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .body(tonic::body::Body::new(body))
+        .expect("a response built from valid parts")
+}
+
+/// The answer to a check not answered within `deadline`: a 504 deny.
+pub(crate) fn timed_out(deadline: std::time::Duration) -> CheckResponse {
+    let refusal = Refusal::new(
+        Reason::Timeout,
+        "",
+        format!("not answered within its deadline of {deadline:?}"),
+    );
+    refused(&refusal, None)
 }

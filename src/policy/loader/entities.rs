@@ -1,5 +1,6 @@
-//! `entities.json`: the stored entities, checked against the limits (count, parent chain)
-//! before Cedar builds them, and validated against the schema.
+//! `entities.json`: the stored entities, checked against the limits (count, parent chain,
+//! parent edges, the closure Cedar would work out) before Cedar builds them, and
+//! validated against the schema.
 
 use cedar_policy::{Entities, Schema};
 
@@ -68,6 +69,19 @@ pub(super) fn load_entities(
             Location::file(source.rel.clone()),
             format!("{e} (max_ancestor_depth)"),
         );
+    }
+    let closure = hierarchy::closure(
+        &nodes,
+        |_| 0,
+        options.max_parent_edges,
+        options.max_ancestor_closure,
+    );
+    if let Err(e) = closure {
+        let limit = match e {
+            hierarchy::ClosureError::Edges { .. } => "max_store_parent_edges",
+            hierarchy::ClosureError::Closure { .. } => "max_store_ancestor_closure",
+        };
+        return fail(Location::file(source.rel.clone()), format!("{e} ({limit})"));
     }
     let count = list.len();
     match Entities::from_json_value(json.clone(), schema) {

@@ -25,7 +25,9 @@ pub use self::{
     policies::MAX_POLICY_NESTING,
     read::{Sources, read_dir},
 };
-use super::{LoadError, PolicyValidation, Problem, Snapshot, index::PolicyIndex};
+use cedar_policy::Entities;
+
+use super::{FastSet, LoadError, PolicyValidation, Problem, Snapshot, index::PolicyIndex};
 
 /// How to load a policy directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +38,10 @@ pub struct LoadOptions {
     pub max_store_entities: usize,
     /// Longest parent chain allowed in `entities.json`.
     pub max_ancestor_depth: usize,
+    /// Most parent edges in `entities.json`.
+    pub max_parent_edges: usize,
+    /// Most steps working out the ancestors of `entities.json`'s entities may take.
+    pub max_ancestor_closure: usize,
 }
 
 impl LoadOptions {
@@ -45,6 +51,8 @@ impl LoadOptions {
             validation,
             max_store_entities: limits.max_store_entities,
             max_ancestor_depth: limits.max_ancestor_depth,
+            max_parent_edges: limits.max_store_parent_edges,
+            max_ancestor_closure: limits.max_store_ancestor_closure,
         }
     }
 }
@@ -112,6 +120,7 @@ pub fn build(read: &Sources, options: &LoadOptions) -> Result<Loaded, LoadError>
                 policies: policies.set,
                 schema_shape,
                 schema,
+                dangling_parents: dangling_parents(&entities),
                 entities,
                 entity_count,
                 version: read.version.clone(),
@@ -121,4 +130,17 @@ pub fn build(read: &Sources, options: &LoadOptions) -> Result<Loaded, LoadError>
         }),
         _ => Err(LoadError::Invalid(problems)),
     }
+}
+
+/// The uids `entities` name as ancestors without holding them.
+fn dangling_parents(entities: &Entities) -> FastSet<cedar_policy::EntityUid> {
+    let mut dangling = FastSet::default();
+    for entity in entities.iter() {
+        for ancestor in entities.ancestors(&entity.uid()).into_iter().flatten() {
+            if entities.get(ancestor).is_none() {
+                dangling.insert(ancestor.clone());
+            }
+        }
+    }
+    dangling
 }
