@@ -27,7 +27,7 @@ use cedar_pdp::{
     telemetry::{AuditOptions, AuditSink},
 };
 use common::*;
-use prost_types::{ListValue, Struct, Value, value::Kind};
+use prost_types::{ListValue, Value, value::Kind};
 use tonic::transport::Channel;
 
 fn docs_config() -> Config {
@@ -35,56 +35,6 @@ fn docs_config() -> Config {
         policies: example_policies(),
         ext_authz: docs_ext_authz(),
         ..Config::default()
-    }
-}
-
-fn string_value(s: &str) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(s.to_owned())),
-    }
-}
-
-/// JWT payload metadata as Envoy's jwt_authn filter writes it.
-fn jwt(claims: &[(&str, Value)]) -> Metadata {
-    let payload = Struct {
-        fields: claims
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect(),
-    };
-    let namespace = Struct {
-        fields: [(
-            "jwt_payload".to_owned(),
-            Value {
-                kind: Some(Kind::StructValue(payload)),
-            },
-        )]
-        .into(),
-    };
-    Metadata {
-        filter_metadata: [("envoy.filters.http.jwt_authn".to_owned(), namespace)].into(),
-        ..Default::default()
-    }
-}
-
-fn check(method: &str, path: &str, metadata: Option<Metadata>, peer: Option<Peer>) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: peer,
-            request: Some(Request {
-                time: None,
-                http: Some(HttpRequest {
-                    id: "req-ext-1".to_owned(),
-                    method: method.to_owned(),
-                    path: path.to_owned(),
-                    host: "docs.acme.example".to_owned(),
-                    headers: HashMap::from([("user-agent".to_owned(), "curl/8".to_owned())]),
-                    ..Default::default()
-                }),
-            }),
-            metadata_context: metadata,
-            ..Default::default()
-        }),
     }
 }
 

@@ -311,6 +311,51 @@ async fn a_call_whose_body_does_not_arrive_in_time_is_answered_deadline_exceeded
     server.stop().await;
 }
 
+/// Envoy's Check: a gRPC error would let an Envoy set to fail open through, so a check
+/// past its deadline gets an answer, a deny.
+#[tokio::test]
+async fn a_check_past_its_deadline_is_a_504_deny_never_a_grpc_error() {
+    let server = TestServer::start_with(config(10)).await;
+    let mut raw = RawClient::connect(&server).await;
+    let held = raw
+        .start(
+            "/envoy.service.auth.v3.Authorization/Check",
+            &[("grpc-timeout", "100m")],
+        )
+        .await;
+    let answer = held.answer().await;
+    assert_eq!(
+        answer.status, 0,
+        "an answer, not an error: {}",
+        answer.message
+    );
+    let check: cedar_pdp::proto::envoy::service::auth::v3::CheckResponse = answer.decode();
+    assert_eq!(
+        check.status.as_ref().map(|s| s.code),
+        Some(tonic::Code::DeadlineExceeded as i32),
+        "{check:?}"
+    );
+    let Some(
+        cedar_pdp::proto::envoy::service::auth::v3::check_response::HttpResponse::DeniedResponse(
+            denied,
+        ),
+    ) = &check.http_response
+    else {
+        panic!("not denied: {check:?}")
+    };
+    assert_eq!(denied.status.as_ref().map(|s| s.code), Some(504));
+    let text = server.metrics_text().await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"cedar_pdp_requests_rejected_total{api="ext_authz",reason="deadline_exceeded"}"#
+        ),
+        Some(1.0)
+    );
+    until_in_flight(&server, 0.0).await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_call_already_past_its_deadline_when_its_turn_comes_is_not_decided() {
     let server = TestServer::start_with(config(10)).await;

@@ -27,6 +27,10 @@ pub struct AuthorizerService {
 /// The service name callers are refused for.
 const SERVICE: &str = "cedarpdp.v1.Authorizer";
 
+/// Largest batch (sending no entities) decided as light work: past it a batch may wait
+/// for the threads heavy work shares, so that it cannot crowd out single questions.
+const LIGHT_BATCH_ITEMS: usize = 16;
+
 impl AuthorizerService {
     /// A service deciding with `decider` against whatever `store` serves at each call,
     /// converting values within `limits`, for the `callers` it admits.
@@ -183,9 +187,11 @@ impl authorizer_server::Authorizer for AuthorizerService {
         let call = self.start(Api::IsAuthorized, &request)?;
         let span = tracing::info_span!("call", api = "is_authorized", request_id = %call.id());
         let (this, decided) = (self.clone(), call.clone());
+        let message = request.get_ref();
+        let heavy = !message.entities.is_empty() || !message.entities_json.is_empty();
         let result = self
             .decider
-            .off_workers(move || {
+            .off_workers(heavy, move || {
                 let _in_span = span.enter();
                 let snapshot = this.store.current();
                 this.is_authorized(&decided, &snapshot, request.into_inner())
@@ -202,9 +208,13 @@ impl authorizer_server::Authorizer for AuthorizerService {
         let call = self.start(Api::Batch, &request)?;
         let span = tracing::info_span!("call", api = "batch", request_id = %call.id());
         let (this, decided) = (self.clone(), call.clone());
+        let message = request.get_ref();
+        let heavy = !message.entities.is_empty()
+            || !message.entities_json.is_empty()
+            || message.items.len() > LIGHT_BATCH_ITEMS;
         let result = self
             .decider
-            .off_workers(move || {
+            .off_workers(heavy, move || {
                 let _in_span = span.enter();
                 let snapshot = this.store.current();
                 this.batch(&decided, &snapshot, request.into_inner())

@@ -159,15 +159,16 @@ impl Decider {
         self
     }
 
-    /// Runs `work` (deciding a call) off the async workers when there is a pool, else
-    /// here; a panic in it is an error, never an answer.
-    pub async fn off_workers<T, F>(&self, work: F) -> Result<T, PoolError>
+    /// Runs `work` (deciding a call; `heavy` when the call sends entities or is a large
+    /// batch) off the async workers when there is a pool, else here; a panic in it is an
+    /// error, never an answer.
+    pub async fn off_workers<T, F>(&self, heavy: bool, work: F) -> Result<T, PoolError>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
         match &self.pool {
-            Some(pool) => pool.run(work).await,
+            Some(pool) => pool.run(heavy, work).await,
             None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
                 .map_err(|_| PoolError::Panicked),
         }

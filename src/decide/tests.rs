@@ -201,3 +201,44 @@ fn a_caller_off_the_allow_list_is_refused_counted_and_not_audited() {
     assert_eq!(admitted.caller(), Some("gateway"));
     assert!(records(decider, &sink).is_empty());
 }
+
+#[test]
+fn replace_is_kept_for_the_callers_trusted_with_it() {
+    let snapshot = example();
+    let metrics = Metrics::new();
+    let options = EngineOptions {
+        request_entities: RequestEntities::Replace,
+        ..EngineOptions::default()
+    };
+    let decider = Decider::new(Engine::new(options), 10, Telemetry::metrics_only(metrics))
+        .replace_only_for(vec!["spiffe://acme.example/ns/qa/sa/harness".to_owned()]);
+    // bob, stored, sent as suspended: only a trusted caller's copy replaces the store's.
+    let bob = || {
+        let json = r#"[{"uid": {"type": "Platform::User", "id": "bob"},
+            "attrs": {"tenant": {"__entity": {"type": "Platform::Tenant", "id": "acme"}},
+                      "email": "bob@acme.example", "suspended": true, "contractor": false},
+            "parents": [{"type": "Platform::Group", "id": "acme-engineering"}]}]"#;
+        EntitiesInput::Json(json.to_owned())
+    };
+    let ask = |caller: Option<&str>| {
+        let mut call = decider.start(Api::IsAuthorized, None, None);
+        let admission = Admission::Admitted(caller.map(str::to_owned));
+        decider
+            .admit(&mut call, "cedarpdp.v1.Authorizer", admission)
+            .unwrap();
+        decider.decide(
+            &call,
+            &snapshot,
+            bob(),
+            question("bob", "read", "acme-roadmap-q3"),
+        )
+    };
+    let trusted = ask(Some("spiffe://acme.example/ns/qa/sa/harness")).unwrap();
+    assert!(!trusted.allowed());
+    assert_eq!(trusted.determining_policies(), ["suspended-users"]);
+    for caller in [Some("spiffe://acme.example/ns/prod/sa/gateway"), None] {
+        let refusal = ask(caller).unwrap_err();
+        assert_eq!(refusal.reason(), Reason::Invalid, "{caller:?}");
+        assert!(refusal.message().contains("stored entity"), "{refusal}");
+    }
+}

@@ -19,6 +19,8 @@ use cedar_pdp::{
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 
+use cedar_pdp::proto::envoy::{config::core::v3 as envoy_core, service::auth::v3 as envoy_auth};
+
 /// The `cedar-pdp` binary Cargo built for the integration tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_cedar-pdp");
 /// The repository's example policy directory, as a string for command lines.
@@ -397,4 +399,64 @@ pub fn docs_ext_authz() -> cedar_pdp::config::ExtAuthzSettings {
     *settings
         .ext_authz
         .expect("the docs' TOML has an [ext_authz] table")
+}
+
+// --- Envoy checks as the HTTP ext_authz filter sends them ------------------------------
+
+/// A protobuf `Value` holding `s`.
+pub fn string_value(s: &str) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(s.to_owned())),
+    }
+}
+
+/// JWT payload metadata as Envoy's jwt_authn filter writes it.
+pub fn jwt(claims: &[(&str, prost_types::Value)]) -> envoy_core::Metadata {
+    let payload = prost_types::Struct {
+        fields: claims
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+    };
+    let namespace = prost_types::Struct {
+        fields: [(
+            "jwt_payload".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StructValue(payload)),
+            },
+        )]
+        .into(),
+    };
+    envoy_core::Metadata {
+        filter_metadata: [("envoy.filters.http.jwt_authn".to_owned(), namespace)].into(),
+        ..Default::default()
+    }
+}
+
+/// An HTTP check from Envoy: `method path` on `docs.acme.example`, with a verified token's
+/// `metadata` and the downstream `peer` when given.
+pub fn check(
+    method: &str,
+    path: &str,
+    metadata: Option<envoy_core::Metadata>,
+    peer: Option<envoy_auth::attribute_context::Peer>,
+) -> envoy_auth::CheckRequest {
+    envoy_auth::CheckRequest {
+        attributes: Some(envoy_auth::AttributeContext {
+            source: peer,
+            request: Some(envoy_auth::attribute_context::Request {
+                time: None,
+                http: Some(envoy_auth::attribute_context::HttpRequest {
+                    id: "req-ext-1".to_owned(),
+                    method: method.to_owned(),
+                    path: path.to_owned(),
+                    host: "docs.acme.example".to_owned(),
+                    headers: HashMap::from([("user-agent".to_owned(), "curl/8".to_owned())]),
+                    ..Default::default()
+                }),
+            }),
+            metadata_context: metadata,
+            ..Default::default()
+        }),
+    }
 }

@@ -181,7 +181,8 @@ impl Authorization for ExtAuthzService {
         let (this, decided) = (self.clone(), call.clone());
         let answer = self
             .decider
-            .off_workers(move || {
+            // A check sends no entities: light work.
+            .off_workers(false, move || {
                 let _in_span = span.enter();
                 this.check(&decided, request.get_ref())
             })

@@ -1,0 +1,469 @@
+//! The findings of a review done as an attacker would, each through the wire (cedarpdp.v1
+//! and Envoy's Check): no request, policy file or caller turns a deny into an allow.
+//!
+//! - A resource the store does not hold (or a stored id written another way: case, a
+//!   path parameter, an encoded space) is denied to everyone, tenant admins included.
+//! - A forbid whose evaluation errors denies, names itself, and is counted.
+//! - Request entities cannot rewrite the store: a stored uid (forged membership, forged
+//!   attribute), an Action entity, or a parent stored entities name is refused.
+//! - A request's entity graph is bounded before Cedar sees it.
+
+mod common;
+
+use cedar_pdp::{
+    Config,
+    config::{OnForbidError, RequestEntities},
+    proto::{
+        cedarpdp::v1 as pb,
+        envoy::service::auth::v3::{CheckRequest, authorization_client::AuthorizationClient},
+    },
+};
+use common::*;
+use tonic::Code;
+
+/// Stored users of the example, each of one tenant; alice and grace administer theirs.
+const USERS: [&str; 7] = ["alice", "bob", "carol", "erin", "mallory", "dave", "grace"];
+
+/// Stored documents, and ids that are not stored: unknown, or a stored id written another
+/// way (as a gateway may pass on a path segment).
+const STORED_DOCS: [&str; 2] = ["acme-roadmap-q3", "globex-handbook"];
+
+fn variants_of(id: &str) -> Vec<String> {
+    vec![
+        id.to_uppercase(),
+        format!("{id};jsessionid=x"),
+        format!("{id} "),
+        id.replacen('-', " ", 1),
+        format!("{id}/"),
+    ]
+}
+
+fn unknown_docs() -> Vec<String> {
+    let mut ids = vec!["no-such-doc".to_owned(), String::new()];
+    for id in STORED_DOCS {
+        ids.extend(variants_of(id));
+    }
+    ids
+}
+
+fn reasons(response: &pb::IsAuthorizedResponse) -> Vec<&str> {
+    response
+        .determining_policies
+        .iter()
+        .map(String::as_str)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_resource_the_store_does_not_hold_is_denied_to_everyone() {
+    let server = TestServer::start(&example_policies()).await;
+    let mut client = server.client().await;
+    let mut decided = 0;
+    for user in USERS {
+        for act in ["read", "write", "share", "delete"] {
+            for doc in unknown_docs() {
+                let mut r = request(p("User", user), action(act), p("Document", &doc));
+                // The strongest session there is: MFA, from the office network.
+                r.context = strong_context();
+                let response = client.is_authorized(r).await.unwrap().into_inner();
+                let what = format!("{user} {act} {doc:?}");
+                assert!(!is_allow(&response), "{what}: {response:?}");
+                assert!(
+                    reasons(&response).contains(&"tenant-isolation"),
+                    "{what}: {response:?}"
+                );
+                assert!(response.errors.is_empty(), "{what}: {response:?}");
+                decided += 1;
+            }
+        }
+    }
+    assert!(decided > 300, "{decided}");
+    // The stored document itself is still served: alice, an Acme admin, deletes it.
+    let mut r = request(
+        p("User", "alice"),
+        action("delete"),
+        p("Document", "acme-roadmap-q3"),
+    );
+    r.context = strong_context();
+    assert!(is_allow(
+        &client.is_authorized(r).await.unwrap().into_inner()
+    ));
+    server.stop().await;
+}
+
+/// A check of `method` on `/projects/acme-roadmap/docs/{doc}` by the token subject `user`.
+fn envoy_reads(user: &str, method: &str, doc: &str) -> CheckRequest {
+    let path = format!("/projects/acme-roadmap/docs/{doc}");
+    check(
+        method,
+        &path,
+        Some(jwt(&[("sub", string_value(user))])),
+        None,
+    )
+}
+
+#[tokio::test]
+async fn envoy_is_denied_a_document_the_store_does_not_hold() {
+    let server = TestServer::start_with(Config {
+        policies: example_policies(),
+        ext_authz: docs_ext_authz(),
+        ..Config::default()
+    })
+    .await;
+    let mut client = AuthorizationClient::new(server.channel().await);
+    // Path forms of unknown ids, as a client can write them.
+    let mut docs = vec!["no-such-doc".to_owned(), "ACME-ROADMAP-Q3".to_owned()];
+    docs.push("acme-roadmap-q3;jsessionid=x".to_owned());
+    docs.push("acme%20roadmap-q3".to_owned());
+    docs.push("acme-roadmap-q3%20".to_owned());
+    for user in USERS {
+        for method in ["GET", "POST", "DELETE"] {
+            for doc in &docs {
+                let answer = client
+                    .check(envoy_reads(user, method, doc))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let status = answer.status.as_ref().map_or(-1, |s| s.code);
+                assert_eq!(
+                    status,
+                    Code::PermissionDenied as i32,
+                    "{user} {method} {doc}: {answer:?}"
+                );
+            }
+        }
+    }
+    // The stored document: bob reads it.
+    let bob = client
+        .check(envoy_reads("bob", "GET", "acme-roadmap-q3"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(bob.status.as_ref().map(|s| s.code), Some(0), "{bob:?}");
+    server.stop().await;
+}
+
+/// Isolation and admin rights written without `has` guards, as the example's were: the
+/// forbid errors on a resource the store does not hold.
+const UNGUARDED: &str = r#"
+@id("isolation")
+forbid (principal, action, resource)
+unless { principal.tenant == resource.tenant };
+
+@id("admins")
+permit (principal, action, resource)
+when { principal.admin };
+"#;
+
+const ADMIN: &str = r#"[
+  {"uid": {"type": "User", "id": "root"}, "attrs": {"tenant": "t1", "admin": true}, "parents": []},
+  {"uid": {"type": "Doc", "id": "d1"}, "attrs": {"tenant": "t2"}, "parents": []}
+]"#;
+
+#[tokio::test]
+async fn a_forbid_that_errors_denies_names_itself_and_is_counted() {
+    let dir = policy_dir(&[("p.cedar", UNGUARDED), ("entities.json", ADMIN)]);
+    let ask = |doc: &str| request(uid("User", "root"), uid("Action", "read"), uid("Doc", doc));
+
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.client().await;
+    let missing = client.is_authorized(ask("d9")).await.unwrap().into_inner();
+    assert!(!is_allow(&missing), "{missing:?}");
+    assert_eq!(reasons(&missing), ["isolation"]);
+    assert_eq!(missing.errors.len(), 1, "{missing:?}");
+    assert_eq!(missing.errors[0].policy_id, "isolation");
+    // Another tenant's stored document: the forbid is satisfied, no error.
+    let other = client.is_authorized(ask("d1")).await.unwrap().into_inner();
+    assert!(!is_allow(&other));
+    assert_eq!(reasons(&other), ["isolation"]);
+    assert!(other.errors.is_empty());
+    let text = server.metrics_text().await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"cedar_pdp_forbid_errors_total{policy_id="isolation"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    server.stop().await;
+
+    // Cedar's own semantics, when asked for: the erroring forbid is left out.
+    let skipping = TestServer::start_with(Config {
+        policies: dir.path().to_owned(),
+        on_forbid_error: OnForbidError::Skip,
+        ..Config::default()
+    })
+    .await;
+    let mut client = skipping.client().await;
+    let missing = client.is_authorized(ask("d9")).await.unwrap().into_inner();
+    assert!(is_allow(&missing), "{missing:?}");
+    assert_eq!(reasons(&missing), ["admins"]);
+    skipping.stop().await;
+}
+
+/// `who` with the attributes of an Acme user, `suspended` as given, in `groups`.
+fn acme_user(who: &str, suspended: bool, groups: &[&str]) -> pb::Entity {
+    pb::Entity {
+        uid: Some(p("User", who)),
+        attrs: context(&[
+            ("tenant", entity_value(p("Tenant", "acme"))),
+            ("email", string(&format!("{who}@acme.example"))),
+            ("suspended", boolean(suspended)),
+            ("contractor", boolean(false)),
+        ]),
+        parents: groups.iter().map(|g| p("Group", g)).collect(),
+        tags: Default::default(),
+    }
+}
+
+async fn refused_with(
+    client: &mut pb::authorizer_client::AuthorizerClient<tonic::transport::Channel>,
+    request: pb::IsAuthorizedRequest,
+    code: Code,
+    said: &[&str],
+) {
+    let status = client.is_authorized(request).await.unwrap_err();
+    assert_eq!(status.code(), code, "{status:?}");
+    for part in said {
+        assert!(status.message().contains(part), "{part:?} in {status:?}");
+    }
+}
+
+#[tokio::test]
+async fn request_entities_cannot_rewrite_the_store() {
+    let server = TestServer::start(&example_policies()).await;
+    let mut client = server.client().await;
+    let minutes = p("Document", "acme-board-minutes");
+
+    // Forged membership: bob (stored) sends himself as an Acme admin.
+    let mut r = request(p("User", "bob"), action("delete"), minutes.clone());
+    r.context = strong_context();
+    r.entities = vec![acme_user("bob", false, &["acme-admins"])];
+    refused_with(
+        &mut client,
+        r.clone(),
+        Code::InvalidArgument,
+        &[
+            "entities[0].uid",
+            r#"Platform::User::"bob""#,
+            "stored entity",
+        ],
+    )
+    .await;
+    // The same in Cedar's JSON form, and in a batch.
+    let json = r#"[{"uid": {"type": "Platform::User", "id": "bob"},
+        "attrs": {"tenant": {"__entity": {"type": "Platform::Tenant", "id": "acme"}},
+                  "email": "bob@acme.example", "suspended": false, "contractor": false},
+        "parents": [{"type": "Platform::Group", "id": "acme-admins"}]}]"#;
+    let mut as_json = r.clone();
+    as_json.entities = Vec::new();
+    as_json.entities_json = json.to_owned();
+    refused_with(
+        &mut client,
+        as_json,
+        Code::InvalidArgument,
+        &["entities_json[0].uid", "stored entity"],
+    )
+    .await;
+    let batch = pb::BatchIsAuthorizedRequest {
+        entities: vec![acme_user("bob", false, &["acme-admins"])],
+        items: vec![pb::BatchItem {
+            principal: r.principal.clone(),
+            action: r.action.clone(),
+            resource: r.resource.clone(),
+            context: r.context.clone(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let status = client.batch_is_authorized(batch).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    // Forged attribute: mallory (stored, suspended) sends herself unsuspended.
+    let mut r = request(
+        p("User", "mallory"),
+        action("read"),
+        p("Document", "acme-roadmap-q3"),
+    );
+    r.entities = vec![acme_user("mallory", false, &["acme-engineering"])];
+    refused_with(
+        &mut client,
+        r,
+        Code::InvalidArgument,
+        &[r#"Platform::User::"mallory""#, "stored entity"],
+    )
+    .await;
+
+    // What was asked without the forgeries is decided as stored: denied.
+    for (user, act, resource) in [
+        ("bob", "delete", minutes.clone()),
+        ("mallory", "read", p("Document", "acme-roadmap-q3")),
+    ] {
+        let mut r = request(p("User", user), action(act), resource);
+        r.context = strong_context();
+        assert!(!is_allow(
+            &client.is_authorized(r).await.unwrap().into_inner()
+        ));
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn actions_and_parents_the_store_names_cannot_be_sent() {
+    // Without request validation nothing stops an Action entity but the trust mode.
+    let dir = policy_dir(&[
+        (
+            "p.cedar",
+            r#"permit (principal, action in Action::"admin", resource);"#,
+        ),
+        (
+            "entities.json",
+            r#"[{"uid": {"type": "User", "id": "u"}, "attrs": {},
+                 "parents": [{"type": "Group", "id": "not-stored"}]}]"#,
+        ),
+    ]);
+    let server = TestServer::start_with(Config {
+        policies: dir.path().to_owned(),
+        validate_requests: false,
+        ..Config::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    let read_as = |parents: Vec<pb::EntityUid>| {
+        let mut r = request(uid("User", "u"), uid("Action", "read"), uid("Doc", "d"));
+        r.entities = vec![pb::Entity {
+            uid: Some(uid("Action", "read")),
+            parents,
+            ..Default::default()
+        }];
+        r
+    };
+    refused_with(
+        &mut client,
+        read_as(vec![uid("Action", "admin")]),
+        Code::InvalidArgument,
+        &["entities[0].uid", "Action entity"],
+    )
+    .await;
+    // A group stored users name as their parent, defined by the request into admin.
+    let mut r = request(uid("User", "u"), uid("Action", "read"), uid("Doc", "d"));
+    r.entities = vec![pb::Entity {
+        uid: Some(uid("Group", "not-stored")),
+        parents: vec![uid("Action", "admin")],
+        ..Default::default()
+    }];
+    refused_with(
+        &mut client,
+        r,
+        Code::InvalidArgument,
+        &[r#"Group::"not-stored""#, "named as a parent"],
+    )
+    .await;
+    // A new entity the store does not know is fine.
+    let mut r = request(uid("User", "new"), uid("Action", "read"), uid("Doc", "d"));
+    r.entities = vec![pb::Entity {
+        uid: Some(uid("User", "new")),
+        ..Default::default()
+    }];
+    let answer = client.is_authorized(r).await.unwrap().into_inner();
+    assert!(!is_allow(&answer), "{answer:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn with_replace_or_off_request_entities_do_what_the_operator_chose() {
+    let forged = || {
+        let mut r = request(
+            p("User", "bob"),
+            action("delete"),
+            p("Document", "acme-board-minutes"),
+        );
+        r.context = strong_context();
+        r.entities = vec![acme_user("bob", false, &["acme-admins"])];
+        r
+    };
+    // replace: Cedar's test-harness behaviour, for callers trusted with it.
+    let replacing = TestServer::start_with(Config {
+        policies: example_policies(),
+        request_entities: RequestEntities::Replace,
+        ..Config::default()
+    })
+    .await;
+    let mut client = replacing.client().await;
+    let answer = client.is_authorized(forged()).await.unwrap().into_inner();
+    assert!(is_allow(&answer), "{answer:?}");
+    assert_eq!(reasons(&answer), ["tenant-admins"]);
+    replacing.stop().await;
+
+    // off: no entities from requests at all.
+    let off = TestServer::start_with(Config {
+        policies: example_policies(),
+        request_entities: RequestEntities::Off,
+        ..Config::default()
+    })
+    .await;
+    let mut client = off.client().await;
+    refused_with(
+        &mut client,
+        forged(),
+        Code::InvalidArgument,
+        &["entities", "request_entities = off"],
+    )
+    .await;
+    off.stop().await;
+}
+
+/// `layers` layers of `width` new Acme groups, each a member of every group of the next.
+fn layered(width: usize, layers: usize) -> Vec<pb::Entity> {
+    let group = |layer: usize, i: usize| p("Group", &format!("l{layer}-{i}"));
+    (0..layers)
+        .flat_map(|layer| {
+            (0..width).map(move |i| pb::Entity {
+                uid: Some(group(layer, i)),
+                attrs: context(&[("tenant", entity_value(p("Tenant", "acme")))]),
+                parents: if layer + 1 < layers {
+                    (0..width).map(|j| group(layer + 1, j)).collect()
+                } else {
+                    Vec::new()
+                },
+                tags: Default::default(),
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_expensive_entity_graph_is_refused_before_cedar_sees_it() {
+    let server = TestServer::start(&example_policies()).await;
+    let mut client = server.client().await;
+    let ask = |entities: Vec<pb::Entity>| {
+        let mut r = bob_reads_roadmap();
+        r.entities = entities;
+        r
+    };
+    // Few edges, but deep: the closure Cedar would work out is past the limit.
+    refused_with(
+        &mut client,
+        ask(layered(10, 10)),
+        Code::ResourceExhausted,
+        &["entities", "max_request_ancestor_closure"],
+    )
+    .await;
+    // Wide and shallow: too many edges.
+    refused_with(
+        &mut client,
+        ask(layered(50, 2)),
+        Code::ResourceExhausted,
+        &["entities", "2500 parent edges", "max_request_parent_edges"],
+    )
+    .await;
+    // Within both, decided.
+    let answer = client
+        .is_authorized(ask(layered(20, 2)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(is_allow(&answer), "{answer:?}");
+    server.stop().await;
+}
