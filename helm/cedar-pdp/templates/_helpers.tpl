@@ -107,12 +107,18 @@ swap on a renewal reaches the files (a subPath mount never updates). */}}
 - {{ printf "--metrics-listen=0.0.0.0:%d" (int .Values.service.metricsPort) | quote }}
 - {{ printf "--policy-validation=%s" $c.policyValidation | quote }}
 - {{ printf "--validate-requests=%t" $c.validateRequests | quote }}
+- {{ printf "--on-forbid-error=%s" $c.onForbidError | quote }}
+- {{ printf "--request-entities=%s" $c.requestEntities | quote }}
 - {{ printf "--log-format=%s" $c.logFormat | quote }}
 - {{ printf "--log-level=%s" $c.logLevel | quote }}
 - {{ printf "--drain-seconds=%d" (int64 $c.drainSeconds) | quote }}
 - {{ printf "--shutdown-grace-seconds=%d" (int64 $c.shutdownGraceSeconds) | quote }}
 - {{ printf "--max-message-bytes=%d" (int64 $c.limits.maxMessageBytes) | quote }}
 - {{ printf "--max-request-entities=%d" (int64 $c.limits.maxRequestEntities) | quote }}
+- {{ printf "--max-request-parent-edges=%d" (int64 $c.limits.maxRequestParentEdges) | quote }}
+- {{ printf "--max-request-ancestor-closure=%d" (int64 $c.limits.maxRequestAncestorClosure) | quote }}
+- {{ printf "--max-store-parent-edges=%d" (int64 $c.limits.maxStoreParentEdges) | quote }}
+- {{ printf "--max-store-ancestor-closure=%d" (int64 $c.limits.maxStoreAncestorClosure) | quote }}
 - {{ printf "--max-batch-items=%d" (int64 $c.limits.maxBatchItems) | quote }}
 - {{ printf "--max-value-depth=%d" (int64 $c.limits.maxValueDepth) | quote }}
 - {{ printf "--max-ancestor-depth=%d" (int64 $c.limits.maxAncestorDepth) | quote }}
@@ -122,6 +128,9 @@ swap on a renewal reaches the files (a subPath mount never updates). */}}
 - {{ printf "--max-connections=%d" (int64 $c.limits.maxConnections) | quote }}
 - {{ printf "--max-concurrent-streams=%d" (int64 $c.limits.maxConcurrentStreams) | quote }}
 - {{ printf "--max-concurrent-calls=%d" (int64 $c.limits.maxConcurrentCalls) | quote }}
+{{- if gt (int64 $c.limits.decisionThreads) 0 }}
+- {{ printf "--decision-threads=%d" (int64 $c.limits.decisionThreads) | quote }}
+{{- end }}
 - {{ printf "--audit-sink=%s" $c.audit.sink | quote }}
 - {{ printf "--audit-allow-sample-rate=%v" $c.audit.allowSampleRate | quote }}
 {{- with $c.audit.contextKeys }}
