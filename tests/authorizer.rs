@@ -7,14 +7,6 @@ use cedar_pdp::proto::cedarpdp::v1 as pb;
 use common::*;
 use tonic::Code;
 
-fn reasons(response: &pb::IsAuthorizedResponse) -> Vec<&str> {
-    response
-        .determining_policies
-        .iter()
-        .map(String::as_str)
-        .collect()
-}
-
 #[tokio::test]
 async fn decisions_on_the_example_policy_set() {
     let server = TestServer::start(&example_policies()).await;

@@ -46,14 +46,6 @@ fn unknown_docs() -> Vec<String> {
     ids
 }
 
-fn reasons(response: &pb::IsAuthorizedResponse) -> Vec<&str> {
-    response
-        .determining_policies
-        .iter()
-        .map(String::as_str)
-        .collect()
-}
-
 #[tokio::test]
 async fn a_resource_the_store_does_not_hold_is_denied_to_everyone() {
     let server = TestServer::start(&example_policies()).await;

@@ -133,6 +133,30 @@ impl AuthorizerService {
     }
 }
 
+impl AuthorizerService {
+    /// Runs `decide` for `call` (in `span`, on the serving snapshot) off the async
+    /// workers, and answers with its result, or with INTERNAL if it failed unexpectedly.
+    async fn answer<T: Send + 'static>(
+        &self,
+        call: Call,
+        span: tracing::Span,
+        heavy: bool,
+        decide: impl FnOnce(&Self, &Call, &Snapshot) -> Result<T, Refusal> + Send + 'static,
+    ) -> Result<Response<T>, Status> {
+        let (this, decided) = (self.clone(), call.clone());
+        let result = self
+            .decider
+            .off_workers(heavy, move || {
+                let _in_span = span.enter();
+                let snapshot = this.store.current();
+                decide(&this, &decided, &snapshot)
+            })
+            .await
+            .unwrap_or_else(|error| Err(self.decider.failed(&call, error)));
+        reply(&call, result)
+    }
+}
+
 /// The wire answer for a decision made on `snapshot`.
 fn response(decision: &Decision, snapshot: &Snapshot) -> pb::IsAuthorizedResponse {
     let verdict = if decision.allowed() {
@@ -186,19 +210,12 @@ impl authorizer_server::Authorizer for AuthorizerService {
     ) -> Result<Response<pb::IsAuthorizedResponse>, Status> {
         let call = self.start(Api::IsAuthorized, &request)?;
         let span = tracing::info_span!("call", api = "is_authorized", request_id = %call.id());
-        let (this, decided) = (self.clone(), call.clone());
-        let message = request.get_ref();
+        let message = request.into_inner();
         let heavy = !message.entities.is_empty() || !message.entities_json.is_empty();
-        let result = self
-            .decider
-            .off_workers(heavy, move || {
-                let _in_span = span.enter();
-                let snapshot = this.store.current();
-                this.is_authorized(&decided, &snapshot, request.into_inner())
-            })
-            .await
-            .unwrap_or_else(|error| Err(self.decider.failed(&call, error)));
-        reply(&call, result)
+        self.answer(call, span, heavy, move |this, call, snapshot| {
+            this.is_authorized(call, snapshot, message)
+        })
+        .await
     }
 
     async fn batch_is_authorized(
@@ -207,21 +224,14 @@ impl authorizer_server::Authorizer for AuthorizerService {
     ) -> Result<Response<pb::BatchIsAuthorizedResponse>, Status> {
         let call = self.start(Api::Batch, &request)?;
         let span = tracing::info_span!("call", api = "batch", request_id = %call.id());
-        let (this, decided) = (self.clone(), call.clone());
-        let message = request.get_ref();
+        let message = request.into_inner();
         let heavy = !message.entities.is_empty()
             || !message.entities_json.is_empty()
             || message.items.len() > LIGHT_BATCH_ITEMS;
-        let result = self
-            .decider
-            .off_workers(heavy, move || {
-                let _in_span = span.enter();
-                let snapshot = this.store.current();
-                this.batch(&decided, &snapshot, request.into_inner())
-            })
-            .await
-            .unwrap_or_else(|error| Err(self.decider.failed(&call, error)));
-        reply(&call, result)
+        self.answer(call, span, heavy, move |this, call, snapshot| {
+            this.batch(call, snapshot, message)
+        })
+        .await
     }
 
     async fn get_policy_set_info(

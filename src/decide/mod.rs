@@ -5,8 +5,9 @@
 //!
 //! Front ends (`api::authorizer`, `api::ext_authz`) are wire adapters around this: they
 //! turn their request into questions and the answer into their response, and nothing
-//! else. The vocabulary is the engine's: a *decision* allows or denies; a request that
-//! is not decided is *refused*, for a [`Reason`].
+//! else. In the server, deciding runs on the decision [`Pool`], off the async workers
+//! ([`Decider::off_workers`]). The vocabulary is the engine's: a *decision* allows or
+//! denies; a request that is not decided is *refused*, for a [`Reason`].
 
 mod pool;
 mod record;

@@ -257,6 +257,15 @@ pub fn strong_context() -> HashMap<String, pb::Value> {
     ])
 }
 
+/// The determining policies of an answer.
+pub fn reasons(response: &pb::IsAuthorizedResponse) -> Vec<&str> {
+    response
+        .determining_policies
+        .iter()
+        .map(String::as_str)
+        .collect()
+}
+
 pub fn is_allow(response: &pb::IsAuthorizedResponse) -> bool {
     response.decision == pb::Decision::Allow as i32
 }
