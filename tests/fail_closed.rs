@@ -349,7 +349,7 @@ async fn actions_and_parents_the_store_names_cannot_be_sent() {
         &mut client,
         r,
         Code::InvalidArgument,
-        &[r#"Group::"not-stored""#, "named as a parent"],
+        &[r#"Group::"not-stored""#, "named by the stored entities"],
     )
     .await;
     // A new entity the store does not know is fine.
@@ -360,6 +360,90 @@ async fn actions_and_parents_the_store_names_cannot_be_sent() {
     }];
     let answer = client.is_authorized(r).await.unwrap().into_inner();
     assert!(!is_allow(&answer), "{answer:?}");
+    server.stop().await;
+}
+
+/// Found in review: Cedar takes a uid written as `{"__entity": <anything it cannot read>,
+/// "type", "id"}` by its plain form; a check that read uids its own way missed it, and the
+/// request could define a parent the store names (an ALLOW) or a graph past every limit.
+#[tokio::test]
+async fn every_form_of_a_uid_cedar_takes_is_checked() {
+    let dir = policy_dir(&[
+        (
+            "p.cedar",
+            "permit (principal in Role::\"admin\", action, resource);\n\
+             permit (principal, action, resource) when { resource has owner && resource.owner.trusted };",
+        ),
+        (
+            "entities.json",
+            r#"[{"uid": {"type": "User", "id": "alice"}, "attrs": {}, "parents": [{"type": "Role", "id": "viewer"}]},
+                {"uid": {"type": "Doc", "id": "d"}, "attrs": {"owner": {"__entity": {"type": "User", "id": "ghost"}}}, "parents": []}]"#,
+        ),
+    ]);
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.client().await;
+    let ask = |entities_json: &str| {
+        let mut r = request(
+            uid("User", "alice"),
+            uid("Action", "delete"),
+            uid("Doc", "d"),
+        );
+        r.entities_json = entities_json.to_owned();
+        r
+    };
+    for form in [
+        r#"{"type": "Role", "id": "viewer"}"#,
+        r#"{"__entity": null, "type": "Role", "id": "viewer"}"#,
+        r#"{"__entity": 3, "type": "Role", "id": "viewer"}"#,
+        r#"{"__entity": {"type": "Role", "id": "viewer"}}"#,
+    ] {
+        let sent = format!(
+            r#"[{{"uid": {form}, "attrs": {{}}, "parents": [{{"type": "Role", "id": "admin"}}]}}]"#
+        );
+        refused_with(
+            &mut client,
+            ask(&sent),
+            Code::InvalidArgument,
+            &[
+                "entities_json[0].uid",
+                r#"Role::"viewer""#,
+                "not held by the store",
+            ],
+        )
+        .await;
+    }
+    // The owner a stored document names, and the store does not hold.
+    refused_with(
+        &mut client,
+        ask(r#"[{"uid": {"__entity": null, "type": "User", "id": "ghost"}, "attrs": {"trusted": true}, "parents": []}]"#),
+        Code::InvalidArgument,
+        &[r#"User::"ghost""#, "not held by the store"],
+    )
+    .await;
+    // A parent in a form Cedar refuses is refused, named, before anything else.
+    refused_with(
+        &mut client,
+        ask(r#"[{"uid": {"type": "User", "id": "new"}, "attrs": {}, "parents": [{"type": "Role"}]}]"#),
+        Code::InvalidArgument,
+        &["entities_json[0].parents[0]"],
+    )
+    .await;
+    // Hidden parents count towards the limits like any other.
+    let chain: Vec<String> = (0..100)
+        .map(|i| {
+            format!(
+                r#"{{"uid": {{"type": "Group", "id": "g{i}"}}, "attrs": {{}}, "parents": [{{"__entity": null, "type": "Group", "id": "g{}"}}]}}"#,
+                i + 1
+            )
+        })
+        .collect();
+    refused_with(
+        &mut client,
+        ask(&format!("[{}]", chain.join(","))),
+        Code::ResourceExhausted,
+        &["max_ancestor_depth"],
+    )
+    .await;
     server.stop().await;
 }
 
@@ -457,5 +541,56 @@ async fn an_expensive_entity_graph_is_refused_before_cedar_sees_it() {
         .unwrap()
         .into_inner();
     assert!(is_allow(&answer), "{answer:?}");
+    server.stop().await;
+}
+
+/// Found in review: tonic answered a check past `max_message_bytes` (or an answer past it)
+/// with OUT_OF_RANGE, a gRPC error an Envoy set to fail open lets through.
+#[tokio::test]
+async fn an_oversized_check_or_answer_is_a_deny_never_a_grpc_error() {
+    let mut config = Config {
+        policies: example_policies(),
+        ext_authz: docs_ext_authz(),
+        ..Config::default()
+    };
+    config.limits.max_message_bytes = 4096;
+    let server = TestServer::start_with(config).await;
+    let mut client = AuthorizationClient::new(server.channel().await);
+
+    let mut big = envoy_reads("bob", "GET", "acme-roadmap-q3");
+    let http = big
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+        .unwrap();
+    http.headers
+        .insert("x-padding".to_owned(), "x".repeat(8192));
+    let answer = client.check(big).await.expect("an answer, not an error");
+    assert_eq!(
+        answer.get_ref().status.as_ref().map(|s| s.code),
+        Some(Code::PermissionDenied as i32),
+        "{answer:?}"
+    );
+
+    // A check within the limit whose answer would quote a long, escaped resource id.
+    let escaped = "%01".repeat(1000);
+    let answer = client
+        .check(envoy_reads("bob", "GET", &escaped))
+        .await
+        .expect("an answer, not an error");
+    assert_eq!(
+        answer.get_ref().status.as_ref().map(|s| s.code),
+        Some(Code::PermissionDenied as i32),
+        "{answer:?}"
+    );
+    let text = server.metrics_text().await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"cedar_pdp_requests_rejected_total{api="ext_authz",reason="limit_exceeded"}"#
+        ),
+        Some(1.0)
+    );
     server.stop().await;
 }

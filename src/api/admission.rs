@@ -36,7 +36,8 @@ use std::{
     time::Duration,
 };
 
-use http_body_util::BodyExt as _;
+use bytes::BytesMut;
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tonic::{
@@ -201,6 +202,38 @@ async fn discard(mut body: Incoming, limit: usize, deadline: Option<Instant>) {
 }
 
 impl Admission {
+    /// Serves an ext_authz check: its message is read whole first, so that one larger than
+    /// `max_message_bytes` gets a deny (tonic's own limit would answer it with a gRPC error,
+    /// which an Envoy set to fail open lets through); the rest of it is read and dropped.
+    async fn check(
+        &self,
+        routes: Routes,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        let (parts, mut body) = request.into_parts();
+        let limit = self.max_message_bytes.saturating_add(5);
+        let mut message = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                // The stream broke: whatever arrived is not a check; tonic refuses it.
+                break;
+            };
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            if message.len() + data.len() > limit {
+                self.metrics.refused(Api::ExtAuthz, Reason::Limit);
+                discard(body, usize::MAX, None).await;
+                return Ok(response::as_grpc_http(&response::too_large(
+                    self.max_message_bytes,
+                )));
+            }
+            message.extend_from_slice(data);
+        }
+        let whole = Request::from_parts(parts, Full::new(message.freeze()));
+        routes.oneshot(whole).await
+    }
+
     /// The answer for a call past its deadline: DEADLINE_EXCEEDED, except that an ext_authz
     /// check gets a 504 deny (an Envoy set to fail open would let a gRPC error through).
     /// A decision call's timeout is counted.
@@ -268,13 +301,19 @@ where
             // Past the deadline already, after waiting for a worker: the caller has given
             // up, and deciding now would only take time from calls that can still be
             // answered in time.
-            let Some(deadline) = deadline else {
-                return routes.oneshot(request).await;
-            };
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 return Ok(admission.timed_out(api, timeout));
             }
-            match tokio::time::timeout_at(deadline, routes.oneshot(request)).await {
+            let served = async {
+                if api == Some(Api::ExtAuthz) {
+                    return admission.check(routes, request).await;
+                }
+                routes.oneshot(request).await
+            };
+            let Some(deadline) = deadline else {
+                return served.await;
+            };
+            match tokio::time::timeout_at(deadline, served).await {
                 Ok(answer) => answer,
                 Err(_) => Ok(admission.timed_out(api, timeout)),
             }

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use super::{callers::CallerPolicy, convert::Converter, request_id, status::to_status};
@@ -30,6 +31,10 @@ const SERVICE: &str = "cedarpdp.v1.Authorizer";
 /// Largest batch (sending no entities) decided as light work: past it a batch may wait
 /// for the threads heavy work shares, so that it cannot crowd out single questions.
 const LIGHT_BATCH_ITEMS: usize = 16;
+
+/// Largest message decided as light work (converting and validating a large context
+/// costs time too).
+pub(crate) const LIGHT_MESSAGE_BYTES: usize = 64 * 1024;
 
 impl AuthorizerService {
     /// A service deciding with `decider` against whatever `store` serves at each call,
@@ -211,7 +216,9 @@ impl authorizer_server::Authorizer for AuthorizerService {
         let call = self.start(Api::IsAuthorized, &request)?;
         let span = tracing::info_span!("call", api = "is_authorized", request_id = %call.id());
         let message = request.into_inner();
-        let heavy = !message.entities.is_empty() || !message.entities_json.is_empty();
+        let heavy = !message.entities.is_empty()
+            || !message.entities_json.is_empty()
+            || message.encoded_len() > LIGHT_MESSAGE_BYTES;
         self.answer(call, span, heavy, move |this, call, snapshot| {
             this.is_authorized(call, snapshot, message)
         })
@@ -227,7 +234,8 @@ impl authorizer_server::Authorizer for AuthorizerService {
         let message = request.into_inner();
         let heavy = !message.entities.is_empty()
             || !message.entities_json.is_empty()
-            || message.items.len() > LIGHT_BATCH_ITEMS;
+            || message.items.len() > LIGHT_BATCH_ITEMS
+            || message.encoded_len() > LIGHT_MESSAGE_BYTES;
         self.answer(call, span, heavy, move |this, call, snapshot| {
             this.batch(call, snapshot, message)
         })

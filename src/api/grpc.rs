@@ -75,9 +75,12 @@ impl GrpcPort {
             callers(|tls| &tls.ext_authz_callers),
         );
         let ext_authz_service = ext_authz.clone();
+        // The gRPC port's admission enforces max_message_bytes on checks itself, answering
+        // with a deny: tonic's limits would answer with a gRPC error, which an Envoy set to
+        // fail open lets through. Answers are bounded by what the checks held.
         let ext_authz = AuthorizationServer::new(ext_authz)
-            .max_decoding_message_size(limits.max_message_bytes)
-            .max_encoding_message_size(limits.max_message_bytes);
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
         let authorizer = AuthorizerService::new(
             store,
             decider,

@@ -3,29 +3,30 @@
 //!
 //! A decision is CPU work that no `await` can interrupt; run on a worker it would hold
 //! that worker, and every call queued behind it, until done, and a call's deadline could
-//! not cut it short. Here a call waits for one of the pool's permits (asynchronously, in
-//! arrival order, its deadline running), hands its work to a pool thread, and awaits the
-//! answer; when its deadline passes first, the caller is answered at once and the work
-//! finishes on its thread, still holding its permit, so the pool never takes more work
-//! than it has threads. The limits on what a request may hold keep any one piece of work
-//! short (`benches/hostile.rs`).
+//! not cut it short. Here a call queues its work for a pool thread (in arrival order, its
+//! deadline running) and awaits the answer; when its deadline passes first, the caller is answered at once: work not
+//! started by then is skipped, and work under way finishes on its thread, so the pool
+//! never does more at once than it has threads, and its queue never holds more than the
+//! calls in flight (`max_concurrent_calls`). The limits on what a request may hold keep
+//! any one piece of work short (`benches/hostile.rs`).
 //!
-//! Work is light or heavy (a call that sends entities, a large batch: the costliest a
-//! request can ask for). Heavy work may hold all threads but one, so light work (most
-//! calls: a question about stored entities) always has a thread and never queues behind
-//! a caller sending expensive requests. A panic in the work is caught and comes back as
+//! Work is light or heavy (a call that sends entities, a large batch or a large message:
+//! the costliest a request can ask for). With two threads or more, one takes light work
+//! only, so light work (most calls: a question about stored entities) always has a
+//! thread and never queues behind a caller sending expensive requests. A panic in the work is caught and comes back as
 //! an error, never as an answer. Threads get [`crate::policy::STACK_BYTES`] of stack, as
 //! Cedar's recursion needs.
 
 use std::{
+    collections::VecDeque,
     panic::{AssertUnwindSafe, catch_unwind},
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Condvar, Mutex},
     thread,
 };
 
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 
-/// One piece of work for a pool thread.
+/// One piece of work for a pool thread, told whether its caller still waits.
 type Job = Box<dyn FnOnce() + Send>;
 
 /// Why work sent to the pool came back without its result.
@@ -39,86 +40,159 @@ pub enum PoolError {
     Stopped,
 }
 
-/// A fixed set of threads with a permit each.
-#[derive(Debug)]
+/// The work waiting for a thread, in two lanes.
+#[derive(Default)]
+struct Queues {
+    /// Light work, with its arrival number.
+    light: VecDeque<(u64, Job)>,
+    /// Heavy work, with its arrival number.
+    heavy: VecDeque<(u64, Job)>,
+    /// The next arrival number.
+    next: u64,
+    /// Whether the light-only thread waits for work.
+    light_only_waiting: bool,
+    /// The pool is dropped: threads finish what is queued and end.
+    closed: bool,
+}
+
+impl Queues {
+    /// The oldest piece of work a thread may take: any, or light only.
+    fn take(&mut self, light_only: bool) -> Option<Job> {
+        let light = self.light.front().map(|(n, _)| *n);
+        let heavy = self.heavy.front().map(|(n, _)| *n).filter(|_| !light_only);
+        match (light, heavy) {
+            (Some(l), Some(h)) if h < l => self.heavy.pop_front(),
+            (Some(_), _) => self.light.pop_front(),
+            (None, Some(_)) => self.heavy.pop_front(),
+            (None, None) => None,
+        }
+        .map(|(_, job)| job)
+    }
+}
+
+/// What the threads and the callers share.
+#[derive(Default)]
+struct Shared {
+    queues: Mutex<Queues>,
+    /// Where threads that take any work wait.
+    any: Condvar,
+    /// Where the light-only thread waits.
+    light: Condvar,
+}
+
+/// A fixed set of threads, one of them (when there are two or more) for light work only.
 pub struct Pool {
-    jobs: mpsc::Sender<Job>,
-    permits: Arc<Semaphore>,
-    /// What heavy work must hold as well: one fewer than the threads (at least one).
-    heavy: Arc<Semaphore>,
+    shared: Arc<Shared>,
     threads: usize,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pool {
     /// A pool of `threads` threads (at least one), named `decide-N`.
     pub fn new(threads: usize) -> std::io::Result<Self> {
         let threads = threads.max(1);
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
+        let shared = Arc::new(Shared::default());
         for n in 0..threads {
-            let queue = queue.clone();
+            let shared = shared.clone();
+            // With two threads or more, the first takes light work only.
+            let light_only = threads > 1 && n == 0;
             thread::Builder::new()
                 .name(format!("decide-{n}"))
                 .stack_size(crate::policy::STACK_BYTES)
-                .spawn(move || {
-                    loop {
-                        // A std mutex: held only to take the next job, never across one.
-                        let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                        match job {
-                            Ok(job) => job(),
-                            // Every sender is gone: the pool was dropped.
-                            Err(_) => return,
-                        }
-                    }
-                })?;
+                .spawn(move || work_on(&shared, light_only))?;
         }
-        Ok(Self {
-            jobs,
-            permits: Arc::new(Semaphore::new(threads)),
-            heavy: Arc::new(Semaphore::new((threads - 1).max(1))),
-            threads,
-        })
+        Ok(Self { shared, threads })
     }
 
-    /// How many threads it has (and so how much work it takes at once).
+    /// How many threads it has (and so how much work it does at once).
     pub fn threads(&self) -> usize {
         self.threads
     }
 
-    /// Runs `work` on a pool thread once a permit is free (for `heavy` work, once one of
-    /// the heavy permits is free too), and its result; a panic in it is
-    /// [`PoolError::Panicked`]. Dropping the future before it is ready gives up on the
-    /// result (a passed deadline), not on the work once it has started.
+    /// Runs `work` on a pool thread (for `heavy` work, one of those that take it), in
+    /// arrival order, and its result; a panic in it is [`PoolError::Panicked`]. Dropping
+    /// the future before it is ready gives up on the result (a passed deadline): work not
+    /// started yet is then skipped, work under way finishes on its thread.
     pub async fn run<T, F>(&self, heavy: bool, work: F) -> Result<T, PoolError>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        let heavy = match heavy {
-            true => Some(
-                self.heavy
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| PoolError::Stopped)?,
-            ),
-            false => None,
-        };
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| PoolError::Stopped)?;
         let (answer, answered) = oneshot::channel();
         let job: Job = Box::new(move || {
+            if answer.is_closed() {
+                // Its caller has stopped waiting: the thread goes to work that counts.
+                return;
+            }
             let result = catch_unwind(AssertUnwindSafe(work)).map_err(|_| PoolError::Panicked);
-            // The permits go back only now that the thread is free again.
-            drop((permit, heavy));
             let _ = answer.send(result);
         });
-        self.jobs.send(job).map_err(|_| PoolError::Stopped)?;
+        {
+            let mut queues = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+            if queues.closed {
+                return Err(PoolError::Stopped);
+            }
+            let n = queues.next;
+            queues.next += 1;
+            if heavy {
+                queues.heavy.push_back((n, job));
+                self.shared.any.notify_one();
+            } else {
+                queues.light.push_back((n, job));
+                if queues.light_only_waiting {
+                    self.shared.light.notify_one();
+                } else {
+                    self.shared.any.notify_one();
+                }
+            }
+        }
         answered.await.map_err(|_| PoolError::Stopped)?
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let mut queues = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.closed = true;
+        self.shared.any.notify_all();
+        self.shared.light.notify_all();
+    }
+}
+
+/// A pool thread: takes the oldest work it may do, runs it, and again, until the pool is
+/// dropped and nothing is left.
+fn work_on(shared: &Shared, light_only: bool) {
+    let wait_on = if light_only {
+        &shared.light
+    } else {
+        &shared.any
+    };
+    loop {
+        let job = {
+            // A std mutex: held to take the next piece of work, never while running one.
+            let mut queues = shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(job) = queues.take(light_only) {
+                    break job;
+                }
+                if queues.closed {
+                    return;
+                }
+                queues.light_only_waiting |= light_only;
+                queues = wait_on.wait(queues).unwrap_or_else(|p| p.into_inner());
+                if light_only {
+                    queues.light_only_waiting = false;
+                }
+            }
+        };
+        job();
     }
 }
 
@@ -149,7 +223,7 @@ mod tests {
         );
     }
 
-    /// At most `threads` pieces of work at once, at most `threads - 1` of them heavy.
+    /// How many pieces of work ran at once at most, of 8 sent together.
     async fn most_at_once(threads: usize, heavy: bool) -> usize {
         let pool = Arc::new(Pool::new(threads).unwrap());
         let running = Arc::new(AtomicUsize::new(0));
@@ -181,26 +255,39 @@ mod tests {
         assert_eq!(most_at_once(1, true).await, 1);
     }
 
+    /// Work that tells when it has started and runs until released.
+    fn held(
+        started: &std::sync::mpsc::Sender<()>,
+        release: &Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
+    ) -> impl FnOnce() + Send + 'static {
+        let (started, release) = (started.clone(), release.clone());
+        move || {
+            let _ = started.send(());
+            let _ = release.lock().unwrap().recv();
+        }
+    }
+
+    /// Waits, without blocking the runtime, until `started` says a piece of work started.
+    async fn until_started(started: &std::sync::mpsc::Receiver<()>) {
+        while started.try_recv().is_err() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     #[tokio::test]
     async fn light_work_is_not_queued_behind_heavy_work() {
         let pool = Arc::new(Pool::new(2).unwrap());
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let held = Arc::new(Mutex::new(held));
-        // Heavy work holding its one heavy permit, more heavy work waiting behind it.
+        let (started, has_started) = std::sync::mpsc::channel::<()>();
+        let (release, held_back) = std::sync::mpsc::channel::<()>();
+        let held_back = Arc::new(Mutex::new(held_back));
+        // Heavy work on the one thread that takes it, more heavy work queued behind it.
         let heavy: Vec<_> = (0..3)
             .map(|_| {
-                let (pool, held) = (pool.clone(), held.clone());
-                tokio::spawn(async move {
-                    pool.run(true, move || {
-                        let _ = held.lock().unwrap().recv();
-                    })
-                    .await
-                })
+                let (pool, work) = (pool.clone(), held(&started, &held_back));
+                tokio::spawn(async move { pool.run(true, work).await })
             })
             .collect();
-        while pool.heavy.available_permits() > 0 {
-            tokio::task::yield_now().await;
-        }
+        until_started(&has_started).await;
         let light = tokio::time::timeout(Duration::from_secs(10), pool.run(false, || 7)).await;
         assert_eq!(
             light.ok(),
@@ -216,24 +303,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_caller_that_gives_up_does_not_free_the_thread_early() {
+    async fn work_whose_caller_gave_up_is_skipped_and_work_under_way_finishes() {
         let pool = Arc::new(Pool::new(1).unwrap());
-        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, has_started) = std::sync::mpsc::channel::<()>();
+        let (release, held_back) = std::sync::mpsc::channel::<()>();
+        let held_back = Arc::new(Mutex::new(held_back));
         let slow = {
-            let pool = pool.clone();
+            let (pool, work) = (pool.clone(), held(&started, &held_back));
+            tokio::spawn(async move { pool.run(false, work).await })
+        };
+        until_started(&has_started).await;
+        // Queued behind it, then given up on before it starts.
+        let ran = Arc::new(AtomicUsize::new(0));
+        let queued = {
+            let (pool, ran) = (pool.clone(), ran.clone());
             tokio::spawn(async move {
-                pool.run(false, move || {
-                    let _ = held.recv();
-                })
-                .await
+                pool.run(false, move || ran.fetch_add(1, Ordering::SeqCst))
+                    .await
             })
         };
-        // Wait until the slow work holds the one permit, then give up on it.
-        while pool.permits.available_permits() > 0 {
-            tokio::task::yield_now().await;
-        }
+        tokio::task::yield_now().await;
+        // The one started is given up on too: it goes on, holding its thread.
         slow.abort();
         let _ = slow.await;
+        queued.abort();
+        let _ = queued.await;
         let next = tokio::time::timeout(Duration::from_millis(50), pool.run(false, || 1)).await;
         assert!(
             next.is_err(),
@@ -241,5 +335,10 @@ mod tests {
         );
         release.send(()).unwrap();
         assert_eq!(pool.run(false, || 2).await, Ok(2));
+        assert_eq!(
+            ran.load(Ordering::SeqCst),
+            0,
+            "the abandoned work was skipped"
+        );
     }
 }

@@ -19,7 +19,7 @@ use std::{
 use cedar_policy::{Entities, Entity, EntityUid, EvalResult, Request, Schema};
 
 use super::{EngineOptions, EntitiesInput, EntityInput, Refusal, RequestEntities, json};
-use crate::policy::{Snapshot, describe, hierarchy, json_entity_uids};
+use crate::policy::{FastSet, Snapshot, describe, hierarchy, json_entity_uids};
 
 /// A call's own entities, checked and validated on their own, not yet merged over the
 /// store (see [`merge`]).
@@ -134,12 +134,13 @@ fn admit(
                 ),
             ));
         }
-        if snapshot.is_dangling_parent(uid) {
+        if snapshot.names_without_holding(uid) {
             return Err(Refusal::invalid(
                 name(i),
                 format!(
-                    "{uid} is named as a parent by stored entities; defining it in a \
-                     request would change what they are in (request_entities = add)"
+                    "{uid} is named by the stored entities or the policies but not held by \
+                     the store; defining it in a request would change what they mean \
+                     (request_entities = add)"
                 ),
             ));
         }
@@ -423,22 +424,39 @@ fn from_json(
         .as_array()
         .ok_or_else(|| Refusal::invalid(FIELD, "must be a JSON array of entities"))?;
     check_count(FIELD, list.len(), options)?;
-    // An entity whose uid is malformed is left out here; Cedar refuses it below.
-    let (nodes, positions): (Vec<_>, Vec<usize>) = list
+    // Every uid as Cedar reads it: one the checks below could not see must not reach
+    // Cedar at all.
+    let nodes: Vec<_> = list
         .iter()
         .enumerate()
-        .filter_map(|(i, entity)| Some((json_entity_uids(entity)?, i)))
-        .unzip();
+        .map(|(i, entity)| {
+            json_entity_uids(entity)
+                .map_err(|bad| Refusal::invalid(format!("{FIELD}[{i}].{}", bad.part), bad.message))
+        })
+        .collect::<Result<_, _>>()?;
     admit(
         snapshot,
         FIELD,
         &nodes,
-        |i| format!("{FIELD}[{}].uid", positions[i]),
+        |i| format!("{FIELD}[{i}].uid"),
         options,
         mode,
     )?;
-    let sent = nodes.into_iter().map(|(uid, _)| uid).collect();
-    Entities::from_json_value(value, schema)
-        .map(|own| (own, sent))
-        .map_err(|e| Refusal::invalid(FIELD, describe(&e)))
+    let sent: Vec<EntityUid> = nodes.into_iter().map(|(uid, _)| uid).collect();
+    let own = Entities::from_json_value(value, schema)
+        .map_err(|e| Refusal::invalid(FIELD, describe(&e)))?;
+    // What Cedar built holds what was checked and nothing else (but the schema's
+    // actions, which the store holds too).
+    let checked: FastSet<&EntityUid> = sent.iter().collect();
+    if let Some(unseen) = own
+        .iter()
+        .map(Entity::uid)
+        .find(|uid| !checked.contains(uid) && snapshot.entities().get(uid).is_none())
+    {
+        return Err(Refusal::invalid(
+            FIELD,
+            format!("{unseen} was read differently by the checks and by Cedar; refused"),
+        ));
+    }
+    Ok((own, sent))
 }

@@ -19,7 +19,7 @@ mod store;
 mod watch;
 
 pub use crate::config::PolicyValidation;
-pub use entity_json::{entity_uid, json_entity_uids, json_uid_and_parents};
+pub use entity_json::{BadUid, entity_uid, json_entity_uids, json_uid_and_parents};
 pub use error::{LoadError, Location, Problem, Span, describe};
 pub use index::{CACHED_SLICE_POLICIES, FastMap, FastSet, PolicyIndex};
 pub use loader::{LoadOptions, Loaded, MAX_POLICY_NESTING, Sources, build, load_dir, read_dir};

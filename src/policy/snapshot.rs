@@ -21,8 +21,9 @@ pub struct Snapshot {
     pub(super) schema_shape: Option<SchemaShape>,
     pub(super) entities: Entities,
     pub(super) entity_count: usize,
-    /// Uids stored entities name as ancestors that the store does not hold.
-    pub(super) dangling_parents: FastSet<EntityUid>,
+    /// Uids the stored entities (as ancestors, or in attributes and tags) or the policies
+    /// name, that the store does not hold.
+    pub(super) named_not_held: FastSet<EntityUid>,
     pub(super) version: String,
     pub(super) loaded_at: SystemTime,
 }
@@ -60,10 +61,11 @@ impl Snapshot {
         &self.entities
     }
 
-    /// Whether stored entities name `uid` as an ancestor although the store does not hold
-    /// it: defining it in a request would change what those stored entities are in.
-    pub fn is_dangling_parent(&self, uid: &EntityUid) -> bool {
-        self.dangling_parents.contains(uid)
+    /// Whether the stored entities or the policies name `uid` although the store does not
+    /// hold it: a request that defined it would change what stored entities are in, or
+    /// what a policy reads.
+    pub fn names_without_holding(&self, uid: &EntityUid) -> bool {
+        self.named_not_held.contains(uid)
     }
 
     /// Content hash of every file the snapshot was built from.

@@ -15,13 +15,16 @@ pub mod rules;
 
 use std::sync::Arc;
 
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use self::{
     response::{Names, header},
     rules::ExtAuthz,
 };
-use super::{admission::Overloaded, callers::CallerPolicy, request_id};
+use super::{
+    admission::Overloaded, authorizer::LIGHT_MESSAGE_BYTES, callers::CallerPolicy, request_id,
+};
 use crate::{
     decide::{Api, Call, Decider, EntitiesInput, Reason, Refusal, RequestId},
     policy::{PolicyStore, Snapshot},
@@ -179,10 +182,11 @@ impl Authorization for ExtAuthzService {
             return Ok(Response::new(response::refused(&refusal, None)));
         }
         let (this, decided) = (self.clone(), call.clone());
+        // A check sends no entities: light work, unless it is large.
+        let heavy = request.get_ref().encoded_len() > LIGHT_MESSAGE_BYTES;
         let answer = self
             .decider
-            // A check sends no entities: light work.
-            .off_workers(false, move || {
+            .off_workers(heavy, move || {
                 let _in_span = span.enter();
                 this.check(&decided, request.get_ref())
             })

@@ -44,9 +44,9 @@ pub(super) fn decided(
     let metadata = record(vec![
         ("decision", text(decision.effect().label())),
         ("policy_version", text(names.version)),
-        ("principal", text(&names.principal.to_string())),
-        ("action", text(names.action)),
-        ("resource", text(names.resource)),
+        ("principal", text(shown(&names.principal.to_string()))),
+        ("action", text(shown(names.action))),
+        ("resource", text(shown(names.resource))),
         (
             "determining_policies",
             Value {
@@ -54,7 +54,7 @@ pub(super) fn decided(
                     values: decision
                         .determining_policies()
                         .iter()
-                        .map(|p| text(p))
+                        .map(|p| text(p.as_str()))
                         .collect(),
                 })),
             },
@@ -147,6 +147,22 @@ fn denied(reason: Reason, metadata: Struct, refusal: bool) -> CheckResponse {
     }
 }
 
+/// Longest text of the request quoted in metadata, in bytes: an access log line needs no
+/// more, and the answer stays small whatever the check held.
+const SHOWN_BYTES: usize = 256;
+
+/// `text`, cut to [`SHOWN_BYTES`] at a character boundary (with `…` when cut).
+fn shown(text: &str) -> String {
+    if text.len() <= SHOWN_BYTES {
+        return text.to_owned();
+    }
+    let mut cut = SHOWN_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &text[..cut])
+}
+
 fn rpc_status(code: tonic::Code) -> rpc::Status {
     rpc::Status {
         code: code as i32,
@@ -155,9 +171,9 @@ fn rpc_status(code: tonic::Code) -> rpc::Status {
     }
 }
 
-fn text(s: &str) -> Value {
+fn text(s: impl Into<String>) -> Value {
     Value {
-        kind: Some(Kind::StringValue(s.to_owned())),
+        kind: Some(Kind::StringValue(s.into())),
     }
 }
 
@@ -189,6 +205,15 @@ pub(crate) fn as_grpc_http(response: &CheckResponse) -> http::Response<tonic::bo
         .header(http::header::CONTENT_TYPE, "application/grpc")
         .body(tonic::body::Body::new(body))
         .expect("a response built from valid parts")
+}
+
+/// The answer to a check whose message is larger than `max_message_bytes`: a deny.
+pub(crate) fn too_large(max_message_bytes: usize) -> CheckResponse {
+    let refusal = Refusal::limit(
+        "request",
+        format!("larger than the limit of {max_message_bytes} bytes (max_message_bytes)"),
+    );
+    refused(&refusal, None)
 }
 
 /// The answer to a check not answered within `deadline`: a 504 deny.

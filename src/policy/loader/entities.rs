@@ -9,7 +9,11 @@ use super::{
     policies::array_element_starts,
     read::{Kind, Source},
 };
-use crate::policy::{Location, Problem, describe, entity_json::json_uid_and_parents, hierarchy};
+use crate::policy::{
+    Location, Problem, describe,
+    entity_json::{json_entity_uids, json_uid_and_parents},
+    hierarchy,
+};
 
 /// The stored entities and how many `entities.json` held, or `None` after reporting why
 /// they cannot be loaded.
@@ -63,7 +67,11 @@ pub(super) fn load_entities(
             ),
         );
     }
-    let nodes: Vec<(String, Vec<String>)> = list.iter().filter_map(json_uid_and_parents).collect();
+    // Read as Cedar reads them; an entity Cedar would not take is refused by Cedar below.
+    let nodes: Vec<_> = list
+        .iter()
+        .filter_map(|entity| json_entity_uids(entity).ok())
+        .collect();
     if let Err(e) = hierarchy::check(&nodes, options.max_ancestor_depth) {
         return fail(
             Location::file(source.rel.clone()),

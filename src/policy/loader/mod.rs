@@ -25,7 +25,7 @@ pub use self::{
     policies::MAX_POLICY_NESTING,
     read::{Sources, read_dir},
 };
-use cedar_policy::Entities;
+use cedar_policy::{Entities, EntityUid, EvalResult, PolicySet};
 
 use super::{FastSet, LoadError, PolicyValidation, Problem, Snapshot, index::PolicyIndex};
 
@@ -116,11 +116,11 @@ pub fn build(read: &Sources, options: &LoadOptions) -> Result<Loaded, LoadError>
                     .into_iter()
                     .map(|(id, origin)| (id.to_string(), origin.location))
                     .collect(),
+                named_not_held: named_not_held(&entities, &policies.set),
                 index: PolicyIndex::new(&policies.set),
                 policies: policies.set,
                 schema_shape,
                 schema,
-                dangling_parents: dangling_parents(&entities),
                 entities,
                 entity_count,
                 version: read.version.clone(),
@@ -132,15 +132,37 @@ pub fn build(read: &Sources, options: &LoadOptions) -> Result<Loaded, LoadError>
     }
 }
 
-/// The uids `entities` name as ancestors without holding them.
-fn dangling_parents(entities: &Entities) -> FastSet<cedar_policy::EntityUid> {
-    let mut dangling = FastSet::default();
+/// The uids `entities` (as ancestors, or in attribute and tag values) and `policies` name
+/// without `entities` holding them.
+fn named_not_held(entities: &Entities, policies: &PolicySet) -> FastSet<EntityUid> {
+    fn values(value: &EvalResult, found: &mut Vec<EntityUid>) {
+        match value {
+            EvalResult::EntityUid(uid) => found.push(uid.clone()),
+            EvalResult::Set(set) => set.iter().for_each(|v| values(v, found)),
+            EvalResult::Record(record) => record.iter().for_each(|(_, v)| values(v, found)),
+            _ => {}
+        }
+    }
+    let mut named: Vec<EntityUid> = Vec::new();
     for entity in entities.iter() {
-        for ancestor in entities.ancestors(&entity.uid()).into_iter().flatten() {
-            if entities.get(ancestor).is_none() {
-                dangling.insert(ancestor.clone());
+        named.extend(
+            entities
+                .ancestors(&entity.uid())
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+        for (_, value) in entity.attrs().chain(entity.tags()) {
+            if let Ok(value) = value {
+                values(&value, &mut named);
             }
         }
     }
-    dangling
+    for policy in policies.policies() {
+        named.extend(policy.entity_literals());
+    }
+    named
+        .into_iter()
+        .filter(|uid| entities.get(uid).is_none())
+        .collect()
 }
