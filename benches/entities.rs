@@ -1,7 +1,7 @@
 //! Decision cost against the size of the stored entity set (`entities.json`): 10, 1,000
 //! and 100,000 stored users under 1,000 tenants, the engine alone, for a call that sends no
-//! entities and for one that sends one, merged over the part of the store the call can
-//! reach (as served) and, for reference, over the whole store.
+//! entities and for one that sends a new one, merged over the part of the store the call
+//! can reach (as served) and, for reference, over the whole store.
 //!
 //! Run: `cargo bench --bench entities` (optionally `-- <iterations>`, default 5000; the
 //! 100,000-entity case merged over the whole store runs a hundredth as many).
@@ -50,10 +50,11 @@ fn main() {
         let (store, _) =
             PolicyStore::open(dir.path(), LoadOptions::default()).expect("the set loads");
         let snapshot = store.current();
-        // A document sent with the call, as a caller that owns its resources does.
+        // A new document sent with the call (one the store does not hold), as a caller
+        // that owns its resources does.
         let sent = || {
             EntitiesInput::Typed(vec![EntityInput {
-                uid: uid(r#"Doc::"d7""#),
+                uid: uid(r#"Doc::"d7-draft""#),
                 attrs: Vec::<(String, RestrictedExpression)>::new(),
                 parents: vec![uid(r#"Tenant::"t7""#)],
                 tags: Vec::new(),
@@ -74,8 +75,12 @@ fn main() {
                 ..EngineOptions::default()
             });
             let decide = || {
-                let input = if sends { sent() } else { EntitiesInput::None };
-                engine.decide(&snapshot, input, u7_writes_d7()).unwrap()
+                let (input, mut query) = (EntitiesInput::None, u7_writes_d7());
+                if !sends {
+                    return engine.decide(&snapshot, input, query).unwrap();
+                }
+                query.resource = uid(r#"Doc::"d7-draft""#);
+                engine.decide(&snapshot, sent(), query).unwrap()
             };
             let decision = decide();
             assert!(decision.allowed() && decision.determining_policies() == ["p7"]);

@@ -140,7 +140,7 @@ fn main() {
         defaults.max_request_ancestor_closure
     );
     println!(
-        "{:<24} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "{:<30} {:>8} {:>10} {:>10} {:>10} {:>10}",
         "shape", "edges", "steps", "admitted", "p50 ms", "max ms"
     );
     let only = std::env::var("SHAPE").ok();
@@ -165,15 +165,10 @@ fn main() {
         )
     })
     .collect();
-    shapes.push(("999 users, no parents".to_owned(), in_stored_groups(999, 0)));
-    shapes.push((
-        "999 users in 1 stored group".to_owned(),
-        in_stored_groups(999, 1),
-    ));
-    shapes.push((
-        "999 users in 2 stored groups".to_owned(),
-        in_stored_groups(999, 2),
-    ));
+    for (users, groups) in [(499, 0), (499, 2), (499, 3), (999, 2)] {
+        let name = format!("{users} users in {groups} stored groups");
+        shapes.push((name, in_stored_groups(users, groups)));
+    }
     for (name, entities) in shapes {
         if only
             .as_ref()
@@ -204,7 +199,7 @@ fn main() {
             .collect();
         samples.sort_unstable();
         println!(
-            "{:<24} {:>8} {:>10} {:>10} {:>10.2} {:>10.2}",
+            "{:<30} {:>8} {:>10} {:>10} {:>10.2} {:>10.2}",
             name,
             edges,
             steps,

@@ -30,7 +30,7 @@ const SERVICE: &str = "cedarpdp.v1.Authorizer";
 
 /// Largest batch (sending no entities) decided as light work: past it a batch may wait
 /// for the threads heavy work shares, so that it cannot crowd out single questions.
-const LIGHT_BATCH_ITEMS: usize = 16;
+const LIGHT_BATCH_ITEMS: usize = 256;
 
 /// Largest message decided as light work (converting and validating a large context
 /// costs time too).

@@ -49,7 +49,7 @@ struct Queues {
     heavy: VecDeque<(u64, Job)>,
     /// The next arrival number.
     next: u64,
-    /// Whether the light-only thread waits for work.
+    /// Whether the light-only thread waits for work and has not been woken for any.
     light_only_waiting: bool,
     /// The pool is dropped: threads finish what is queued and end.
     closed: bool,
@@ -146,7 +146,9 @@ impl Pool {
                 self.shared.any.notify_one();
             } else {
                 queues.light.push_back((n, job));
-                if queues.light_only_waiting {
+                // The light-only thread first, if it waits (and, woken, no longer counts
+                // as waiting: the next piece of work wakes another thread).
+                if std::mem::take(&mut queues.light_only_waiting) {
                     self.shared.light.notify_one();
                 } else {
                     self.shared.any.notify_one();
@@ -187,9 +189,6 @@ fn work_on(shared: &Shared, light_only: bool) {
                 }
                 queues.light_only_waiting |= light_only;
                 queues = wait_on.wait(queues).unwrap_or_else(|p| p.into_inner());
-                if light_only {
-                    queues.light_only_waiting = false;
-                }
             }
         };
         job();

@@ -33,6 +33,8 @@ pub struct CallEntities {
     sent: Vec<EntityUid>,
     /// Whether they may replace stored entities (else they are all new).
     replace: bool,
+    /// The steps of working out their ancestors (see `hierarchy::closure`).
+    steps: usize,
 }
 
 impl CallEntities {
@@ -65,7 +67,7 @@ pub(super) fn check(
              entities.json is the only source (request_entities = off)",
         ));
     }
-    let (own, sent) = match input {
+    let (own, sent, steps) = match input {
         EntitiesInput::Typed(list) => typed(snapshot, list, schema, options, mode)?,
         EntitiesInput::Json(json) => from_json(snapshot, &json, schema, options, mode)?,
         EntitiesInput::None => unreachable!("no entities returned above"),
@@ -75,13 +77,14 @@ pub(super) fn check(
         own: Some(own),
         sent,
         replace: mode == RequestEntities::Replace,
+        steps,
     })
 }
 
 /// Checks the shape of a call's entity graph (`nodes`: each entity's uid and parents)
 /// against the limits before Cedar sees it, and, unless `mode` is `Replace`, that the
 /// call only adds entities: none is stored or an Action entity. `name(i)` is the field
-/// of the `i`th entity, for errors.
+/// of the `i`th entity, for errors. The steps of working out their ancestors.
 fn admit(
     snapshot: &Snapshot,
     field: &str,
@@ -89,7 +92,7 @@ fn admit(
     name: impl Fn(usize) -> String,
     options: &EngineOptions,
     mode: RequestEntities,
-) -> Result<(), Refusal> {
+) -> Result<usize, Refusal> {
     hierarchy::check(nodes, options.max_ancestor_depth).map_err(|e| match e {
         hierarchy::HierarchyError::TooDeep { .. } => {
             Refusal::limit(field, format!("{e} (max_ancestor_depth)"))
@@ -98,7 +101,7 @@ fn admit(
     })?;
     let stored = snapshot.entities();
     let outside = |uid: &EntityUid| stored.ancestors(uid).map_or(0, Iterator::count);
-    hierarchy::closure(
+    let steps = hierarchy::closure(
         nodes,
         outside,
         options.max_parent_edges,
@@ -113,7 +116,7 @@ fn admit(
         }
     })?;
     if mode == RequestEntities::Replace {
-        return Ok(());
+        return Ok(steps);
     }
     for (i, (uid, _)) in nodes.iter().enumerate() {
         if is_action(uid) {
@@ -145,7 +148,7 @@ fn admit(
             ));
         }
     }
-    Ok(())
+    Ok(steps)
 }
 
 /// Whether `uid` is an Action entity: of type `Action`, in any namespace.
@@ -260,6 +263,11 @@ pub(super) fn merge<'s>(
         build(&reach).map(Cow::Owned)
     }
 }
+
+/// Closure steps (see `hierarchy::closure`) up to which new entities are merged through
+/// Cedar's upsert: a few entities with short parent chains, the common call, cost less
+/// that way than rebuilding the union.
+const UPSERT_STEPS: usize = 64;
 
 /// The walk that finds the stored entities a call can reach.
 ///
@@ -380,13 +388,13 @@ fn typed(
     schema: Option<&Schema>,
     options: &EngineOptions,
     mode: RequestEntities,
-) -> Result<(Entities, Vec<EntityUid>), Refusal> {
+) -> Result<(Entities, Vec<EntityUid>, usize), Refusal> {
     check_count("entities", list.len(), options)?;
     let nodes: Vec<_> = list
         .iter()
         .map(|e| (e.uid.clone(), e.parents.clone()))
         .collect();
-    admit(
+    let steps = admit(
         snapshot,
         "entities",
         &nodes,
@@ -404,7 +412,7 @@ fn typed(
         })
         .collect::<Result<Vec<_>, _>>()?;
     Entities::from_entities(built, schema)
-        .map(|own| (own, sent))
+        .map(|own| (own, sent, steps))
         .map_err(|e| Refusal::invalid("entities", describe(&e)))
 }
 
@@ -414,7 +422,7 @@ fn from_json(
     schema: Option<&Schema>,
     options: &EngineOptions,
     mode: RequestEntities,
-) -> Result<(Entities, Vec<EntityUid>), Refusal> {
+) -> Result<(Entities, Vec<EntityUid>, usize), Refusal> {
     const FIELD: &str = "entities_json";
     // The list and each entity's own object add two levels around the values.
     json::guard(FIELD, json, 2, options)?;
@@ -434,7 +442,7 @@ fn from_json(
                 .map_err(|bad| Refusal::invalid(format!("{FIELD}[{i}].{}", bad.part), bad.message))
         })
         .collect::<Result<_, _>>()?;
-    admit(
+    let steps = admit(
         snapshot,
         FIELD,
         &nodes,
@@ -458,5 +466,5 @@ fn from_json(
             format!("{unseen} was read differently by the checks and by Cedar; refused"),
         ));
     }
-    Ok((own, sent))
+    Ok((own, sent, steps))
 }
