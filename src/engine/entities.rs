@@ -183,7 +183,8 @@ pub(super) fn merge<'s>(
         field,
         own,
         replace,
-        ..
+        sent,
+        steps,
     } = call;
     let Some(own) = own else {
         return Ok(Cow::Borrowed(snapshot.entities()));
@@ -191,15 +192,22 @@ pub(super) fn merge<'s>(
     let stored = snapshot.entities();
     let invalid =
         |e: cedar_policy::entities_errors::EntitiesError| Refusal::invalid(field, describe(&e));
-    // Over `base` (stored entities, their ancestors worked out): the call's replacing
-    // entities through Cedar's upsert, which repairs the closure around each (its cost
-    // grows with depth, and past a few entities steeply); new entities by building the
-    // union afresh, whose closure Cedar works out in one linear pass. New entities change
-    // no stored entity's ancestors (none is named as a parent in the store), so the
-    // stored closure stays right. The call's copy of the schema's actions is left out:
-    // the store has them.
+    // Checked in `check` already; never merged as new, whatever happened since.
+    if !replace && let Some(uid) = sent.iter().find(|uid| stored.get(uid).is_some()) {
+        return Err(Refusal::invalid(
+            field,
+            format!("{uid} is a stored entity; a request may only add entities"),
+        ));
+    }
+    // Over `base` (stored entities, their ancestors worked out): replacing entities, and
+    // a few new ones, through Cedar's upsert, which repairs the closure around each (its
+    // cost grows with the depth of what is sent, steeply past a few entities); more new
+    // entities by building the union afresh, whose closure Cedar works out in one pass
+    // over everything (`benches/hostile.rs`). New entities change no stored entity's
+    // ancestors (none is named by the store), so the stored closure stays right. The
+    // call's copy of the schema's actions is left out: the store has them.
     let over = |base: Entities, all: Option<&Entities>| -> Result<Entities, Refusal> {
-        if replace {
+        if replace || steps <= UPSERT_STEPS {
             return base
                 .upsert_entities(own.iter().cloned(), None)
                 .map_err(invalid);
