@@ -74,6 +74,51 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
+/// Which certificate name a caller identity is: a URI SAN (a SPIFFE id) or a DNS SAN.
+/// The two never look alike (a URI has a scheme and a `:`, a DNS name has neither), so a
+/// listed identity matches only names of its own kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityKind {
+    /// `scheme:rest`, e.g. `spiffe://acme.example/ns/edge/sa/gateway`.
+    Uri,
+    /// A host name, e.g. `gateway.acme.example`.
+    Dns,
+}
+
+impl IdentityKind {
+    /// The kind of `text`, or `None` when it is neither a URI nor a DNS name.
+    pub fn of(text: &str) -> Option<Self> {
+        if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return None;
+        }
+        if let Some((scheme, rest)) = text.split_once(':') {
+            let mut chars = scheme.chars();
+            let scheme_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+                && chars.all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c));
+            return (scheme_ok && !rest.is_empty()).then_some(Self::Uri);
+        }
+        let label = |l: &str| {
+            (1..=63).contains(&l.len())
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        (text.len() <= 253 && text.split('.').all(label)).then_some(Self::Dns)
+    }
+}
+
+/// Whether the `presented` certificate name is the `listed` caller identity: URIs exactly,
+/// DNS names ignoring case, and never a name of one kind as an identity of the other.
+pub fn same_caller(listed: &str, presented: &str) -> bool {
+    match (IdentityKind::of(listed), IdentityKind::of(presented)) {
+        (Some(IdentityKind::Uri), Some(IdentityKind::Uri)) => listed == presented,
+        (Some(IdentityKind::Dns), Some(IdentityKind::Dns)) => {
+            listed.eq_ignore_ascii_case(presented)
+        }
+        _ => false,
+    }
+}
+
 /// Where audit records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuditSink {
@@ -573,12 +618,13 @@ impl Config {
                             .to_owned(),
                     });
                 }
-                if let Some(bad) = list.iter().find(|id| {
-                    id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control())
-                }) {
+                if let Some(bad) = list.iter().find(|id| IdentityKind::of(id).is_none()) {
                     return Err(ConfigError::Invalid {
                         key: key.to_owned(),
-                        message: format!("{bad:?} is not an identity (a SPIFFE URI or a DNS name)"),
+                        message: format!(
+                            "{bad:?} is not an identity (a URI such as spiffe://…, matched \
+                             against URI SANs, or a DNS name, matched against DNS SANs)"
+                        ),
                     });
                 }
             }

@@ -133,9 +133,9 @@ async fn services_call_services_they_are_allowed_to() {
     let mut client = server.client().await;
     let allowed = client
         .is_authorized(request(
-            p("Service", "acme-frontend"),
+            p("Service", "acme/frontend"),
             action("invoke"),
-            p("Service", "acme-billing"),
+            p("Service", "acme/billing"),
         ))
         .await
         .unwrap()
@@ -144,9 +144,9 @@ async fn services_call_services_they_are_allowed_to() {
     assert_eq!(reasons(&allowed), ["service-invoke"]);
     let refused = client
         .is_authorized(request(
-            p("Service", "acme-reports"),
+            p("Service", "acme/reports"),
             action("invoke"),
-            p("Service", "acme-billing"),
+            p("Service", "acme/billing"),
         ))
         .await
         .unwrap()
@@ -155,9 +155,9 @@ async fn services_call_services_they_are_allowed_to() {
 
     // High risk overrides everything (a decimal in the context).
     let mut risky = request(
-        p("Service", "acme-frontend"),
+        p("Service", "acme/frontend"),
         action("invoke"),
-        p("Service", "acme-billing"),
+        p("Service", "acme/billing"),
     );
     risky.context = context(&[("risk_score", ext("decimal", "0.95"))]);
     let risky = client.is_authorized(risky).await.unwrap().into_inner();

@@ -177,6 +177,52 @@ fn serve_with_an_unknown_key_in_the_limits_table_exits_2() {
 }
 
 #[test]
+fn serve_refuses_an_ext_authz_mapping_that_could_fail_or_merge_callers_naming_the_key() {
+    // A header named twice made every Check panic (a reset stream, which an Envoy set to
+    // fail open lets through); an id of `{name}` alone gave a service account of that
+    // name in any namespace the rights of ours.
+    let cases = [
+        (
+            "headers = [\"x-tenant\", \"X-Tenant\"]\n",
+            "ext_authz.headers[1]",
+            "repeats ext_authz.headers[0]",
+        ),
+        (
+            "claims = [\"email\", \"email\"]\n",
+            "ext_authz.claims[1]",
+            "repeats ext_authz.claims[0]",
+        ),
+        (
+            "[[ext_authz.principal]]\nfrom = \"mtls\"\ntype = \"Service\"\n\
+             match = \"spiffe://acme.example/ns/{namespace}/sa/{name}\"\nid = \"{name}\"\n",
+            "ext_authz.principal[0].id",
+            "leaves out {namespace}",
+        ),
+    ];
+    for (table, key, message) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("pdp.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "policies = {EXAMPLE_POLICIES:?}\nlisten = \"127.0.0.1:0\"\n[ext_authz]\n{table}"
+            ),
+        )
+        .unwrap();
+        let mut command = cedar_pdp();
+        command.arg("serve").arg("--config").arg(&config);
+        let output = run(command);
+        let stderr = stderr_of(&output);
+        assert_eq!(output.status.code(), Some(2), "{table}\nstderr:\n{stderr}");
+        assert!(
+            stderr.contains(key),
+            "{table}\nstderr names {key}:\n{stderr}"
+        );
+        assert!(stderr.contains(message), "{table}\nstderr:\n{stderr}");
+    }
+}
+
+#[test]
 fn the_policies_environment_variable_is_read() {
     let dir = broken_dir();
     let mut command = cedar_pdp();

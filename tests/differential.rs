@@ -46,9 +46,9 @@ fn generate(rng: &mut Rng) -> Case {
         p("ApiKey", "acme-ci-readonly"),
         p("ApiKey", "acme-ci-deploy"),
         p("ApiKey", "acme-old-key"),
-        p("Service", "acme-frontend"),
-        p("Service", "acme-billing"),
-        p("Service", "globex-billing"),
+        p("Service", "acme/frontend"),
+        p("Service", "acme/billing"),
+        p("Service", "globex/billing"),
     ];
     let resources = [
         p("Document", "acme-roadmap-q3"),
@@ -59,8 +59,8 @@ fn generate(rng: &mut Rng) -> Case {
         p("Project", "globex-payroll"),
         p("Secret", "acme-db-password"),
         p("Secret", "globex-db-password"),
-        p("Service", "acme-billing"),
-        p("Service", "globex-billing"),
+        p("Service", "acme/billing"),
+        p("Service", "globex/billing"),
     ];
     // Mostly well-typed questions (the schema's appliesTo), some deliberately not.
     let actions: [(&str, &[&str], &[&str]); 8] = [

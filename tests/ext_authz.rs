@@ -138,8 +138,12 @@ fn peer(identity: &str) -> Peer {
     }
 }
 
+/// The SPIFFE id of the service `namespace/name` in the docs' trust domain.
 fn spiffe(service: &str) -> String {
-    format!("spiffe://acme.example/ns/x/sa/{service}")
+    let (namespace, name) = service
+        .split_once('/')
+        .expect("services are named namespace/name");
+    format!("spiffe://acme.example/ns/{namespace}/sa/{name}")
 }
 
 /// The `http.id` of every check built here: Envoy's stream id, a decimal number.
@@ -228,6 +232,59 @@ fn bob_invokes(id: &str) -> CheckRequest {
         Some(peer("")),
         Some(user_jwt("bob")),
     )
+}
+
+/// The peer `identity` (a client certificate's SPIFFE id) calling the billing service.
+fn invokes_billing(id: &str, identity: &str) -> CheckRequest {
+    envoy_check(
+        id,
+        "POST",
+        "/acme.billing.v1.Billing/Charge",
+        &[("content-type", "application/grpc")],
+        Some(peer(identity)),
+        None,
+    )
+}
+
+#[tokio::test]
+async fn service_accounts_of_one_name_in_two_namespaces_are_two_principals() {
+    // The docs once mapped `spiffe://…/ns/{namespace}/sa/{name}` to `{name}`: a
+    // `frontend` service account in any namespace called billing as acme's frontend.
+    let server = TestServer::start_with(docs_config()).await;
+    let mut client = ext_client(&server).await;
+
+    let acme = send(
+        &mut client,
+        invokes_billing("ns-1", "spiffe://acme.example/ns/acme/sa/frontend"),
+    )
+    .await;
+    assert_allowed(&acme, "acme's frontend");
+    assert_eq!(
+        meta(&acme, "principal").as_deref(),
+        Some(r#"Platform::Service::"acme/frontend""#)
+    );
+
+    let globex = send(
+        &mut client,
+        invokes_billing("ns-2", "spiffe://acme.example/ns/globex/sa/frontend"),
+    )
+    .await;
+    assert_forbidden(&globex, "globex's frontend");
+    assert_eq!(
+        meta(&globex, "principal").as_deref(),
+        Some(r#"Platform::Service::"globex/frontend""#)
+    );
+
+    // Another trust domain's `acme` namespace is nobody here.
+    for foreign in [
+        "spiffe://evil.example/ns/acme/sa/frontend",
+        "spiffe://acme.example/ns/acme/sa/frontend/x",
+        "spiffe://acme.example/ns/acme/sa/",
+    ] {
+        let response = send(&mut client, invokes_billing("ns-3", foreign)).await;
+        assert_unauthenticated(&response, foreign);
+    }
+    server.stop().await;
 }
 
 async fn ext_client(server: &TestServer) -> AuthorizationClient<Channel> {
@@ -427,18 +484,15 @@ struct Expected {
     params: Vec<(&'static str, String)>,
 }
 
-fn expected(method: &str, path: &str, grpc: bool) -> Expected {
+fn expected(method: &str, path: &str) -> Expected {
     let by_method = |m: &str| match m {
         "GET" | "HEAD" => "read".to_owned(),
         "POST" | "PUT" | "PATCH" => "write".to_owned(),
         "DELETE" => "delete".to_owned(),
         other => other.to_owned(),
     };
-    let default_action = if grpc {
-        path.to_owned()
-    } else {
-        by_method(method)
-    };
+    // From the method and path alone: a `content-type` the client sets chooses nothing.
+    let default_action = by_method(method);
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let e =
         |action: String, ty: &'static str, id: &str, params: &[(&'static str, &str)]| Expected {
@@ -467,18 +521,17 @@ fn expected(method: &str, path: &str, grpc: bool) -> Expected {
             &[("project", project)],
         ),
         ["secrets", secret] => {
-            let action = match (grpc, method) {
-                (true, _) => default_action,
-                (false, "GET") => "readSecret".to_owned(),
-                (false, "PUT") => "rotateSecret".to_owned(),
-                (false, other) => by_method(other),
+            let action = match method {
+                "GET" => "readSecret".to_owned(),
+                "PUT" => "rotateSecret".to_owned(),
+                other => by_method(other),
             };
             e(action, "Platform::Secret", secret, &[("secret", secret)])
         }
         ["acme.billing.v1.Billing", rpc] => e(
             "invoke".to_owned(),
             "Platform::Service",
-            "acme-billing",
+            "acme/billing",
             &[("rpc", rpc)],
         ),
         _ => e(default_action, "Resource", &format!("{HOST}{path}"), &[]),
@@ -534,10 +587,10 @@ async fn check_decides_every_request_of_a_grid_exactly_as_is_authorized_does() {
 
     let people = ["bob", "carol", "dave", "alice", "grace", "mallory"].map(Who::User);
     let services = [
-        "acme-frontend",
-        "acme-billing",
-        "acme-reports",
-        "globex-frontend",
+        "acme/frontend",
+        "acme/billing",
+        "acme/reports",
+        "globex/frontend",
     ]
     .map(Who::Service);
     let methods = ["GET", "POST", "PUT", "DELETE"];
@@ -553,6 +606,12 @@ async fn check_decides_every_request_of_a_grid_exactly_as_is_authorized_does() {
         http_path("/projects/globex-payroll"),
         http_path("/secrets/acme-db-password"),
         http_path("/secrets/globex-db-password"),
+        // A client's `content-type: application/grpc` on an HTTP route changes nothing.
+        GridPath {
+            sent: "/secrets/acme-db-password",
+            path: "/secrets/acme-db-password",
+            grpc: true,
+        },
         // Escapes of unreserved characters are decoded before matching and in the context.
         GridPath {
             sent: "/projects/acme%2Droadmap/docs/acme-roadmap%2dq3",
@@ -566,7 +625,7 @@ async fn check_decides_every_request_of_a_grid_exactly_as_is_authorized_does() {
             path: "/acme.billing.v1.Billing/Charge",
             grpc: true,
         },
-        // gRPC with no route: the action is the path.
+        // gRPC with no route: the action by the method, like any request.
         GridPath {
             sent: "/acme.reports.v1.Reports/Run",
             path: "/acme.reports.v1.Reports/Run",
@@ -587,7 +646,7 @@ async fn check_decides_every_request_of_a_grid_exactly_as_is_authorized_does() {
                     grid_check(&format!("grid-{n}"), who, method, path),
                 )
                 .await;
-                let expect = expected(method, path.path, path.grpc);
+                let expect = expected(method, path.path);
                 let mut question = request(
                     who.uid(),
                     action(&expect.action),
@@ -704,7 +763,7 @@ async fn check_decides_every_request_of_a_grid_exactly_as_is_authorized_does() {
     );
     assert_eq!(
         cell(
-            Who::Service("acme-frontend"),
+            Who::Service("acme/frontend"),
             "POST",
             "/acme.billing.v1.Billing/Charge"
         ),
@@ -712,12 +771,12 @@ async fn check_decides_every_request_of_a_grid_exactly_as_is_authorized_does() {
     );
     assert_eq!(
         cell(
-            Who::Service("acme-reports"),
+            Who::Service("acme/reports"),
             "POST",
             "/acme.billing.v1.Billing/Charge"
         ),
         (false, strings(&[])),
-        "acme-reports is not among the billing service's callers"
+        "acme/reports is not among the billing service's callers"
     );
     server.stop().await;
 }
@@ -939,7 +998,7 @@ async fn malformed_checks_get_a_403_response_never_a_grpc_error() {
             "no http (the network filter)",
             CheckRequest {
                 attributes: Some(AttributeContext {
-                    source: Some(peer(&spiffe("acme-frontend"))),
+                    source: Some(peer(&spiffe("acme/frontend"))),
                     request: Some(Request::default()),
                     ..Default::default()
                 }),
@@ -1271,7 +1330,7 @@ async fn each_check_is_audited_under_envoys_request_id() {
     assert_eq!(schema["refused"], format!("invalid: {schema_field}"));
     assert_eq!(schema["principal"], r#"Platform::User::"bob""#);
     assert_eq!(schema["action"], r#"Platform::Action::"invoke""#);
-    assert_eq!(schema["resource"], r#"Platform::Service::"acme-billing""#);
+    assert_eq!(schema["resource"], r#"Platform::Service::"acme/billing""#);
     assert_eq!(
         schema["context"],
         serde_json::json!({"path": "/acme.billing.v1.Billing/Charge"})

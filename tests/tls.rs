@@ -289,6 +289,60 @@ async fn each_api_admits_only_its_callers_and_counts_the_others() {
 }
 
 #[tokio::test]
+async fn a_listed_identity_matches_only_certificate_names_of_its_own_kind() {
+    // URI and DNS SANs were once one list: a DNS name written `spiffe://…`, or a URI
+    // written as an allowed host name, passed for the caller it spelled.
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let files = write_files(dir.path(), &server_ca.server(), Some(&client_ca));
+    let config = tls_config(files, Some(&[GATEWAY, "pdp-client.acme.internal"]), None);
+    let server = TestServer::start_with(config).await;
+
+    let uri_as_dns = client_ca.leaf(&[GATEWAY], &[]);
+    let dns_as_uri = client_ca.leaf(&[], &["pdp-client.acme.internal"]);
+    for (who, identity) in [
+        ("a DNS SAN spelling the SPIFFE id", &uri_as_dns),
+        ("a URI SAN spelling the host name", &dns_as_uri),
+    ] {
+        let message = decides(&server, &server_ca, Some(identity))
+            .await
+            .expect_err(who);
+        // Neither name is of its kind, so the certificate names nobody.
+        assert!(
+            message.starts_with("PermissionDenied: cedarpdp.v1.Authorizer: the caller presented no certificate identity"),
+            "{who}: {message}"
+        );
+    }
+    // The real thing, each of its kind; DNS names ignore case.
+    let gateway = client_ca.leaf(&[], &[GATEWAY]);
+    let by_dns = client_ca.leaf(&["PDP-Client.acme.internal"], &[]);
+    assert_eq!(decides(&server, &server_ca, Some(&gateway)).await, Ok(true));
+    assert_eq!(decides(&server, &server_ca, Some(&by_dns)).await, Ok(true));
+    server.stop().await;
+
+    // A listed entry must be one kind or the other.
+    for bad in [
+        "spiffe:",
+        "gateway acme",
+        "-gateway.acme.internal",
+        "*.acme.internal",
+    ] {
+        let mut config = tls_config(
+            write_files(dir.path(), &server_ca.server(), Some(&client_ca)),
+            Some(&[bad]),
+            None,
+        );
+        config.policies = example_policies();
+        let error = config.check().expect_err(bad).to_string();
+        assert!(
+            error.contains("tls.authorizer_callers") && error.contains("is not an identity"),
+            "{bad}: {error}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_rotated_certificate_is_served_to_new_connections_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let old_ca = Ca::new("old CA");

@@ -13,7 +13,10 @@ use rustls::pki_types::CertificateDer;
 use tonic::Request;
 use x509_parser::{extensions::GeneralName, prelude::FromDer as _};
 
-use crate::decide::Admission;
+use crate::{
+    config::{IdentityKind, same_caller},
+    decide::Admission,
+};
 
 /// The callers one API admits.
 #[derive(Debug, Clone, Default)]
@@ -40,7 +43,10 @@ impl CallerPolicy {
         let Some(allowed) = &self.allowed else {
             return Admission::Admitted(identities.into_iter().next());
         };
-        match identities.iter().find(|id| allowed.contains(id)) {
+        match identities
+            .iter()
+            .find(|id| allowed.iter().any(|listed| same_caller(listed, id)))
+        {
             Some(id) => Admission::Admitted(Some(id.clone())),
             None => Admission::NotAllowed(identities),
         }
@@ -48,8 +54,11 @@ impl CallerPolicy {
 }
 
 /// The identities a certificate names: its URI SANs (SPIFFE ids) first, then its DNS
-/// SANs, each as written. A certificate that cannot be parsed names none (it was already
-/// verified by the handshake, so this does not happen in practice).
+/// SANs, each as written. A URI SAN without a scheme, or a DNS SAN that is not a host name
+/// (`spiffe://…` written as a DNS name), names nobody: an identity's kind is then plain from
+/// its text, and an allow-list entry matches only names of its own kind. A certificate
+/// that cannot be parsed names none (it was already verified by the handshake, so this
+/// does not happen in practice).
 pub(crate) fn identities(cert: &CertificateDer<'_>) -> Vec<String> {
     let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref()) else {
         return Vec::new();
@@ -59,11 +68,15 @@ pub(crate) fn identities(cert: &CertificateDer<'_>) -> Vec<String> {
     };
     let names = &san.value.general_names;
     let uris = names.iter().filter_map(|name| match name {
-        GeneralName::URI(uri) => Some((*uri).to_owned()),
+        GeneralName::URI(uri) if IdentityKind::of(uri) == Some(IdentityKind::Uri) => {
+            Some((*uri).to_owned())
+        }
         _ => None,
     });
     let dns = names.iter().filter_map(|name| match name {
-        GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+        GeneralName::DNSName(dns) if IdentityKind::of(dns) == Some(IdentityKind::Dns) => {
+            Some((*dns).to_owned())
+        }
         _ => None,
     });
     uris.chain(dns).collect()

@@ -101,7 +101,9 @@ pub struct RouteSettings {
     /// Resource id template from the path's placeholders, `{host}`, `{path}` and
     /// `{method}` (default: the table's `resource_id`).
     pub resource_id: Option<String>,
-    /// Action id for every request on this route, whatever the method.
+    /// Action id for every request on this route, whatever the method: a template over
+    /// the path's placeholders, `{host}`, `{path}` and `{method}` (`"{path}"` makes a
+    /// gRPC route's action its `/package.Service/Method`).
     pub action: Option<String>,
     /// HTTP method → action id on this route, before the table's `methods`.
     #[serde(default)]

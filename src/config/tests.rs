@@ -103,3 +103,22 @@ fn limits_of_zero_that_would_refuse_every_call_are_refused() {
     let config = Config::resolve(None, settings).unwrap();
     assert_eq!(config.limits.max_concurrent_calls, 1);
 }
+
+#[test]
+fn a_caller_identity_is_a_uri_or_a_dns_name_and_matches_only_its_kind() {
+    use super::{IdentityKind, same_caller};
+    for uri in ["spiffe://acme.example/ns/a/sa/b", "urn:x", "https://h/p"] {
+        assert_eq!(IdentityKind::of(uri), Some(IdentityKind::Uri), "{uri}");
+    }
+    for dns in ["gateway", "gateway.acme.internal", "a-1.b2.example"] {
+        assert_eq!(IdentityKind::of(dns), Some(IdentityKind::Dns), "{dns}");
+    }
+    for neither in ["", "spiffe:", "1x://y", "a b", "-a.example", "a..b", "*.example", "a\n"] {
+        assert_eq!(IdentityKind::of(neither), None, "{neither:?}");
+    }
+    assert!(same_caller("spiffe://td/sa/x", "spiffe://td/sa/x"));
+    assert!(!same_caller("spiffe://td/sa/x", "spiffe://td/sa/X"));
+    assert!(same_caller("gw.acme.internal", "GW.acme.internal"));
+    assert!(!same_caller("gw.acme.internal", "dns:gw.acme.internal"));
+    assert!(!same_caller("spiffe:", "spiffe:"));
+}

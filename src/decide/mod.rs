@@ -27,7 +27,7 @@ pub use crate::engine::{
 };
 pub use crate::telemetry::metrics::{Api, Reason};
 use crate::{
-    config::Config,
+    config::{Config, same_caller},
     engine::{Engine, EngineOptions},
     policy::Snapshot,
     telemetry::{AuditLog, Metrics, OncePerSecond},
@@ -317,7 +317,7 @@ impl Decider {
         let configured = self.engine.options().request_entities;
         match (&self.replace_callers, call.caller()) {
             (Some(trusted), caller) if configured == RequestEntities::Replace => {
-                if caller.is_some_and(|c| trusted.iter().any(|t| t == c)) {
+                if caller.is_some_and(|c| trusted.iter().any(|t| same_caller(t, c))) {
                     RequestEntities::Replace
                 } else {
                     RequestEntities::Add

@@ -67,18 +67,28 @@ pub(super) enum Attr {
 }
 
 impl Attr {
-    fn expr(&self) -> RestrictedExpression {
-        match self {
+    /// The value as a Cedar expression; a record with a key twice (which the compiled
+    /// mapping never builds) is an error, not a panic.
+    fn expr(&self) -> Result<RestrictedExpression, String> {
+        Ok(match self {
             Self::String(s) => RestrictedExpression::new_string(s.clone()),
             Self::Bool(b) => RestrictedExpression::new_bool(*b),
             Self::Long(n) => RestrictedExpression::new_long(*n),
             Self::Ip(ip) => RestrictedExpression::new_ip(ip.clone()),
-            Self::Set(items) => RestrictedExpression::new_set(items.iter().map(Attr::expr)),
-            Self::Record(fields) => {
-                RestrictedExpression::new_record(fields.iter().map(|(k, v)| (k.clone(), v.expr())))
-                    .expect("record keys come from maps and are unique")
-            }
-        }
+            Self::Set(items) => RestrictedExpression::new_set(
+                items
+                    .iter()
+                    .map(Attr::expr)
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            Self::Record(fields) => RestrictedExpression::new_record(
+                fields
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), v.expr()?)))
+                    .collect::<Result<Vec<_>, String>>()?,
+            )
+            .map_err(|e| e.to_string())?,
+        })
     }
 
     /// Cedar's JSON form of the value (an `ip` as `__extn`).
@@ -148,36 +158,30 @@ pub(super) fn map(
         Some((route, params)) => (&route.resource, Some(params.as_slice())),
         None => (&mapping.resource, None),
     };
-    let resource_id = resource_rule.id.render(|name| match name {
+    let placeholder = |name: &str| match name {
         "host" => Some(request.host.as_str()),
         "path" => Some(&*request.path),
         "method" => Some(request.method),
         _ => params
             .and_then(|params| params.iter().find(|(k, _)| k == name))
             .map(|(_, v)| v.as_str()),
-    });
-    let resource = uid(&resource_rule.entity_type, resource_id);
+    };
+    let resource = uid(
+        &resource_rule.entity_type,
+        resource_rule.id.render(placeholder),
+    );
 
+    // The action from the method and the path only, by the configured tables: never from
+    // a header the client chose (a `content-type: application/grpc` once made it the path,
+    // and an action a `forbid` names could be stepped around that way).
     let action_id = route
         .as_ref()
-        .and_then(|(route, _)| {
-            route.action.clone().or_else(|| {
-                (!request.grpc)
-                    .then(|| route.actions.get(request.method).cloned())
-                    .flatten()
-            })
+        .and_then(|(route, _)| match &route.action {
+            Some(action) => Some(action.render(placeholder)),
+            None => route.actions.get(request.method).cloned(),
         })
-        .unwrap_or_else(|| {
-            if request.grpc {
-                request.path.to_string()
-            } else {
-                mapping
-                    .methods
-                    .get(request.method)
-                    .cloned()
-                    .unwrap_or_else(|| request.method.to_owned())
-            }
-        });
+        .or_else(|| mapping.methods.get(request.method).cloned())
+        .unwrap_or_else(|| request.method.to_owned());
     let action = uid(&mapping.action_type, action_id);
 
     let mut context: Vec<(&'static str, Attr)> = Vec::new();
@@ -232,9 +236,13 @@ pub(super) fn map(
             ContextPart::Headers | ContextPart::Claims => {}
         }
     }
+    let pairs = context
+        .iter()
+        .map(|(k, v)| Ok(((*k).to_owned(), v.expr()?)))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| Refusal::invalid("context", e))?;
     let cedar_context =
-        Context::from_pairs(context.iter().map(|(k, v)| ((*k).to_owned(), v.expr())))
-            .map_err(|e| Refusal::invalid("context", e.to_string()))?;
+        Context::from_pairs(pairs).map_err(|e| Refusal::invalid("context", e.to_string()))?;
     Ok(Mapped {
         query: Query {
             principal,
@@ -401,8 +409,6 @@ struct HttpView<'a> {
     decoded: Vec<String>,
     /// Lower case, without a port.
     host: String,
-    /// A gRPC call (`content-type: application/grpc…`).
-    grpc: bool,
 }
 
 impl<'a> HttpView<'a> {
@@ -436,18 +442,13 @@ impl<'a> HttpView<'a> {
         }
         let path = normalize(raw);
         let host = host_of(&http.host).to_ascii_lowercase();
-        let mut view = Self {
+        Ok(Self {
             http,
             method,
             path,
             decoded,
             host,
-            grpc: false,
-        };
-        view.grpc = view
-            .header("content-type")
-            .is_some_and(|t| t.starts_with("application/grpc"));
-        Ok(view)
+        })
     }
 
     /// The path's segments after the leading `/`, decoded, as the route templates see them.

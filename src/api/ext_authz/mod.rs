@@ -13,7 +13,9 @@ mod mapping;
 pub(crate) mod response;
 pub mod rules;
 
-use std::sync::Arc;
+use std::{panic::AssertUnwindSafe, sync::Arc};
+
+use futures_util::FutureExt as _;
 
 use prost::Message as _;
 use tonic::{Request, Response, Status};
@@ -26,7 +28,7 @@ use super::{
     admission::Overloaded, authorizer::LIGHT_MESSAGE_BYTES, callers::CallerPolicy, request_id,
 };
 use crate::{
-    decide::{Api, Call, Decider, EntitiesInput, Reason, Refusal, RequestId},
+    decide::{Api, Call, Decider, EntitiesInput, PoolError, Reason, Refusal, RequestId},
     policy::{PolicyStore, Snapshot},
     proto::envoy::{
         config::core::v3::HeaderValueOption,
@@ -153,8 +155,25 @@ impl Authorization for ExtAuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        // Whatever fails, a deny: a panic anywhere in answering (deciding runs on the
+        // pool, which catches its own) must not reach Envoy as a reset stream.
+        let answer = AssertUnwindSafe(self.answer(request))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                let call = self.decider.start(Api::ExtAuthz, None, None);
+                let refusal = self.decider.failed(&call, PoolError::Panicked);
+                response::refused(&refusal, Some(self.store.current().version()))
+            });
+        Ok(Response::new(answer))
+    }
+}
+
+impl ExtAuthzService {
+    /// The answer to one check: admitted, mapped and decided off the async workers.
+    async fn answer(&self, request: Request<CheckRequest>) -> CheckResponse {
         if request.extensions().get::<Overloaded>().is_some() {
-            return Ok(Response::new(Self::overloaded(&self.store.current())));
+            return Self::overloaded(&self.store.current());
         }
         // The HTTP request's `x-request-id` (which Envoy sets) ties the audit record to
         // Envoy's access log; then the call's own; then `http.id`, Envoy's stream id,
@@ -179,13 +198,12 @@ impl Authorization for ExtAuthzService {
         if let Err(refusal) = span.in_scope(|| self.decider.admit(&mut call, SERVICE, admission)) {
             // A 403 answer rather than a gRPC error: an Envoy set to fail open must not
             // turn this refusal into an allow.
-            return Ok(Response::new(response::refused(&refusal, None)));
+            return response::refused(&refusal, None);
         }
         let (this, decided) = (self.clone(), call.clone());
         // A check sends no entities: light work, unless it is large.
         let heavy = request.get_ref().encoded_len() > LIGHT_MESSAGE_BYTES;
-        let answer = self
-            .decider
+        self.decider
             .off_workers(heavy, move || {
                 let _in_span = span.enter();
                 this.check(&decided, request.get_ref())
@@ -195,7 +213,6 @@ impl Authorization for ExtAuthzService {
                 // Whatever failed, a deny: never a gRPC error an Envoy may fail open on.
                 let refusal = self.decider.failed(&call, error);
                 response::refused(&refusal, Some(self.store.current().version()))
-            });
-        Ok(Response::new(answer))
+            })
     }
 }

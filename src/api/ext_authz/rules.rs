@@ -75,8 +75,9 @@ pub struct Route {
     pub path: Template,
     /// The resource it names.
     pub resource: ResourceRule,
-    /// A fixed action id.
-    pub action: Option<String>,
+    /// The action id for every request on the route, a template over the route's
+    /// placeholders and [`REQUEST_PLACEHOLDERS`].
+    pub action: Option<Text>,
     /// Upper-case method → action id.
     pub actions: BTreeMap<String, String>,
 }
@@ -282,6 +283,28 @@ impl Text {
         Ok(Self { parts })
     }
 
+    /// Whether `{name}` appears in the text.
+    pub fn uses(&self, name: &str) -> bool {
+        self.parts
+            .iter()
+            .any(|part| matches!(part, TextPart::Placeholder(n) if n == name))
+    }
+
+    /// Whether every two placeholders have a `/` between them, so that values holding no
+    /// `/` (template segments) can be told apart again: `{a}/{b}`, not `{a}{b}` or `{a}.{b}`.
+    fn placeholders_apart(&self) -> bool {
+        let mut after_placeholder = false;
+        for part in &self.parts {
+            match part {
+                TextPart::Placeholder(_) if after_placeholder => return false,
+                TextPart::Placeholder(_) => after_placeholder = true,
+                TextPart::Literal(text) if text.contains('/') => after_placeholder = false,
+                TextPart::Literal(_) => {}
+            }
+        }
+        true
+    }
+
     /// The text with each placeholder replaced by `value(name)` (empty when it has none).
     pub fn render<'a>(&self, value: impl Fn(&str) -> Option<&'a str>) -> String {
         let mut out = String::new();
@@ -373,6 +396,9 @@ impl ExtAuthz {
             }
             let id = Text::parse(p.id.as_deref().unwrap_or("{identity}"), &known)
                 .map_err(|e| invalid(key("id"), e))?;
+            if let Some(pattern) = &pattern {
+                whole_identity(key("id"), &id, pattern)?;
+            }
             principals.push(PrincipalRule {
                 source,
                 entity_type: entity_type(key("type"), &p.entity_type)?,
@@ -417,33 +443,70 @@ impl ExtAuthz {
                 .as_deref()
                 .map(|h| host_pattern(key("host"), h))
                 .transpose()?;
+            let resource = ResourceRule {
+                entity_type: entity_type(
+                    key("resource_type"),
+                    r.resource_type.as_deref().unwrap_or(default_type),
+                )?,
+                id: Text::parse(r.resource_id.as_deref().unwrap_or(default_id), &known)
+                    .map_err(|e| invalid(key("resource_id"), e))?,
+            };
+            let action = r
+                .action
+                .as_deref()
+                .map(|text| Text::parse(text, &known).map_err(|e| invalid(key("action"), e)))
+                .transpose()?;
             routes.push(Route {
                 host,
-                resource: ResourceRule {
-                    entity_type: entity_type(
-                        key("resource_type"),
-                        r.resource_type.as_deref().unwrap_or(default_type),
-                    )?,
-                    id: Text::parse(r.resource_id.as_deref().unwrap_or(default_id), &known)
-                        .map_err(|e| invalid(key("resource_id"), e))?,
-                },
+                resource,
                 path,
-                action: r.action.clone(),
+                action,
                 actions: method_actions(&key("actions"), &r.actions)?,
             });
         }
-        let headers = settings
+        let headers: Vec<String> = settings
             .headers
             .iter()
             .enumerate()
             .map(|(i, h)| header_name(format!("ext_authz.headers[{i}]"), h))
             .collect::<Result<_, _>>()?;
-        let mut upstream_headers = Vec::new();
+        if let Some((first, again)) = repeat(&headers) {
+            return Err(invalid(
+                format!("ext_authz.headers[{again}]"),
+                format!(
+                    "{:?} repeats ext_authz.headers[{first}] (header names are case-insensitive)",
+                    settings.headers[again]
+                ),
+            ));
+        }
+        if let Some((first, again)) = repeat(&settings.claims) {
+            return Err(invalid(
+                format!("ext_authz.claims[{again}]"),
+                format!(
+                    "{:?} repeats ext_authz.claims[{first}]",
+                    settings.claims[again]
+                ),
+            ));
+        }
+        let mut upstream_headers: Vec<(String, Text)> = Vec::new();
         for (name, value) in &settings.upstream_headers {
             let key = format!("ext_authz.upstream_headers.{name}");
+            let given = name;
             let name = header_name(key.clone(), name)?;
             if name.starts_with(':') || name == "host" {
                 return Err(invalid(key, "pseudo-headers and host cannot be set"));
+            }
+            if let Some(other) = settings
+                .upstream_headers
+                .keys()
+                .find(|other| *other != given && other.eq_ignore_ascii_case(&name))
+            {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "repeats ext_authz.upstream_headers.{other} (header names are case-insensitive)"
+                    ),
+                ));
             }
             upstream_headers.push((
                 name,
@@ -491,6 +554,32 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Refuses a principal id that could give two identities one entity: one leaving out a
+/// placeholder the match binds (`{name}` alone names every namespace's service account of
+/// that name), or running two together (`{namespace}{name}`).
+fn whole_identity(key: String, id: &Text, pattern: &Template) -> Result<(), ConfigError> {
+    if id.uses("identity") {
+        return Ok(());
+    }
+    if let Some(left_out) = pattern.names().find(|name| !id.uses(name)) {
+        return Err(invalid(
+            key,
+            format!(
+                "leaves out {{{left_out}}}, which the match binds: identities that differ only \
+                 there would be one principal (use every placeholder, or {{identity}})"
+            ),
+        ));
+    }
+    if !id.placeholders_apart() {
+        return Err(invalid(
+            key,
+            "runs placeholders together: put a '/' between them (\"{namespace}/{name}\"), so \
+             that different identities cannot make the same id",
+        ));
+    }
+    Ok(())
+}
+
 fn refuse_field(key: &str, value: Option<&String>, from: &str) -> Result<(), ConfigError> {
     match value {
         Some(_) => Err(invalid(key, format!("has no meaning with from = {from:?}"))),
@@ -509,19 +598,39 @@ fn header_name(key: String, name: &str) -> Result<String, ConfigError> {
     Ok(lower)
 }
 
+/// The first name in `names` that repeats an earlier one: (earlier index, later index).
+fn repeat(names: &[String]) -> Option<(usize, usize)> {
+    names.iter().enumerate().find_map(|(again, name)| {
+        names[..again]
+            .iter()
+            .position(|earlier| earlier == name)
+            .map(|first| (first, again))
+    })
+}
+
+/// A method → action table, methods upper-cased; `get` and `GET` both given is refused
+/// (one of them would be dropped without a word).
 fn method_actions(
     key: &str,
     table: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, ConfigError> {
-    table
-        .iter()
-        .map(|(method, action)| {
-            if method.is_empty() || !method.chars().all(|c| c.is_ascii_alphabetic()) {
-                return Err(invalid(format!("{key}.{method}"), "not an HTTP method"));
-            }
-            Ok((method.to_ascii_uppercase(), action.clone()))
-        })
-        .collect()
+    let mut methods = BTreeMap::new();
+    for (method, action) in table {
+        if method.is_empty() || !method.chars().all(|c| c.is_ascii_alphabetic()) {
+            return Err(invalid(format!("{key}.{method}"), "not an HTTP method"));
+        }
+        if let Some(other) = table
+            .keys()
+            .find(|other| *other != method && other.eq_ignore_ascii_case(method))
+        {
+            return Err(invalid(
+                format!("{key}.{method}"),
+                format!("repeats {key}.{other} (methods are case-insensitive)"),
+            ));
+        }
+        methods.insert(method.to_ascii_uppercase(), action.clone());
+    }
+    Ok(methods)
 }
 
 fn host_pattern(key: String, host: &str) -> Result<HostPattern, ConfigError> {

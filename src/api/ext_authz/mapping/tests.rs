@@ -246,7 +246,7 @@ type = "App::User"
 [[principal]]
 from = "mtls"
 match = "spiffe://acme.example/ns/{namespace}/sa/{name}"
-id = "{name}"
+id = "{namespace}/{name}"
 type = "App::Service"
 "#;
 
@@ -466,14 +466,14 @@ fn sources_are_tried_in_the_order_configured() {
         [[principal]]
         from = "mtls"
         match = "spiffe://acme.example/ns/{namespace}/sa/{name}"
-        id = "{name}"
+        id = "{namespace}/{name}"
         type = "App::Service"
         [[principal]]
         from = "jwt"
         type = "App::User"
         "#,
     );
-    assert_eq!(principal_of(&mtls_first, &both), r#"App::Service::"web""#);
+    assert_eq!(principal_of(&mtls_first, &both), r#"App::Service::"x/web""#);
 
     // Only the later source present: it is taken.
     let service_only = peer(
@@ -483,7 +483,7 @@ fn sources_are_tried_in_the_order_configured() {
     );
     assert_eq!(
         principal_of(&jwt_first, &service_only),
-        r#"App::Service::"web""#
+        r#"App::Service::"x/web""#
     );
 }
 
@@ -555,49 +555,66 @@ fn the_action_is_the_routes_then_the_routes_method_then_the_tables_then_the_meth
 }
 
 #[test]
-fn a_grpc_call_is_its_path_unless_the_route_names_an_action() {
+fn no_header_chooses_the_action_and_a_grpc_route_names_its_own() {
     let m = mapping(ACTIONS);
     let act = |c: CheckRequest| action_of(&m, &as_user(c));
-    // The method maps are skipped: the id is the path.
-    assert_eq!(
-        act(grpc(check("POST", "/pkg.Other/Call"))),
-        r#"App::Action::"/pkg.Other/Call""#
-    );
-    assert_eq!(
-        act(header(
-            check("POST", "/secrets/s1"),
-            "content-type",
-            "application/grpc+proto"
-        )),
-        r#"App::Action::"/secrets/s1""#,
-    );
-    // The route's method table is skipped too, even where it names the method.
-    assert_eq!(
-        act(grpc(check("POST", "/pkg.Store/Put"))),
-        r#"App::Action::"/pkg.Store/Put""#
-    );
+    // `content-type: application/grpc` once skipped the method maps and made the action
+    // the path: a client stepped around a `forbid` on an action by setting a header.
+    for content_type in [
+        "application/grpc",
+        "application/grpc+proto",
+        "application/json",
+    ] {
+        let with = |method: &str, path: &str| {
+            act(header(check(method, path), "content-type", content_type))
+        };
+        assert_eq!(
+            with("POST", "/secrets/s1"),
+            r#"App::Action::"write""#,
+            "{content_type}"
+        );
+        assert_eq!(with("PUT", "/secrets/s1"), r#"App::Action::"rotateSecret""#);
+        assert_eq!(with("POST", "/pkg.Store/Put"), r#"App::Action::"store""#);
+        assert_eq!(with("POST", "/pkg.Other/Call"), r#"App::Action::"write""#);
+        assert_eq!(
+            with("POST", "/pkg.Billing/Charge"),
+            r#"App::Action::"invoke""#
+        );
+    }
     assert_eq!(
         act(check("POST", "/pkg.Store/Put")),
-        r#"App::Action::"store""#,
-        "not gRPC: the route's table applies"
+        r#"App::Action::"store""#
     );
-    // A route's fixed action still applies.
+
+    // A gRPC route's action from its path, by the route's template.
+    let grpc_routes = mapping(
+        r#"
+        action_type = "App::Action"
+        [[principal]]
+        from = "header"
+        header = "x-user"
+        type = "User"
+        [[routes]]
+        path = "/pkg.Billing/{rpc}"
+        action = "billing.{rpc}"
+        [[routes]]
+        path = "/{service}/{rpc}"
+        action = "{path}"
+        "#,
+    );
+    let act = |c: CheckRequest| action_of(&grpc_routes, &as_user(c));
     assert_eq!(
         act(grpc(check("POST", "/pkg.Billing/Charge"))),
-        r#"App::Action::"invoke""#
+        r#"App::Action::"billing.Charge""#
     );
-    // Not gRPC: JSON keeps the method maps.
-    assert_eq!(
-        act(header(
-            check("POST", "/pkg.Other/Call"),
-            "content-type",
-            "application/json"
-        )),
-        r#"App::Action::"write""#
-    );
-    // The gRPC path has no query.
     assert_eq!(
         act(grpc(check("POST", "/pkg.Other/Call?x=1"))),
+        r#"App::Action::"/pkg.Other/Call""#,
+        "the path has no query"
+    );
+    // The same with or without the header.
+    assert_eq!(
+        act(check("POST", "/pkg.Other/Call")),
         r#"App::Action::"/pkg.Other/Call""#
     );
 }

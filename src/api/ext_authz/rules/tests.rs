@@ -655,12 +655,18 @@ fn a_route_takes_the_tables_resource_unless_it_names_its_own() {
         action = "view"
         [[routes]]
         path = "/any/{rest...}"
+        [[routes]]
+        path = "/pkg.Svc/{rpc}"
+        action = "call:{rpc}"
         "#,
     );
     let docs = &mapping.routes[0];
     assert_eq!(docs.resource.entity_type.to_string(), "App::Doc");
     assert_eq!(render(&docs.resource.id, &[("doc", "d1")]), "doc-d1");
-    assert_eq!(docs.action.as_deref(), Some("view"));
+    assert_eq!(
+        docs.action.as_ref().map(|a| render(a, &[])).as_deref(),
+        Some("view")
+    );
     assert_eq!(docs.host, None);
     let any = &mapping.routes[1];
     assert_eq!(any.resource.entity_type.to_string(), "App::Thing");
@@ -670,6 +676,15 @@ fn a_route_takes_the_tables_resource_unless_it_names_its_own() {
     );
     assert_eq!(any.action, None);
     assert_eq!(any.path.names().collect::<Vec<_>>(), ["rest"]);
+    let grpc = mapping.routes[2].action.as_ref().unwrap();
+    assert_eq!(render(grpc, &[("rpc", "Get")]), "call:Get");
+
+    let (key, message) = refusal("[[routes]]\npath = \"/a/{x}\"\naction = \"{y}\"\n");
+    assert_eq!(key, "ext_authz.routes[0].action");
+    assert_eq!(
+        message,
+        "unknown placeholder {y} (known here: {host}, {path}, {method}, {x})"
+    );
 }
 
 #[test]
@@ -805,5 +820,77 @@ fn a_config_file_table_compiles_reporting_the_key_at_fault() {
     assert_eq!(
         config.ext_authz.action_type.as_deref(),
         Some("Platform::Action")
+    );
+}
+
+#[test]
+fn names_given_twice_are_refused_naming_both_keys() {
+    // Two `headers.x-tenant` fields in one record made `Check` panic: refused up front.
+    let (key, message) = refusal("headers = [\"x-tenant\", \"user-agent\", \"X-Tenant\"]\n");
+    assert_eq!(key, "ext_authz.headers[2]");
+    assert_eq!(
+        message,
+        "\"X-Tenant\" repeats ext_authz.headers[0] (header names are case-insensitive)"
+    );
+    let (key, message) = refusal("claims = [\"email\", \"scope\", \"email\"]\n");
+    assert_eq!(key, "ext_authz.claims[2]");
+    assert_eq!(message, "\"email\" repeats ext_authz.claims[0]");
+    // Claims are JSON keys: case tells them apart.
+    assert_eq!(
+        compiled("claims = [\"sub\", \"Sub\"]\n").claims,
+        ["sub", "Sub"]
+    );
+
+    let (key, message) = refusal("upstream_headers = { \"X-Who\" = \"a\", \"x-who\" = \"b\" }\n");
+    assert_eq!(key, "ext_authz.upstream_headers.X-Who");
+    assert_eq!(
+        message,
+        "repeats ext_authz.upstream_headers.x-who (header names are case-insensitive)"
+    );
+    let (key, message) = refusal("methods = { get = \"read\", GET = \"write\" }\n");
+    assert_eq!(key, "ext_authz.methods.GET");
+    assert_eq!(
+        message,
+        "repeats ext_authz.methods.get (methods are case-insensitive)"
+    );
+    let (key, _) = refusal("[[routes]]\npath = \"/a\"\nactions = { Put = \"a\", PUT = \"b\" }\n");
+    assert_eq!(key, "ext_authz.routes[0].actions.PUT");
+}
+
+#[test]
+fn a_principal_id_must_keep_every_part_of_the_identity_it_matched() {
+    let spiffe = "[[principal]]\nfrom = \"mtls\"\ntype = \"S\"\nmatch = \"spiffe://td/ns/{namespace}/sa/{name}\"\n";
+    // `{name}` alone gives every namespace's service account of that name one entity.
+    let (key, message) = refusal(&format!("{spiffe}id = \"{{name}}\"\n"));
+    assert_eq!(key, "ext_authz.principal[0].id");
+    assert_eq!(
+        message,
+        "leaves out {namespace}, which the match binds: identities that differ only there \
+         would be one principal (use every placeholder, or {identity})"
+    );
+    for joined in [
+        "{namespace}{name}",
+        "{namespace}.{name}",
+        "{namespace}-{name}/x",
+    ] {
+        let (key, message) = refusal(&format!("{spiffe}id = {joined:?}\n"));
+        assert_eq!(key, "ext_authz.principal[0].id", "{joined}");
+        assert!(
+            message.starts_with("runs placeholders together"),
+            "{joined}: {message}"
+        );
+    }
+    for whole in [
+        "{namespace}/{name}",
+        "ns/{namespace}/sa/{name}",
+        "{identity}",
+        "x:{identity}",
+    ] {
+        let mapping = compiled(&format!("{spiffe}id = {whole:?}\n"));
+        assert_eq!(mapping.principals.len(), 1, "{whole}");
+    }
+    // Without a match there is nothing to leave out.
+    compiled(
+        "[[principal]]\nfrom = \"header\"\nheader = \"x-user\"\ntype = \"U\"\nid = \"u-{identity}\"\n",
     );
 }
