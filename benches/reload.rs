@@ -69,7 +69,7 @@ fn main() {
     let mut rebuilds = Vec::new();
     for _ in 0..5 {
         let start = Instant::now();
-        let sources = read_dir(large.path()).unwrap();
+        let sources = read_dir(large.path(), options.max_file_bytes).unwrap();
         reads.push(start.elapsed());
         build(&sources, &options).expect("the large directory is valid");
         rebuilds.push(start.elapsed());

@@ -366,6 +366,10 @@ pub struct LimitSettings {
     /// Most entities `entities.json` may hold.
     #[arg(long, env = "CEDAR_PDP_MAX_STORE_ENTITIES", value_name = "N")]
     pub max_store_entities: Option<usize>,
+    /// Largest file read from the policy directory (a policy file, the schema,
+    /// `entities.json`), in bytes.
+    #[arg(long, env = "CEDAR_PDP_MAX_POLICY_FILE_BYTES", value_name = "BYTES")]
+    pub max_policy_file_bytes: Option<u64>,
     /// Longest a call may take, in milliseconds.
     #[arg(long, env = "CEDAR_PDP_REQUEST_TIMEOUT_MS", value_name = "MS")]
     pub request_timeout_ms: Option<u64>,
@@ -411,6 +415,8 @@ pub struct Limits {
     pub max_string_bytes: usize,
     /// Most entities `entities.json` may hold.
     pub max_store_entities: usize,
+    /// Largest file read from the policy directory, in bytes.
+    pub max_policy_file_bytes: u64,
     /// Longest a call may take.
     pub request_timeout: Duration,
     /// Most gRPC connections open at once.
@@ -437,6 +443,7 @@ impl Default for Limits {
             max_store_ancestor_closure: 20_000_000,
             max_string_bytes: 64 * 1024,
             max_store_entities: 1_000_000,
+            max_policy_file_bytes: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(5),
             max_connections: 10_000,
             max_concurrent_streams: 100,
@@ -762,6 +769,11 @@ impl Config {
                     up.max_store_entities,
                     lo.max_store_entities,
                     dl.max_store_entities,
+                ),
+                max_policy_file_bytes: pick(
+                    up.max_policy_file_bytes,
+                    lo.max_policy_file_bytes,
+                    dl.max_policy_file_bytes,
                 ),
                 request_timeout: up
                     .request_timeout_ms

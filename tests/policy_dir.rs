@@ -850,6 +850,138 @@ fn a_configmap_data_swap_is_picked_up_by_reload() {
     assert_eq!(store.current().policy_count(), 2);
 }
 
+// ---- links, sizes and what errors quote ---------------------------------------------------
+
+/// A file outside any policy directory whose text a parse error would quote.
+#[cfg(unix)]
+fn outside_secret() -> tempfile::TempDir {
+    let outside = tempfile::tempdir().unwrap();
+    write(
+        outside.path(),
+        "shadow",
+        "root:SECRET-d2f1c0ffee:19000:0:99999:7:::\n",
+    );
+    fs::create_dir(outside.path().join("team")).unwrap();
+    write(outside.path(), "team/leak.cedar", "SECRET-d2f1c0ffee\n");
+    outside
+}
+
+#[cfg(unix)]
+#[test]
+fn a_link_to_outside_the_directory_is_refused_and_never_read() {
+    let outside = outside_secret();
+    for (link, target) in [("leak.cedar", "shadow"), ("team", "team")] {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "main.cedar",
+            "permit(principal, action, resource);\n",
+        );
+        std::os::unix::fs::symlink(outside.path().join(target), dir.path().join(link)).unwrap();
+        let found = problems(dir.path(), &LoadOptions::default());
+        let text = found
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(found.len(), 1, "{text}");
+        assert_eq!(found[0].location.file, link, "{text}");
+        assert!(
+            found[0]
+                .message
+                .contains("link to outside the policy directory"),
+            "{text}"
+        );
+        assert!(!text.contains("SECRET"), "{text}");
+    }
+
+    // A link within the directory is followed.
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "real/main.cedar",
+        "permit(principal, action, resource);\n",
+    );
+    std::os::unix::fs::symlink(
+        dir.path().join("real/main.cedar"),
+        dir.path().join("alias.cedar"),
+    )
+    .unwrap();
+    assert_eq!(ids(&load(dir.path())), ["alias.0", "real/main.0"]);
+}
+
+#[test]
+fn a_file_larger_than_max_policy_file_bytes_is_refused_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "small.cedar",
+        "permit(principal, action, resource);\n",
+    );
+    let big = format!(
+        "// {}\npermit(principal, action, resource);\n",
+        "x".repeat(200)
+    );
+    write(dir.path(), "big.cedar", &big);
+    let limit = LoadOptions {
+        max_file_bytes: 100,
+        ..LoadOptions::default()
+    };
+    let found = problems(dir.path(), &limit);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].location.file, "big.cedar");
+    assert_eq!(
+        found[0].message,
+        "is larger than the limit of 100 bytes (limits.max_policy_file_bytes); not read"
+    );
+    // At the limit, it is read.
+    let at = LoadOptions {
+        max_file_bytes: big.len() as u64,
+        ..LoadOptions::default()
+    };
+    assert_eq!(load_with(dir.path(), &at).snapshot.policy_count(), 2);
+}
+
+#[test]
+fn a_problem_quotes_a_short_excerpt_of_the_file_not_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = format!(
+        "permit(principal, action, resource) when {{ \"{}\" \"x\" }};\n",
+        "S".repeat(5000)
+    );
+    write(dir.path(), "long.cedar", &long);
+    let token = format!(
+        "permit(principal, action, resource) when {{ {} }};\n",
+        "T".repeat(5000)
+    );
+    write(dir.path(), "token.cedar", &token);
+    write(
+        dir.path(),
+        "entities.json",
+        &format!("[{{\"uid\": \"{}\"}}]", "E".repeat(5000)),
+    );
+    let found = problems(dir.path(), &options(PolicyValidation::Off));
+    let files: Vec<&str> = found.iter().map(|p| p.location.file.as_str()).collect();
+    for file in ["long.cedar", "token.cedar", "entities.json"] {
+        assert!(files.contains(&file), "{file} has a problem: {found:#?}");
+    }
+    for problem in &found {
+        let shown = problem.to_string();
+        assert!(shown.chars().count() < 700, "{shown}");
+        for run in [
+            "SSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSS",
+            "TTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTTT",
+            "EEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEE",
+        ] {
+            assert!(!shown.contains(run), "{shown}");
+        }
+        assert!(
+            problem.location.line.is_some() || problem.location.file == "entities.json",
+            "{shown}"
+        );
+    }
+}
+
 // ---- the repository's example ------------------------------------------------------------
 
 #[test]

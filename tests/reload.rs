@@ -103,6 +103,40 @@ async fn an_edit_that_flips_a_decision_is_served_within_a_second() {
     server.stop().await;
 }
 
+#[cfg(unix)]
+#[tokio::test]
+async fn a_link_to_a_file_outside_the_directory_is_refused_without_quoting_it() {
+    // Such a link was read, and the parse error it made quoted the file it pointed at in
+    // `last_reload_error` and the logs.
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(
+        outside.path().join("shadow"),
+        "root:SECRET-d2f1c0ffee:19000:0:99999:7:::\n",
+    )
+    .unwrap();
+    let dir = policy_dir(&[("a.cedar", ALICE_READS)]);
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.client().await;
+    let good = info(&mut client).await;
+
+    std::os::unix::fs::symlink(outside.path().join("shadow"), dir.path().join("leak.cedar"))
+        .unwrap();
+    let failed = until_info(&client, "the failed reload to be reported", |i| {
+        !i.last_reload_error.is_empty()
+    })
+    .await;
+    assert_eq!(
+        failed.last_reload_error,
+        "leak.cedar: is a link to outside the policy directory; only links within it are followed"
+    );
+    assert_eq!(failed.policy_version, good.policy_version);
+    assert!(
+        allowed(&mut client, "alice").await.0,
+        "the last good set serves"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn an_invalid_edit_keeps_the_last_good_set_serving_and_says_why_until_fixed() {
     let dir = policy_dir(&[("a.cedar", ALICE_READS)]);
@@ -534,6 +568,138 @@ async fn a_change_made_before_the_watch_started_is_picked_up() {
         let version = store.current().version().to_owned();
         let expected = expected.clone();
         async move { (version == expected).then_some(()) }
+    })
+    .await;
+    drop(watcher);
+}
+
+/// A thread doing `act` every `every` until the returned flag is set.
+fn keep_doing(
+    every: Duration,
+    act: impl Fn() + Send + 'static,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            act();
+            std::thread::sleep(every);
+        }
+    });
+    (stop, thread)
+}
+
+/// A store of `dir` watched with a `max_hold` of one second, and the failures it told.
+fn watched_with_a_short_max_hold(
+    dir: &std::path::Path,
+) -> (
+    std::sync::Arc<cedar_pdp::policy::PolicyStore>,
+    cedar_pdp::policy::Watcher,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use cedar_pdp::policy::{LoadOptions, PolicyStore, Rebuilt, WatchOptions, Watcher};
+    let (store, _) = PolicyStore::open(dir, LoadOptions::default()).unwrap();
+    let store = std::sync::Arc::new(store);
+    let failures = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = failures.clone();
+    let options = WatchOptions {
+        max_hold: Duration::from_secs(1),
+        ..WatchOptions::default()
+    };
+    let watcher = Watcher::start(
+        store.clone(),
+        options,
+        Box::new(move |rebuilt| {
+            if matches!(rebuilt, Rebuilt::Failed(_)) {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }),
+    )
+    .unwrap();
+    (store, watcher, failures)
+}
+
+/// A reader opening the files every 20 ms once held every change back for good (each
+/// open counted as a possible truncating writer for 100 ms); after `max_hold` mere opens
+/// no longer hold.
+#[tokio::test]
+async fn a_reader_opening_the_files_over_and_over_holds_a_change_back_at_most_max_hold() {
+    let dir = policy_dir(&[("a.cedar", ALICE_READS)]);
+    let (store, watcher, _) = watched_with_a_short_max_hold(dir.path());
+    let file = dir.path().join("a.cedar");
+    let (stop, reader) = keep_doing(Duration::from_millis(20), move || {
+        let _ = fs::read_to_string(&file);
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    fs::write(dir.path().join("a.cedar"), ALICE_FORBIDDEN).unwrap();
+    let expected = version_of(&[("a.cedar", ALICE_FORBIDDEN)]);
+    eventually(
+        LONG,
+        "the change to be served while the reader reads on",
+        || {
+            let served = store.current().version() == expected;
+            async move { served.then_some(()) }
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
+    drop(watcher);
+}
+
+/// A file someone keeps writing to is never served half-written, and the wait is not
+/// silent: past `max_hold` the rebuild is recorded as failed, naming the file (counted,
+/// and shown by `GetPolicySetInfo`), and the last good set serves until it is closed.
+#[tokio::test]
+async fn a_file_kept_open_and_written_fails_the_reload_naming_it_until_closed() {
+    let dir = policy_dir(&[("a.cedar", ALICE_READS)]);
+    let (store, watcher, failures) = watched_with_a_short_max_hold(dir.path());
+    let serving = store.current().version().to_owned();
+    let file = std::sync::Arc::new(std::sync::Mutex::new(
+        fs::File::create(dir.path().join("a.cedar")).unwrap(),
+    ));
+    file.lock()
+        .unwrap()
+        .write_all(ALICE_FORBIDDEN.as_bytes())
+        .unwrap();
+    let writing = file.clone();
+    let (stop, writer) = keep_doing(Duration::from_millis(50), move || {
+        writing
+            .lock()
+            .unwrap()
+            .write_all(b"// still writing\n")
+            .unwrap();
+    });
+    let error = eventually(LONG, "the held reload to be recorded as failed", || {
+        let error = store.last_error();
+        async move { error }
+    })
+    .await;
+    assert!(
+        error
+            .message
+            .starts_with("a.cedar: did not hold still for "),
+        "{}",
+        error.message
+    );
+    assert!(failures.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert_eq!(
+        store.current().version(),
+        serving,
+        "nothing half-written served"
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    drop(file);
+    let written = fs::read_to_string(dir.path().join("a.cedar")).unwrap();
+    let expected = version_of(&[("a.cedar", &written)]);
+    eventually(LONG, "the closed file to be served", || {
+        let done = store.current().version() == expected && store.last_error().is_none();
+        async move { done.then_some(()) }
     })
     .await;
     drop(watcher);

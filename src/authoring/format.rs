@@ -7,7 +7,9 @@ use std::{fs, io::Write as _, path::Path};
 
 use cedar_policy_formatter::{Config, policies_str_to_pretty};
 
-use crate::policy::{LoadError, Location, MAX_POLICY_NESTING, Problem, Sources, read_dir};
+use crate::policy::{
+    LoadError, LoadOptions, Location, MAX_POLICY_NESTING, Problem, Sources, read_dir,
+};
 
 /// What `fmt` found for one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +28,7 @@ pub enum FileStatus {
 /// Formats each policy file under `dir` (or, when `check`, only says which would change),
 /// returning every file's status in directory order.
 pub fn format_dir(dir: &Path, check: bool) -> Result<Vec<(String, FileStatus)>, LoadError> {
-    let sources: Sources = read_dir(dir)?;
+    let sources: Sources = read_dir(dir, LoadOptions::default().max_file_bytes)?;
     let mut statuses: Vec<(String, FileStatus)> = sources
         .problems()
         .iter()

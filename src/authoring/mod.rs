@@ -39,7 +39,7 @@ pub struct Validation {
 /// Reads and checks the directory at `dir` exactly as `serve` would load it; only an
 /// unreadable directory is an `Err`.
 pub fn validate(dir: &Path, options: &LoadOptions) -> Result<Validation, LoadError> {
-    let sources = read_dir(dir)?;
+    let sources = read_dir(dir, options.max_file_bytes)?;
     let (errors, warnings, snapshot) = match build(&sources, options) {
         Ok(Loaded { snapshot, warnings }) => (Vec::new(), warnings, Some(snapshot)),
         Err(LoadError::Invalid(errors)) => (errors, Vec::new(), None),

@@ -113,7 +113,16 @@ fn a_caller_identity_is_a_uri_or_a_dns_name_and_matches_only_its_kind() {
     for dns in ["gateway", "gateway.acme.internal", "a-1.b2.example"] {
         assert_eq!(IdentityKind::of(dns), Some(IdentityKind::Dns), "{dns}");
     }
-    for neither in ["", "spiffe:", "1x://y", "a b", "-a.example", "a..b", "*.example", "a\n"] {
+    for neither in [
+        "",
+        "spiffe:",
+        "1x://y",
+        "a b",
+        "-a.example",
+        "a..b",
+        "*.example",
+        "a\n",
+    ] {
         assert_eq!(IdentityKind::of(neither), None, "{neither:?}");
     }
     assert!(same_caller("spiffe://td/sa/x", "spiffe://td/sa/x"));

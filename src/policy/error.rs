@@ -86,14 +86,72 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// A problem at `location` with no span.
+    /// A problem at `location` with no span; what the message quotes of the file is cut
+    /// short (see [`excerpt`]).
     pub fn new(location: Location, message: impl Into<String>) -> Self {
         Self {
             location,
-            message: message.into(),
+            message: excerpt(&message.into()),
             span: None,
         }
     }
+}
+
+/// Longest quotation of a file kept in a problem's message, in characters.
+const QUOTE_CHARS: usize = 48;
+/// `text` onto `out`, its first characters and `…` when longer than [`QUOTE_CHARS`].
+fn push_short(out: &mut String, text: &str) {
+    if text.chars().count() > QUOTE_CHARS {
+        out.extend(text.chars().take(QUOTE_CHARS - 8));
+        out.push('…');
+    } else {
+        out.push_str(text);
+    }
+}
+
+/// Longest problem message, in characters.
+const MESSAGE_CHARS: usize = 600;
+
+/// `message` with each quotation (between backticks or double quotes) and each word longer
+/// than [`QUOTE_CHARS`] cut short, and the whole at most [`MESSAGE_CHARS`]: a problem
+/// names its position, and quotes no more of a file than it takes to find the spot, since
+/// its message is logged and served (`last_reload_error`) beyond the people who can read
+/// the directory.
+pub fn excerpt(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(MESSAGE_CHARS + 8));
+    let mut rest = message;
+    while let Some(open) = rest.find(['`', '"']) {
+        let quote = &rest[open..=open];
+        out.push_str(&rest[..=open]);
+        rest = &rest[open + 1..];
+        let Some(close) = rest.find(quote) else {
+            break;
+        };
+        let quoted = &rest[..close];
+        push_short(&mut out, quoted);
+        out.push_str(quote);
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    // Unquoted runs too (`invalid variable: xxxx…`).
+    if out
+        .split_whitespace()
+        .any(|word| word.chars().count() > QUOTE_CHARS)
+    {
+        let mut words = String::with_capacity(out.len());
+        for (i, word) in out.split(' ').enumerate() {
+            if i > 0 {
+                words.push(' ');
+            }
+            push_short(&mut words, word);
+        }
+        out = words;
+    }
+    if out.chars().count() > MESSAGE_CHARS {
+        out = out.chars().take(MESSAGE_CHARS).collect();
+        out.push('…');
+    }
+    out
 }
 
 impl fmt::Display for Problem {
@@ -140,7 +198,7 @@ pub(crate) fn diagnostic_problem(diagnostic: &dyn Diagnostic, file: &str, text: 
             Some(label) => Location::at_offset(file, text, label.offset()),
             None => Location::file(file),
         },
-        message: describe(diagnostic),
+        message: excerpt(&describe(diagnostic)),
         span: label.map(|label| Span {
             offset: label.offset(),
             len: label.len(),

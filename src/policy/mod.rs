@@ -23,7 +23,7 @@ pub use entity_json::{BadUid, entity_uid, json_entity_uids, json_uid_and_parents
 pub use error::{LoadError, Location, Problem, Span, describe};
 pub use index::{CACHED_SLICE_POLICIES, FastMap, FastSet, PolicyIndex};
 pub use loader::{LoadOptions, Loaded, MAX_POLICY_NESTING, Sources, build, load_dir, read_dir};
-pub(crate) use loader::{parse_problems, too_deep};
+pub(crate) use loader::{parse_problems, relative, too_deep};
 pub use shape::SchemaShape;
 pub use snapshot::Snapshot;
 pub use store::{PolicyStore, ReloadError, ReloadOutcome};

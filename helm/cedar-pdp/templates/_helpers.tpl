@@ -123,6 +123,7 @@ swap on a renewal reaches the files (a subPath mount never updates). */}}
 - {{ printf "--max-value-depth=%d" (int64 $c.limits.maxValueDepth) | quote }}
 - {{ printf "--max-ancestor-depth=%d" (int64 $c.limits.maxAncestorDepth) | quote }}
 - {{ printf "--max-store-entities=%d" (int64 $c.limits.maxStoreEntities) | quote }}
+- {{ printf "--max-policy-file-bytes=%d" (int64 $c.limits.maxPolicyFileBytes) | quote }}
 - {{ printf "--request-timeout-ms=%d" (int64 $c.limits.requestTimeoutMs) | quote }}
 - {{ printf "--max-string-bytes=%d" (int64 $c.limits.maxStringBytes) | quote }}
 - {{ printf "--max-connections=%d" (int64 $c.limits.maxConnections) | quote }}

@@ -15,7 +15,6 @@ mod schema;
 
 use std::{path::Path, time::SystemTime};
 
-pub(crate) use self::policies::{parse_problems, too_deep};
 use self::{
     entities::load_entities,
     policies::parse_policies,
@@ -24,6 +23,10 @@ use self::{
 pub use self::{
     policies::MAX_POLICY_NESTING,
     read::{Sources, read_dir},
+};
+pub(crate) use self::{
+    policies::{parse_problems, too_deep},
+    read::relative,
 };
 use cedar_policy::{Entities, EntityUid, EvalResult, PolicySet};
 
@@ -36,6 +39,8 @@ pub struct LoadOptions {
     pub validation: PolicyValidation,
     /// Most entities `entities.json` may hold.
     pub max_store_entities: usize,
+    /// Largest file read, in bytes.
+    pub max_file_bytes: u64,
     /// Longest parent chain allowed in `entities.json`.
     pub max_ancestor_depth: usize,
     /// Most parent edges in `entities.json`.
@@ -50,6 +55,7 @@ impl LoadOptions {
         Self {
             validation,
             max_store_entities: limits.max_store_entities,
+            max_file_bytes: limits.max_policy_file_bytes,
             max_ancestor_depth: limits.max_ancestor_depth,
             max_parent_edges: limits.max_store_parent_edges,
             max_ancestor_closure: limits.max_store_ancestor_closure,
@@ -75,7 +81,7 @@ pub struct Loaded {
 
 /// Reads and validates the whole directory at `dir`.
 pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Loaded, LoadError> {
-    build(&read_dir(dir)?, options)
+    build(&read_dir(dir, options.max_file_bytes)?, options)
 }
 
 /// Parses and validates what [`read_dir`] read into a snapshot: the CPU half of

@@ -85,9 +85,10 @@ impl Sources {
     }
 }
 
-/// Reads every file a snapshot is built from; only a missing or unusable directory is an
-/// error here, unreadable files are problems reported by [`build`].
-pub fn read_dir(dir: &Path) -> Result<Sources, LoadError> {
+/// Reads every file a snapshot is built from, none larger than `max_file_bytes`; only a
+/// missing or unusable directory is an error here, unreadable files (too large, or
+/// linked from outside the directory) are problems reported by [`build`].
+pub fn read_dir(dir: &Path, max_file_bytes: u64) -> Result<Sources, LoadError> {
     let meta = fs::metadata(dir).map_err(|source| LoadError::Directory {
         path: dir.to_owned(),
         source,
@@ -101,7 +102,7 @@ pub fn read_dir(dir: &Path) -> Result<Sources, LoadError> {
     let mut problems = Vec::new();
     let mut opened = 0;
     let mut newest = None;
-    let sources = read_sources(dir, &mut problems, &mut opened, &mut newest);
+    let sources = read_sources(dir, max_file_bytes, &mut problems, &mut opened, &mut newest);
     let version = content_hash(&sources);
     Ok(Sources {
         sources,
@@ -112,21 +113,25 @@ pub fn read_dir(dir: &Path) -> Result<Sources, LoadError> {
     })
 }
 
-/// Walks the directory (following links, as a Kubernetes ConfigMap volume needs) and reads
-/// every file that belongs to a snapshot, in a stable order.
+/// Walks the directory and reads every file that belongs to a snapshot, in a stable
+/// order. Links are followed within the directory only (a Kubernetes ConfigMap volume
+/// links each file through `..data`): a link leading outside it is a problem, and what it
+/// points at is never read, so no other file's contents can reach an error message.
 pub(super) fn read_sources(
     dir: &Path,
+    max_file_bytes: u64,
     problems: &mut Vec<Problem>,
     opened: &mut usize,
     newest: &mut Option<SystemTime>,
 ) -> Vec<Source> {
-    let walker = walkdir::WalkDir::new(dir)
+    let root = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    let mut walker = walkdir::WalkDir::new(dir)
         .follow_links(true)
         .sort_by_file_name()
         .into_iter()
         .filter_entry(|entry| entry.depth() == 0 || !skipped(entry));
     let mut sources = Vec::new();
-    for entry in walker {
+    while let Some(entry) = walker.next() {
         let entry = match entry {
             Ok(entry) => entry,
             Err(err) => {
@@ -138,6 +143,25 @@ pub(super) fn read_sources(
                 continue;
             }
         };
+        if entry.depth() > 0 && entry.path_is_symlink() {
+            let inside = fs::canonicalize(entry.path()).map(|target| target.starts_with(&root));
+            if !matches!(inside, Ok(true)) {
+                if entry.file_type().is_dir() {
+                    walker.skip_current_dir();
+                }
+                let message = match inside {
+                    Err(err) => format!("cannot read: {err}"),
+                    Ok(_) => "is a link to outside the policy directory; only links within \
+                              it are followed"
+                        .to_owned(),
+                };
+                problems.push(Problem::new(
+                    Location::file(relative(dir, entry.path())),
+                    message,
+                ));
+                continue;
+            }
+        }
         if !entry.file_type().is_file() {
             continue;
         }
@@ -162,16 +186,23 @@ pub(super) fn read_sources(
             ));
             continue;
         }
-        let read = fs::File::open(entry.path()).and_then(|mut file| {
+        let read = fs::File::open(entry.path()).and_then(|file| {
             *opened += 1;
-            if let Ok(modified) = file.metadata().and_then(|m| m.modified()) {
+            let meta = file.metadata()?;
+            if let Ok(modified) = meta.modified() {
                 *newest = (*newest).max(Some(modified));
             }
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut file, &mut text).map(|_| text)
+            read_at_most(file, meta.len(), max_file_bytes)
         });
         match read {
-            Ok(text) => sources.push(Source { rel, kind, text }),
+            Ok(Some(text)) => sources.push(Source { rel, kind, text }),
+            Ok(None) => problems.push(Problem::new(
+                Location::file(rel),
+                format!(
+                    "is larger than the limit of {max_file_bytes} bytes \
+                     (limits.max_policy_file_bytes); not read"
+                ),
+            )),
             Err(err) => problems.push(Problem::new(
                 Location::file(rel),
                 format!("cannot read: {err}"),
@@ -181,6 +212,18 @@ pub(super) fn read_sources(
     sources
 }
 
+/// The text of `file` (`len` bytes by its metadata), or `None` when it is, or grows while
+/// read to be, larger than `max` bytes.
+fn read_at_most(file: fs::File, len: u64, max: u64) -> std::io::Result<Option<String>> {
+    use std::io::Read as _;
+    if len > max {
+        return Ok(None);
+    }
+    let mut text = String::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(max.saturating_add(1)).read_to_string(&mut text)?;
+    Ok((text.len() as u64 <= max).then_some(text))
+}
+
 /// Hidden entries (`.git`, a ConfigMap's `..data`) and the top-level `tests/` folder are
 /// not part of a snapshot. A ConfigMap's visible links through `..data` are.
 pub(super) fn skipped(entry: &walkdir::DirEntry) -> bool {
@@ -188,7 +231,8 @@ pub(super) fn skipped(entry: &walkdir::DirEntry) -> bool {
     name.starts_with('.') || (entry.depth() == 1 && name == "tests" && entry.file_type().is_dir())
 }
 
-pub(super) fn relative(dir: &Path, path: &Path) -> String {
+/// `path` relative to the policy directory `dir`, `/`-separated, as problems name files.
+pub(crate) fn relative(dir: &Path, path: &Path) -> String {
     let rel: PathBuf = path.strip_prefix(dir).unwrap_or(path).to_owned();
     rel.components()
         .map(|c| c.as_os_str().to_string_lossy())

@@ -69,6 +69,11 @@ pub struct WatchOptions {
     /// A file written to and not closed holds rebuilds back; after this long without a
     /// further write it is taken as abandoned and no longer does.
     pub write_hold: Duration,
+    /// The longest files opened by others may hold a change back in all: after it, a
+    /// mere open (a reader) no longer holds the rebuild, and while the directory still
+    /// does not hold still, the rebuild is recorded as failed (counted, alerted on, in
+    /// `last_reload_error`) once per period, the last good set serving meanwhile.
+    pub max_hold: Duration,
 }
 
 impl Default for WatchOptions {
@@ -79,6 +84,7 @@ impl Default for WatchOptions {
             max_wait: Duration::from_millis(250),
             settle: Duration::from_millis(10),
             write_hold: Duration::from_secs(10),
+            max_hold: Duration::from_secs(10),
         }
     }
 }

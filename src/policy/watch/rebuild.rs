@@ -18,7 +18,9 @@ use crate::policy::{LoadError, Loaded, ReloadOutcome, build, read_dir};
 
 impl Run {
     /// Reads the directory, checks it held still, builds a snapshot and serves it.
-    pub(super) fn attempt(&mut self, forced: bool) -> Attempt {
+    /// `overdue`: the change has waited [`WatchOptions::max_hold`], so mere opens by
+    /// others no longer hold it back.
+    pub(super) fn attempt(&mut self, forced: bool, overdue: bool) -> Attempt {
         if let Some(files) = &mut self.files
             && let Err(err) = files.rewatch()
         {
@@ -28,21 +30,22 @@ impl Run {
         if self.fence().is_none() {
             return Attempt::Stop;
         }
-        if !forced && self.writers_open() {
+        if !forced && self.writers_open(overdue) {
             return Attempt::Held;
         }
         let started = Instant::now();
         let opens_before = self.opens;
         self.opened_while_reading.clear();
         self.reading = true;
-        let read = read_dir(self.store.dir());
+        let read = read_dir(self.store.dir(), self.store.options().max_file_bytes);
         let fresh = read
             .as_ref()
             .is_ok_and(|read| modified_just_now(read.newest_modification()));
         // A write can make its data visible before its event is queued (a truncating
         // open that blocks, say), so read a second time a little later and compare.
         let settled = self.changed_until(Instant::now() + self.options.settle);
-        let again = (settled == Some(false)).then(|| read_dir(self.store.dir()));
+        let again = (settled == Some(false))
+            .then(|| read_dir(self.store.dir(), self.store.options().max_file_bytes));
         // Fence even when already changed, so this watcher's own opens are all taken in
         // while they are known to be its own.
         let fenced = self.fence();

@@ -15,11 +15,11 @@ use notify::{
 };
 
 use super::{
-    OnRebuild, Signal, WatchOptions,
+    OnRebuild, Rebuilt, Signal, WatchOptions,
     files::Files,
     writers::{Hold, Writer},
 };
-use crate::policy::{PolicyStore, read_dir};
+use crate::policy::{LoadError, Location, PolicyStore, Problem, read_dir, relative};
 
 /// The watcher thread's state.
 pub(super) struct Run {
@@ -83,6 +83,12 @@ pub(super) struct Pending {
     pub(super) held: Option<(Instant, bool)>,
     /// While held: when to look again.
     pub(super) next_try: Option<Instant>,
+    /// When the change first waited: kept when the burst starts over because the
+    /// directory changed while it was read, so that holds add up to
+    /// [`WatchOptions::max_hold`] however they come.
+    pub(super) waiting_since: Instant,
+    /// When the rebuild was last recorded as failed for not holding still.
+    pub(super) reported: Option<Instant>,
 }
 
 impl Pending {
@@ -94,6 +100,8 @@ impl Pending {
             forced: false,
             held: None,
             next_try: None,
+            waiting_since: now,
+            reported: None,
         }
     }
 }
@@ -125,17 +133,25 @@ impl Run {
                     let Some(burst) = pending.as_mut() else {
                         continue;
                     };
-                    match self.attempt(burst.forced) {
+                    let overdue = burst.waiting_since.elapsed() >= self.options.max_hold;
+                    let attempt = self.attempt(burst.forced, overdue);
+                    if overdue && matches!(attempt, Attempt::Held | Attempt::Changed) {
+                        self.held_too_long(burst);
+                    }
+                    match attempt {
                         Attempt::Stop => return,
                         Attempt::Done => pending = None,
                         Attempt::Held => self.hold(burst),
                         Attempt::Changed => {
-                            // Start over as a new burst, keeping only "ignore open files",
-                            // a little later at random: two servers reading one directory
-                            // must not keep meeting.
-                            let forced = burst.forced;
+                            // Start over as a new burst, keeping only "ignore open files"
+                            // and how long the change has waited, a little later at
+                            // random: two servers reading one directory must not keep
+                            // meeting.
+                            let (forced, waiting_since, reported) =
+                                (burst.forced, burst.waiting_since, burst.reported);
                             *burst = Pending::new(Instant::now());
-                            burst.forced = forced;
+                            (burst.forced, burst.waiting_since, burst.reported) =
+                                (forced, waiting_since, reported);
                             burst.last_change += jitter(self.options.quiet);
                         }
                     }
@@ -149,7 +165,7 @@ impl Run {
     /// nothing counted. `None` if the watcher is stopping.
     pub(super) fn changed_before_watch(&mut self) -> Option<bool> {
         self.reading = true;
-        let read = read_dir(self.store.dir());
+        let read = read_dir(self.store.dir(), self.store.options().max_file_bytes);
         let fenced = self.fence();
         self.reading = false;
         // A change seen meanwhile counts as well: the read may have missed it.
@@ -204,13 +220,16 @@ impl Run {
 
     /// Whether a file the loader reads may be open for writing. Writes left open longer
     /// than [`WatchOptions::write_hold`] are taken as abandoned and stop counting; opens
-    /// with no write stop counting after [`OPEN_HOLD`].
-    pub(super) fn writers_open(&mut self) -> bool {
+    /// with no write stop counting after [`OPEN_HOLD`], and at once when `writes_only`
+    /// (the change has waited [`WatchOptions::max_hold`]: opened over and over, by a
+    /// reader most likely).
+    pub(super) fn writers_open(&mut self, writes_only: bool) -> bool {
         let now = Instant::now();
         let hold = self.options.write_hold;
         let mut holding = false;
         self.writing
             .retain(|path, writer| match writer.holds(path, now, hold) {
+                Hold::Yes if writes_only && !writer.wrote => true,
                 Hold::Yes => {
                     holding = true;
                     true
@@ -248,6 +267,45 @@ impl Run {
         }
         let pause = Duration::from_millis(20).min(self.options.quiet);
         burst.next_try = Some(now + pause.max(Duration::from_millis(1)) + jitter(pause));
+    }
+
+    /// The change has waited [`WatchOptions::max_hold`] and the directory still does not
+    /// hold still: the rebuild is recorded as failed (at most once per `max_hold`), naming
+    /// the files others keep open or writing, and the watcher keeps trying.
+    pub(super) fn held_too_long(&mut self, burst: &mut Pending) {
+        let now = Instant::now();
+        let max_hold = self.options.max_hold;
+        if burst
+            .reported
+            .is_some_and(|at| now.duration_since(at) < max_hold)
+        {
+            return;
+        }
+        burst.reported = Some(now);
+        let waited = now.duration_since(burst.waiting_since).as_secs();
+        let mut files: Vec<String> = self
+            .writing
+            .keys()
+            .map(|path| relative(&self.dir, path))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            files.push(".".to_owned());
+        }
+        let message = format!(
+            "did not hold still for {waited} s (opened or written over and over by another \
+             process); not reloaded: the last good set keeps serving, and the reload is tried \
+             again until it does"
+        );
+        let error = LoadError::Invalid(
+            files
+                .into_iter()
+                .map(|file| Problem::new(Location::file(file), message.clone()))
+                .collect(),
+        );
+        (self.on_rebuild)(Rebuilt::Failed(&error));
+        self.store.fail(&error);
+        super::rebuild::log_failure(&error, self.store.current().version());
     }
 
     /// Takes in one `notify` event; `true` if it is a change that calls for a rebuild.
