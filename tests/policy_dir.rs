@@ -910,6 +910,104 @@ fn a_link_to_outside_the_directory_is_refused_and_never_read() {
     assert_eq!(ids(&load(dir.path())), ["alias.0", "real/main.0"]);
 }
 
+/// Swaps `dir/x.cedar` back and forth between a regular file and `other` (made by `make`
+/// at a temporary name) until the returned flag is set.
+#[cfg(unix)]
+fn keep_swapping(
+    dir: &Path,
+    make: impl Fn(&Path) + Send + 'static,
+) -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let dir = dir.to_owned();
+    let thread = std::thread::spawn(move || {
+        let (file, other) = (dir.join(".swap-file"), dir.join(".swap-other"));
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            fs::write(&file, "permit(principal, action, resource);\n").unwrap();
+            fs::rename(&file, dir.join("x.cedar")).unwrap();
+            let _ = fs::remove_file(&other);
+            make(&other);
+            fs::rename(&other, dir.join("x.cedar")).unwrap();
+        }
+    });
+    (stop, thread)
+}
+
+/// Loads `dir` over and over for a while (at most `loads` times), with `check` on each
+/// result.
+#[cfg(unix)]
+fn load_repeatedly(dir: &Path, loads: usize, check: impl Fn(&Result<Loaded, LoadError>)) {
+    let until = Instant::now() + Duration::from_secs(3);
+    for _ in 0..loads {
+        check(&load_dir(dir, &LoadOptions::default()));
+        if Instant::now() > until {
+            break;
+        }
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_file_swapped_for_a_link_to_outside_while_the_directory_is_read_is_never_read() {
+    // The link was checked as the walk saw the entry, then opened by path: a regular file
+    // swapped for a link in between was read, and its text quoted.
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("outside.cedar");
+    fs::write(
+        &target,
+        "@id(\"SECRET-outside\")\npermit(principal, action, resource);\n",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "main.cedar",
+        "permit(principal, action, resource);\n",
+    );
+    let (stop, swapper) = keep_swapping(dir.path(), move |at| {
+        std::os::unix::fs::symlink(&target, at).unwrap();
+    });
+    load_repeatedly(dir.path(), 5_000, |loaded| match loaded {
+        Ok(loaded) => assert!(!has_policy(loaded, "SECRET-outside")),
+        Err(error) => {
+            let text = error.to_string();
+            assert!(!text.contains("SECRET"), "{text}");
+        }
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_file_swapped_for_a_fifo_while_the_directory_is_read_does_not_block_the_load() {
+    // Opening a FIFO blocks until someone writes to it: the watcher (or start-up) hung.
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "main.cedar",
+        "permit(principal, action, resource);\n",
+    );
+    let (stop, swapper) = keep_swapping(dir.path(), |at| {
+        let path = std::ffi::CString::new(at.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `path` is a valid, NUL-terminated C string for the call's duration.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    });
+    let path = dir.path().to_owned();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        load_repeatedly(&path, 2_000, |_| {});
+        let _ = done.send(());
+    });
+    let result = finished.recv_timeout(Duration::from_secs(20));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert!(result.is_ok(), "a load blocked opening a FIFO");
+}
+
 #[test]
 fn a_file_larger_than_max_policy_file_bytes_is_refused_naming_the_limit() {
     let dir = tempfile::tempdir().unwrap();
@@ -979,6 +1077,24 @@ fn a_problem_quotes_a_short_excerpt_of_the_file_not_the_file() {
             problem.location.line.is_some() || problem.location.file == "entities.json",
             "{shown}"
         );
+    }
+
+    // An escaped quote does not end a quotation (an entity id, quoted twice over).
+    let words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike";
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "schema.cedarschema", SCHEMA);
+    write(dir.path(), "main.cedar", OWNER_READS);
+    write(
+        dir.path(),
+        "entities.json",
+        &format!(
+            r#"[{{"uid": {{"type": "Nope", "id": "q\" {words}"}}, "attrs": {{}}, "parents": []}}]"#
+        ),
+    );
+    let found = problems(dir.path(), &options(PolicyValidation::Strict));
+    for problem in &found {
+        let shown = problem.to_string();
+        assert!(!shown.contains("mike"), "{shown}");
     }
 }
 

@@ -67,10 +67,22 @@ impl GrpcPort {
         let callers = |list: fn(&TlsConfig) -> &Option<Vec<String>>| {
             CallerPolicy::new(config.tls.as_ref().and_then(|tls| list(tls).clone()))
         };
+        let rules = ExtAuthz::compile(&config.ext_authz)?;
+        let unmapped = rules.unmapped_grpc_actions(&store.current());
+        if !unmapped.is_empty() {
+            // Check once made a gRPC call's action its path from the client's
+            // content-type; a policy written for that now matches nothing Check asks.
+            tracing::warn!(
+                actions = ?unmapped,
+                "policies name gRPC-method actions that no [ext_authz] route produces: Check \
+                 takes the action from the method, path and routes only (never content-type), \
+                 so add a route with action = \"{{path}}\" for gRPC services (docs/envoy.md)"
+            );
+        }
         let ext_authz = ExtAuthzService::new(
             store.clone(),
             decider.clone(),
-            ExtAuthz::compile(&config.ext_authz)?,
+            rules,
             limits.max_value_depth,
             callers(|tls| &tls.ext_authz_callers),
         );

@@ -98,11 +98,11 @@ impl Problem {
 }
 
 /// Longest quotation of a file kept in a problem's message, in characters.
-const QUOTE_CHARS: usize = 48;
+const QUOTE_CHARS: usize = 40;
 /// `text` onto `out`, its first characters and `…` when longer than [`QUOTE_CHARS`].
 fn push_short(out: &mut String, text: &str) {
     if text.chars().count() > QUOTE_CHARS {
-        out.extend(text.chars().take(QUOTE_CHARS - 8));
+        out.extend(text.chars().take(QUOTE_CHARS));
         out.push('…');
     } else {
         out.push_str(text);
@@ -121,29 +121,45 @@ pub fn excerpt(message: &str) -> String {
     let mut out = String::with_capacity(message.len().min(MESSAGE_CHARS + 8));
     let mut rest = message;
     while let Some(open) = rest.find(['`', '"']) {
-        let quote = &rest[open..=open];
+        let quote = rest.as_bytes()[open];
         out.push_str(&rest[..=open]);
         rest = &rest[open + 1..];
-        let Some(close) = rest.find(quote) else {
+        // The closing quote is the first one not escaped by a backslash; with none, the
+        // rest of the message is the quotation.
+        let mut escaped = false;
+        let close = rest.bytes().position(|b| {
+            let closes = b == quote && !escaped;
+            escaped = b == b'\\' && !escaped;
+            closes
+        });
+        let Some(close) = close else {
+            push_short(&mut out, rest);
+            rest = "";
             break;
         };
-        let quoted = &rest[..close];
-        push_short(&mut out, quoted);
-        out.push_str(quote);
+        push_short(&mut out, &rest[..close]);
+        out.push(char::from(quote));
         rest = &rest[close + 1..];
     }
     out.push_str(rest);
-    // Unquoted runs too (`invalid variable: xxxx…`).
-    if out
-        .split_whitespace()
-        .any(|word| word.chars().count() > QUOTE_CHARS)
-    {
+    // Unquoted runs too (`invalid variable: xxxx…`); a quotation already cut is one word
+    // with its quotes and ellipsis, which do not count.
+    let bare = |word: &str| {
+        word.trim_matches(|c: char| "`\"'…,.;:()".contains(c))
+            .chars()
+            .count()
+    };
+    if out.split_whitespace().any(|word| bare(word) > QUOTE_CHARS) {
         let mut words = String::with_capacity(out.len());
         for (i, word) in out.split(' ').enumerate() {
             if i > 0 {
                 words.push(' ');
             }
-            push_short(&mut words, word);
+            if bare(word) > QUOTE_CHARS {
+                push_short(&mut words, word);
+            } else {
+                words.push_str(word);
+            }
         }
         out = words;
     }
@@ -222,4 +238,46 @@ pub fn describe(diagnostic: &dyn Diagnostic) -> String {
         message = format!("{message} (help: {help})");
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::excerpt;
+
+    #[test]
+    fn an_excerpt_cuts_quotations_and_words_to_forty_characters() {
+        let forty = "a".repeat(40);
+        let long = "b".repeat(41);
+        assert_eq!(
+            excerpt(&format!("unexpected token `{forty}`")),
+            format!("unexpected token `{forty}`")
+        );
+        assert_eq!(
+            excerpt(&format!("unexpected token `{long}` here")),
+            format!("unexpected token `{}…` here", &long[..40])
+        );
+        assert_eq!(
+            excerpt(&format!("invalid variable: {long}")),
+            format!("invalid variable: {}…", &long[..40])
+        );
+        // Short words within a long quotation are cut with it.
+        let words = "alpha bravo charlie delta echo foxtrot golf hotel india";
+        assert_eq!(
+            excerpt(&format!("entity \"{words}\" is bad")),
+            format!("entity \"{}…\" is bad", &words[..40])
+        );
+    }
+
+    #[test]
+    fn an_escaped_or_unclosed_quote_does_not_end_the_excerpt() {
+        let words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet";
+        // `\"` inside a quotation does not close it.
+        let shown = excerpt(&format!(r#"entity User::"q\" {words}" does not fit"#));
+        assert!(!shown.contains("juliet"), "{shown}");
+        assert!(shown.ends_with("\" does not fit"), "{shown}");
+        // A quotation that never closes runs to the end, and is cut.
+        let shown = excerpt(&format!("unexpected `{words}"));
+        assert!(!shown.contains("juliet"), "{shown}");
+        assert!(shown.chars().count() < 60, "{shown}");
+    }
 }

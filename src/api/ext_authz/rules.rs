@@ -8,11 +8,14 @@ use std::{collections::BTreeMap, str::FromStr};
 
 use cedar_policy::EntityTypeName;
 
-use crate::config::{
-    ConfigError,
-    ext_authz::{
-        ContextPart, ExtAuthzSettings, JWT_AUTHN_NAMESPACE, PrincipalFrom, PrincipalSettings,
+use crate::{
+    config::{
+        ConfigError,
+        ext_authz::{
+            ContextPart, ExtAuthzSettings, JWT_AUTHN_NAMESPACE, PrincipalFrom, PrincipalSettings,
+        },
     },
+    policy::Snapshot,
 };
 
 /// The compiled mapping: what `Check` applies to each request.
@@ -283,6 +286,13 @@ impl Text {
         Ok(Self { parts })
     }
 
+    /// Whether the text has no placeholder.
+    pub fn is_literal(&self) -> bool {
+        self.parts
+            .iter()
+            .all(|part| matches!(part, TextPart::Literal(_)))
+    }
+
     /// Whether `{name}` appears in the text.
     pub fn uses(&self, name: &str) -> bool {
         self.parts
@@ -405,6 +415,25 @@ impl ExtAuthz {
                 pattern,
                 id,
             });
+        }
+        // Each rule keeps its own identities apart (`whole_identity`); two rules of one
+        // type could still give one id to an identity of each (`{namespace}/{name}` under
+        // two trust domains, or a header saying `prod/admin`), unless both ids are the
+        // whole identity.
+        for (later, rule) in principals.iter().enumerate() {
+            if let Some(earlier) = principals[..later].iter().position(|other| {
+                other.entity_type == rule.entity_type
+                    && !(other.id.uses("identity") && rule.id.uses("identity"))
+            }) {
+                return Err(invalid(
+                    format!("ext_authz.principal[{later}].type"),
+                    format!(
+                        "is ext_authz.principal[{earlier}]'s type too: two sources could \
+                         then name two identities one principal; give them different types, \
+                         or use {{identity}} in both ids"
+                    ),
+                ));
+            }
         }
         let action_type = entity_type(
             "ext_authz.action_type".to_owned(),
@@ -538,6 +567,49 @@ impl ExtAuthz {
                 .unwrap_or_else(|| "jwt_payload".to_owned()),
             upstream_headers,
         })
+    }
+}
+
+impl ExtAuthz {
+    /// The actions of this mapping's action type shaped like a gRPC method
+    /// (`/package.Service/Method`) that `snapshot`'s policies or schema name and no route
+    /// can produce (at most ten): an upgrade from when Check took a gRPC call's action
+    /// from its path, unasked.
+    pub fn unmapped_grpc_actions(&self, snapshot: &Snapshot) -> Vec<String> {
+        let grpc_shaped = |id: &str| {
+            id.strip_prefix('/')
+                .and_then(|rest| rest.split_once('/'))
+                .is_some_and(|(service, method)| {
+                    service.contains('.') && !method.is_empty() && !method.contains('/')
+                })
+        };
+        let produced = |id: &str| {
+            self.routes.iter().any(|route| {
+                route
+                    .action
+                    .as_ref()
+                    .is_some_and(|action| !action.is_literal() || action.render(|_| None) == id)
+            })
+        };
+        let named = snapshot
+            .policies()
+            .policies()
+            .flat_map(|policy| policy.entity_literals())
+            .chain(
+                snapshot
+                    .schema()
+                    .into_iter()
+                    .flat_map(|schema| schema.actions().cloned()),
+            );
+        let mut unmapped: Vec<String> = named
+            .filter(|uid| uid.type_name() == &self.action_type)
+            .map(|uid| uid.id().unescaped().to_owned())
+            .filter(|id| grpc_shaped(id) && !produced(id))
+            .collect();
+        unmapped.sort();
+        unmapped.dedup();
+        unmapped.truncate(10);
+        unmapped
     }
 }
 

@@ -151,9 +151,7 @@ pub(super) fn read_sources(
                 }
                 let message = match inside {
                     Err(err) => format!("cannot read: {err}"),
-                    Ok(_) => "is a link to outside the policy directory; only links within \
-                              it are followed"
-                        .to_owned(),
+                    Ok(_) => OUTSIDE.to_owned(),
                 };
                 problems.push(Problem::new(
                     Location::file(relative(dir, entry.path())),
@@ -186,30 +184,81 @@ pub(super) fn read_sources(
             ));
             continue;
         }
-        let read = fs::File::open(entry.path()).and_then(|file| {
+        let read = open(entry.path()).and_then(|file| {
             *opened += 1;
             let meta = file.metadata()?;
+            // What was opened, not what the walk saw: the path may have been swapped for
+            // a link, a folder of links or a FIFO since.
+            if !meta.is_file() {
+                return Ok(Read::NotAFile);
+            }
+            if opened_path(&file).is_some_and(|path| !path.starts_with(&root)) {
+                return Ok(Read::Outside);
+            }
             if let Ok(modified) = meta.modified() {
                 *newest = (*newest).max(Some(modified));
             }
-            read_at_most(file, meta.len(), max_file_bytes)
+            Ok(match read_at_most(file, meta.len(), max_file_bytes)? {
+                Some(text) => Read::Text(text),
+                None => Read::TooLarge,
+            })
         });
+        let problem = |message: String| Problem::new(Location::file(rel.clone()), message);
         match read {
-            Ok(Some(text)) => sources.push(Source { rel, kind, text }),
-            Ok(None) => problems.push(Problem::new(
-                Location::file(rel),
-                format!(
-                    "is larger than the limit of {max_file_bytes} bytes \
-                     (limits.max_policy_file_bytes); not read"
-                ),
+            Ok(Read::Text(text)) => sources.push(Source { rel, kind, text }),
+            Ok(Read::TooLarge) => problems.push(problem(format!(
+                "is larger than the limit of {max_file_bytes} bytes \
+                 (limits.max_policy_file_bytes); not read"
+            ))),
+            Ok(Read::NotAFile) => problems.push(problem(
+                "is not a regular file (it changed while the directory was read); not read"
+                    .to_owned(),
             )),
-            Err(err) => problems.push(Problem::new(
-                Location::file(rel),
-                format!("cannot read: {err}"),
-            )),
+            Ok(Read::Outside) => problems.push(problem(OUTSIDE.to_owned())),
+            Err(err) => problems.push(problem(format!("cannot read: {err}"))),
         }
     }
     sources
+}
+
+/// What reading one file came to.
+enum Read {
+    Text(String),
+    TooLarge,
+    NotAFile,
+    Outside,
+}
+
+/// The problem of a link leading out of the policy directory.
+const OUTSIDE: &str =
+    "is a link to outside the policy directory; only links within it are followed";
+
+/// Opens `path` for reading without waiting: a FIFO put in a file's place must not block
+/// the load (or the watcher) until someone writes to it.
+fn open(path: &Path) -> std::io::Result<fs::File> {
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    options.open(path)
+}
+
+/// Where the open `file` really is, every link resolved, where the system says (Linux's
+/// `/proc/self/fd`); `None` elsewhere, where the walk's own check of links stands alone.
+fn opened_path(file: &fs::File) -> Option<PathBuf> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd as _;
+        fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        None
+    }
 }
 
 /// The text of `file` (`len` bytes by its metadata), or `None` when it is, or grows while

@@ -14,7 +14,7 @@ use super::{
     run::{Attempt, Run, Wait, jitter},
     writers::OPEN_HOLD,
 };
-use crate::policy::{LoadError, Loaded, ReloadOutcome, build, read_dir};
+use crate::policy::{LoadError, Loaded, ReloadOutcome, Sources, build, read_dir, relative};
 
 impl Run {
     /// Reads the directory, checks it held still, builds a snapshot and serves it.
@@ -65,7 +65,20 @@ impl Run {
             .iter()
             .map(|r| r.as_ref().map_or(0, |r| r.opened()))
             .sum::<usize>();
-        if self.opens - opens_before > ours {
+        // Past `max_hold` (or on SIGHUP), opens by others no longer make a read count as
+        // changed, or a reader in a tight loop would put the reload off for good; the one
+        // thing such an open could hide then, a truncation whose event is still to come,
+        // shows as an empty file, so a file opened meanwhile that reads empty still does.
+        let others_opened = self.opens - opens_before > ours;
+        let emptied = |read: &Result<Sources, LoadError>| {
+            read.as_ref().is_ok_and(|read| {
+                self.opened_while_reading.iter().any(|(path, _)| {
+                    read.text(&relative(&self.dir, path))
+                        .is_some_and(str::is_empty)
+                })
+            })
+        };
+        if others_opened && (!(overdue || forced) || emptied(&read) || emptied(&again)) {
             // Which open was not ours is unknown: hold each file opened meanwhile, a
             // little longer at random (two servers reading one directory see each
             // other's opens, and must not keep meeting).

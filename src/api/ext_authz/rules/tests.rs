@@ -894,3 +894,61 @@ fn a_principal_id_must_keep_every_part_of_the_identity_it_matched() {
         "[[principal]]\nfrom = \"header\"\nheader = \"x-user\"\ntype = \"U\"\nid = \"u-{identity}\"\n",
     );
 }
+
+#[test]
+fn two_principal_sources_of_one_type_must_both_keep_the_whole_identity() {
+    let two_domains = |id: &str| {
+        format!(
+            "[[principal]]\nfrom = \"mtls\"\ntype = \"S\"\nmatch = \"spiffe://acme.example/ns/{{namespace}}/sa/{{name}}\"\nid = {id:?}\n\
+             [[principal]]\nfrom = \"mtls\"\ntype = \"S\"\nmatch = \"spiffe://partner.example/ns/{{namespace}}/sa/{{name}}\"\nid = {id:?}\n"
+        )
+    };
+    // `prod/admin` under either trust domain would be one principal.
+    let (key, message) = refusal(&two_domains("{namespace}/{name}"));
+    assert_eq!(key, "ext_authz.principal[1].type");
+    assert!(
+        message.starts_with("is ext_authz.principal[0]'s type too"),
+        "{message}"
+    );
+    assert_eq!(compiled(&two_domains("{identity}")).principals.len(), 2);
+    // A header of the same type could say `prod/admin` as well.
+    let (key, _) = refusal(
+        "[[principal]]\nfrom = \"mtls\"\ntype = \"S\"\nmatch = \"spiffe://td/ns/{namespace}/sa/{name}\"\nid = \"{namespace}/{name}\"\n\
+         [[principal]]\nfrom = \"header\"\nheader = \"x-service\"\ntype = \"S\"\n",
+    );
+    assert_eq!(key, "ext_authz.principal[1].type");
+    // Different types never meet.
+    compiled(
+        "[[principal]]\nfrom = \"mtls\"\ntype = \"S\"\nmatch = \"spiffe://td/ns/{namespace}/sa/{name}\"\nid = \"{namespace}/{name}\"\n\
+         [[principal]]\nfrom = \"jwt\"\ntype = \"U\"\n",
+    );
+}
+
+#[test]
+fn grpc_method_actions_no_route_produces_are_found_for_the_upgrade_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        "forbid(principal, action == Action::\"/pkg.Admin/Delete\", resource);\n\
+         permit(principal, action in [Action::\"read\", Action::\"/docs/x\"], resource);\n\
+         permit(principal, action == Other::Action::\"/pkg.Admin/Get\", resource);\n",
+    )
+    .unwrap();
+    let snapshot = crate::policy::load_dir(dir.path(), &crate::policy::LoadOptions::default())
+        .unwrap()
+        .snapshot;
+    // Check once gave a gRPC call the action `/pkg.Admin/Delete` by itself.
+    assert_eq!(
+        ExtAuthz::default().unmapped_grpc_actions(&snapshot),
+        ["/pkg.Admin/Delete"]
+    );
+    for routes in [
+        "[[routes]]\npath = \"/{service}/{rpc}\"\naction = \"{path}\"\n",
+        "[[routes]]\npath = \"/pkg.Admin/Delete\"\naction = \"/pkg.Admin/Delete\"\n",
+    ] {
+        assert!(
+            compiled(routes).unmapped_grpc_actions(&snapshot).is_empty(),
+            "{routes}"
+        );
+    }
+}
