@@ -16,8 +16,10 @@ use std::{
 use clap::{Args, ValueEnum, builder::BoolishValueParser};
 use serde::Deserialize;
 
+pub mod authzen;
 pub mod ext_authz;
 
+pub use authzen::{AuthzenConfig, AuthzenSettings};
 pub use ext_authz::ExtAuthzSettings;
 
 /// What to do with policies that fail validation against the schema at load.
@@ -230,6 +232,9 @@ pub struct Settings {
     /// How Envoy's ext_authz `Check` maps to Cedar (config file only: it is structured).
     #[arg(skip)]
     pub ext_authz: Option<Box<ExtAuthzSettings>>,
+    /// The AuthZEN 1.0 HTTP/JSON API.
+    #[command(flatten)]
+    pub authzen: AuthzenSettings,
     /// TLS and mutual TLS on the gRPC port, and which callers may use which API.
     #[command(flatten)]
     pub tls: TlsSettings,
@@ -270,6 +275,15 @@ pub struct TlsSettings {
         value_delimiter = ','
     )]
     pub ext_authz_callers: Option<Vec<String>>,
+    /// Caller identities allowed to use the AuthZEN API (comma-separated; unset: any
+    /// verified client).
+    #[arg(
+        long = "tls-authzen-callers",
+        env = "CEDAR_PDP_TLS_AUTHZEN_CALLERS",
+        value_name = "IDS",
+        value_delimiter = ','
+    )]
+    pub authzen_callers: Option<Vec<String>>,
     /// With `request_entities = "replace"`: the only caller identities whose entities
     /// replace stored ones (comma-separated); other callers' entities are taken as with
     /// `add`. Unset: every caller's.
@@ -291,6 +305,8 @@ pub struct TlsConfig {
     pub authorizer_callers: Option<Vec<String>>,
     /// Identities that may call ext_authz `Check`; `None`: any verified client.
     pub ext_authz_callers: Option<Vec<String>>,
+    /// Identities that may call the AuthZEN API; `None`: any verified client.
+    pub authzen_callers: Option<Vec<String>>,
     /// With `request_entities = "replace"`: the identities whose entities replace stored
     /// ones; `None`: every caller's.
     pub request_entities_replace_callers: Option<Vec<String>>,
@@ -488,7 +504,9 @@ pub struct Config {
     /// How Envoy's ext_authz `Check` maps to Cedar; compiled (and so checked) once, when
     /// the server starts.
     pub ext_authz: ExtAuthzSettings,
-    /// TLS on the gRPC port; `None` is plaintext.
+    /// The AuthZEN 1.0 HTTP/JSON API (off unless it has an address).
+    pub authzen: AuthzenConfig,
+    /// TLS on the gRPC port (and the AuthZEN port); `None` is plaintext.
     pub tls: Option<TlsConfig>,
 }
 
@@ -510,6 +528,7 @@ impl Default for Config {
             limits: Limits::default(),
             audit: AuditOptions::default(),
             ext_authz: ExtAuthzSettings::default(),
+            authzen: AuthzenConfig::default(),
             tls: None,
         }
     }
@@ -606,10 +625,17 @@ impl Config {
                 message: "has no meaning unless request_entities = \"replace\"".to_owned(),
             });
         }
+        if let Some((key, message)) = self.authzen.problem() {
+            return Err(ConfigError::Invalid {
+                key: key.to_owned(),
+                message,
+            });
+        }
         if let Some(tls) = &self.tls {
             let lists = [
                 ("tls.authorizer_callers", &tls.authorizer_callers),
                 ("tls.ext_authz_callers", &tls.ext_authz_callers),
+                ("tls.authzen_callers", &tls.authzen_callers),
                 (
                     "tls.request_entities_replace_callers",
                     &tls.request_entities_replace_callers,
@@ -650,6 +676,7 @@ impl Config {
         let client_ca = ut.client_ca.or(lt.client_ca);
         let authorizer_callers = ut.authorizer_callers.or(lt.authorizer_callers);
         let ext_authz_callers = ut.ext_authz_callers.or(lt.ext_authz_callers);
+        let authzen_callers = ut.authzen_callers.or(lt.authzen_callers);
         let request_entities_replace_callers = ut
             .request_entities_replace_callers
             .or(lt.request_entities_replace_callers);
@@ -662,6 +689,7 @@ impl Config {
                 },
                 authorizer_callers,
                 ext_authz_callers,
+                authzen_callers,
                 request_entities_replace_callers,
             }),
             (cert, key) => {
@@ -672,6 +700,7 @@ impl Config {
                     ("tls.client_ca", client_ca.is_some()),
                     ("tls.authorizer_callers", authorizer_callers.is_some()),
                     ("tls.ext_authz_callers", ext_authz_callers.is_some()),
+                    ("tls.authzen_callers", authzen_callers.is_some()),
                     (
                         "tls.request_entities_replace_callers",
                         request_entities_replace_callers.is_some(),
@@ -813,6 +842,7 @@ impl Config {
                 .ext_authz
                 .or(lower.ext_authz)
                 .map_or(d.ext_authz, |settings| *settings),
+            authzen: AuthzenConfig::from_layers(lower.authzen, upper.authzen),
             tls,
         })
     }

@@ -22,7 +22,7 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     api::{
-        GrpcError, GrpcPort, serve_metrics,
+        AuthzenPort, CallSlots, GrpcError, GrpcPort, serve_metrics,
         tls::{CertWatcher, ServerTls, TlsError},
     },
     config::Config,
@@ -99,6 +99,9 @@ pub struct Server {
     metrics: Metrics,
     watcher: Arc<Watcher>,
     grpc: GrpcPort,
+    /// The AuthZEN port and its listener, when configured.
+    authzen: Option<(AuthzenPort, TcpListener)>,
+    slots: CallSlots,
     tls: Option<Arc<ServerTls>>,
     tls_watcher: Option<CertWatcher>,
     #[cfg(unix)]
@@ -145,6 +148,8 @@ impl Server {
         let pool = Pool::new(config.limits.decision_threads).map_err(ServeError::Threads)?;
         let decider = Arc::new(Decider::for_config(&config, telemetry).on_pool(pool));
         let grpc = GrpcPort::new(&config, store.clone(), decider.clone()).await?;
+        // One limit on decision calls in flight, whichever port they come to.
+        let slots = CallSlots::new(metrics.clone(), config.limits.max_concurrent_calls);
         let watch = WatchOptions {
             watch_files: config.watch,
             ..WatchOptions::default()
@@ -172,6 +177,13 @@ impl Server {
         };
         let grpc_listener = bind(config.listen, "").await?;
         let metrics_listener = bind(config.metrics_listen, " for metrics").await?;
+        let authzen = match config.authzen.listen {
+            Some(addr) => {
+                let port = AuthzenPort::new(&config, store.clone(), decider.clone(), slots.clone());
+                Some((port, bind(addr, " for AuthZEN").await?))
+            }
+            None => None,
+        };
         Ok(Self {
             config,
             store,
@@ -179,6 +191,8 @@ impl Server {
             metrics,
             watcher: Arc::new(watcher),
             grpc,
+            authzen,
+            slots,
             tls,
             tls_watcher,
             #[cfg(unix)]
@@ -200,6 +214,13 @@ impl Server {
         self.metrics_listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The address the AuthZEN API listens on, when it is on.
+    pub fn authzen_addr(&self) -> Option<SocketAddr> {
+        self.authzen
+            .as_ref()
+            .map(|(_, l)| l.local_addr().expect("a bound listener has an address"))
     }
 
     /// The store whose snapshot is served.
@@ -232,6 +253,8 @@ impl Server {
             metrics,
             watcher,
             grpc,
+            authzen,
+            slots,
             tls,
             tls_watcher,
             #[cfg(unix)]
@@ -277,8 +300,29 @@ impl Server {
                 let _ = metrics_stopped.await;
             },
         ));
-        grpc.serve(&config, grpc_listener, tls, metrics, shutdown, stopping)
+        // AuthZEN answers on through the drain, and stops taking calls with the gRPC port.
+        let authzen_server = authzen.map(|(port, listener)| {
+            let mut stopped = stopping.subscribe();
+            let (config, tls, drain) = (config.clone(), tls.clone(), config.drain);
+            let addr = listener.local_addr().ok();
+            tracing::info!(authzen_addr = ?addr, "AuthZEN API listening");
+            tokio::spawn(async move {
+                let stop = async move {
+                    if stopped.wait_for(|stopping| *stopping).await.is_ok() {
+                        tokio::time::sleep(drain).await;
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                port.serve(&config, listener, tls, stop, config.shutdown_grace)
+                    .await;
+            })
+        });
+        grpc.serve(&config, grpc_listener, tls, slots, shutdown, stopping)
             .await;
+        if let Some(server) = authzen_server {
+            let _ = server.await;
+        }
         let _ = stop_metrics.send(());
         let _ = metrics_server.await;
         // Stop the SIGHUP loop first, so the watcher below is the last handle and stops now.

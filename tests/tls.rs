@@ -89,6 +89,7 @@ fn tls_config(files: TlsFiles, authorizer: Option<&[&str]>, ext_authz: Option<&[
             files,
             authorizer_callers: list(authorizer),
             ext_authz_callers: list(ext_authz),
+            authzen_callers: None,
             request_entities_replace_callers: None,
         }),
         ..Config::default()

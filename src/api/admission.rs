@@ -62,49 +62,39 @@ use crate::{
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Overloaded;
 
-/// The admission rules of one server, shared by all its connections.
+/// The decision calls in flight across every port of one server (gRPC and AuthZEN),
+/// under one limit, `max_concurrent_calls`.
 #[derive(Debug, Clone)]
-pub(crate) struct Admission {
-    routes: Routes,
+pub struct CallSlots {
     metrics: Metrics,
     /// Decision calls in flight: taken on arrival, given back when answered or reset.
     in_flight: Arc<AtomicUsize>,
     /// Shed warnings, once a second at most.
     shed_warnings: Arc<OncePerSecond>,
     max_concurrent_calls: usize,
-    request_timeout: Duration,
-    max_message_bytes: usize,
 }
 
-impl Admission {
-    /// Admits calls to `routes` under `limits`: at most `max_concurrent_calls` decision
-    /// calls in flight (counted in `metrics`), each answered within `request_timeout` or
-    /// its own deadline.
-    pub(crate) fn new(routes: Routes, metrics: Metrics, limits: &Limits) -> Self {
+impl CallSlots {
+    /// At most `max_concurrent_calls` decision calls in flight, exported and counted in
+    /// `metrics`.
+    pub fn new(metrics: Metrics, max_concurrent_calls: usize) -> Self {
         let in_flight = Arc::new(AtomicUsize::new(0));
         metrics.export_calls_in_flight(in_flight.clone());
         Self {
-            routes,
             metrics,
             in_flight,
             shed_warnings: Arc::new(OncePerSecond::new()),
-            max_concurrent_calls: limits.max_concurrent_calls,
-            request_timeout: limits.request_timeout,
-            max_message_bytes: limits.max_message_bytes,
+            max_concurrent_calls,
         }
     }
 
-    /// The service for one connection, which gives each of its calls `connect_info` (the
-    /// peer's address and, under TLS, its certificates) as tonic's own server would.
-    pub(crate) fn connection<C>(&self, connect_info: C) -> Admitting<C> {
-        Admitting {
-            admission: self.clone(),
-            connect_info,
-        }
+    /// The limit.
+    pub(crate) fn limit(&self) -> usize {
+        self.max_concurrent_calls
     }
 
-    /// Takes a slot for a decision call, or counts and logs the call as shed.
-    fn take_slot(&self, api: Api) -> Option<Slot> {
+    /// Takes a slot for a decision call on `api`, or counts and logs the call as shed.
+    pub(crate) fn take(&self, api: Api) -> Option<Slot> {
         let in_flight = &self.in_flight;
         // Taken only when one is free: a refused call never counts, even for an instant.
         let taken = in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
@@ -122,13 +112,47 @@ impl Admission {
         }
         None
     }
+}
+
+/// The admission rules of one server, shared by all its connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Admission {
+    routes: Routes,
+    metrics: Metrics,
+    slots: CallSlots,
+    request_timeout: Duration,
+    max_message_bytes: usize,
+}
+
+impl Admission {
+    /// Admits calls to `routes` under `limits`: at most `max_concurrent_calls` decision
+    /// calls in flight (`slots`, shared with the other ports), each answered within
+    /// `request_timeout` or its own deadline.
+    pub(crate) fn new(routes: Routes, slots: CallSlots, limits: &Limits) -> Self {
+        Self {
+            routes,
+            metrics: slots.metrics.clone(),
+            slots,
+            request_timeout: limits.request_timeout,
+            max_message_bytes: limits.max_message_bytes,
+        }
+    }
+
+    /// The service for one connection, which gives each of its calls `connect_info` (the
+    /// peer's address and, under TLS, its certificates) as tonic's own server would.
+    pub(crate) fn connection<C>(&self, connect_info: C) -> Admitting<C> {
+        Admitting {
+            admission: self.clone(),
+            connect_info,
+        }
+    }
 
     /// The status a shed Authorizer call gets.
     fn overloaded(&self) -> Status {
         Status::resource_exhausted(format!(
             "the server has {} calls in flight, its limit (max_concurrent_calls); retry with \
              backoff or on another replica",
-            self.max_concurrent_calls
+            self.slots.limit()
         ))
     }
 }
@@ -136,7 +160,7 @@ impl Admission {
 /// A decision call's place among the `max_concurrent_calls`, given back when dropped: when
 /// the call is answered, or when the client resets it.
 #[derive(Debug)]
-struct Slot(Arc<AtomicUsize>);
+pub(crate) struct Slot(Arc<AtomicUsize>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -280,7 +304,7 @@ where
         let mut slot = None;
         let api = decision_api(request.uri().path());
         if let Some(api) = api {
-            slot = admission.take_slot(api);
+            slot = admission.slots.take(api);
             if slot.is_none() {
                 if api != Api::ExtAuthz {
                     let shed = admission.overloaded().into_http();
@@ -390,21 +414,15 @@ mod tests {
     #[test]
     fn slots_are_counted_up_to_the_limit_and_given_back() {
         let metrics = Metrics::new();
-        let limits = Limits {
-            max_concurrent_calls: 2,
-            ..Limits::default()
-        };
-        let admission = Admission::new(Routes::default(), metrics.clone(), &limits);
-        let first = admission.take_slot(Api::IsAuthorized).expect("one of two");
-        let second = admission.take_slot(Api::Batch).expect("two of two");
-        assert!(admission.take_slot(Api::ExtAuthz).is_none(), "three of two");
-        assert_eq!(admission.in_flight.load(Ordering::Relaxed), 2);
+        let slots = CallSlots::new(metrics.clone(), 2);
+        let first = slots.take(Api::IsAuthorized).expect("one of two");
+        let second = slots.take(Api::Batch).expect("two of two");
+        assert!(slots.take(Api::ExtAuthz).is_none(), "three of two");
+        assert_eq!(slots.in_flight.load(Ordering::Relaxed), 2);
         drop(first);
-        let third = admission
-            .take_slot(Api::IsAuthorized)
-            .expect("a freed slot");
+        let third = slots.take(Api::IsAuthorized).expect("a freed slot");
         drop((second, third));
-        assert_eq!(admission.in_flight.load(Ordering::Relaxed), 0);
+        assert_eq!(slots.in_flight.load(Ordering::Relaxed), 0);
         assert!(metrics.render().contains(
             "cedar_pdp_requests_rejected_total{api=\"ext_authz\",reason=\"overloaded\"} 1"
         ));

@@ -36,10 +36,13 @@ impl CallerPolicy {
     /// Admits the caller with its identity for the audit log (`None` without a client
     /// certificate), or not, when an allow-list is set and holds none of its identities.
     pub(crate) fn admit<T>(&self, request: &Request<T>) -> Admission {
-        let identities = request
-            .peer_certs()
-            .and_then(|chain| chain.first().map(identities))
-            .unwrap_or_default();
+        self.admit_certificate(request.peer_certs().as_deref().and_then(|c| c.first()))
+    }
+
+    /// [`CallerPolicy::admit`] for a caller that presented `certificate` (the first of its
+    /// verified chain), or none.
+    pub(crate) fn admit_certificate(&self, certificate: Option<&CertificateDer<'_>>) -> Admission {
+        let identities = certificate.map(identities).unwrap_or_default();
         let Some(allowed) = &self.allowed else {
             return Admission::Admitted(identities.into_iter().next());
         };

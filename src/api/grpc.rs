@@ -14,8 +14,13 @@ use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
 use super::{
-    AuthorizerService, ExtAuthzService, admission::Admission, callers::CallerPolicy, connections,
-    ext_authz::rules::ExtAuthz, incoming, tls::ServerTls,
+    AuthorizerService, ExtAuthzService,
+    admission::{Admission, CallSlots},
+    callers::CallerPolicy,
+    connections,
+    ext_authz::rules::ExtAuthz,
+    incoming,
+    tls::{Alpn, ServerTls},
 };
 use crate::{
     config::{Config, ConfigError, TlsConfig},
@@ -25,7 +30,6 @@ use crate::{
         FILE_DESCRIPTOR_SET, cedarpdp::v1::authorizer_server::AuthorizerServer,
         envoy::service::auth::v3::authorization_server::AuthorizationServer,
     },
-    telemetry::Metrics,
 };
 
 /// The gRPC port could not be set up.
@@ -138,7 +142,7 @@ impl GrpcPort {
         &self.ext_authz
     }
 
-    /// Serves `listener` (with `tls`, when given; shedding and counting calls in `metrics`)
+    /// Serves `listener` (with `tls`, when given; shedding calls past `slots`)
     /// until `shutdown` resolves, then: health
     /// says NOT_SERVING and `stopping` turns true (so `/readyz` answers 503); calls keep
     /// being answered for the configured drain; the port stops taking new connections and
@@ -149,7 +153,7 @@ impl GrpcPort {
         config: &Config,
         listener: TcpListener,
         tls: Option<Arc<ServerTls>>,
-        metrics: Metrics,
+        slots: CallSlots,
         shutdown: impl Future<Output = ()>,
         stopping: watch::Sender<bool>,
     ) {
@@ -160,7 +164,7 @@ impl GrpcPort {
             shutdown.await;
             stop_serving(health, &stopping, drain).await;
         };
-        let admission = Admission::new(routes.prepare(), metrics, &config.limits);
+        let admission = Admission::new(routes.prepare(), slots, &config.limits);
         let deadline = async move {
             if stopped.wait_for(|stopping| *stopping).await.is_err() {
                 // The server ended before any shutdown: nothing to time out.
@@ -178,7 +182,7 @@ impl GrpcPort {
             }
             Some(tls) => {
                 tracing::info!(mutual = tls.mutual(), "gRPC port serves TLS 1.2/1.3 only");
-                let incoming = incoming::tls(listener, limits.max_connections, tls);
+                let incoming = incoming::tls(listener, limits.max_connections, tls, Alpn::H2);
                 let served = connections::serve(incoming, admission, streams, signal);
                 run(served, deadline, grace).await;
             }

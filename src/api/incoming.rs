@@ -30,7 +30,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use super::tls::ServerTls;
+use super::tls::{Alpn, ServerTls};
 use crate::telemetry::OncePerSecond;
 
 /// How long a client has to finish its TLS handshake (or, in plaintext, to send its first
@@ -130,9 +130,10 @@ pub fn tls(
     listener: TcpListener,
     max_connections: usize,
     tls: Arc<ServerTls>,
+    alpn: Alpn,
 ) -> ReceiverStream<io::Result<TlsStream<Counted>>> {
     accept(listener, max_connections, move |connection, peer, ready| {
-        let acceptor = tls.acceptor();
+        let acceptor = tls.acceptor(alpn);
         async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(connection)).await {
                 Ok(Ok(stream)) => {

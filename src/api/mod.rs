@@ -14,6 +14,7 @@
 
 mod admission;
 mod authorizer;
+pub mod authzen;
 mod callers;
 mod connections;
 mod convert;
@@ -25,7 +26,9 @@ pub mod request_id;
 mod status;
 pub mod tls;
 
+pub use admission::CallSlots;
 pub use authorizer::AuthorizerService;
+pub use authzen::AuthzenPort;
 pub use callers::CallerPolicy;
 pub use ext_authz::ExtAuthzService;
 pub use grpc::{GrpcError, GrpcPort};

@@ -70,6 +70,8 @@ pub enum TlsError {
 pub struct ServerTls {
     files: TlsFiles,
     current: ArcSwap<ServerConfig>,
+    /// The same, offering HTTP/1.1 besides HTTP/2 (the AuthZEN port).
+    current_http: ArcSwap<ServerConfig>,
     /// Hash of the three files' contents as last loaded, to tell a real change from a
     /// touch.
     loaded: Mutex<[u8; 32]>,
@@ -81,6 +83,7 @@ impl ServerTls {
         let (config, hash) = build(&files)?;
         Ok(Self {
             files,
+            current_http: ArcSwap::from_pointee(offering_http1(&config)),
             current: ArcSwap::from_pointee(config),
             loaded: Mutex::new(hash),
         })
@@ -106,15 +109,36 @@ impl ServerTls {
         if *loaded == hash {
             return Ok(false);
         }
+        self.current_http.store(Arc::new(offering_http1(&config)));
         self.current.store(Arc::new(config));
         *loaded = hash;
         Ok(true)
     }
 
-    /// An acceptor with the current configuration, for one new connection.
-    pub(crate) fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.current.load_full())
+    /// An acceptor with the current configuration, for one new connection, offering the
+    /// protocols of `alpn`.
+    pub(crate) fn acceptor(&self, alpn: Alpn) -> TlsAcceptor {
+        match alpn {
+            Alpn::H2 => TlsAcceptor::from(self.current.load_full()),
+            Alpn::Http => TlsAcceptor::from(self.current_http.load_full()),
+        }
     }
+}
+
+/// The application protocols a TLS port offers in its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// HTTP/2 only (gRPC).
+    H2,
+    /// HTTP/2 and HTTP/1.1 (the AuthZEN port).
+    Http,
+}
+
+/// `config` offering HTTP/1.1 besides HTTP/2.
+fn offering_http1(config: &ServerConfig) -> ServerConfig {
+    let mut config = config.clone();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
 }
 
 /// Reads `path` (for the setting `key`).

@@ -12,6 +12,7 @@
 mod pool;
 mod record;
 mod request_id;
+mod search;
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
@@ -20,6 +21,7 @@ use serde_json::{Map, Value as Json};
 pub use self::{
     pool::{Pool, PoolError},
     request_id::{RequestId, RequestIds},
+    search::{SearchContext, SearchPage, SearchRequest, Searched},
 };
 pub use crate::engine::{
     ContextInput, Decision, Effect, EntitiesInput, EntityInput, PolicyError, Query, Refusal,
@@ -381,6 +383,54 @@ impl Decider {
     ) {
         let asked = question.and_then(|q| self.asked(&q.query, q.recorded_context));
         self.record_refusal(call, refusal, asked, Some(snapshot));
+    }
+
+    /// Decides the questions of one call each on its own, in order, against `snapshot`
+    /// and the stored entities alone (AuthZEN evaluations): an item that cannot be asked
+    /// is answered alone with its refusal, the others are decided. After each answer,
+    /// `go_on(allowed)` says whether to decide the next (a refusal counts as a deny).
+    /// More than `max_batch_items` are refused before any is looked at. Every answer is
+    /// reported, a refused item audited as the deny its caller sees.
+    pub fn decide_each(
+        &self,
+        call: &Call,
+        snapshot: &Snapshot,
+        items: Vec<Result<Question, Refusal>>,
+        go_on: impl Fn(bool) -> bool,
+    ) -> Result<Vec<Result<Decision, Refusal>>, Refusal> {
+        if items.len() > self.max_batch_items {
+            let refusal = Refusal::limit(
+                "evaluations",
+                format!(
+                    "{} evaluations is more than the limit of {} (max_batch_items)",
+                    items.len(),
+                    self.max_batch_items
+                ),
+            );
+            self.record_refusal(call, &refusal, None, Some(snapshot));
+            return Err(refusal);
+        }
+        let mut answers = Vec::with_capacity(items.len());
+        let mut asked = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let answer = item.and_then(|question| {
+                asked.push(self.asked(&question.query, question.recorded_context));
+                let request = self.engine.request(snapshot, question.query)?;
+                Ok(self
+                    .engine
+                    .decide_request(snapshot, snapshot.entities(), &request))
+            });
+            if asked.len() == i {
+                asked.push(None);
+            }
+            let allowed = matches!(&answer, Ok(d) if d.allowed());
+            answers.push(answer);
+            if !go_on(allowed) {
+                break;
+            }
+        }
+        self.record_each(call, snapshot, &answers, asked);
+        Ok(answers)
     }
 
     #[allow(clippy::type_complexity)]

@@ -91,6 +91,73 @@ impl Decider {
         }
     }
 
+    /// Reports the answers of a call whose items are answered one by one (AuthZEN
+    /// evaluations): its time, then each item's decision, or its refusal, which the caller
+    /// gets as a deny and so is audited like one.
+    pub(super) fn record_each(
+        &self,
+        call: &Call,
+        snapshot: &Snapshot,
+        answers: &[Result<Decision, Refusal>],
+        asked: Vec<Option<Asked>>,
+    ) {
+        let took = call.started.elapsed();
+        let metrics = &self.telemetry.metrics;
+        metrics.call_took(call.api, took);
+        for (item, (answer, asked)) in answers.iter().zip(asked).enumerate() {
+            match answer {
+                Ok(decision) => {
+                    let allowed = decision.allowed();
+                    metrics.decided(call.api, allowed);
+                    for policy in decision.erroring_forbids() {
+                        metrics.forbid_errored(policy);
+                    }
+                    let Some(asked) = asked else { continue };
+                    if allowed && !call.keep_allows {
+                        continue;
+                    }
+                    self.telemetry.audit.submit(Record {
+                        item: Some(item),
+                        allowed,
+                        determining_policies: decision.determining_policies().to_vec(),
+                        errors: decision
+                            .errors()
+                            .iter()
+                            .map(|e| AuditError {
+                                policy_id: e.policy_id.clone(),
+                                message: e.message.clone(),
+                            })
+                            .collect(),
+                        ..record(call, asked, snapshot.version(), took)
+                    });
+                }
+                Err(refusal) => {
+                    metrics.refused(call.api, refusal.reason());
+                    tracing::debug!(
+                        item,
+                        field = refusal.field(),
+                        reason = refusal.reason().label(),
+                        "item refused"
+                    );
+                    if !self.telemetry.audit.enabled() {
+                        continue;
+                    }
+                    let word = refusal.reason().word();
+                    let refused = if refusal.field().is_empty() {
+                        word.to_owned()
+                    } else {
+                        format!("{word}: {}", refusal.field())
+                    };
+                    self.telemetry.audit.submit(Record {
+                        item: Some(item),
+                        refused: Some(refused),
+                        ..record(call, asked.unwrap_or_default(), snapshot.version(), took)
+                    });
+                }
+            }
+        }
+    }
+
     /// Reports a refused call: its time, counted by reason, logged at debug level; and,
     /// when the call's refusals are answered with a deny, an audit record saying why
     /// (with what was asked, when it got that far).

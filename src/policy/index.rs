@@ -168,6 +168,30 @@ pub struct PolicyIndex {
     literals: Vec<Box<[EntityUid]>>,
     /// Those of every policy (templates' links included), without repeats.
     all_literals: Box<[EntityUid]>,
+    /// By position: whether the policy permits (else it forbids).
+    permits: Vec<bool>,
+}
+
+/// The side of a scope a search looks for entities on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchSide {
+    /// Which principals (AuthZEN subjects).
+    Principal,
+    /// Which resources.
+    Resource,
+}
+
+/// Where a permit policy can let a searched entity in: what its scope on the searched
+/// side names. Only entities a permit's scope matches can ever be allowed, so these bound
+/// a search's candidates.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Anchor {
+    /// Any entity (of the searched type): no narrowing.
+    Any,
+    /// Exactly this entity.
+    Eq(EntityUid),
+    /// This entity and every entity in it.
+    In(EntityUid),
 }
 
 /// Largest slice worth keeping for reuse, in policies: past it, a slice built for one
@@ -212,6 +236,9 @@ impl PolicyIndex {
                 }
             }
             index.ids.push(policy.id().clone());
+            index
+                .permits
+                .push(policy.effect() == cedar_policy::Effect::Permit);
             index.scopes.push((principal, action, resource));
         }
         index.all_literals = all_literals.into_iter().collect();
@@ -293,6 +320,74 @@ impl PolicyIndex {
             return None;
         }
         Some(chosen)
+    }
+
+    /// For a search on `side` of the entities of type `searched` that `other` (the
+    /// request's entity on the other side) may `action`: where the permits whose scope can
+    /// match can let an entity in, without repeats; `None` when the index cannot say (a
+    /// set with template links). An empty list: no permit can match, nothing is allowed.
+    pub fn search_anchors(
+        &self,
+        side: SearchSide,
+        searched: &EntityTypeName,
+        other: &EntityUid,
+        action: &EntityUid,
+        entities: &Entities,
+    ) -> Option<Vec<Anchor>> {
+        if !self.usable {
+            return None;
+        }
+        let o = Subject::new(other, entities);
+        let a = Subject::new(action, entities);
+        let action_lists: Vec<&[usize]> = std::iter::once(self.action_any.as_slice())
+            .chain(
+                a.keys()
+                    .filter_map(|k| self.action_by.get(k).map(Vec::as_slice)),
+            )
+            .collect();
+        let other_lists = match side {
+            SearchSide::Principal => self.resource.lists(&o),
+            SearchSide::Resource => self.principal.lists(&o),
+        };
+        let size = |lists: &Vec<&[usize]>| lists.iter().map(|l| l.len()).sum::<usize>();
+        let smallest = if size(&action_lists) <= size(&other_lists) {
+            action_lists
+        } else {
+            other_lists
+        };
+        let mut anchors = Vec::new();
+        let mut seen = FastSet::default();
+        let mut kept = FastSet::default();
+        for i in smallest.iter().flat_map(|l| l.iter().copied()) {
+            if !self.permits[i] || !seen.insert(i) {
+                continue;
+            }
+            let (ps, acts, rs) = &self.scopes[i];
+            let (searched_scope, other_scope) = match side {
+                SearchSide::Principal => (ps, rs),
+                SearchSide::Resource => (rs, ps),
+            };
+            if !(o.matches(other_scope) && a.matches_action(acts)) {
+                continue;
+            }
+            let anchor = match searched_scope {
+                EntityScope::Any => Anchor::Any,
+                EntityScope::Is(t) if t == searched => Anchor::Any,
+                EntityScope::Is(_) => continue,
+                EntityScope::Eq(e) if e.type_name() == searched => Anchor::Eq(e.clone()),
+                EntityScope::Eq(_) => continue,
+                EntityScope::In(e) => Anchor::In(e.clone()),
+                EntityScope::IsIn(t, e) if t == searched => Anchor::In(e.clone()),
+                EntityScope::IsIn(..) => continue,
+            };
+            if anchor == Anchor::Any {
+                return Some(vec![Anchor::Any]);
+            }
+            if kept.insert(anchor.clone()) {
+                anchors.push(anchor);
+            }
+        }
+        Some(anchors)
     }
 
     /// The id of the policy at position `i` of [`PolicyIndex::chosen`].

@@ -50,6 +50,62 @@ impl SchemaShape {
         self.mismatch(namespace, declared, context, root)
     }
 
+    /// Takes out of `context` (Cedar JSON, before it is parsed) the keys `action`'s declared
+    /// context does not have, and out of its records named in `records` the attributes
+    /// their declared record type does not have; returns the paths taken out (`subject.x`,
+    /// `time`). `None` (nothing taken) when the schema does not declare `action`: the
+    /// request's validation then names it.
+    pub fn prune_context(
+        &self,
+        action: &EntityUid,
+        context: &mut Map<String, Value>,
+        records: &[&str],
+    ) -> Option<Vec<String>> {
+        let type_name = action.type_name().to_string();
+        let namespace = type_name
+            .strip_suffix("Action")
+            .map(|ns| ns.trim_end_matches("::"))
+            .unwrap_or("");
+        let applies = self
+            .json
+            .get(namespace)?
+            .get("actions")?
+            .get(action.id().unescaped())?;
+        let empty = serde_json::json!({"type": "Record", "attributes": {}});
+        let declared = applies
+            .get("appliesTo")
+            .and_then(|a| a.get("context"))
+            .unwrap_or(&empty);
+        let Shape::Record(attributes) = self.shape(namespace, declared) else {
+            return Some(Vec::new());
+        };
+        let mut dropped = Vec::new();
+        context.retain(|key, _| {
+            let keep = attributes.contains_key(key);
+            if !keep {
+                dropped.push(key.clone());
+            }
+            keep
+        });
+        for record in records {
+            let (Some(Value::Object(fields)), Some(ty)) =
+                (context.get_mut(*record), attributes.get(*record))
+            else {
+                continue;
+            };
+            if let Shape::Record(inner) = self.shape(namespace, ty) {
+                fields.retain(|key, _| {
+                    let keep = inner.contains_key(key);
+                    if !keep {
+                        dropped.push(format!("{record}.{key}"));
+                    }
+                    keep
+                });
+            }
+        }
+        Some(dropped)
+    }
+
     /// What a declared type is, following common-type names. In Cedar's JSON schema a
     /// name may be written `{"type": "EntityOrCommon", "name": N}`: a common type if one
     /// is declared, else a primitive or extension of that name, else an entity type.

@@ -1,10 +1,10 @@
 //! [`Snapshot`]: one immutable, fully validated policy set with its schema and entities.
 
-use std::{collections::HashMap, time::SystemTime};
+use std::{collections::HashMap, sync::OnceLock, time::SystemTime};
 
 use cedar_policy::{Entities, EntityUid, PolicySet, Schema};
 
-use super::{FastSet, Location, SchemaShape, index::PolicyIndex};
+use super::{FastSet, Location, SchemaShape, index::PolicyIndex, members::Members};
 
 /// Everything a decision needs from the policy directory, built once and never changed.
 ///
@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub(super) named_not_held: FastSet<EntityUid>,
     pub(super) version: String,
     pub(super) loaded_at: SystemTime,
+    /// The stored entities indexed for search, built on the first search.
+    pub(super) members: OnceLock<Members>,
 }
 
 impl Snapshot {
@@ -66,6 +68,12 @@ impl Snapshot {
     /// what a policy reads.
     pub fn names_without_holding(&self, uid: &EntityUid) -> bool {
         self.named_not_held.contains(uid)
+    }
+
+    /// The stored entities indexed for search (built on first use, then kept).
+    pub fn members(&self) -> &Members {
+        self.members
+            .get_or_init(|| Members::new(&self.entities, self.schema.as_ref(), &self.policies))
     }
 
     /// Content hash of every file the snapshot was built from.

@@ -70,10 +70,12 @@ pub enum Api {
     Batch,
     /// Envoy's `envoy.service.auth.v3.Authorization/Check`.
     ExtAuthz,
+    /// The AuthZEN 1.0 HTTP/JSON API (evaluation, evaluations and search).
+    Authzen,
 }
 
 impl Api {
-    const ALL: [Api; 3] = [Api::IsAuthorized, Api::Batch, Api::ExtAuthz];
+    const ALL: [Api; 4] = [Api::IsAuthorized, Api::Batch, Api::ExtAuthz, Api::Authzen];
 
     /// The label value.
     pub fn label(self) -> &'static str {
@@ -81,6 +83,7 @@ impl Api {
             Self::IsAuthorized => "is_authorized",
             Self::Batch => "batch",
             Self::ExtAuthz => "ext_authz",
+            Self::Authzen => "authzen",
         }
     }
 }
@@ -217,8 +220,8 @@ struct Inner {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     /// Per api: [deny, allow].
-    decisions: [[Counter; 2]; 3],
-    durations: [Histogram; 3],
+    decisions: [[Counter; 2]; 4],
+    durations: [Histogram; 4],
     /// Per api and reason.
     refused: [[Counter; Reason::ALL.len()]; Api::ALL.len()],
     audit_dropped: Counter,

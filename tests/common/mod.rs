@@ -62,6 +62,8 @@ pub fn example_policies() -> PathBuf {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// The AuthZEN port, when the config turned it on.
+    pub authzen_addr: Option<SocketAddr>,
     pub store: Arc<PolicyStore>,
     pub watcher: Arc<Watcher>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -86,8 +88,12 @@ impl TestServer {
         }
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.metrics_listen = "127.0.0.1:0".parse().unwrap();
+        if config.authzen.listen.is_some() {
+            config.authzen.listen = Some("127.0.0.1:0".parse().unwrap());
+        }
         let server = Server::bind(config).await.expect("the server starts");
         let addr = server.grpc_addr();
+        let authzen_addr = server.authzen_addr();
         let metrics_addr = server.metrics_addr();
         let store = server.store().clone();
         let watcher = server.watcher().clone();
@@ -98,6 +104,7 @@ impl TestServer {
         Self {
             addr,
             metrics_addr,
+            authzen_addr,
             store,
             watcher,
             shutdown: Some(tx),

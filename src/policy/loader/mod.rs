@@ -131,6 +131,7 @@ pub fn build(read: &Sources, options: &LoadOptions) -> Result<Loaded, LoadError>
                 entity_count,
                 version: read.version.clone(),
                 loaded_at: SystemTime::now(),
+                members: Default::default(),
             },
             warnings,
         }),
