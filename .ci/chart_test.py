@@ -7,7 +7,9 @@ of several versions; asserts the security settings, probes and rollout checksum;
 that values.schema.json refuses wrong values; and starts the real binary with the
 arguments the Deployment renders, on the policies its ConfigMap renders, once in
 plaintext and once with mutual TLS on a throwaway CA and certificates that `openssl`
-makes at run time (nothing secret is stored in the repository).
+makes at run time (nothing secret is stored in the repository); and, with the AuthZEN
+API on, checks the rendered [authzen] table with `validate --config` and fetches the
+AuthZEN metadata from the server it configures, in plaintext and over mutual TLS.
 
 Usage: python .ci/chart_test.py path/to/cedar-pdp-binary
 Prints a line per check and `test result: ok|FAILED. N passed; M failed;` at the end.
@@ -103,6 +105,28 @@ TLS_ON = {
     },
 }
 
+# The AuthZEN API with every key of its table set, beside every other optional part (the
+# config file then holds [ext_authz] and [authzen]).
+AUTHZEN = {
+    "enabled": True,
+    "namespace": "Platform",
+    "policyDecisionPoint": "https://pdp.example.com",
+    "defaultPageLimit": 20,
+    "maxPageLimit": 200,
+    "maxSearchEvaluations": 5000,
+}
+AUTHZEN_FROM = [{"namespaceSelector": {"matchLabels": {"authzen": "on"}}}]
+AUTHZEN_ON = {
+    **ALL_ON,
+    "authzen": AUTHZEN,
+    "networkPolicy": {**ALL_ON["networkPolicy"], "authzenFrom": AUTHZEN_FROM},
+}
+# And over mutual TLS, with an allow-list for it.
+AUTHZEN_TLS = {
+    **AUTHZEN_ON,
+    "tls": {**TLS_ON["tls"], "authzenCallers": [CLIENT_ID]},
+}
+
 
 def render(values):
     """Every rendered object, by (kind, name)."""
@@ -138,7 +162,7 @@ def check(fn):
 
 @check
 def lint_is_clean_in_strict_mode():
-    for values in [{}, ALL_ON, GIT_SYNC, TLS_ON]:
+    for values in [{}, ALL_ON, GIT_SYNC, TLS_ON, AUTHZEN_ON, AUTHZEN_TLS]:
         report = helm.lint(str(CHART), values, strict=True)
         above_info = [m for m in report["messages"] if m["severity"] > 1]
         assert not report["errors"] and not above_info, report
@@ -172,7 +196,7 @@ def every_optional_part_renders_when_enabled():
 
 @check
 def manifests_validate_against_kubernetes_schemas():
-    for values in [{}, ALL_ON, GIT_SYNC, TLS_ON]:
+    for values in [{}, ALL_ON, GIT_SYNC, TLS_ON, AUTHZEN_ON, AUTHZEN_TLS]:
         for (kind, name), obj in render(values).items():
             if kind in CUSTOM_KINDS:
                 continue
@@ -205,7 +229,7 @@ def containers(deployment):
 
 @check
 def pods_run_unprivileged_with_a_read_only_root_and_no_token():
-    for values in [{}, ALL_ON, GIT_SYNC, TLS_ON]:
+    for values in [{}, ALL_ON, GIT_SYNC, TLS_ON, AUTHZEN_ON, AUTHZEN_TLS]:
         objects = render(values)
         pod = one(objects, "Deployment")["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False
@@ -316,6 +340,105 @@ def the_ext_authz_mapping_reaches_the_config_file_intact():
     plain = render({})
     assert ("ConfigMap", "pdp-cedar-pdp-config") not in plain
     assert not any(a.startswith("--config") for a in containers(one(plain, "Deployment"))[0]["args"])
+
+
+def ports_named(obj, name):
+    if obj["kind"] == "Deployment":
+        ports = containers(obj)[0]["ports"]
+        return [p["containerPort"] for p in ports if p["name"] == name]
+    return [p["port"] for p in obj["spec"]["ports"] if p["name"] == name]
+
+
+def config_toml(objects):
+    return objects[("ConfigMap", "pdp-cedar-pdp-config")]["data"]["config.toml"]
+
+
+@check
+def authzen_is_off_by_default():
+    for values in [{}, ALL_ON, TLS_ON]:
+        objects = render(values)
+        for kind in ["Deployment", "Service"]:
+            assert not ports_named(one(objects, kind), "authzen"), (kind, values)
+        args = containers(one(objects, "Deployment"))[0]["args"]
+        assert not any(a.startswith(("--authzen", "--tls-authzen")) for a in args), args
+        if ("ConfigMap", "pdp-cedar-pdp-config") in objects:
+            assert "authzen" not in tomllib.loads(config_toml(objects)), values
+    # Only the gRPC and metrics ports are let in.
+    policy = one(render(ALL_ON), "NetworkPolicy")
+    ports = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
+    assert ports == [50051, 9464], ports
+    # Nothing else turns on a config file.
+    assert ("ConfigMap", "pdp-cedar-pdp-config") not in render({})
+
+
+@check
+def authzen_renders_its_port_and_config_table_when_enabled():
+    objects = render({"authzen": {"enabled": True}})
+    deployment, service = one(objects, "Deployment"), one(objects, "Service")
+    assert ports_named(deployment, "authzen") == [8080]
+    assert ports_named(service, "authzen") == [8080]
+    port = {p["name"]: p for p in service["spec"]["ports"]}["authzen"]
+    assert port["targetPort"] == "authzen" and port["appProtocol"] == "http", port
+    # Only the listener: every other key is left to the server's defaults.
+    assert tomllib.loads(config_toml(objects)) == {"authzen": {"listen": "0.0.0.0:8080"}}
+    pdp = containers(deployment)[0]
+    assert "--config=/etc/cedar-pdp/config/config.toml" in pdp["args"], pdp["args"]
+    assert {m["name"]: m["mountPath"] for m in pdp["volumeMounts"]}["config"] == "/etc/cedar-pdp/config"
+    # Every key set, beside the [ext_authz] mapping, on another port.
+    objects = render({**AUTHZEN_ON, "authzen": {**AUTHZEN, "port": 8181}})
+    assert tomllib.loads(config_toml(objects)) == {
+        "ext_authz": EXT_AUTHZ,
+        "authzen": {
+            "listen": "0.0.0.0:8181",
+            "namespace": "Platform",
+            "policy_decision_point": "https://pdp.example.com",
+            "default_page_limit": 20,
+            "max_page_limit": 200,
+            "max_search_evaluations": 5000,
+        },
+    }
+    assert ports_named(one(objects, "Deployment"), "authzen") == [8181]
+    assert ports_named(one(objects, "Service"), "authzen") == [8181]
+    # Let in the way the gRPC port is, from its own list of peers.
+    ingress = one(objects, "NetworkPolicy")["spec"]["ingress"]
+    rules = {r["ports"][0]["port"]: r for r in ingress}
+    assert sorted(rules) == [8181, 9464, 50051], ingress
+    assert rules[8181] == {"ports": [{"port": 8181, "protocol": "TCP"}], "from": AUTHZEN_FROM}
+    assert rules[50051]["from"] == ALL_ON["networkPolicy"]["grpcFrom"]
+    # With TLS it is HTTPS, and its allow-list becomes a flag like the others.
+    objects = render(AUTHZEN_TLS)
+    port = {p["name"]: p for p in one(objects, "Service")["spec"]["ports"]}["authzen"]
+    assert port["appProtocol"] == "https", port
+    args = containers(one(objects, "Deployment"))[0]["args"]
+    assert tls_flags(args)[-1] == f"--tls-authzen-callers={CLIENT_ID}", tls_flags(args)
+    # Its settings roll the pods; a change to them changes the config file's checksum.
+    annotations = lambda v: one(render(v), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert checksum({"authzen": {"enabled": True}}) != checksum({})
+    assert annotations(AUTHZEN_ON)["checksum/config"] != annotations(ALL_ON)["checksum/config"]
+    changed = {**AUTHZEN_ON, "authzen": {**AUTHZEN, "maxPageLimit": 300}}
+    assert annotations(changed)["checksum/config"] != annotations(AUTHZEN_ON)["checksum/config"]
+
+
+@check
+def authzen_mistakes_are_refused():
+    on = {"enabled": True}
+    refused({"authzen": {**on, "lisen": "0.0.0.0:8080"}}, "lisen")
+    refused({"authzen": {**on, "port": 0}}, "port")
+    refused({"authzen": {**on, "port": "8080"}}, "port")
+    refused({"authzen": {**on, "namespace": "App::"}}, "namespace")
+    refused({"authzen": {**on, "namespace": "my-app"}}, "namespace")
+    refused({"authzen": {**on, "policyDecisionPoint": "https://pdp.example.com/"}}, "policyDecisionPoint")
+    refused({"authzen": {**on, "policyDecisionPoint": "pdp.example.com"}}, "policyDecisionPoint")
+    refused({"authzen": {**on, "maxPageLimit": 0}}, "maxPageLimit")
+    refused({"authzen": {**on, "defaultPageLimit": 2.5}}, "defaultPageLimit")
+    refused({"authzen": {**on, "maxSearchEvaluations": "many"}}, "maxSearchEvaluations")
+    refused({"authzen": {**on, "port": 50051}}, "authzen.port (50051) must differ")
+    refused({"authzen": {**on, "port": 9464}}, "authzen.port (9464) must differ")
+    refused({"networkPolicy": {"authzenFrom": "everyone"}}, "authzenFrom")
+    server_only = {"enabled": True, "secretName": "pdp-tls"}
+    refused({"tls": {**server_only, "authzenCallers": [CLIENT_ID]}}, "tls.authzenCallers needs tls.mutual")
+    refused({"tls": {**server_only, "mutual": True, "authzenCallers": []}}, "authzenCallers")
+    refused({"tls": {**server_only, "mutual": True, "authzenCallers": ["a,b"]}}, "authzenCallers")
 
 
 @check
@@ -735,6 +858,95 @@ def the_binary_serves_mutual_tls_from_a_folder_laid_out_like_the_secret(binary=N
             assert server.proc.wait(timeout=10) == 0
         finally:
             server.stop()
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def local_authzen_config(config, port):
+    """The rendered config file with the AuthZEN listener on a loopback port instead."""
+    text = config.read_text()
+    rendered = 'listen = "0.0.0.0:8080"'
+    assert text.count(rendered) == 1, text
+    config.write_text(text.replace(rendered, f'listen = "127.0.0.1:{port}"'))
+
+
+def authzen_metadata(port, context=None, timeout=10):
+    """Status and body of GET /.well-known/authzen-configuration, once the port answers."""
+    deadline = time.time() + timeout
+    while True:
+        if context:
+            conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", "/.well-known/authzen-configuration")
+            response = conn.getresponse()
+            return response.status, response.read()
+        except ConnectionRefusedError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
+        finally:
+            conn.close()
+
+
+@check
+def the_binary_serves_authzen_with_the_rendered_config(binary=None):
+    """Needs a binary that knows the [authzen] table and --tls-authzen-callers."""
+    binary = binary or BINARY
+    assert shutil.which("openssl"), "the openssl CLI makes the test's throwaway certificates"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CEDAR_PDP_")}
+    for values in [AUTHZEN_ON, AUTHZEN_TLS]:
+        objects = render(values)
+        pdp = containers(one(objects, "Deployment"))[0]
+        tls_mount = {m["name"]: m["mountPath"] for m in pdp["volumeMounts"]}.get("tls")
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = pathlib.Path(tmp)
+            policies, config = write_rendered_policies(objects, tmp)
+            # validate --config checks the [authzen] table with the [ext_authz] one.
+            validated = subprocess.run(
+                [binary, "validate", str(policies), f"--config={config}"],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
+            assert validated.returncode == 0, validated.stdout + validated.stderr
+            port = free_port()
+            local_authzen_config(config, port)
+            context = None
+            mount = None
+            if tls_mount:
+                pki = tmp / "pki"
+                pki.mkdir()
+                make_certificates(pki)
+                mount = tmp / "tls"
+                mount.mkdir()
+                publish_secret(mount, pki, "server", 1)
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.load_verify_locations(pki / "ca.crt")
+            server = Server(binary, local_args(pdp["args"], policies, config, tls_mount, mount))
+            try:
+                server.wait_for("listening")
+                if context:
+                    # Mutual TLS on the AuthZEN port too: no certificate, no answer.
+                    try:
+                        authzen_metadata(port, context)
+                    except (OSError, http.client.HTTPException):
+                        pass
+                    else:
+                        raise AssertionError("a client without a certificate was served")
+                    context.load_cert_chain(pki / "client.crt", pki / "client.key")
+                status, body = authzen_metadata(port, context)
+                assert status == 200, (status, body)
+                metadata = json.loads(body)
+                assert metadata["policy_decision_point"] == "https://pdp.example.com", metadata
+            finally:
+                server.stop()
+
 
 def main():
     global BINARY

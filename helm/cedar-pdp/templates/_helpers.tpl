@@ -84,10 +84,14 @@ swap on a renewal reaches the files (a subPath mount never updates). */}}
 {{- if and $t.mutual (not $t.enabled) }}
 {{- fail "tls.mutual needs tls.enabled: true" }}
 {{- end }}
-{{- range $key := list "authorizerCallers" "extAuthzCallers" }}
+{{- range $key := list "authorizerCallers" "extAuthzCallers" "authzenCallers" }}
 {{- if and (not (kindIs "invalid" (index $t $key))) (not $t.mutual) }}
 {{- fail (printf "tls.%s needs tls.mutual: true (without client certificates there is no caller identity to check); leave it unset (null) otherwise" $key) }}
 {{- end }}
+{{- end }}
+{{- $a := .Values.authzen }}
+{{- if and $a.enabled (has (int $a.port) (list (int .Values.service.grpcPort) (int .Values.service.metricsPort))) }}
+{{- fail (printf "authzen.port (%d) must differ from service.grpcPort and service.metricsPort" (int $a.port)) }}
 {{- end }}
 {{- $c := .Values.config }}
 {{- $margin := 5 }}
@@ -137,7 +141,7 @@ swap on a renewal reaches the files (a subPath mount never updates). */}}
 {{- with $c.audit.contextKeys }}
 - {{ printf "--audit-context-keys=%s" (join "," .) | quote }}
 {{- end }}
-{{- if $c.extAuthz }}
+{{- if include "cedar-pdp.hasConfigFile" . }}
 - {{ printf "--config=%s" (include "cedar-pdp.configFile" .) | quote }}
 {{- end }}
 {{- if $t.enabled }}
@@ -153,6 +157,9 @@ swap on a renewal reaches the files (a subPath mount never updates). */}}
 {{- with $t.extAuthzCallers }}
 - {{ printf "--tls-ext-authz-callers=%s" (join "," .) | quote }}
 {{- end }}
+{{- with $t.authzenCallers }}
+- {{ printf "--tls-authzen-callers=%s" (join "," .) | quote }}
+{{- end }}
 {{- end }}
 {{- range $c.extraArgs }}
 - {{ . | quote }}
@@ -164,9 +171,36 @@ swap on a renewal reaches the files (a subPath mount never updates). */}}
 /etc/cedar-pdp/config/config.toml
 {{- end }}
 
-{{/* The config file: settings that have no flag (the [ext_authz] mapping). */}}
+{{/* Whether there is a config file: "true" or empty. */}}
+{{- define "cedar-pdp.hasConfigFile" -}}
+{{- if or .Values.config.extAuthz .Values.authzen.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The config file: the [ext_authz] mapping (it has no flag) and, when enabled, the
+[authzen] table with only the keys that are set (the server's defaults apply to the
+others). */}}
 {{- define "cedar-pdp.configToml" -}}
-{{ dict "ext_authz" .Values.config.extAuthz | toToml }}
+{{- $file := dict }}
+{{- with .Values.config.extAuthz }}
+{{- $_ := set $file "ext_authz" . }}
+{{- end }}
+{{- $a := .Values.authzen }}
+{{- if $a.enabled }}
+{{- $table := dict "listen" (printf "0.0.0.0:%d" (int $a.port)) }}
+{{- with $a.namespace }}
+{{- $_ := set $table "namespace" . }}
+{{- end }}
+{{- with $a.policyDecisionPoint }}
+{{- $_ := set $table "policy_decision_point" . }}
+{{- end }}
+{{- range $key, $name := dict "defaultPageLimit" "default_page_limit" "maxPageLimit" "max_page_limit" "maxSearchEvaluations" "max_search_evaluations" }}
+{{- if not (kindIs "invalid" (index $a $key)) }}
+{{- $_ := set $table $name (int64 (index $a $key)) }}
+{{- end }}
+{{- end }}
+{{- $_ := set $file "authzen" $table }}
+{{- end }}
+{{- toToml $file }}
 {{- end }}
 
 {{/* A git-sync container: the sidecar that follows the repository, or (oneTime) the
