@@ -637,12 +637,23 @@ async fn envoy_with_the_docs_config_asks_cedar_pdp_about_every_request() {
         .expect("Envoy sends an x-request-id upstream")
         .to_owned();
     assert_eq!(upstream.seen.count(), 1);
+    // The decision's id comes back to the client through Envoy, on an allow ...
+    let allowed_decision_id = reply
+        .header("x-decision-id")
+        .unwrap_or_else(|| panic!("no x-decision-id: {reply:?}"))
+        .to_owned();
 
     // (b) Dave belongs to another tenant: 403 from cedar-pdp, the upstream never sees it.
     let reply = send(at, "GET", DOC_PATH, &[("authorization", &dave)]).await;
     assert_eq!(reply.status, 403, "{reply:?}");
     assert_eq!(reply.body, "access denied\n");
     assert_eq!(upstream.seen.count(), 1);
+    // ... and on a deny.
+    let denied_decision_id = reply
+        .header("x-decision-id")
+        .unwrap_or_else(|| panic!("no x-decision-id: {reply:?}"))
+        .to_owned();
+    assert_ne!(denied_decision_id, allowed_decision_id);
 
     // (c) No token: jwt_authn lets it through (allow_missing), cedar-pdp finds no
     // principal and answers 401.
@@ -748,6 +759,17 @@ async fn envoy_with_the_docs_config_asks_cedar_pdp_about_every_request() {
         .unwrap_or_else(|| panic!("no audited allow: {records:#?}"));
     assert_eq!(audited["api"], "ext_authz", "{audited}");
     assert_eq!(
+        audited["decision_id"],
+        allowed_decision_id.as_str(),
+        "{audited}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["decision_id"] == denied_decision_id.as_str() && r["allowed"] == "deny"),
+        "the deny's record carries the id its client got: {records:#?}"
+    );
+    assert_eq!(
         audited["principal"], r#"Platform::User::"bob""#,
         "{audited}"
     );
@@ -786,6 +808,11 @@ async fn envoy_with_the_docs_config_asks_cedar_pdp_about_every_request() {
         "{logged}"
     );
     assert_eq!(logged["authz"]["decision"], "allow", "{logged}");
+    assert_eq!(
+        logged["authz"]["decision_id"],
+        allowed_decision_id.as_str(),
+        "{logged}"
+    );
     assert_eq!(
         logged["authz"]["policy_version"],
         version.as_str(),

@@ -109,7 +109,7 @@ impl AuthorizerService {
             self.decider.refuse(call, snapshot, refusal, None);
         })?;
         let decision = self.decider.decide(call, snapshot, entities, question)?;
-        Ok(response(&decision, snapshot))
+        Ok(response(&decision, snapshot, call.decision_id().to_owned()))
     }
 
     fn batch(
@@ -132,7 +132,11 @@ impl AuthorizerService {
         });
         let decisions = self.decider.decide_batch(call, snapshot, entities, items)?;
         Ok(pb::BatchIsAuthorizedResponse {
-            results: decisions.iter().map(|d| response(d, snapshot)).collect(),
+            results: decisions
+                .iter()
+                .enumerate()
+                .map(|(i, d)| response(d, snapshot, call.item_decision_id(i)))
+                .collect(),
             policy_version: snapshot.version().to_owned(),
         })
     }
@@ -162,8 +166,12 @@ impl AuthorizerService {
     }
 }
 
-/// The wire answer for a decision made on `snapshot`.
-fn response(decision: &Decision, snapshot: &Snapshot) -> pb::IsAuthorizedResponse {
+/// The wire answer for a decision made on `snapshot`, with its id.
+fn response(
+    decision: &Decision,
+    snapshot: &Snapshot,
+    decision_id: String,
+) -> pb::IsAuthorizedResponse {
     let verdict = if decision.allowed() {
         pb::Decision::Allow
     } else {
@@ -181,6 +189,7 @@ fn response(decision: &Decision, snapshot: &Snapshot) -> pb::IsAuthorizedRespons
             })
             .collect(),
         policy_version: snapshot.version().to_owned(),
+        decision_id,
     }
 }
 
@@ -214,7 +223,7 @@ impl authorizer_server::Authorizer for AuthorizerService {
         request: Request<pb::IsAuthorizedRequest>,
     ) -> Result<Response<pb::IsAuthorizedResponse>, Status> {
         let call = self.start(Api::IsAuthorized, &request)?;
-        let span = tracing::info_span!("call", api = "is_authorized", request_id = %call.id());
+        let span = call.span();
         let message = request.into_inner();
         let heavy = !message.entities.is_empty()
             || !message.entities_json.is_empty()
@@ -230,7 +239,7 @@ impl authorizer_server::Authorizer for AuthorizerService {
         request: Request<pb::BatchIsAuthorizedRequest>,
     ) -> Result<Response<pb::BatchIsAuthorizedResponse>, Status> {
         let call = self.start(Api::Batch, &request)?;
-        let span = tracing::info_span!("call", api = "batch", request_id = %call.id());
+        let span = call.span();
         let message = request.into_inner();
         let heavy = !message.entities.is_empty()
             || !message.entities_json.is_empty()

@@ -20,7 +20,7 @@ use serde_json::{Map, Value as Json};
 
 pub use self::{
     pool::{Pool, PoolError},
-    request_id::{RequestId, RequestIds},
+    request_id::{DecisionIds, RequestId, RequestIds},
     search::{SearchContext, SearchPage, SearchRequest, Searched},
 };
 pub use crate::engine::{
@@ -80,6 +80,8 @@ impl From<Query> for Question {
 pub struct Call {
     api: Api,
     id: RequestId,
+    /// The server's id of its decision (of its items': this, a dot and the index).
+    decision_id: String,
     peer: Option<SocketAddr>,
     caller: Option<String>,
     started: Instant,
@@ -100,6 +102,37 @@ impl Call {
     /// Its request id.
     pub fn id(&self) -> &RequestId {
         &self.id
+    }
+
+    /// The id of its decision, for a call that decides one question: unique, the
+    /// server's own (whatever request id the caller sent), in the answer and the audit
+    /// record alike.
+    pub fn decision_id(&self) -> &str {
+        &self.decision_id
+    }
+
+    /// The id of the decision of item `item` of a call with many (a batch):
+    /// `<decision id>.<item>`.
+    pub fn item_decision_id(&self, item: usize) -> String {
+        format!("{}.{item}", self.decision_id)
+    }
+
+    /// The id of decision `item` of the call, or of its one decision (`None`).
+    pub fn decision_id_of(&self, item: Option<usize>) -> String {
+        match item {
+            Some(item) => self.item_decision_id(item),
+            None => self.decision_id.clone(),
+        }
+    }
+
+    /// The span its log lines are written in: its API, request id and decision id.
+    pub fn span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "call",
+            api = self.api.label(),
+            request_id = %self.id,
+            decision_id = %self.decision_id,
+        )
     }
 
     /// The verified identity of its caller, once admitted.
@@ -137,6 +170,7 @@ pub struct Decider {
     /// thread (the CLI).
     pool: Option<Pool>,
     ids: RequestIds,
+    decision_ids: DecisionIds,
     /// Warnings about refused callers, once a second at most.
     caller_warnings: OncePerSecond,
 }
@@ -152,6 +186,7 @@ impl Decider {
             replace_callers: None,
             pool: None,
             ids: RequestIds::new(),
+            decision_ids: DecisionIds::new(),
             caller_warnings: OncePerSecond::new(),
         }
     }
@@ -244,6 +279,7 @@ impl Decider {
         Call {
             api,
             id: given.unwrap_or_else(|| self.ids.next()),
+            decision_id: self.decision_ids.next(),
             peer,
             caller: None,
             started: Instant::now(),

@@ -62,32 +62,10 @@ impl Decider {
         batch: bool,
     ) {
         let took = call.started.elapsed();
-        let metrics = &self.telemetry.metrics;
-        metrics.call_took(call.api, took);
+        self.telemetry.metrics.call_took(call.api, took);
         for (item, (decision, asked)) in decisions.into_iter().enumerate() {
-            let allowed = decision.allowed();
-            metrics.decided(call.api, allowed);
-            for policy in decision.erroring_forbids() {
-                metrics.forbid_errored(policy);
-            }
-            let Some(asked) = asked else { continue };
-            if allowed && !call.keep_allows {
-                continue;
-            }
-            self.telemetry.audit.submit(Record {
-                item: batch.then_some(item),
-                allowed,
-                determining_policies: decision.determining_policies().to_vec(),
-                errors: decision
-                    .errors()
-                    .iter()
-                    .map(|e| AuditError {
-                        policy_id: e.policy_id.clone(),
-                        message: e.message.clone(),
-                    })
-                    .collect(),
-                ..record(call, asked, snapshot.version(), took)
-            });
+            let item = batch.then_some(item);
+            self.record_decision(call, snapshot, item, decision, asked, took);
         }
     }
 
@@ -107,34 +85,13 @@ impl Decider {
         for (item, (answer, asked)) in answers.iter().zip(asked).enumerate() {
             match answer {
                 Ok(decision) => {
-                    let allowed = decision.allowed();
-                    metrics.decided(call.api, allowed);
-                    for policy in decision.erroring_forbids() {
-                        metrics.forbid_errored(policy);
-                    }
-                    let Some(asked) = asked else { continue };
-                    if allowed && !call.keep_allows {
-                        continue;
-                    }
-                    self.telemetry.audit.submit(Record {
-                        item: Some(item),
-                        allowed,
-                        determining_policies: decision.determining_policies().to_vec(),
-                        errors: decision
-                            .errors()
-                            .iter()
-                            .map(|e| AuditError {
-                                policy_id: e.policy_id.clone(),
-                                message: e.message.clone(),
-                            })
-                            .collect(),
-                        ..record(call, asked, snapshot.version(), took)
-                    });
+                    self.record_decision(call, snapshot, Some(item), decision, asked, took);
                 }
                 Err(refusal) => {
                     metrics.refused(call.api, refusal.reason());
                     tracing::debug!(
                         item,
+                        decision_id = %call.item_decision_id(item),
                         field = refusal.field(),
                         reason = refusal.reason().label(),
                         "item refused"
@@ -142,20 +99,64 @@ impl Decider {
                     if !self.telemetry.audit.enabled() {
                         continue;
                     }
-                    let word = refusal.reason().word();
-                    let refused = if refusal.field().is_empty() {
-                        word.to_owned()
-                    } else {
-                        format!("{word}: {}", refusal.field())
-                    };
                     self.telemetry.audit.submit(Record {
-                        item: Some(item),
-                        refused: Some(refused),
-                        ..record(call, asked.unwrap_or_default(), snapshot.version(), took)
+                        refused: Some(refused(refusal)),
+                        ..record(
+                            call,
+                            Some(item),
+                            asked.unwrap_or_default(),
+                            snapshot.version(),
+                            took,
+                        )
                     });
                 }
             }
         }
+    }
+
+    /// Reports one decision (item `item` of a call with many): counted, its erroring
+    /// forbids counted, logged at debug level with its id, and audited when the log wants it.
+    fn record_decision(
+        &self,
+        call: &Call,
+        snapshot: &Snapshot,
+        item: Option<usize>,
+        decision: &Decision,
+        asked: Option<Asked>,
+        took: Duration,
+    ) {
+        let allowed = decision.allowed();
+        let metrics = &self.telemetry.metrics;
+        metrics.decided(call.api, allowed);
+        for policy in decision.erroring_forbids() {
+            metrics.forbid_errored(policy);
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!(
+                decision_id = %call.decision_id_of(item),
+                decision = decision.effect().label(),
+                determining_policies = ?decision.determining_policies(),
+                policy_version = snapshot.version(),
+                "decided"
+            );
+        }
+        let Some(asked) = asked else { return };
+        if allowed && !call.keep_allows {
+            return;
+        }
+        self.telemetry.audit.submit(Record {
+            allowed,
+            determining_policies: decision.determining_policies().to_vec(),
+            errors: decision
+                .errors()
+                .iter()
+                .map(|e| AuditError {
+                    policy_id: e.policy_id.clone(),
+                    message: e.message.clone(),
+                })
+                .collect(),
+            ..record(call, item, asked, snapshot.version(), took)
+        });
     }
 
     /// Reports a refused call: its time, counted by reason, logged at debug level; and,
@@ -181,31 +182,38 @@ impl Decider {
         if !call.refusals_deny || !self.telemetry.audit.enabled() {
             return;
         }
-        let word = refusal.reason().word();
-        let refused = if refusal.field().is_empty() {
-            word.to_owned()
-        } else {
-            format!("{word}: {}", refusal.field())
-        };
         let version = snapshot.map_or("", Snapshot::version);
         self.telemetry.audit.submit(Record {
-            refused: Some(refused),
-            ..record(call, asked.unwrap_or_default(), version, took)
+            refused: Some(refused(refusal)),
+            ..record(call, None, asked.unwrap_or_default(), version, took)
         });
     }
 }
 
-/// The audit record of `call` about `asked` on policy `version`, answered after `took`: a
-/// deny no policy made, until the caller fills in the decision.
-fn record(call: &Call, asked: Asked, version: &str, took: Duration) -> Record {
+/// Why a refused question was not decided, as the audit record's `refused` says it: the
+/// reason, and the field at fault when there is one.
+fn refused(refusal: &Refusal) -> String {
+    let word = refusal.reason().word();
+    if refusal.field().is_empty() {
+        word.to_owned()
+    } else {
+        format!("{word}: {}", refusal.field())
+    }
+}
+
+/// The audit record of `call` (of its item `item`, for a call with many) about `asked` on
+/// policy `version`, answered after `took`: a deny no policy made, until the caller fills
+/// in the decision.
+fn record(call: &Call, item: Option<usize>, asked: Asked, version: &str, took: Duration) -> Record {
     Record {
         time: SystemTime::now(),
         kind: "decision",
         request_id: call.id.as_str().to_owned(),
+        decision_id: call.decision_id_of(item),
         api: call.api,
         caller: call.caller.clone(),
         peer: call.peer.map(|p| p.to_string()),
-        item: None,
+        item,
         principal: asked.principal,
         action: asked.action,
         resource: asked.resource,

@@ -1,6 +1,7 @@
 //! Request ids: the caller's (`x-request-id`) when it is a sensible token, else one made
 //! up by the server's [`RequestIds`], so every call's log lines and audit records can be
-//! tied together.
+//! tied together. And decision ids ([`DecisionIds`]): always the server's own, unique
+//! whatever request ids callers send, so an answer leads to its audit record.
 
 use std::{
     fmt,
@@ -64,6 +65,49 @@ impl Default for RequestIds {
     }
 }
 
+/// Makes up decision ids: 32 hex digits, the first 16 random per generator, the last 16
+/// a keyed permutation of its sequence number, so ids are unique (within a generator the
+/// permutation never repeats; across servers the prefixes differ) and opaque (they do not
+/// count the server's calls out loud).
+#[derive(Debug)]
+pub struct DecisionIds {
+    prefix: u64,
+    key: u64,
+    next: AtomicU64,
+}
+
+impl DecisionIds {
+    /// A generator with a fresh random prefix and key.
+    pub fn new() -> Self {
+        let random = RandomState::new();
+        Self {
+            prefix: random.hash_one(("decision ids", std::process::id())),
+            key: random.hash_one(("key", std::process::id())),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// A new id.
+    pub fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{:016x}", self.prefix, permute(n ^ self.key))
+    }
+}
+
+impl Default for DecisionIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// SplitMix64's finalizer: a bijection on `u64` (each step is invertible), so distinct
+/// inputs give distinct outputs.
+fn permute(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 fn is_token(id: &str) -> bool {
     (1..=MAX_LEN).contains(&id.len())
         && id
@@ -93,5 +137,23 @@ mod tests {
         assert_ne!(a, b);
         assert!(is_token(a.as_str()) && is_token(b.as_str()));
         assert_ne!(RequestIds::new().next(), RequestIds::new().next());
+    }
+
+    #[test]
+    fn decision_ids_are_unique_tokens_that_do_not_count_out_loud() {
+        let ids = DecisionIds::new();
+        let made: Vec<String> = (0..10_000).map(|_| ids.next()).collect();
+        let distinct: std::collections::HashSet<&String> = made.iter().collect();
+        assert_eq!(distinct.len(), made.len());
+        for id in &made[..3] {
+            assert_eq!(id.len(), 32);
+            assert!(is_token(id));
+        }
+        // Consecutive ids differ in more than their last digits.
+        assert_ne!(made[0][16..28], made[1][16..28]);
+        assert_ne!(
+            DecisionIds::new().next()[..16],
+            DecisionIds::new().next()[..16]
+        );
     }
 }

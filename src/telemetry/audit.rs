@@ -34,6 +34,9 @@ pub struct Record {
     pub kind: &'static str,
     /// The call's request id (its `x-request-id`, or one made up for it).
     pub request_id: String,
+    /// The server's id of this decision (`<call's id>.<item>` for a batch item): the id
+    /// the caller got with the answer.
+    pub decision_id: String,
     /// Which API answered.
     #[serde(serialize_with = "api_label")]
     pub api: Api,

@@ -1,4 +1,5 @@
 //! A small HTTP/1.1 client (hyper's) for the AuthZEN port: one connection per request.
+#![allow(dead_code)] // each test binary uses a different part of it
 
 use std::net::SocketAddr;
 

@@ -436,7 +436,9 @@ async fn answer(shared: Arc<Shared>, request: Request, endpoint: Endpoint) -> Re
     let heavy = matches!(endpoint, Endpoint::Search(_))
         || body.len() > super::authorizer::LIGHT_MESSAGE_BYTES;
     let (work, decided) = (shared.clone(), call.clone());
+    let span = call.span();
     let run = decider.off_workers(heavy, move || {
+        let _in_span = span.enter();
         let snapshot = work.store.current();
         decide(&work, &decided, &snapshot, endpoint, &body)
     });
@@ -468,7 +470,8 @@ fn decide(
     let single = |map: &serde_json::Map<String, Json>| {
         let asked = wire::evaluation(names, snapshot, map, "", keys).map_err(refuse)?;
         let decision = decider.decide(call, snapshot, EntitiesInput::None, asked.question)?;
-        Ok(wire::decision(&decision, snapshot, &asked.dropped))
+        let id = call.decision_id().to_owned();
+        Ok(wire::decision(&decision, id, snapshot, &asked.dropped))
     };
     match endpoint {
         Endpoint::Evaluation => single(&map),
@@ -504,9 +507,13 @@ fn decide(
             let mut rendered: Vec<Json> = answers
                 .iter()
                 .zip(&dropped)
-                .map(|(answer, dropped)| match answer {
-                    Ok(decision) => wire::decision(decision, snapshot, dropped),
-                    Err(refusal) => wire::refused_item(refusal),
+                .enumerate()
+                .map(|(i, (answer, dropped))| {
+                    let id = call.item_decision_id(i);
+                    match answer {
+                        Ok(decision) => wire::decision(decision, id, snapshot, dropped),
+                        Err(refusal) => wire::refused_item(refusal, id),
+                    }
                 })
                 .collect();
             if stopped_early && let Some(last) = rendered.last_mut() {

@@ -415,11 +415,17 @@ pub(crate) fn item_object<'a>(
         .ok_or_else(|| Refusal::invalid(path, format!("expected an object, got {}", kind_of(item))))
 }
 
-/// The answer to one evaluation: `decision`, and a `context` with the policies that
-/// determined it, the errors of policies that could not be evaluated, the policy version,
-/// and the keys dropped from the request.
-pub(crate) fn decision(decision: &Decision, snapshot: &Snapshot, dropped: &[String]) -> Json {
+/// The answer to one evaluation: `decision`, and a `context` with its id, the policies
+/// that determined it, the errors of policies that could not be evaluated, the policy
+/// version, and the keys dropped from the request.
+pub(crate) fn decision(
+    decision: &Decision,
+    decision_id: String,
+    snapshot: &Snapshot,
+    dropped: &[String],
+) -> Json {
     let mut context = Map::new();
+    context.insert("decision_id".into(), Json::String(decision_id));
     context.insert(
         "determining_policies".into(),
         json!(decision.determining_policies()),
@@ -439,11 +445,15 @@ pub(crate) fn decision(decision: &Decision, snapshot: &Snapshot, dropped: &[Stri
     json!({"decision": decision.allowed(), "context": context})
 }
 
-/// The answer to an evaluation that could not be asked: `false`, with the error.
-pub(crate) fn refused_item(refusal: &Refusal) -> Json {
+/// The answer to an evaluation that could not be asked: `false`, with its id and the
+/// error.
+pub(crate) fn refused_item(refusal: &Refusal, decision_id: String) -> Json {
     json!({
         "decision": false,
-        "context": {"error": {"status": 400, "field": refusal.field(), "message": refusal.to_string()}},
+        "context": {
+            "decision_id": decision_id,
+            "error": {"status": 400, "field": refusal.field(), "message": refusal.to_string()},
+        },
     })
 }
 

@@ -163,7 +163,8 @@ impl Authorization for ExtAuthzService {
             .unwrap_or_else(|_| {
                 let call = self.decider.start(Api::ExtAuthz, None, None);
                 let refusal = self.decider.failed(&call, PoolError::Panicked);
-                response::refused(&refusal, Some(self.store.current().version()))
+                let answer = response::refused(&refusal, Some(self.store.current().version()));
+                response::stamped(answer, call.decision_id())
             });
         Ok(Response::new(answer))
     }
@@ -193,17 +194,18 @@ impl ExtAuthzService {
             .decider
             .start(Api::ExtAuthz, given, request.remote_addr())
             .refusals_deny();
-        let span = tracing::info_span!("call", api = "ext_authz", request_id = %call.id());
+        let span = call.span();
         let admission = self.callers.admit(&request);
         if let Err(refusal) = span.in_scope(|| self.decider.admit(&mut call, SERVICE, admission)) {
             // A 403 answer rather than a gRPC error: an Envoy set to fail open must not
             // turn this refusal into an allow.
-            return response::refused(&refusal, None);
+            return response::stamped(response::refused(&refusal, None), call.decision_id());
         }
         let (this, decided) = (self.clone(), call.clone());
         // A check sends no entities: light work, unless it is large.
         let heavy = request.get_ref().encoded_len() > LIGHT_MESSAGE_BYTES;
-        self.decider
+        let answer = self
+            .decider
             .off_workers(heavy, move || {
                 let _in_span = span.enter();
                 this.check(&decided, request.get_ref())
@@ -213,6 +215,7 @@ impl ExtAuthzService {
                 // Whatever failed, a deny: never a gRPC error an Envoy may fail open on.
                 let refusal = self.decider.failed(&call, error);
                 response::refused(&refusal, Some(self.store.current().version()))
-            })
+            });
+        response::stamped(answer, call.decision_id())
     }
 }

@@ -87,6 +87,29 @@ pub(super) fn refused(refusal: &Refusal, version: Option<&str>) -> CheckResponse
     denied(refusal.reason(), record(fields), true)
 }
 
+/// The header that carries a check's decision id back through Envoy, to the client (on an
+/// allow, added to the upstream's response; on a deny, on the denied response).
+pub const DECISION_ID_HEADER: &str = "x-decision-id";
+
+/// `response` with the id of the decision it answers: the `x-decision-id` header to the
+/// client, and `decision_id` in the dynamic metadata (for Envoy's access log).
+pub(super) fn stamped(mut response: CheckResponse, decision_id: &str) -> CheckResponse {
+    response
+        .dynamic_metadata
+        .get_or_insert_with(Struct::default)
+        .fields
+        .insert("decision_id".to_owned(), text(decision_id));
+    let stamp = header(DECISION_ID_HEADER, decision_id.to_owned());
+    match &mut response.http_response {
+        Some(HttpResponse::OkResponse(ok)) => ok.response_headers_to_add.push(stamp),
+        Some(HttpResponse::DeniedResponse(denied) | HttpResponse::ErrorResponse(denied)) => {
+            denied.headers.push(stamp);
+        }
+        None => {}
+    }
+    response
+}
+
 /// A header for the upstream request (or the denied response), replacing any of the same
 /// name.
 pub(super) fn header(key: &str, value: String) -> HeaderValueOption {

@@ -9,6 +9,7 @@ fn record(allowed: bool) -> Record {
         time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000),
         kind: "decision",
         request_id: "req-1".to_owned(),
+        decision_id: "d-1".to_owned(),
         api: Api::IsAuthorized,
         caller: None,
         peer: Some("127.0.0.1:5000".to_owned()),
