@@ -372,6 +372,24 @@ def authzen_is_off_by_default():
 
 
 @check
+def tracing_is_off_by_default_and_renders_its_flags_when_set():
+    args = containers(one(render({}), "Deployment"))[0]["args"]
+    assert not any(a.startswith(("--otlp", "--trace")) for a in args), args
+    assert "env" not in containers(one(render({}), "Deployment"))[0]
+    objects = render({"tracing": {"otlpEndpoint": "http://otel-collector:4317",
+                                  "sampleRatio": 0.01, "queueCapacity": 512,
+                                  "env": {"OTEL_SERVICE_NAME": "pdp-edge"}}})
+    container = containers(one(objects, "Deployment"))[0]
+    args = container["args"]
+    assert "--otlp-endpoint=http://otel-collector:4317" in args, args
+    assert "--trace-sample-ratio=0.01" in args, args
+    assert "--trace-queue-capacity=512" in args, args
+    assert {"name": "OTEL_SERVICE_NAME", "value": "pdp-edge"} in container["env"], container
+    refused({"tracing": {"sampleRatio": 2}}, "sampleRatio")
+    refused({"tracing": {"otlpEndpoint": "otel-collector:4317"}}, "otlpEndpoint")
+
+
+@check
 def authzen_renders_its_port_and_config_table_when_enabled():
     objects = render({"authzen": {"enabled": True}})
     deployment, service = one(objects, "Deployment"), one(objects, "Service")

@@ -19,166 +19,19 @@
 
 mod support;
 
-use std::{
-    path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::path::PathBuf;
 
 use cedar_pdp::proto::cedarpdp::v1 as pb;
-use support::*;
+use support::{load::*, *};
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-/// Connections the load is spread over, and calls in flight on each.
-const CONNECTIONS: usize = 4;
-const IN_FLIGHT_PER_CONNECTION: usize = 16;
 /// Items of the batch case.
 const BATCH: usize = 100;
 
 /// Calls in flight per connection in the flood cases, and the lower limit they meet.
 const FLOOD_PER_CONNECTION: usize = 8 * IN_FLIGHT_PER_CONNECTION;
 const FLOOD_LIMIT: usize = 64;
-
-/// One case's outcome: calls answered, decisions made, calls shed, and sorted latencies
-/// of the answered calls.
-struct Outcome {
-    calls: usize,
-    decisions: usize,
-    shed: usize,
-    latencies: Vec<Duration>,
-    elapsed: Duration,
-}
-
-impl Outcome {
-    fn empty() -> Self {
-        Self {
-            calls: 0,
-            decisions: 0,
-            shed: 0,
-            latencies: Vec::new(),
-            elapsed: Duration::ZERO,
-        }
-    }
-
-    /// Adds another round of the same case.
-    fn add(&mut self, round: Outcome) {
-        self.calls += round.calls;
-        self.decisions += round.decisions;
-        self.shed += round.shed;
-        self.latencies.extend(round.latencies);
-        self.latencies.sort_unstable();
-        self.elapsed += round.elapsed;
-    }
-}
-
-/// Runs each case for one second in turn, `seconds` times over, and adds up each case's
-/// rounds: the shared machine's slow and fast moments then fall on every case alike, so
-/// the ratios between cases hold still from run to run far better than with each case
-/// run once for the whole time.
-fn interleave(seconds: u64, cases: &[&dyn Fn(u64) -> Outcome]) -> Vec<Outcome> {
-    let mut totals: Vec<Outcome> = cases.iter().map(|_| Outcome::empty()).collect();
-    for _ in 0..seconds {
-        for (case, total) in cases.iter().zip(&mut totals) {
-            total.add(case(1));
-        }
-    }
-    totals
-}
-
-/// Runs `call` from `in_flight` tasks per channel until `seconds` pass; `call` returns
-/// the decisions it made, or `None` for a call shed with RESOURCE_EXHAUSTED (and panics
-/// on a wrong answer).
-fn run<F, Fut>(
-    runtime: &tokio::runtime::Runtime,
-    channels: &[Channel],
-    in_flight: usize,
-    seconds: u64,
-    call: F,
-) -> Outcome
-where
-    F: Fn(Channel) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Option<usize>> + Send,
-{
-    let call = Arc::new(call);
-    let stop = Arc::new(AtomicBool::new(false));
-    runtime.block_on(async {
-        let started = Instant::now();
-        let tasks: Vec<_> = channels
-            .iter()
-            .flat_map(|channel| std::iter::repeat_n(channel.clone(), in_flight))
-            .map(|channel| {
-                let (call, stop) = (call.clone(), stop.clone());
-                tokio::spawn(async move {
-                    let (mut latencies, mut decisions, mut shed) = (Vec::new(), 0, 0);
-                    while !stop.load(Ordering::Relaxed) {
-                        let start = Instant::now();
-                        match call(channel.clone()).await {
-                            Some(n) => {
-                                decisions += n;
-                                latencies.push(start.elapsed());
-                            }
-                            None => shed += 1,
-                        }
-                    }
-                    (latencies, decisions, shed)
-                })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_secs(seconds)).await;
-        stop.store(true, Ordering::Relaxed);
-        let mut outcome = Outcome {
-            calls: 0,
-            decisions: 0,
-            shed: 0,
-            latencies: Vec::new(),
-            elapsed: Duration::ZERO,
-        };
-        for task in tasks {
-            let (latencies, decisions, shed) = task.await.expect("no wrong answer");
-            outcome.calls += latencies.len();
-            outcome.decisions += decisions;
-            outcome.shed += shed;
-            outcome.latencies.extend(latencies);
-        }
-        outcome.elapsed = started.elapsed();
-        outcome.latencies.sort_unstable();
-        outcome
-    })
-}
-
-/// [`CONNECTIONS`] connections to `addr`.
-fn connect(runtime: &tokio::runtime::Runtime, addr: std::net::SocketAddr) -> Vec<Channel> {
-    (0..CONNECTIONS)
-        .map(|_| {
-            runtime.block_on(async {
-                Channel::from_shared(format!("http://{addr}"))
-                    .unwrap()
-                    .connect()
-                    .await
-                    .expect("connects to the benchmark server")
-            })
-        })
-        .collect()
-}
-
-/// One `IsAuthorized` call of `request`: `Some(1)` for its allow, `None` if shed.
-async fn is_authorized(channel: Channel, request: pb::IsAuthorizedRequest) -> Option<usize> {
-    match pb::authorizer_client::AuthorizerClient::new(channel)
-        .is_authorized(request)
-        .await
-    {
-        Ok(answer) => {
-            assert_eq!(answer.into_inner().decision, pb::Decision::Allow as i32);
-            Some(1)
-        }
-        Err(status) if status.code() == tonic::Code::ResourceExhausted => None,
-        Err(status) => panic!("IsAuthorized failed: {status:?}"),
-    }
-}
 
 fn main() {
     let seconds = iterations_arg(5) as u64;

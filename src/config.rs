@@ -18,9 +18,11 @@ use serde::Deserialize;
 
 pub mod authzen;
 pub mod ext_authz;
+pub mod otel;
 
 pub use authzen::{AuthzenConfig, AuthzenSettings};
 pub use ext_authz::ExtAuthzSettings;
+pub use otel::{TracingConfig, TracingSettings};
 
 /// What to do with policies that fail validation against the schema at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
@@ -235,6 +237,9 @@ pub struct Settings {
     /// The AuthZEN 1.0 HTTP/JSON API.
     #[command(flatten)]
     pub authzen: AuthzenSettings,
+    /// OpenTelemetry trace export.
+    #[command(flatten)]
+    pub tracing: TracingSettings,
     /// TLS and mutual TLS on the gRPC port, and which callers may use which API.
     #[command(flatten)]
     pub tls: TlsSettings,
@@ -506,6 +511,8 @@ pub struct Config {
     pub ext_authz: ExtAuthzSettings,
     /// The AuthZEN 1.0 HTTP/JSON API (off unless it has an address).
     pub authzen: AuthzenConfig,
+    /// OpenTelemetry trace export (off unless a collector is named).
+    pub tracing: TracingConfig,
     /// TLS on the gRPC port (and the AuthZEN port); `None` is plaintext.
     pub tls: Option<TlsConfig>,
 }
@@ -529,6 +536,7 @@ impl Default for Config {
             audit: AuditOptions::default(),
             ext_authz: ExtAuthzSettings::default(),
             authzen: AuthzenConfig::default(),
+            tracing: TracingConfig::default(),
             tls: None,
         }
     }
@@ -625,7 +633,7 @@ impl Config {
                 message: "has no meaning unless request_entities = \"replace\"".to_owned(),
             });
         }
-        if let Some((key, message)) = self.authzen.problem() {
+        if let Some((key, message)) = self.authzen.problem().or_else(|| self.tracing.problem()) {
             return Err(ConfigError::Invalid {
                 key: key.to_owned(),
                 message,
@@ -843,6 +851,7 @@ impl Config {
                 .or(lower.ext_authz)
                 .map_or(d.ext_authz, |settings| *settings),
             authzen: AuthzenConfig::from_layers(lower.authzen, upper.authzen),
+            tracing: TracingConfig::from_layers(lower.tracing, upper.tracing),
             tls,
         })
     }

@@ -201,9 +201,10 @@ fn serve(args: ServeArgs) -> Exit {
         Ok(config) => config,
         Err(e) => return usage_error(e),
     };
-    if let Err(e) = telemetry::init(config.log_format, &config.log_level) {
-        return usage_error(e);
-    }
+    let export = match telemetry::init(config.log_format, &config.log_level, &config.tracing) {
+        Ok(export) => export,
+        Err(e) => return usage_error(e),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(cedar_pdp::policy::STACK_BYTES)
@@ -227,6 +228,10 @@ fn serve(args: ServeArgs) -> Exit {
             }
         })
     });
+    // Spans still queued are sent before the process ends (for a few seconds at most).
+    if let Some(export) = export {
+        export.shutdown(std::time::Duration::from_secs(3));
+    }
     match served {
         Ok(()) => Exit::Ok,
         Err(exit) => exit,

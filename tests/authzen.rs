@@ -325,6 +325,50 @@ async fn an_invalid_item_is_a_false_decision_with_its_error_while_the_others_are
 }
 
 #[tokio::test]
+async fn defaults_that_would_grow_a_small_body_past_the_limit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path(), 0);
+    let mut config = Config {
+        policies: dir.path().to_owned(),
+        ..Config::default()
+    };
+    config.authzen.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.limits.max_message_bytes = 64 * 1024;
+    let server = TestServer::start_with(config).await;
+    let addr = server.authzen_addr.unwrap();
+    // A 2 KB context repeated into 1,000 items is 2 MB: far past 64 KB.
+    let context: serde_json::Map<String, Value> =
+        (0..200).map(|i| (format!("k{i:05}"), json!(i))).collect();
+    let items: Vec<Value> = (0..1000).map(|_| json!({})).collect();
+    let body = json!({"subject": {"type": "user", "id": "alice@example.com"},
+                      "action": {"name": "can_read"}, "resource": {"type": "todo", "id": "1"},
+                      "context": context, "evaluations": items});
+    assert!(body.to_string().len() < 64 * 1024);
+    let answer = post_json(addr, "/access/v1/evaluations", &body).await;
+    assert_eq!(answer.status, 400, "{}", answer.text);
+    assert_eq!(
+        answer.json["error"]["field"], "evaluations",
+        "{}",
+        answer.text
+    );
+    assert!(
+        answer.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_message_bytes"),
+        "{}",
+        answer.text
+    );
+    // The same defaults for a few items are fine.
+    let mut few = body.clone();
+    few["evaluations"] = json!([{}, {}]);
+    let answer = post_json(addr, "/access/v1/evaluations", &few).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(decisions(&answer.json), vec![true, true]);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn the_specifications_search_examples_answer_from_the_stored_entities() {
     let (_dir, server, addr) = served(0).await;
     // Subject search: which users can_read account 123.
@@ -486,6 +530,95 @@ async fn a_search_past_its_evaluation_bound_ends_the_page_early_and_goes_on_from
     server.stop().await;
 }
 
+/// The text inside a page token (hex of JSON).
+fn token_text(token: &str) -> String {
+    let bytes: Vec<u8> = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&token[i..i + 2], 16).unwrap())
+        .collect();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[tokio::test]
+async fn page_tokens_name_no_denied_entity_and_paging_survives_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path(), 60);
+    // Every third document is forbidden: pages that end at the evaluation bound often end
+    // on one of them.
+    let mut forbids = String::new();
+    for i in (0..60).step_by(3) {
+        forbids.push_str(&format!(
+            "forbid(principal, action, resource == document::\"big-{i:05}\");\n"
+        ));
+    }
+    write(dir.path(), "forbids.cedar", &forbids);
+    let mut config = Config {
+        policies: dir.path().to_owned(),
+        ..Config::default()
+    };
+    config.authzen.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.authzen.max_search_evaluations = 4;
+    let server = TestServer::start_with(config).await;
+    let addr = server.authzen_addr.unwrap();
+    let mut body = json!({"subject": {"type": "user", "id": "alice@example.com"},
+                          "action": {"name": "view"}, "resource": {"type": "document"}});
+    let expected: Vec<String> = (0..60)
+        .filter(|i| i % 3 != 0)
+        .map(|i| format!("big-{i:05}"))
+        .collect();
+    let mut seen: Vec<String> = Vec::new();
+    let mut token = String::new();
+    let mut reloaded = false;
+    for _ in 0..1_000 {
+        body["page"] = json!({"token": token, "limit": 3});
+        let answer = post_json(addr, "/access/v1/search/resource", &body).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        for result in answer.json["results"].as_array().unwrap() {
+            seen.push(result["id"].as_str().unwrap().to_owned());
+        }
+        token = answer.json["page"]["next_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if token.is_empty() {
+            break;
+        }
+        // The token names no document the caller was not given.
+        let inside = token_text(&token);
+        for i in (0..60).step_by(3) {
+            let denied = format!("big-{i:05}");
+            assert!(!inside.contains(&denied), "{inside} names {denied}");
+        }
+        // Half way, the policies change (a new version): paging goes on.
+        if !reloaded && seen.len() >= expected.len() / 2 {
+            reloaded = true;
+            let before = server.store.current().version().to_owned();
+            write(
+                dir.path(),
+                "more.cedar",
+                "permit(principal, action == Action::\"can_print\", resource == todo::\"1\");\n",
+            );
+            server.watcher.reload_now();
+            common::eventually(
+                std::time::Duration::from_secs(10),
+                "the new policies to be served",
+                || {
+                    let version = server.store.current().version().to_owned();
+                    let changed = version != before;
+                    async move { changed.then_some(()) }
+                },
+            )
+            .await;
+        }
+    }
+    assert!(reloaded, "the walk was long enough to reload in the middle");
+    assert_eq!(
+        seen, expected,
+        "every result once, in order, across the reload"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn malformed_requests_get_a_400_naming_the_problem_and_never_a_500() {
     let (_dir, server, addr) = served(0).await;
@@ -496,6 +629,12 @@ async fn malformed_requests_get_a_400_naming_the_problem_and_never_a_500() {
         (b"   ".to_vec(), "application/json", "body"),
         (b"{\"subject\":".to_vec(), "application/json", "body"),
         (b"[1,2]".to_vec(), "application/json", "body"),
+        // Two subjects: which counts must not depend on who reads the body.
+        (
+            br#"{"subject":{"type":"user","id":"mallory"},"subject":{"type":"user","id":"alice@example.com"},"action":{"name":"can_read"},"resource":{"type":"todo","id":"1"}}"#.to_vec(),
+            "application/json",
+            "body",
+        ),
         (good.to_string().into_bytes(), "text/plain", "content-type"),
         (good.to_string().into_bytes(), "", "content-type"),
         (json!({"action": {"name": "x"}, "resource": {"type": "a", "id": "1"}}).to_string().into_bytes(), "application/json", "subject"),
@@ -591,6 +730,19 @@ async fn the_metadata_names_the_endpoints_served() {
             "search_action_endpoint": format!("{base}/access/v1/search/action"),
         })
     );
+    // URLs taken from the request's Host are never for a shared cache, and two Host
+    // headers name no host.
+    assert_eq!(answer.headers["cache-control"], "no-store");
+    let doubled = send(
+        addr,
+        "GET",
+        "/.well-known/authzen-configuration",
+        &[("host", "evil.example")],
+        vec![],
+    )
+    .await;
+    assert_eq!(doubled.status, 400, "{}", doubled.text);
+    assert!(!doubled.text.contains("evil.example"), "{}", doubled.text);
     // Every endpoint it names answers a POST with a JSON body.
     for key in [
         "access_evaluation_endpoint",

@@ -2,6 +2,8 @@
 //! server on a loopback port.
 #![allow(dead_code)] // each benchmark uses a different part of it
 
+pub mod load;
+
 use std::{
     net::SocketAddr,
     path::Path,

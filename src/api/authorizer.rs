@@ -14,6 +14,7 @@ use crate::{
     decide::{Api, Call, Decider, Decision, EntitiesInput, Question, Refusal},
     policy::{PolicyStore, Snapshot},
     proto::cedarpdp::v1::{self as pb, authorizer_server},
+    telemetry::trace,
 };
 
 /// Serves decisions from a [`PolicyStore`] through a [`Decider`].
@@ -224,6 +225,9 @@ impl authorizer_server::Authorizer for AuthorizerService {
     ) -> Result<Response<pb::IsAuthorizedResponse>, Status> {
         let call = self.start(Api::IsAuthorized, &request)?;
         let span = call.span();
+        trace::continue_trace(&span, |name| {
+            request.metadata().get(name).and_then(|v| v.to_str().ok())
+        });
         let message = request.into_inner();
         let heavy = !message.entities.is_empty()
             || !message.entities_json.is_empty()
@@ -240,6 +244,9 @@ impl authorizer_server::Authorizer for AuthorizerService {
     ) -> Result<Response<pb::BatchIsAuthorizedResponse>, Status> {
         let call = self.start(Api::Batch, &request)?;
         let span = call.span();
+        trace::continue_trace(&span, |name| {
+            request.metadata().get(name).and_then(|v| v.to_str().ok())
+        });
         let message = request.into_inner();
         let heavy = !message.entities.is_empty()
             || !message.entities_json.is_empty()

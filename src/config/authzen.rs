@@ -149,7 +149,12 @@ impl AuthzenConfig {
                         .next()
                         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-                });
+                })
+                // Reserved words (`if`, `true`, `__cedar`…) look like identifiers.
+                && <cedar_policy::EntityTypeName as std::str::FromStr>::from_str(&format!(
+                    "{ns}::Action"
+                ))
+                .is_ok();
             if !valid {
                 return Some((
                     "authzen.namespace",

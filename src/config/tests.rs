@@ -131,3 +131,40 @@ fn a_caller_identity_is_a_uri_or_a_dns_name_and_matches_only_its_kind() {
     assert!(!same_caller("gw.acme.internal", "dns:gw.acme.internal"));
     assert!(!same_caller("spiffe:", "spiffe:"));
 }
+
+#[test]
+fn an_authzen_namespace_or_a_tracing_setting_that_cannot_work_is_refused_naming_its_key() {
+    let refused = |text: &str| {
+        let settings: Settings = toml::from_str(text).unwrap();
+        match Config::resolve(None, settings) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("{text}: {other:?}"),
+        }
+    };
+    // Reserved words look like identifiers but are no namespace.
+    for ns in ["if", "true", "__cedar", "App::in", "1App", "App::"] {
+        assert_eq!(
+            refused(&format!("[authzen]\nnamespace = \"{ns}\"")),
+            "authzen.namespace",
+            "{ns}"
+        );
+    }
+    assert_eq!(
+        refused("[tracing]\nsample_ratio = 1.5"),
+        "tracing.sample_ratio"
+    );
+    assert_eq!(
+        refused("[tracing]\nqueue_capacity = 0"),
+        "tracing.queue_capacity"
+    );
+    assert_eq!(
+        refused("[tracing]\notlp_endpoint = \"collector:4317\""),
+        "tracing.otlp_endpoint"
+    );
+    let file: Settings =
+        toml::from_str("[authzen]\nnamespace = \"Acme::App\"\n[tracing]\nsample_ratio = 0.01")
+            .unwrap();
+    let config = Config::resolve(None, file).unwrap();
+    assert_eq!(config.authzen.namespace.as_deref(), Some("Acme::App"));
+    assert!((config.tracing.sample_ratio - 0.01).abs() < f64::EPSILON);
+}

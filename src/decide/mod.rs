@@ -21,7 +21,7 @@ use serde_json::{Map, Value as Json};
 pub use self::{
     pool::{Pool, PoolError},
     request_id::{DecisionIds, RequestId, RequestIds},
-    search::{SearchContext, SearchPage, SearchRequest, Searched},
+    search::{Cursor, SearchContext, SearchPage, SearchRequest, Searched},
 };
 pub use crate::engine::{
     ContextInput, Decision, Effect, EntitiesInput, EntityInput, PolicyError, Query, Refusal,
@@ -85,6 +85,9 @@ pub struct Call {
     peer: Option<SocketAddr>,
     caller: Option<String>,
     started: Instant,
+    /// When the call's answer is no longer waited for: long work (a search, a batch)
+    /// stops there.
+    deadline: Option<Instant>,
     /// Whether this call's allows are audited: drawn once per call by the server, so a
     /// caller cannot choose it (a batch is kept or left whole).
     keep_allows: bool,
@@ -127,17 +130,44 @@ impl Call {
 
     /// The span its log lines are written in: its API, request id and decision id.
     pub fn span(&self) -> tracing::Span {
+        let name = match self.api {
+            Api::IsAuthorized => "cedarpdp.v1.Authorizer/IsAuthorized",
+            Api::Batch => "cedarpdp.v1.Authorizer/BatchIsAuthorized",
+            Api::ExtAuthz => "envoy.service.auth.v3.Authorization/Check",
+            Api::Authzen => "authzen",
+        };
         tracing::info_span!(
             "call",
             api = self.api.label(),
             request_id = %self.id,
             decision_id = %self.decision_id,
+            otel.name = name,
+            otel.kind = "server",
         )
     }
 
     /// The verified identity of its caller, once admitted.
     pub fn caller(&self) -> Option<&str> {
         self.caller.as_deref()
+    }
+
+    /// Gives it a deadline: past it, long work for it stops (see [`Call::past_deadline`]).
+    pub fn until(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Its refusal when its deadline has passed (its caller was answered already, or is
+    /// about to be, with a timeout).
+    pub fn past_deadline(&self) -> Result<(), Refusal> {
+        match self.deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(Refusal::new(
+                Reason::Timeout,
+                "",
+                "the call's deadline passed (request_timeout_ms)",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Answers its refusals with a deny, audited like one (ext_authz).
@@ -283,6 +313,7 @@ impl Decider {
             peer,
             caller: None,
             started: Instant::now(),
+            deadline: None,
             keep_allows: self.telemetry.audit.sample_allows(),
             refusals_deny: false,
         }
@@ -341,7 +372,11 @@ impl Decider {
             recorded_context,
         } = question;
         let mut asked = self.asked(&query, recorded_context);
-        let decided = self.one(call, snapshot, entities, query, &mut asked);
+        let span = decide_span(snapshot);
+        let decided = span.in_scope(|| self.one(call, snapshot, entities, query, &mut asked));
+        if let Ok(decision) = &decided {
+            note_decisions(&span, std::slice::from_ref(decision));
+        }
         match &decided {
             Ok(decision) => self.record_decisions(call, snapshot, [(decision, asked)], false),
             Err(refusal) => self.record_refusal(call, refusal, asked, Some(snapshot)),
@@ -393,7 +428,11 @@ impl Decider {
         entities: Result<EntitiesInput, Refusal>,
         items: impl ExactSizeIterator<Item = Result<Question, Refusal>>,
     ) -> Result<Vec<Decision>, Refusal> {
-        let decided = self.batch(call, snapshot, entities, items);
+        let span = decide_span(snapshot);
+        let decided = span.in_scope(|| self.batch(call, snapshot, entities, items));
+        if let Ok((decisions, _)) = &decided {
+            note_decisions(&span, decisions);
+        }
         match decided {
             Ok((decisions, asked)) => {
                 self.record_decisions(call, snapshot, decisions.iter().zip(asked), true);
@@ -446,9 +485,15 @@ impl Decider {
             self.record_refusal(call, &refusal, None, Some(snapshot));
             return Err(refusal);
         }
+        let span = decide_span(snapshot);
+        let _deciding = span.enter();
         let mut answers = Vec::with_capacity(items.len());
         let mut asked = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
+            if let Err(refusal) = call.past_deadline() {
+                self.record_refusal(call, &refusal, None, Some(snapshot));
+                return Err(refusal);
+            }
             let answer = item.and_then(|question| {
                 asked.push(self.asked(&question.query, question.recorded_context));
                 let request = self.engine.request(snapshot, question.query)?;
@@ -464,6 +509,10 @@ impl Decider {
             if !go_on(allowed) {
                 break;
             }
+        }
+        if !span.is_disabled() {
+            let decisions: Vec<Decision> = answers.iter().filter_map(|a| a.clone().ok()).collect();
+            note_decisions(&span, &decisions);
         }
         self.record_each(call, snapshot, &answers, asked);
         Ok(answers)
@@ -510,6 +559,44 @@ impl Decider {
             .map(|request| self.engine.decide_request(snapshot, &store, request))
             .collect();
         Ok((decisions, asked))
+    }
+}
+
+/// The span of deciding one call's questions on `snapshot` (a child of the call's span):
+/// debug level, so it costs nothing unless traces are exported.
+fn decide_span(snapshot: &Snapshot) -> tracing::Span {
+    tracing::debug_span!(
+        "decide",
+        policy_version = snapshot.version(),
+        decision = tracing::field::Empty,
+        determining_policies = tracing::field::Empty,
+        policies_evaluated = tracing::field::Empty,
+        items = tracing::field::Empty,
+        allowed = tracing::field::Empty,
+    )
+}
+
+/// Writes what `decisions` came to on their `span`: for one, its outcome and the policies
+/// that determined it; for many, how many there were and how many allowed; and the
+/// policies evaluated in all.
+fn note_decisions(span: &tracing::Span, decisions: &[Decision]) {
+    if span.is_disabled() {
+        return;
+    }
+    let evaluated: usize = decisions.iter().map(Decision::policies_evaluated).sum();
+    span.record("policies_evaluated", evaluated);
+    match decisions {
+        [one] => {
+            span.record("decision", one.effect().label());
+            span.record(
+                "determining_policies",
+                one.determining_policies().join(",").as_str(),
+            );
+        }
+        many => {
+            span.record("items", many.len());
+            span.record("allowed", many.iter().filter(|d| d.allowed()).count());
+        }
     }
 }
 

@@ -73,6 +73,19 @@ impl std::fmt::Debug for SearchContext {
     }
 }
 
+/// Where a search goes on. It names no candidate the caller was not given: a position in
+/// the candidates of one policy version, and the last result returned (which the caller
+/// saw) to go on after when the version has changed since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// The policy version the position is in.
+    pub version: String,
+    /// The position of the next candidate to look at.
+    pub position: usize,
+    /// The id of the last result returned so far, if any.
+    pub after: Option<String>,
+}
+
 /// One page of a search.
 #[derive(Debug)]
 pub struct SearchRequest {
@@ -80,8 +93,8 @@ pub struct SearchRequest {
     pub searched: Searched,
     /// The context candidates are decided in.
     pub context: SearchContext,
-    /// Go on after the candidate with this id (from the previous page's cursor).
-    pub after: Option<String>,
+    /// Where to go on (from the previous page's cursor); `None`: the first page.
+    pub resume: Option<Cursor>,
     /// Most results in the page.
     pub limit: usize,
     /// Most candidates this page may evaluate.
@@ -95,9 +108,8 @@ pub struct SearchRequest {
 pub struct SearchPage {
     /// The allowed entities (or actions), in order.
     pub found: Vec<EntityUid>,
-    /// Where the next page starts (the id of the last candidate looked at); `None`: there
-    /// is nothing after this page.
-    pub next_after: Option<String>,
+    /// Where the next page starts; `None`: there is nothing after this page.
+    pub next: Option<Cursor>,
     /// How many candidates in all are allowed, when the page could afford to count them.
     pub total: Option<usize>,
     /// Candidates evaluated.
@@ -115,7 +127,12 @@ impl Decider {
         snapshot: &Snapshot,
         request: SearchRequest,
     ) -> Result<SearchPage, Refusal> {
-        let page = self.search_page(snapshot, request);
+        let span = super::decide_span(snapshot);
+        let page = span.in_scope(|| self.search_page(call, snapshot, request));
+        if let Ok(page) = &page {
+            span.record("items", page.evaluated);
+            span.record("allowed", page.found.len());
+        }
         let metrics = &self.telemetry.metrics;
         metrics.call_took(call.api, call.started.elapsed());
         if let Err(refusal) = &page {
@@ -127,9 +144,19 @@ impl Decider {
 
     fn search_page(
         &self,
+        call: &Call,
         snapshot: &Snapshot,
-        request: SearchRequest,
+        mut request: SearchRequest,
     ) -> Result<SearchPage, Refusal> {
+        // A context shared by every candidate is read (and checked) once, not once each.
+        if let (
+            SearchContext::Fixed(ContextInput::Json(json)),
+            Searched::Principals { action, .. } | Searched::Resources { action, .. },
+        ) = (&request.context, &request.searched)
+        {
+            let context = self.engine.context(snapshot, json, action)?;
+            request.context = SearchContext::Fixed(ContextInput::Value(context));
+        }
         let members = snapshot.members();
         let (anchored, of_type) = match &request.searched {
             Searched::Actions { action_type, .. } => {
@@ -171,20 +198,39 @@ impl Decider {
             (None, Some(of_type)) => members.of_type(of_type),
             (None, None) => &[],
         };
-        let start = request.after.as_deref().map_or(0, |after| {
-            candidates.partition_point(|c| c.id().unescaped() <= after)
-        });
+        // The same version has the same candidates in the same order: go on from the
+        // position. After a reload, go on after the last result returned (candidates looked
+        // at since then are looked at again, under the new policies), or from the start.
+        let start = match &request.resume {
+            None => 0,
+            Some(cursor) if cursor.version == snapshot.version() => {
+                cursor.position.min(candidates.len())
+            }
+            Some(cursor) => cursor.after.as_deref().map_or(0, |after| {
+                candidates.partition_point(|c| c.id().unescaped() <= after)
+            }),
+        };
+        let returned_before = request.resume.as_ref().and_then(|c| c.after.clone());
+        let cursor_at = |page: &SearchPage, position: usize| Cursor {
+            version: snapshot.version().to_owned(),
+            position,
+            after: page
+                .found
+                .last()
+                .map(|u| u.id().unescaped().to_owned())
+                .or_else(|| returned_before.clone()),
+        };
         let rest = &candidates[start..];
-        let counting = request.after.is_none()
+        let counting = request.resume.is_none()
             && candidates.len() <= request.total_up_to.min(request.max_evaluations);
         let mut page = SearchPage::default();
         let mut allowed_in_all = 0usize;
         for (i, candidate) in rest.iter().enumerate() {
+            // Its caller was answered with a timeout: stop working for nobody.
+            call.past_deadline()?;
             if !counting && page.evaluated >= request.max_evaluations {
-                // Out of budget: the next page goes on after the last one looked at.
-                page.next_after = i
-                    .checked_sub(1)
-                    .map(|last| rest[last].id().unescaped().to_owned());
+                // Out of budget: the next page goes on from this candidate.
+                page.next = Some(cursor_at(&page, start + i));
                 break;
             }
             page.evaluated += 1;
@@ -196,9 +242,9 @@ impl Decider {
                 page.found.push(candidate.clone());
                 continue;
             }
-            // Allowed past a full page: there is a next page, after the last result.
-            if page.next_after.is_none() {
-                page.next_after = page.found.last().map(|u| u.id().unescaped().to_owned());
+            // Allowed past a full page: there is a next page, from this candidate.
+            if page.next.is_none() {
+                page.next = Some(cursor_at(&page, start + i));
             }
             if !counting {
                 break;

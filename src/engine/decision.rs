@@ -34,14 +34,29 @@ pub struct PolicyError {
 }
 
 /// The answer to one query.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Decision {
     effect: Effect,
     determining_policies: Vec<String>,
     errors: Vec<PolicyError>,
     /// Forbids that errored and so denied (`on_forbid_error = "deny"`), sorted.
     erroring_forbids: Vec<String>,
+    /// How many policies Cedar evaluated (the slice of the set the request can match).
+    policies_evaluated: usize,
 }
+
+/// Two decisions are the same when they say the same: how many policies it took to reach
+/// one (with or without slicing) is not part of it.
+impl PartialEq for Decision {
+    fn eq(&self, other: &Self) -> bool {
+        self.effect == other.effect
+            && self.determining_policies == other.determining_policies
+            && self.errors == other.errors
+            && self.erroring_forbids == other.erroring_forbids
+    }
+}
+
+impl Eq for Decision {}
 
 impl Decision {
     /// The decision Cedar made on a policy set: `allowed` and its reasons and errors,
@@ -58,7 +73,19 @@ impl Decision {
             determining_policies,
             errors,
             erroring_forbids: Vec::new(),
+            policies_evaluated: 0,
         }
+    }
+
+    /// Notes that `n` policies were evaluated to reach it.
+    pub(super) fn after_evaluating(mut self, n: usize) -> Self {
+        self.policies_evaluated = n;
+        self
+    }
+
+    /// How many policies were evaluated to reach it.
+    pub fn policies_evaluated(&self) -> usize {
+        self.policies_evaluated
     }
 
     /// A deny made by forbids whose evaluation errored (`erroring_forbids`, at least

@@ -214,6 +214,18 @@ impl Engine {
         request::build(snapshot, query, &self.options)
     }
 
+    /// The context `json` (Cedar JSON) of requests for `action` on `snapshot`, read once
+    /// for many requests that share it (a search's candidates).
+    pub fn context(
+        &self,
+        snapshot: &Snapshot,
+        json: &str,
+        action: &EntityUid,
+    ) -> Result<Context, Refusal> {
+        let schema = snapshot.schema().filter(|_| self.options.validate_requests);
+        request::context_from_json(json, action, schema, &self.options)
+    }
+
     /// The entity store to decide all of one call's `requests` against: the stored
     /// entities with the call's merged over them (only new ones, unless the call was
     /// allowed to replace). Borrows the snapshot's store when the call sends none; else
@@ -281,7 +293,7 @@ impl Engine {
             .collect();
         let allowed = response.decision() == cedar_policy::Decision::Allow;
         let reasons = diagnostics.reason().map(ToString::to_string).collect();
-        match self.options.on_forbid_error {
+        let decision = match self.options.on_forbid_error {
             OnForbidError::Deny if !erroring_forbids.is_empty() => {
                 // The satisfied forbids still decide, with the erroring ones; the
                 // satisfied permits of an allow Cedar made do not.
@@ -289,6 +301,7 @@ impl Engine {
                 Decision::denied_by_error(reasons, erroring_forbids, errors)
             }
             _ => Decision::evaluated(allowed, reasons, errors),
-        }
+        };
+        decision.after_evaluating(policies.num_of_policies())
     }
 }

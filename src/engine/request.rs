@@ -29,7 +29,7 @@ pub(super) fn build(
         .map_err(|e| explain(e, snapshot, field))
 }
 
-fn context_from_json(
+pub(super) fn context_from_json(
     json: &str,
     action: &EntityUid,
     schema: Option<&Schema>,

@@ -28,6 +28,10 @@ pub const DECISION_DURATION: &str = "cedar_pdp_decision_duration_seconds";
 pub const REQUESTS_REJECTED: &str = "cedar_pdp_requests_rejected_total";
 /// `audit_records_dropped_total`: audit records lost because the queue was full.
 pub const AUDIT_DROPPED: &str = "cedar_pdp_audit_records_dropped_total";
+/// `trace_spans_dropped_total`: spans lost on the way to the OTLP collector.
+pub const TRACE_SPANS_DROPPED: &str = "cedar_pdp_trace_spans_dropped_total";
+/// `trace_spans_exported_total`: spans the OTLP collector took.
+pub const TRACE_SPANS_EXPORTED: &str = "cedar_pdp_trace_spans_exported_total";
 /// `policy_reloads_total{result}`: rebuilds of the policy directory by outcome.
 pub const POLICY_RELOADS: &str = "cedar_pdp_policy_reloads_total";
 /// `policy_last_reload_success_timestamp_seconds`: when a rebuild last succeeded.
@@ -225,6 +229,8 @@ struct Inner {
     /// Per api and reason.
     refused: [[Counter; Reason::ALL.len()]; Api::ALL.len()],
     audit_dropped: Counter,
+    spans_dropped: Counter,
+    spans_exported: Counter,
     reload_success: Counter,
     reload_failure: Counter,
     last_success: Gauge,
@@ -293,6 +299,11 @@ impl Metrics {
             AUDIT_DROPPED,
             "Audit records dropped because the audit queue was full or the sink refused them.",
         );
+        describe_counter(
+            TRACE_SPANS_DROPPED,
+            "Trace spans dropped: the export queue was full (a slow or unreachable collector), or the collector refused or did not answer their batch.",
+        );
+        describe_counter(TRACE_SPANS_EXPORTED, "Trace spans the OTLP collector took.");
         describe_counter(
             FORBID_ERRORS,
             "Decisions made DENY by a forbid whose evaluation errored (on_forbid_error = deny), by the forbid's policy id.",
@@ -368,6 +379,8 @@ impl Metrics {
             durations,
             refused,
             audit_dropped: zero(counter(AUDIT_DROPPED, vec![])),
+            spans_dropped: zero(counter(TRACE_SPANS_DROPPED, vec![])),
+            spans_exported: zero(counter(TRACE_SPANS_EXPORTED, vec![])),
             reload_success: reload(ReloadResult::Success),
             reload_failure: reload(ReloadResult::Failure),
             last_success: gauge(POLICY_LAST_RELOAD_SUCCESS),
@@ -395,6 +408,9 @@ impl Metrics {
             let in_flight = in_flight.load(Ordering::Relaxed) as f64;
             self.inner.in_flight_gauge.set(in_flight);
         }
+        // The trace exporter counts in plain atomics (it is not this registry's).
+        self.inner.spans_dropped.absolute(super::trace::dropped());
+        self.inner.spans_exported.absolute(super::trace::exported());
         let mut text = self.inner.handle.render();
         let version = self
             .inner

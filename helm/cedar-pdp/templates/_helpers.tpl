@@ -161,6 +161,13 @@ swap on a renewal reaches the files (a subPath mount never updates). */}}
 - {{ printf "--tls-authzen-callers=%s" (join "," .) | quote }}
 {{- end }}
 {{- end }}
+{{- with .Values.tracing }}
+{{- if .otlpEndpoint }}
+- {{ printf "--otlp-endpoint=%s" .otlpEndpoint | quote }}
+- {{ printf "--trace-sample-ratio=%v" .sampleRatio | quote }}
+- {{ printf "--trace-queue-capacity=%d" (int64 .queueCapacity) | quote }}
+{{- end }}
+{{- end }}
 {{- range $c.extraArgs }}
 - {{ . | quote }}
 {{- end }}

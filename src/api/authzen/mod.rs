@@ -53,6 +53,7 @@ use crate::{
     config::Config,
     decide::{Api, Call, Decider, EntitiesInput, Reason, Refusal, RequestId},
     policy::{PolicyStore, Snapshot},
+    telemetry::trace,
 };
 
 /// The service name callers are refused for.
@@ -113,6 +114,8 @@ struct Shared {
     slots: CallSlots,
     request_timeout: Duration,
     max_body_bytes: usize,
+    /// Most items in one evaluations call (`max_batch_items`).
+    max_items: usize,
     /// The configured `policy_decision_point`, if any.
     base_url: Option<String>,
     tls: bool,
@@ -152,6 +155,7 @@ impl AuthzenPort {
             slots,
             request_timeout: config.limits.request_timeout,
             max_body_bytes: config.limits.max_message_bytes,
+            max_items: config.limits.max_batch_items,
             base_url: authzen.policy_decision_point.clone(),
             tls: config.tls.is_some(),
         });
@@ -180,24 +184,27 @@ impl AuthzenPort {
         grace: Duration,
     ) {
         let max = config.limits.max_connections;
+        let streams = config.limits.max_concurrent_streams;
         match tls {
             None => {
                 let incoming = incoming::plaintext(listener, max);
-                serve_connections(incoming, self.router, shutdown, grace).await;
+                serve_connections(incoming, self.router, streams, shutdown, grace).await;
             }
             Some(tls) => {
                 let incoming = incoming::tls(listener, max, tls, Alpn::Http);
-                serve_connections(incoming, self.router, shutdown, grace).await;
+                serve_connections(incoming, self.router, streams, shutdown, grace).await;
             }
         }
     }
 }
 
-/// Serves every connection `incoming` yields with `router` until `shutdown` resolves,
-/// then closes them gracefully, waiting at most `grace`.
+/// Serves every connection `incoming` yields with `router` (HTTP/2: at most
+/// `max_streams` requests at once on one) until `shutdown` resolves, then closes them
+/// gracefully, waiting at most `grace`.
 async fn serve_connections<I, IO, IE>(
     incoming: I,
     router: Router,
+    max_streams: usize,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) where
@@ -214,7 +221,9 @@ async fn serve_connections<I, IO, IE>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(30));
+        .max_concurrent_streams(u32::try_from(max_streams).unwrap_or(u32::MAX))
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
     let (stop, stopping) = watch::channel(());
     {
         let mut incoming = pin!(incoming);
@@ -325,11 +334,18 @@ async fn metadata(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         Some(base) => base.clone(),
         None => {
             let scheme = if shared.tls { "https" } else { "http" };
+            // The request line's authority (HTTP/2's `:authority`) first, then the one
+            // Host header: two Host headers name no host.
+            let hosts = request.headers().get_all(header::HOST);
+            let one_host = match (hosts.iter().next(), hosts.iter().nth(1)) {
+                (Some(host), None) => host.to_str().ok(),
+                _ => None,
+            };
             let host = request
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| request.uri().authority().map(|a| a.as_str()))
+                .uri()
+                .authority()
+                .map(|a| a.as_str())
+                .or(one_host)
                 .filter(|h| is_host(h));
             let Some(host) = host else {
                 return error_response(
@@ -352,10 +368,16 @@ async fn metadata(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         "search_action_endpoint": format!("{base}{SEARCH_ACTION}"),
     });
     let mut response = json_response(StatusCode::OK, id.as_ref(), &body);
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
+    // Cacheable only when the URLs are the configured ones: URLs taken from the request's
+    // Host must not be served from a shared cache to a client that asked another host.
+    let cache = if shared.base_url.is_some() {
+        "public, max-age=300"
+    } else {
+        "no-store"
+    };
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     response
 }
 
@@ -393,8 +415,44 @@ async fn answer(shared: Arc<Shared>, request: Request, endpoint: Endpoint) -> Re
     let peer = parts.extensions.get::<Peer>().cloned().unwrap_or_default();
     let given = request_id_of(&parts.headers);
     let decider = &shared.decider;
-    let mut call = decider.start(Api::Authzen, given, peer.addr);
-    let Some(_slot) = shared.slots.take(Api::Authzen) else {
+    let deadline = tokio::time::Instant::now() + shared.request_timeout;
+    let mut call = decider
+        .start(Api::Authzen, given, peer.addr)
+        .until(deadline.into_std());
+    let admission = shared
+        .callers
+        .admit_certificate(peer.certificate.as_deref());
+    if let Err(refusal) = decider.admit(&mut call, SERVICE, admission) {
+        return refused(&call, &refusal);
+    }
+    let refuse = |refusal: Refusal| {
+        decider.refuse(&call, &shared.store.current(), &refusal, None);
+        refused(&call, &refusal)
+    };
+    if !is_json(&parts.headers) {
+        return refuse(Refusal::invalid(
+            "content-type",
+            "AuthZEN requests are JSON: send Content-Type: application/json",
+        ));
+    }
+    let announced = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > shared.max_body_bytes as u64) {
+        return refuse(too_large(shared.max_body_bytes));
+    }
+    // The body is read before the call takes a slot: a client that sends its body slowly
+    // holds a connection (bounded by max_connections) until the deadline, never a slot
+    // that calls on either port need.
+    let body = match tokio::time::timeout_at(deadline, read_body(body, shared.max_body_bytes)).await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(refusal)) => return refuse(refusal),
+        Err(_) => return timed_out(&shared, &call),
+    };
+    let Some(slot) = shared.slots.take(Api::Authzen) else {
         let mut response = error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             Some(call.id()),
@@ -410,34 +468,18 @@ async fn answer(shared: Arc<Shared>, request: Request, endpoint: Endpoint) -> Re
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     };
-    let admission = shared
-        .callers
-        .admit_certificate(peer.certificate.as_deref());
-    if let Err(refusal) = decider.admit(&mut call, SERVICE, admission) {
-        return refused(&call, &refusal);
-    }
-    let deadline = tokio::time::Instant::now() + shared.request_timeout;
-    let refuse = |refusal: Refusal| {
-        decider.refuse(&call, &shared.store.current(), &refusal, None);
-        refused(&call, &refusal)
-    };
-    if !is_json(&parts.headers) {
-        return refuse(Refusal::invalid(
-            "content-type",
-            "AuthZEN requests are JSON: send Content-Type: application/json",
-        ));
-    }
-    let body = match tokio::time::timeout_at(deadline, read_body(body, shared.max_body_bytes)).await
-    {
-        Ok(Ok(body)) => body,
-        Ok(Err(refusal)) => return refuse(refusal),
-        Err(_) => return timed_out(&shared, &call),
-    };
-    let heavy = matches!(endpoint, Endpoint::Search(_))
+    // Searches and batches can be long: they keep one decision thread free for the rest.
+    let heavy = matches!(endpoint, Endpoint::Search(_) | Endpoint::Evaluations)
         || body.len() > super::authorizer::LIGHT_MESSAGE_BYTES;
     let (work, decided) = (shared.clone(), call.clone());
     let span = call.span();
+    trace::continue_trace(&span, |name| {
+        parts.headers.get(name).and_then(|v| v.to_str().ok())
+    });
     let run = decider.off_workers(heavy, move || {
+        // The slot is held while the work runs, even past a deadline the caller was
+        // already answered at (the work stops at its next check of the deadline).
+        let _slot = slot;
         let _in_span = span.enter();
         let snapshot = work.store.current();
         decide(&work, &decided, &snapshot, endpoint, &body)
@@ -476,7 +518,8 @@ fn decide(
     match endpoint {
         Endpoint::Evaluation => single(&map),
         Endpoint::Evaluations => {
-            let (evaluations, defaults) = wire::evaluations(map).map_err(refuse)?;
+            let (evaluations, defaults) =
+                wire::evaluations(map, shared.max_items, shared.max_body_bytes).map_err(refuse)?;
             let Some(items) = evaluations.items else {
                 return single(&defaults);
             };
@@ -530,6 +573,14 @@ fn decide(
     }
 }
 
+/// The refusal of a body over `limit` bytes.
+fn too_large(limit: usize) -> Refusal {
+    Refusal::limit(
+        "body",
+        format!("is larger than the limit of {limit} bytes (max_message_bytes)"),
+    )
+}
+
 /// Reads a body of at most `limit` bytes.
 async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Refusal> {
     let mut read = BytesMut::new();
@@ -539,10 +590,7 @@ async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Refusal> {
             continue;
         };
         if read.len() + data.len() > limit {
-            return Err(Refusal::limit(
-                "body",
-                format!("is larger than the limit of {limit} bytes (max_message_bytes)"),
-            ));
+            return Err(too_large(limit));
         }
         read.extend_from_slice(data);
     }

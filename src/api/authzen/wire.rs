@@ -19,8 +19,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{
     decide::{
-        ContextInput, Decision, Query, Question, Refusal, SearchContext, SearchPage, SearchRequest,
-        Searched,
+        ContextInput, Cursor, Decision, Query, Question, Refusal, SearchContext, SearchPage,
+        SearchRequest, Searched,
     },
     policy::Snapshot,
 };
@@ -75,18 +75,98 @@ pub(crate) fn parse_body(body: &[u8]) -> Result<Map<String, Json>, Refusal> {
             "the body is empty; send a JSON object",
         ));
     }
-    let value: Json = serde_json::from_slice(body).map_err(|e| {
-        Refusal::invalid(
-            "body",
-            format!("not JSON: {e} (line {}, column {})", e.line(), e.column()),
-        )
-    })?;
+    let value: Json = serde_json::from_slice::<Strict>(body)
+        .map(|strict| strict.0)
+        .map_err(|e| {
+            Refusal::invalid(
+                "body",
+                format!("not JSON: {e} (line {}, column {})", e.line(), e.column()),
+            )
+        })?;
     match value {
         Json::Object(map) => Ok(map),
         other => Err(Refusal::invalid(
             "body",
             format!("expected a JSON object, got {}", kind_of(&other)),
         )),
+    }
+}
+
+/// JSON read as `serde_json` reads it, except that an object naming one key twice is an
+/// error: which of two `subject`s counts must not depend on who reads the body (a gateway
+/// in front may read the first, `serde_json` keeps the last).
+struct Strict(Json);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Json;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Json, E> {
+        Ok(Json::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Json, E> {
+        Ok(Json::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Json, E> {
+        Ok(Json::from(v))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Json, E> {
+        serde_json::Number::from_f64(v)
+            .map(Json::Number)
+            .ok_or_else(|| E::custom("a number out of range"))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Json, E> {
+        Ok(Json::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Json, E> {
+        Ok(Json::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Json::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                let shown: String = key.chars().take(40).collect();
+                return Err(serde::de::Error::custom(format!(
+                    "the key {shown:?} is given twice in one object"
+                )));
+            }
+            let Strict(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Json::Object(object))
     }
 }
 
@@ -354,9 +434,14 @@ pub(crate) struct Evaluations {
 }
 
 /// Reads an evaluations request: the top-level `subject`, `action`, `resource` and
-/// `context` are defaults each item's own keys override.
+/// `context` are defaults each item's own keys override. More than `max_items` items, or
+/// defaults that, repeated into every item that takes them, would make more than
+/// `max_bytes` of JSON, are refused before any is copied: a small body must not grow
+/// into a large one.
 pub(crate) fn evaluations(
     mut map: Map<String, Json>,
+    max_items: usize,
+    max_bytes: usize,
 ) -> Result<(Evaluations, Map<String, Json>), Refusal> {
     let semantic = match object(&map, "options", "")? {
         None => Semantic::ExecuteAll,
@@ -375,6 +460,41 @@ pub(crate) fn evaluations(
             }
         },
     };
+    if let Some(Json::Array(items)) = map.get("evaluations") {
+        if items.len() > max_items {
+            return Err(Refusal::limit(
+                "evaluations",
+                format!(
+                    "{} evaluations is more than the limit of {max_items} (max_batch_items)",
+                    items.len()
+                ),
+            ));
+        }
+        let mut repeated = 0usize;
+        for key in ["subject", "action", "resource", "context"] {
+            let Some(default) = map.get(key) else {
+                continue;
+            };
+            let taking = items
+                .iter()
+                .filter(|item| item.as_object().is_some_and(|i| !i.contains_key(key)))
+                .count();
+            if taking > 0 {
+                let size = serde_json::to_vec(default).map_or(0, |v| v.len());
+                repeated = repeated.saturating_add(size.saturating_mul(taking));
+            }
+        }
+        if repeated > max_bytes {
+            return Err(Refusal::limit(
+                "evaluations",
+                format!(
+                    "the defaults repeated into each item make {repeated} bytes, more than \
+                     the limit of {max_bytes} (max_message_bytes): send smaller defaults or \
+                     fewer items"
+                ),
+            ));
+        }
+    }
     let items = match map.remove("evaluations") {
         None => None,
         Some(Json::Array(items)) if items.is_empty() => None,
@@ -489,16 +609,22 @@ pub(crate) struct PageBounds {
 /// Searches work out `total` when they have at most this many candidates.
 const TOTAL_UP_TO: usize = 1_000;
 
-/// What a page token carries: where the search goes on, which search it belongs to, and
-/// the total the first page counted.
+/// What a page token carries: where the search goes on ([`Cursor`]: a position in one
+/// policy version's candidates, and the last result returned, never a candidate the caller
+/// was not given), which search it belongs to, and the total the first page counted.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Token {
     /// The kind of search.
     k: String,
     /// A digest of the search (everything but `page`).
     q: String,
-    /// The id of the last candidate looked at.
-    a: String,
+    /// The policy version of the position.
+    v: String,
+    /// The position of the next candidate.
+    p: usize,
+    /// The id of the last result returned, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    a: Option<String>,
     /// The total, when the first page counted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     t: Option<usize>,
@@ -620,13 +746,20 @@ pub(crate) fn search(
         None => None,
         Some(page) => string(page, "token", "page")?.or(string(page, "next_token", "page")?),
     };
-    let (after, total) = match token.filter(|t| !t.is_empty()) {
+    let (resume, total) = match token.filter(|t| !t.is_empty()) {
         None => (None, None),
         Some(token) => {
             let read: Option<Token> =
                 unhex(token).and_then(|bytes| serde_json::from_slice(&bytes).ok());
             match read {
-                Some(t) if t.k == kind.tag() && t.q == digest => (Some(t.a), t.t),
+                Some(t) if t.k == kind.tag() && t.q == digest => (
+                    Some(Cursor {
+                        version: t.v,
+                        position: t.p,
+                        after: t.a,
+                    }),
+                    t.t,
+                ),
                 _ => {
                     return Err(Refusal::invalid(
                         "page.token",
@@ -640,7 +773,7 @@ pub(crate) fn search(
     let request = SearchRequest {
         searched,
         context,
-        after,
+        resume,
         limit,
         max_evaluations: bounds.max_evaluations,
         total_up_to: TOTAL_UP_TO,
@@ -671,13 +804,15 @@ impl Search {
             })
             .collect();
         let total = page.total.or(self.total);
-        let next_token = match &page.next_after {
+        let next_token = match &page.next {
             None => String::new(),
-            Some(after) => {
+            Some(cursor) => {
                 let token = Token {
                     k: self.kind.tag().to_owned(),
                     q: self.digest.clone(),
-                    a: after.clone(),
+                    v: cursor.version.clone(),
+                    p: cursor.position,
+                    a: cursor.after.clone(),
                     t: total,
                 };
                 hex(serde_json::to_string(&token)

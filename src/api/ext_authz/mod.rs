@@ -34,6 +34,7 @@ use crate::{
         config::core::v3::HeaderValueOption,
         service::auth::v3::{CheckRequest, CheckResponse, authorization_server::Authorization},
     },
+    telemetry::trace,
 };
 
 /// The service name callers are refused for.
@@ -195,6 +196,23 @@ impl ExtAuthzService {
             .start(Api::ExtAuthz, given, request.remote_addr())
             .refusals_deny();
         let span = call.span();
+        // The caller's trace: the HTTP request's own headers (what the client sent through
+        // Envoy), else the check's gRPC metadata (Envoy's own span, when it traces).
+        let (parent, state) = (
+            http.and_then(|http| mapping::header(http, "traceparent")),
+            http.and_then(|http| mapping::header(http, "tracestate")),
+        );
+        if parent.is_some() {
+            trace::continue_trace(&span, |name| match name {
+                "traceparent" => parent.as_deref(),
+                "tracestate" => state.as_deref(),
+                _ => None,
+            });
+        } else {
+            trace::continue_trace(&span, |name| {
+                request.metadata().get(name).and_then(|v| v.to_str().ok())
+            });
+        }
         let admission = self.callers.admit(&request);
         if let Err(refusal) = span.in_scope(|| self.decider.admit(&mut call, SERVICE, admission)) {
             // A 403 answer rather than a gRPC error: an Envoy set to fail open must not

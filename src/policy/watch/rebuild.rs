@@ -97,11 +97,20 @@ impl Run {
             (Ok(_), _) => return self.changed(),
             (Err(err), _) => Err(err),
         };
+        // A span for traces (debug level: nothing unless they are exported).
+        let span = tracing::debug_span!(
+            "reload",
+            outcome = tracing::field::Empty,
+            policy_version = tracing::field::Empty,
+            policies = tracing::field::Empty,
+        );
+        let _reloading = span.enter();
         // Told first: whoever sees the new snapshot or error also sees it counted.
         let built = match read {
             Ok(read) if read.complete() && read.version() == self.store.current().version() => {
                 // Same content (a touch, an editor's swap file): nothing to parse.
                 (self.on_rebuild)(Rebuilt::Unchanged);
+                span.record("outcome", "unchanged");
                 self.store.unchanged();
                 tracing::debug!("policy directory read again; content unchanged");
                 return Attempt::Done;
@@ -116,6 +125,9 @@ impl Run {
                 }
                 let policy_count = snapshot.policy_count();
                 let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+                span.record("outcome", "served");
+                span.record("policy_version", snapshot.version());
+                span.record("policies", policy_count);
                 (self.on_rebuild)(Rebuilt::Swapping(&snapshot));
                 if let ReloadOutcome::Swapped {
                     old_version,
@@ -132,6 +144,7 @@ impl Run {
                 }
             }
             Err(err) => {
+                span.record("outcome", "failed");
                 (self.on_rebuild)(Rebuilt::Failed(&err));
                 self.store.fail(&err);
                 log_failure(&err, self.store.current().version());
