@@ -620,6 +620,51 @@ async fn page_tokens_name_no_denied_entity_and_paging_survives_a_reload() {
 }
 
 #[tokio::test]
+async fn each_search_page_is_audited_with_what_was_searched_and_found() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path(), 7);
+    let audit = dir.path().join("audit.jsonl");
+    let mut config = Config {
+        policies: dir.path().to_owned(),
+        audit: cedar_pdp::telemetry::AuditOptions {
+            sink: cedar_pdp::telemetry::AuditSink::File(audit.clone()),
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    config.authzen.listen = Some("127.0.0.1:0".parse().unwrap());
+    let server = TestServer::start_with(config).await;
+    let addr = server.authzen_addr.unwrap();
+    let answer = post_json(
+        addr,
+        "/access/v1/search/resource",
+        &json!({"subject": {"type": "user", "id": "alice@example.com"},
+                "action": {"name": "view"}, "resource": {"type": "document"},
+                "page": {"limit": 5}}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let records = common::audit_lines(&audit, 1).await;
+    let search = records
+        .iter()
+        .find(|r| r["kind"] == "search" && r["searched"] == "resource")
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(search["api"], "authzen");
+    assert_eq!(search["principal"], r#"user::"alice@example.com""#);
+    assert_eq!(search["action"], r#"Action::"view""#);
+    assert_eq!(search["resource"], "document");
+    assert_eq!(search["results"], 5);
+    assert_eq!(search["more"], true);
+    assert!(search["evaluated"].as_u64().unwrap() >= 5);
+    assert!(
+        search.get("allowed").is_none(),
+        "a search is not a decision"
+    );
+    assert_eq!(search["decision_id"].as_str().unwrap().len(), 32);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn malformed_requests_get_a_400_naming_the_problem_and_never_a_500() {
     let (_dir, server, addr) = served(0).await;
     let good = json!({"subject": {"type": "user", "id": "alice@example.com"},

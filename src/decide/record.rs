@@ -14,7 +14,7 @@ use super::{Call, Decider, Decision, Query, Refusal};
 use crate::engine::CallEntities;
 use crate::{
     policy::Snapshot,
-    telemetry::audit::{AuditError, Record},
+    telemetry::audit::{AuditError, Record, SearchRecord},
 };
 
 /// The principal, action, resource and allow-listed context of one question, as the
@@ -186,6 +186,41 @@ impl Decider {
         self.telemetry.audit.submit(Record {
             refused: Some(refused(refusal)),
             ..record(call, None, asked.unwrap_or_default(), version, took)
+        });
+    }
+}
+
+impl Decider {
+    /// Writes the audit record of one search page (or of its refusal).
+    pub(super) fn record_search(
+        &self,
+        call: &Call,
+        snapshot: &Snapshot,
+        asked: super::search::SearchAsked,
+        page: &Result<super::SearchPage, Refusal>,
+    ) {
+        let (results, evaluated, more, refusal) = match page {
+            Ok(page) => (page.found.len(), page.evaluated, page.next.is_some(), None),
+            Err(refusal) => (0, 0, false, Some(refused(refusal))),
+        };
+        self.telemetry.audit.submit(SearchRecord {
+            time: SystemTime::now(),
+            kind: "search",
+            request_id: call.id.as_str().to_owned(),
+            decision_id: call.decision_id.clone(),
+            api: call.api,
+            caller: call.caller.clone(),
+            peer: call.peer.map(|p| p.to_string()),
+            searched: asked.searched,
+            principal: asked.principal,
+            action: asked.action,
+            resource: asked.resource,
+            results,
+            evaluated,
+            more,
+            policy_version: snapshot.version().to_owned(),
+            latency: call.started.elapsed(),
+            refused: refusal,
         });
     }
 }

@@ -52,6 +52,53 @@ pub enum Searched {
     },
 }
 
+/// What a search asked, as its audit record writes it: the side searched, and the fixed
+/// sides as `Type::"id"` with the searched one as its type.
+#[derive(Debug)]
+pub(super) struct SearchAsked {
+    pub(super) searched: &'static str,
+    pub(super) principal: String,
+    pub(super) action: String,
+    pub(super) resource: String,
+}
+
+impl SearchAsked {
+    fn of(searched: &Searched) -> Self {
+        match searched {
+            Searched::Principals {
+                of_type,
+                action,
+                resource,
+            } => Self {
+                searched: "subject",
+                principal: of_type.to_string(),
+                action: action.to_string(),
+                resource: resource.to_string(),
+            },
+            Searched::Resources {
+                principal,
+                action,
+                of_type,
+            } => Self {
+                searched: "resource",
+                principal: principal.to_string(),
+                action: action.to_string(),
+                resource: of_type.to_string(),
+            },
+            Searched::Actions {
+                principal,
+                resource,
+                action_type,
+            } => Self {
+                searched: "action",
+                principal: principal.to_string(),
+                action: action_type.to_string(),
+                resource: resource.to_string(),
+            },
+        }
+    }
+}
+
 /// Fits a search's context to one action (on a snapshot).
 pub type FitContext = Box<dyn Fn(&Snapshot, &EntityUid) -> ContextInput + Send>;
 
@@ -127,6 +174,11 @@ impl Decider {
         snapshot: &Snapshot,
         request: SearchRequest,
     ) -> Result<SearchPage, Refusal> {
+        let asked = self
+            .telemetry
+            .audit
+            .enabled()
+            .then(|| SearchAsked::of(&request.searched));
         let span = super::decide_span(snapshot);
         let page = span.in_scope(|| self.search_page(call, snapshot, request));
         if let Ok(page) = &page {
@@ -138,6 +190,9 @@ impl Decider {
         if let Err(refusal) = &page {
             metrics.refused(call.api, refusal.reason());
             tracing::debug!(field = refusal.field(), "search refused");
+        }
+        if let Some(asked) = asked {
+            self.record_search(call, snapshot, asked, &page);
         }
         page
     }

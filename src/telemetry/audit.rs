@@ -79,6 +79,75 @@ pub struct Record {
     pub request_entities: Vec<String>,
 }
 
+/// One search (AuthZEN's subject, resource or action search), as written: who asked which
+/// entities may take part in what, and how much the page found. A search decides many
+/// candidates; the record is one per call, always written (never sampled).
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchRecord {
+    /// When the page was answered (RFC 3339, UTC).
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    /// Always `"search"`: not a decision (tools that replay decisions skip it).
+    pub kind: &'static str,
+    /// The call's request id.
+    pub request_id: String,
+    /// The server's id of the call.
+    pub decision_id: String,
+    /// Which API answered.
+    #[serde(serialize_with = "api_label")]
+    pub api: Api,
+    /// The caller's verified identity, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    /// The caller's network address, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// The side searched: `subject`, `resource` or `action`.
+    pub searched: &'static str,
+    /// `Type::"id"` of the principal, or the type searched.
+    pub principal: String,
+    /// `Type::"id"` of the action, or the action type searched.
+    pub action: String,
+    /// `Type::"id"` of the resource, or the type searched.
+    pub resource: String,
+    /// Results in this page.
+    pub results: usize,
+    /// Candidates evaluated for it.
+    pub evaluated: usize,
+    /// Whether the page has a next one.
+    pub more: bool,
+    /// The policy set that decided.
+    pub policy_version: String,
+    /// Time to answer the call, in microseconds.
+    #[serde(serialize_with = "micros")]
+    pub latency: Duration,
+    /// Why the search was not answered (its reason and field), when it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+/// A line of the audit log.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Entry {
+    /// A decision (`"kind":"decision"`).
+    Decision(Record),
+    /// A search (`"kind":"search"`).
+    Search(SearchRecord),
+}
+
+impl From<Record> for Entry {
+    fn from(record: Record) -> Self {
+        Self::Decision(record)
+    }
+}
+
+impl From<SearchRecord> for Entry {
+    fn from(record: SearchRecord) -> Self {
+        Self::Search(record)
+    }
+}
+
 /// A policy that failed to evaluate.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditError {
@@ -107,7 +176,7 @@ fn micros<S: serde::Serializer>(latency: &Duration, s: S) -> Result<S::Ok, S::Er
 /// The audit log: cheap to share; dropping the last handle flushes and stops the writer.
 #[derive(Debug)]
 pub struct AuditLog {
-    queue: Option<SyncSender<Record>>,
+    queue: Option<SyncSender<Entry>>,
     writer: Option<thread::JoinHandle<()>>,
     /// Allows are kept when the request id hashes below this (out of `u64::MAX`).
     allow_below: u64,
@@ -154,7 +223,7 @@ impl AuditLog {
         out: Box<dyn Write + Send>,
         metrics: Metrics,
     ) -> io::Result<Self> {
-        let (queue, records) = mpsc::sync_channel::<Record>(options.queue_capacity);
+        let (queue, records) = mpsc::sync_channel::<Entry>(options.queue_capacity);
         let writer = thread::Builder::new()
             .name("audit-writer".to_owned())
             .spawn({
@@ -200,12 +269,12 @@ impl AuditLog {
     }
 
     /// Queues a record without waiting; a full queue drops it and counts the drop.
-    pub fn submit(&self, record: Record) {
+    pub fn submit(&self, record: impl Into<Entry>) {
         let Some(queue) = &self.queue else {
             return;
         };
         // Full, or the writer is gone: either way the record is lost, and counted.
-        if queue.try_send(record).is_err() {
+        if queue.try_send(record.into()).is_err() {
             self.metrics.audit_dropped();
         }
     }
@@ -230,7 +299,7 @@ const WRITE_EVERY: Duration = Duration::from_millis(10);
 /// sink refuses is lost and counted as dropped, and the failure logged once until the
 /// sink works again.
 fn write_records(
-    records: &mpsc::Receiver<Record>,
+    records: &mpsc::Receiver<Entry>,
     mut out: Box<dyn Write + Send>,
     metrics: &Metrics,
 ) {
