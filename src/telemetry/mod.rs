@@ -47,8 +47,15 @@ pub fn init(
     let (export, spans) = match trace::export(tracing)? {
         Some((export, tracer)) => {
             // Spans only (log events stay in the logs), this crate's, debug and up.
+            // Only what the spans are about: no source locations, thread names, busy/idle
+            // timings or context activation, each a cost on every span of every call.
             let spans = tracing_opentelemetry::layer()
                 .with_tracer(tracer)
+                .with_location(false)
+                .with_threads(false)
+                .with_tracked_inactivity(false)
+                .with_target(false)
+                .with_context_activation(false)
                 .with_filter(filter_fn(|meta| {
                     meta.is_span()
                         && meta.target().starts_with("cedar_pdp")
