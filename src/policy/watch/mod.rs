@@ -22,8 +22,12 @@
 //!   watcher in order, once that creation's event comes back every change made before it
 //!   has been seen;
 //! - reading the files a second time must give the same content hash;
-//! - the newest file must be at least 25 ms old ([`SETTLED_AFTER`]): a truncating open
-//!   that blocks can show a file empty before any event says so.
+//! - the newest file must have been modified at least 25 ms ([`SETTLED_AFTER`]) before
+//!   the reading began: a truncating open that blocks can show a file empty before any
+//!   event says so;
+//! - opens by others seen while reading hold their files as possible writers whatever
+//!   the attempt comes to, unless written and closed meanwhile: a read thrown away for
+//!   another reason must not forget a truncation whose event is still to come.
 //!
 //! A read that fails those checks is thrown away and tried again after the next quiet
 //! period; changes made while parsing simply start the next rebuild. A rebuild that fails

@@ -4,7 +4,7 @@
 
 use std::{
     sync::mpsc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use notify::EventKind;
@@ -34,13 +34,16 @@ impl Run {
             return Attempt::Held;
         }
         let started = Instant::now();
+        // Before this watcher's first open: a writer whose open the kernel merged into
+        // one of ours (see below) modifies the file after this, however late it runs.
+        let reading_from = SystemTime::now();
         let opens_before = self.opens;
         self.opened_while_reading.clear();
         self.reading = true;
         let read = read_dir(self.store.dir(), self.store.options().max_file_bytes);
         let fresh = read
             .as_ref()
-            .is_ok_and(|read| modified_just_now(read.newest_modification()));
+            .is_ok_and(|read| modified_just_now(read.newest_modification(), reading_from));
         // A write can make its data visible before its event is queued (a truncating
         // open that blocks, say), so read a second time a little later and compare.
         let settled = self.changed_until(Instant::now() + self.options.settle);
@@ -50,26 +53,29 @@ impl Run {
         // while they are known to be its own.
         let fenced = self.fence();
         self.reading = false;
+        // Every open of a policy file while reading that was not one of ours may have
+        // been a writer's, whose truncation the reads saw before its event: it must
+        // outlive this attempt whatever it comes to, or the next attempt reads the file
+        // emptied by a truncation whose event is still to come, with nothing to say so.
+        let ours = [Some(&read), again.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|r| r.as_ref().map_or(0, |r| r.opened()))
+            .sum::<usize>();
+        let others_opened = self.opens - opens_before > ours;
         match (settled, fenced) {
             (None, _) | (_, None) => return Attempt::Stop,
-            (Some(true), _) | (_, Some(true)) => return self.changed(),
-            (Some(false), Some(false)) if fresh => return self.changed(),
+            (Some(true), _) | (_, Some(true)) => return self.changed_holding(others_opened),
+            (Some(false), Some(false)) if fresh => return self.changed_holding(others_opened),
             (Some(false), Some(false)) => {}
         }
         let Some(again) = again else {
-            return self.changed();
+            return self.changed_holding(others_opened);
         };
-        // Every open of a policy file while reading that was not one of ours may have
-        // been a writer's, whose truncation the reads saw before its event.
-        let ours = [&read, &again]
-            .iter()
-            .map(|r| r.as_ref().map_or(0, |r| r.opened()))
-            .sum::<usize>();
         // Past `max_hold` (or on SIGHUP), opens by others no longer make a read count as
         // changed, or a reader in a tight loop would put the reload off for good; the one
         // thing such an open could hide then, a truncation whose event is still to come,
         // shows as an empty file, so a file opened meanwhile that reads empty still does.
-        let others_opened = self.opens - opens_before > ours;
         let emptied = |read: &Result<Sources, LoadError>| {
             read.as_ref().is_ok_and(|read| {
                 self.opened_while_reading.iter().any(|(path, _)| {
@@ -79,22 +85,11 @@ impl Run {
             })
         };
         if others_opened && (!(overdue || forced) || emptied(&read) || emptied(&again)) {
-            // Which open was not ours is unknown: hold each file opened meanwhile, a
-            // little longer at random (two servers reading one directory see each
-            // other's opens, and must not keep meeting).
-            let delay = jitter(OPEN_HOLD);
-            for (path, mut opened) in std::mem::take(&mut self.opened_while_reading) {
-                opened.since += delay;
-                let writer = self.writing.entry(path).or_insert(opened);
-                if !writer.wrote {
-                    *writer = opened;
-                }
-            }
-            return self.changed();
+            return self.changed_holding(true);
         }
         let read = match (read, again) {
             (Ok(read), Ok(again)) if again.version() == read.version() => Ok(read),
-            (Ok(_), _) => return self.changed(),
+            (Ok(_), _) => return self.changed_holding(others_opened),
             (Err(err), _) => Err(err),
         };
         // A span for traces (debug level: nothing unless they are exported).
@@ -156,6 +151,25 @@ impl Run {
     pub(super) fn changed(&self) -> Attempt {
         tracing::debug!("the policy directory changed while it was read; trying again");
         Attempt::Changed
+    }
+
+    /// [`Self::changed`], first holding each file opened while reading and not written
+    /// and closed since as a possible writer when `others_opened`: which open was not
+    /// ours is unknown. A little longer at random (two servers reading one directory see
+    /// each other's opens, and must not keep meeting).
+    pub(super) fn changed_holding(&mut self, others_opened: bool) -> Attempt {
+        let opened = std::mem::take(&mut self.opened_while_reading);
+        if others_opened {
+            let delay = jitter(OPEN_HOLD);
+            for (path, mut opened) in opened {
+                opened.since += delay;
+                let writer = self.writing.entry(path).or_insert(opened);
+                if !writer.wrote {
+                    *writer = opened;
+                }
+            }
+        }
+        self.changed()
     }
 
     /// Takes in every event queued before now: `Some(true)` if one was a change, `None`
@@ -240,14 +254,22 @@ impl Run {
 /// this recent may be such a write still under way.
 pub(super) const SETTLED_AFTER: Duration = Duration::from_millis(25);
 
-/// Whether `modified` is within [`SETTLED_AFTER`] of now. A time in the future (a clock
-/// step, a `touch -d`) does not count, or it would hold reloads back until then.
-pub(super) fn modified_just_now(modified: Option<std::time::SystemTime>) -> bool {
+/// Whether `modified` is later than [`SETTLED_AFTER`] before `reading_from`, when the
+/// reading began: measured from then, not from when the file was read, so that a reader
+/// that waited for a CPU (a loaded machine) does not take a write made while it waited
+/// for an old one. A time in the future (a clock step, a `touch -d`) does not count, or
+/// it would hold reloads back until then.
+pub(super) fn modified_just_now(modified: Option<SystemTime>, reading_from: SystemTime) -> bool {
     let Some(modified) = modified else {
         return false;
     };
-    match std::time::SystemTime::now().duration_since(modified) {
-        Ok(age) => age < SETTLED_AFTER,
+    match SystemTime::now().duration_since(modified) {
+        Ok(_) => {
+            reading_from
+                .duration_since(modified)
+                .is_ok_and(|age| age < SETTLED_AFTER)
+                || modified > reading_from
+        }
         Err(ahead) => ahead.duration() < Duration::from_millis(5),
     }
 }

@@ -344,6 +344,9 @@ impl Run {
                 for path in &loaded {
                     self.writing.remove(*path);
                 }
+                // The opens before it are answered: whoever wrote has closed.
+                self.opened_while_reading
+                    .retain(|(open, _)| !loaded.contains(&open));
                 !loaded.is_empty()
             }
             EventKind::Access(AccessKind::Open(_)) => {
