@@ -10,7 +10,7 @@ use super::{
     read::{Kind, Source},
 };
 use crate::policy::{
-    Location, Problem, describe,
+    Lines, Location, Problem, describe,
     entity_json::{json_entity_uids, json_uid_and_parents},
     hierarchy,
 };
@@ -116,10 +116,9 @@ pub(super) fn entity_problems(
     schema: Option<&Schema>,
 ) -> Vec<Problem> {
     let starts = array_element_starts(&source.text);
+    let lines = Lines::new(&source.text);
     let location = |i: usize| match starts.get(i) {
-        Some(&offset) if starts.len() == list.len() => {
-            Location::at_offset(source.rel.clone(), &source.text, offset)
-        }
+        Some(&offset) if starts.len() == list.len() => lines.locate(source.rel.clone(), offset),
         _ => Location::file(source.rel.clone()),
     };
     list.iter()

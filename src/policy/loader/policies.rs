@@ -6,7 +6,7 @@ use std::{collections::HashMap, str::FromStr};
 use cedar_policy::{PolicyId, PolicySet};
 
 use super::read::{Kind, Source};
-use crate::policy::{Location, Problem, error::diagnostic_problem};
+use crate::policy::{Lines, Location, Problem, error::diagnostic_problem};
 
 /// Deepest nesting of `(`, `[` and `{` a policy file may have. Cedar parses and evaluates
 /// expressions recursively: a debug build overflows a 2 MiB thread stack somewhere
@@ -158,8 +158,9 @@ pub(super) fn parse_policies(sources: &[Source], problems: &mut Vec<Problem>) ->
         };
         let stem = source.rel.strip_suffix(".cedar").unwrap_or(&source.rel);
         let starts = policy_starts(&source.text);
+        let lines = Lines::new(&source.text);
         let located = |pos: usize| match starts.get(pos) {
-            Some(&offset) => Location::at_offset(source.rel.clone(), &source.text, offset),
+            Some(&offset) => lines.locate(source.rel.clone(), offset),
             None => Location::file(source.rel.clone()),
         };
         // The parsed set iterates in no particular order; ids and messages follow the text.
