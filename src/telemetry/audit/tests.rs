@@ -124,10 +124,11 @@ fn records_the_sink_refuses_are_counted_as_dropped() {
 /// dropping and counting what does not fit.
 #[test]
 fn a_flood_against_a_stuck_writer_drops_and_counts_instead_of_blocking() {
-    /// Blocks every write until the gate opens.
-    struct Stuck(Arc<(Mutex<bool>, Condvar)>);
+    /// Blocks every write until the gate opens, saying when it is stuck.
+    struct Stuck(Arc<(Mutex<bool>, Condvar)>, mpsc::Sender<()>);
     impl Write for Stuck {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let _ = self.1.send(());
             let (open, opened) = &*self.0;
             let _open = opened
                 .wait_while(open.lock().unwrap(), |open| !*open)
@@ -139,15 +140,21 @@ fn a_flood_against_a_stuck_writer_drops_and_counts_instead_of_blocking() {
         }
     }
     let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let (stuck_tx, stuck) = mpsc::channel();
     let metrics = Metrics::new();
     let options = AuditOptions {
         queue_capacity: 4,
         ..AuditOptions::default()
     };
-    let log =
-        AuditLog::with_writer(&options, Box::new(Stuck(gate.clone())), metrics.clone()).unwrap();
-    // The writer flushes when the queue runs dry, and gets stuck there.
+    let log = AuditLog::with_writer(
+        &options,
+        Box::new(Stuck(gate.clone(), stuck_tx)),
+        metrics.clone(),
+    )
+    .unwrap();
+    // The writer takes the first record, writes it, and is stuck there.
     log.submit(record(false));
+    let writer_stuck = stuck.recv_timeout(Duration::from_secs(20));
     let (done, finished) = mpsc::channel();
     let flood = thread::spawn(move || {
         for _ in 0..1000 {
@@ -156,16 +163,17 @@ fn a_flood_against_a_stuck_writer_drops_and_counts_instead_of_blocking() {
         done.send(()).unwrap();
         log
     });
-    finished
-        .recv_timeout(Duration::from_secs(20))
-        .expect("1000 submits return although the writer is stuck");
+    let returned = finished.recv_timeout(Duration::from_secs(20));
     let lost = dropped(&metrics);
-    assert!(
-        lost >= 1000.0 - 4.0 - 1.0,
-        "only {lost} records were counted as dropped"
-    );
-    let log = flood.join().unwrap();
+    // Open the gate before any assertion: a failing test must not hang on the writer.
     *gate.0.lock().unwrap() = true;
     gate.1.notify_all();
-    drop(log); // the writer drains what was queued and ends
+    writer_stuck.expect("the writer reaches the sink");
+    returned.expect("1000 submits return although the writer is stuck");
+    // The queue holds 4; every other record of the flood is dropped and counted.
+    assert!(
+        lost >= 1000.0 - 4.0,
+        "only {lost} records were counted as dropped"
+    );
+    drop(flood.join().unwrap()); // the writer drains what was queued and ends
 }
