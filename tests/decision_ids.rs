@@ -121,6 +121,10 @@ async fn every_decision_has_a_unique_id_that_its_audit_record_carries() {
             .await
             .unwrap()
             .into_inner();
+        if let Some(HttpResponse::OkResponse(ok)) = &answer.http_response {
+            // A client's own x-decision-id does not go on to the upstream.
+            assert_eq!(ok.headers_to_remove, vec!["x-decision-id".to_owned()]);
+        }
         let headers = match &answer.http_response {
             Some(HttpResponse::OkResponse(ok)) if allowed => &ok.response_headers_to_add,
             Some(HttpResponse::DeniedResponse(denied)) if !allowed => &denied.headers,

@@ -619,6 +619,7 @@ async fn envoy_with_the_docs_config_asks_cedar_pdp_about_every_request() {
             ("authorization", &bob),
             ("x-cedar-principal", r#"Platform::User::"alice""#),
             ("x-cedar-policy-version", "forged"),
+            ("x-decision-id", "forged"),
         ],
     )
     .await;
@@ -632,6 +633,7 @@ async fn envoy_with_the_docs_config_asks_cedar_pdp_about_every_request() {
     );
     assert_eq!(seen["x-cedar-policy-version"], version.as_str(), "{echo}");
     assert!(seen.get("authorization").is_none(), "{echo}");
+    assert!(seen.get("x-decision-id").is_none(), "{echo}");
     let allowed_request_id = seen["x-request-id"]
         .as_str()
         .expect("Envoy sends an x-request-id upstream")

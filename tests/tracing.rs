@@ -182,6 +182,18 @@ async fn decisions_are_spans_of_the_callers_trace_exported_over_otlp() {
     .await;
     assert_eq!(authzen.status, 200, "{}", authzen.text);
 
+    // A caller's "not sampled" flag does not keep its call out of the export: the server
+    // draws its own sample where a trace enters it (here at ratio 1).
+    let unsampled_trace = "7d1c2e3f4a5b6c7d8e9f0a1b2c3d4e5f";
+    let mut request = Request::new(bob_reads_roadmap());
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{unsampled_trace}-aaaaaaaaaaaaaaaa-00")
+            .parse()
+            .unwrap(),
+    );
+    server.client().await.is_authorized(request).await.unwrap();
+
     // A call with a malformed traceparent is answered, in a trace of its own.
     let mut request = Request::new(bob_reads_roadmap());
     request
@@ -202,6 +214,7 @@ async fn decisions_are_spans_of_the_callers_trace_exported_over_otlp() {
         };
         let reloaded = spans.iter().any(|s| s.name == "reload");
         let ready = traced(grpc_trace) == 1
+            && traced(unsampled_trace) == 1
             && traced(envoy_trace) == 1
             && traced(authzen_trace) == 1
             && reloaded;

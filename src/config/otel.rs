@@ -26,8 +26,8 @@ pub struct TracingSettings {
         value_name = "URL"
     )]
     pub otlp_endpoint: Option<String>,
-    /// Share of traces started here that are sampled (0–1; a caller's sampled flag is
-    /// followed); `OTEL_TRACES_SAMPLER` wins when set.
+    /// Share of calls whose spans are kept (0–1), drawn by the server where a trace enters
+    /// it (a caller's sampled flag does not choose); `OTEL_TRACES_SAMPLER` wins when set.
     #[arg(
         id = "tracing_sample_ratio",
         long = "trace-sample-ratio",

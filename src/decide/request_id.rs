@@ -66,23 +66,24 @@ impl Default for RequestIds {
 }
 
 /// Makes up decision ids: 32 hex digits, the first 16 random per generator, the last 16
-/// a keyed permutation of its sequence number, so ids are unique (within a generator the
-/// permutation never repeats; across servers the prefixes differ) and opaque (they do not
-/// count the server's calls out loud).
+/// its sequence number through a keyed pseudorandom permutation (four Feistel rounds of
+/// SipHash under a random key), so ids are unique (within a generator the permutation
+/// never repeats; across servers the prefixes differ) and opaque: without the key, ids do
+/// not tell how many decisions were made between them, nor which comes next.
 #[derive(Debug)]
 pub struct DecisionIds {
     prefix: u64,
-    key: u64,
+    /// The round function's key (SipHash, randomly keyed).
+    rounds: RandomState,
     next: AtomicU64,
 }
 
 impl DecisionIds {
     /// A generator with a fresh random prefix and key.
     pub fn new() -> Self {
-        let random = RandomState::new();
         Self {
-            prefix: random.hash_one(("decision ids", std::process::id())),
-            key: random.hash_one(("key", std::process::id())),
+            prefix: RandomState::new().hash_one(("decision ids", std::process::id())),
+            rounds: RandomState::new(),
             next: AtomicU64::new(0),
         }
     }
@@ -90,7 +91,18 @@ impl DecisionIds {
     /// A new id.
     pub fn next(&self) -> String {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{:016x}", self.prefix, permute(n ^ self.key))
+        format!("{:016x}{:016x}", self.prefix, self.permute(n))
+    }
+
+    /// A Feistel network on the two 32-bit halves of `n`: a bijection on `u64` whatever
+    /// the round function, and with a keyed pseudorandom round function, pseudorandom.
+    fn permute(&self, n: u64) -> u64 {
+        let (mut left, mut right) = ((n >> 32) as u32, n as u32);
+        for round in 0u8..4 {
+            let f = self.rounds.hash_one((round, right)) as u32;
+            (left, right) = (right, left ^ f);
+        }
+        (u64::from(left) << 32) | u64::from(right)
     }
 }
 
@@ -98,14 +110,6 @@ impl Default for DecisionIds {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// SplitMix64's finalizer: a bijection on `u64` (each step is invertible), so distinct
-/// inputs give distinct outputs.
-fn permute(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 fn is_token(id: &str) -> bool {
@@ -149,8 +153,11 @@ mod tests {
             assert_eq!(id.len(), 32);
             assert!(is_token(id));
         }
-        // Consecutive ids differ in more than their last digits.
+        // Consecutive ids differ in more than their last digits, and the XOR of two ids'
+        // sequence parts is not the XOR of their sequence numbers.
         assert_ne!(made[0][16..28], made[1][16..28]);
+        let seq = |id: &str| u64::from_str_radix(&id[16..], 16).unwrap();
+        assert_ne!(seq(&made[1000]) ^ seq(&made[1037]), 1000 ^ 1037);
         assert_ne!(
             DecisionIds::new().next()[..16],
             DecisionIds::new().next()[..16]

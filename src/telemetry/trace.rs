@@ -11,6 +11,7 @@
 //! `reload`, debug-level spans, cost nothing.
 
 use std::{
+    hash::{BuildHasher as _, RandomState},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -21,16 +22,19 @@ use std::{
 };
 
 use opentelemetry::{
-    Context,
+    Context, KeyValue,
     propagation::{Extractor, TextMapPropagator as _},
-    trace::TracerProvider as _,
+    trace::{Link, SpanContext, SpanKind, TraceContextExt as _, TraceId, TracerProvider as _},
 };
 use opentelemetry_otlp::{SpanExporter, WithExportConfig as _};
 use opentelemetry_sdk::{
     Resource,
     error::{OTelSdkError, OTelSdkResult},
     propagation::TraceContextPropagator,
-    trace::{Sampler, SdkTracerProvider, Span, SpanData, SpanExporter as _, SpanProcessor},
+    trace::{
+        SamplingDecision, SamplingResult, SdkTracerProvider, ShouldSample, Span, SpanData,
+        SpanExporter as _, SpanProcessor,
+    },
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -91,9 +95,13 @@ pub fn continue_trace<'h>(span: &tracing::Span, header: impl Fn(&str) -> Option<
             vec!["traceparent", "tracestate"]
         }
     }
+    // A `traceparent` is 55 characters (version 00; later versions may add fields); a
+    // `tracestate` of 32 entries fits in 8 KiB. Anything longer, or not printable ASCII, is
+    // not read at all: parsing and keeping it would cost what the caller chose.
+    let printable = |value: &&str| value.bytes().all(|b| (0x20..0x7f).contains(&b));
     let headers = Headers {
-        parent: header("traceparent"),
-        state: header("tracestate"),
+        parent: header("traceparent").filter(|v| v.len() <= 256 && printable(v)),
+        state: header("tracestate").filter(|v| v.len() <= 8192 && printable(v)),
     };
     if headers.parent.is_none() {
         return;
@@ -149,14 +157,79 @@ pub fn export(
         .with_span_processor(processor)
         .with_resource(resource());
     if std::env::var("OTEL_TRACES_SAMPLER").is_err() {
-        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            config.sample_ratio,
-        ))));
+        builder = builder.with_sampler(OwnDraw::new(config.sample_ratio));
     }
     let provider = builder.build();
     let tracer = provider.tracer("cedar-pdp");
     EXPORTING.store(true, Ordering::Relaxed);
     Ok(Some((Export { provider }, tracer)))
+}
+
+/// Samples where a trace enters this process (a root span, or one under a caller's
+/// remote span) by a draw of its own at `ratio`, and spans under a local parent as their
+/// parent is: a caller's sampled flag and trace id (both the caller's to choose) neither
+/// force every call of theirs into the export nor keep them out of it. A deployment that
+/// trusts its callers' sampling sets `OTEL_TRACES_SAMPLER=parentbased_always_on`.
+#[derive(Debug, Clone)]
+struct OwnDraw {
+    ratio: f64,
+    random: RandomState,
+    draws: Arc<AtomicU64>,
+}
+
+impl OwnDraw {
+    fn new(ratio: f64) -> Self {
+        Self {
+            ratio,
+            random: RandomState::new(),
+            draws: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// One draw: whether to keep a trace entering here.
+    fn keep(&self) -> bool {
+        if self.ratio >= 1.0 {
+            return true;
+        }
+        if self.ratio <= 0.0 {
+            return false;
+        }
+        let draw = self
+            .random
+            .hash_one(self.draws.fetch_add(1, Ordering::Relaxed));
+        #[allow(clippy::cast_precision_loss)] // a fraction: 53 bits are plenty
+        let fraction = (draw >> 11) as f64 / (1u64 << 53) as f64;
+        fraction < self.ratio
+    }
+}
+
+impl ShouldSample for OwnDraw {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        _trace_id: TraceId,
+        _name: &str,
+        _span_kind: &SpanKind,
+        _attributes: &[KeyValue],
+        _links: &[Link],
+    ) -> SamplingResult {
+        let parent = parent_context
+            .map(|cx| cx.span().span_context().clone())
+            .filter(SpanContext::is_valid);
+        let sampled = match &parent {
+            Some(local) if !local.is_remote() => local.is_sampled(),
+            _ => self.keep(),
+        };
+        SamplingResult {
+            decision: if sampled {
+                SamplingDecision::RecordAndSample
+            } else {
+                SamplingDecision::Drop
+            },
+            attributes: Vec::new(),
+            trace_state: parent.map(|p| p.trace_state().clone()).unwrap_or_default(),
+        }
+    }
 }
 
 /// Who the spans are from: `service.name` is `cedar-pdp` unless `OTEL_SERVICE_NAME` says

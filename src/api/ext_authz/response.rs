@@ -101,7 +101,11 @@ pub(super) fn stamped(mut response: CheckResponse, decision_id: &str) -> CheckRe
         .insert("decision_id".to_owned(), text(decision_id));
     let stamp = header(DECISION_ID_HEADER, decision_id.to_owned());
     match &mut response.http_response {
-        Some(HttpResponse::OkResponse(ok)) => ok.response_headers_to_add.push(stamp),
+        Some(HttpResponse::OkResponse(ok)) => {
+            ok.response_headers_to_add.push(stamp);
+            // A client's own `x-decision-id` must not reach the upstream as if it were one.
+            ok.headers_to_remove.push(DECISION_ID_HEADER.to_owned());
+        }
         Some(HttpResponse::DeniedResponse(denied) | HttpResponse::ErrorResponse(denied)) => {
             denied.headers.push(stamp);
         }
