@@ -665,6 +665,50 @@ async fn each_search_page_is_audited_with_what_was_searched_and_found() {
 }
 
 #[tokio::test]
+async fn properties_never_stand_in_for_stored_attributes_or_entities() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "owner.cedar",
+        "permit(principal, action == Action::\"read\", resource) \
+         when { resource has owner && resource.owner == principal };\n",
+    );
+    let entities = json!([
+        {"uid": {"type": "user", "id": "alice"}, "attrs": {}, "parents": []},
+        {"uid": {"type": "user", "id": "bob"}, "attrs": {}, "parents": []},
+        {"uid": {"type": "document", "id": "d1"},
+         "attrs": {"owner": {"__entity": {"type": "user", "id": "bob"}}}, "parents": []},
+    ]);
+    write(dir.path(), "entities.json", &entities.to_string());
+    let (server, addr) = start(dir.path()).await;
+    let ask = |subject: &str, properties: Value| {
+        json!({"subject": {"type": "user", "id": subject, "properties": properties},
+               "action": {"name": "read"},
+               "resource": {"type": "document", "id": "d1",
+                            "properties": {"owner": {"type": "user", "id": subject},
+                                           "__entity": {"type": "user", "id": subject}}}})
+    };
+    // The stored owner reads it.
+    let bob = post_json(addr, "/access/v1/evaluation", &ask("bob", json!({}))).await;
+    assert_eq!(bob.json["decision"], true, "{}", bob.text);
+    // Alice asserting she owns it, in every place a caller can assert things, does not.
+    let alice = post_json(
+        addr,
+        "/access/v1/evaluation",
+        &ask("alice", json!({"owner": {"type": "user", "id": "alice"}})),
+    )
+    .await;
+    assert_eq!(alice.status, 200, "{}", alice.text);
+    assert_eq!(alice.json["decision"], false, "{}", alice.text);
+    // Nor does a resource the store does not hold, whatever its properties say.
+    let mut unknown = ask("alice", json!({}));
+    unknown["resource"]["id"] = json!("d2");
+    let unknown = post_json(addr, "/access/v1/evaluation", &unknown).await;
+    assert_eq!(unknown.json["decision"], false, "{}", unknown.text);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn malformed_requests_get_a_400_naming_the_problem_and_never_a_500() {
     let (_dir, server, addr) = served(0).await;
     let good = json!({"subject": {"type": "user", "id": "alice@example.com"},

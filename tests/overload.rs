@@ -7,6 +7,8 @@
 //! headers (which is when the server admits it) and keeps the body back until the test
 //! says. The server's `calls_in_flight` gauge tells when it has counted them.
 
+#[path = "common/http.rs"]
+mod authzen_http;
 mod common;
 
 use std::{task::Poll, time::Duration};
@@ -249,6 +251,45 @@ async fn calls_past_max_concurrent_calls_are_shed_at_once_and_freed_slots_are_re
     let Held { mut body, .. } = second;
     body.send_reset(h2::Reason::CANCEL);
     until_in_flight(&server, 0.0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_authzen_call_past_max_concurrent_calls_is_a_503_never_a_decision() {
+    let mut config = config(1);
+    config.authzen.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.authzen.namespace = Some("Platform".to_owned());
+    let server = TestServer::start_with(config).await;
+    let authzen = server.authzen_addr.unwrap();
+    let bob_reads = serde_json::json!({
+        "subject": {"type": "User", "id": "bob"}, "action": {"name": "read"},
+        "resource": {"type": "Document", "id": "acme-roadmap-q3"}});
+
+    // One gRPC call held: the one slot both ports share is taken.
+    let mut raw = RawClient::connect(&server).await;
+    let mut held = raw.start(IS_AUTHORIZED, &[]).await;
+    until_in_flight(&server, 1.0).await;
+    let shed = authzen_http::post_json(authzen, "/access/v1/evaluation", &bob_reads).await;
+    assert_eq!(shed.status, 503, "{}", shed.text);
+    assert_eq!(shed.headers["retry-after"], "1");
+    assert!(shed.json.get("decision").is_none(), "{}", shed.text);
+    assert!(
+        shed.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_concurrent_calls"),
+        "{}",
+        shed.text
+    );
+    assert_eq!(overloaded(&server.metrics_text().await, "authzen"), 1.0);
+
+    // The slot back, the same question is decided (and allowed).
+    held.finish(&bob_reads_roadmap());
+    assert_eq!(held.answer().await.status, 0);
+    until_in_flight(&server, 0.0).await;
+    let decided = authzen_http::post_json(authzen, "/access/v1/evaluation", &bob_reads).await;
+    assert_eq!(decided.status, 200, "{}", decided.text);
+    assert_eq!(decided.json["decision"], true);
     server.stop().await;
 }
 
