@@ -19,10 +19,12 @@ use serde::Deserialize;
 pub mod authzen;
 pub mod ext_authz;
 pub mod otel;
+pub mod shadow;
 
 pub use authzen::{AuthzenConfig, AuthzenSettings};
 pub use ext_authz::ExtAuthzSettings;
 pub use otel::{TracingConfig, TracingSettings};
+pub use shadow::{ShadowConfig, ShadowSettings};
 
 /// What to do with policies that fail validation against the schema at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
@@ -225,6 +227,10 @@ pub struct Settings {
     /// balancers and meshes stop sending before the port closes.
     #[arg(long, env = "CEDAR_PDP_DRAIN_SECONDS", value_name = "SECONDS")]
     pub drain_seconds: Option<u64>,
+    /// Series of `cedar_pdp_policy_decisions_total` at most: policies past it (in id
+    /// order) are counted under `policy_id="other"`.
+    #[arg(long, env = "CEDAR_PDP_POLICY_METRICS_MAX_SERIES", value_name = "N")]
+    pub policy_metrics_max_series: Option<usize>,
     /// Limits on what one call may ask for.
     #[command(flatten)]
     pub limits: LimitSettings,
@@ -240,6 +246,9 @@ pub struct Settings {
     /// OpenTelemetry trace export.
     #[command(flatten)]
     pub tracing: TracingSettings,
+    /// A shadow policy set, decided alongside the live one off the request path.
+    #[command(flatten)]
+    pub shadow: ShadowSettings,
     /// TLS and mutual TLS on the gRPC port, and which callers may use which API.
     #[command(flatten)]
     pub tls: TlsSettings,
@@ -502,6 +511,8 @@ pub struct Config {
     /// How long the server keeps answering after a shutdown signal, reporting
     /// NOT_SERVING, before it stops taking new calls.
     pub drain: Duration,
+    /// Series of the per-policy decision counter at most (the rest count as `other`).
+    pub policy_metrics_max_series: usize,
     /// Limits on what one call may ask for.
     pub limits: Limits,
     /// The decision log.
@@ -513,6 +524,8 @@ pub struct Config {
     pub authzen: AuthzenConfig,
     /// OpenTelemetry trace export (off unless a collector is named).
     pub tracing: TracingConfig,
+    /// The shadow policy set (off unless a directory is named).
+    pub shadow: ShadowConfig,
     /// TLS on the gRPC port (and the AuthZEN port); `None` is plaintext.
     pub tls: Option<TlsConfig>,
 }
@@ -532,11 +545,13 @@ impl Default for Config {
             log_level: "info".to_owned(),
             shutdown_grace: Duration::from_secs(10),
             drain: Duration::ZERO,
+            policy_metrics_max_series: 500,
             limits: Limits::default(),
             audit: AuditOptions::default(),
             ext_authz: ExtAuthzSettings::default(),
             authzen: AuthzenConfig::default(),
             tracing: TracingConfig::default(),
+            shadow: ShadowConfig::default(),
             tls: None,
         }
     }
@@ -633,7 +648,12 @@ impl Config {
                 message: "has no meaning unless request_entities = \"replace\"".to_owned(),
             });
         }
-        if let Some((key, message)) = self.authzen.problem().or_else(|| self.tracing.problem()) {
+        if let Some((key, message)) = self
+            .authzen
+            .problem()
+            .or_else(|| self.tracing.problem())
+            .or_else(|| self.shadow.problem())
+        {
             return Err(ConfigError::Invalid {
                 key: key.to_owned(),
                 message,
@@ -759,6 +779,11 @@ impl Config {
                 .drain_seconds
                 .or(lower.drain_seconds)
                 .map_or(d.drain, Duration::from_secs),
+            policy_metrics_max_series: pick(
+                upper.policy_metrics_max_series,
+                lower.policy_metrics_max_series,
+                d.policy_metrics_max_series,
+            ),
             limits: Limits {
                 max_message_bytes: pick(
                     up.max_message_bytes,
@@ -852,6 +877,7 @@ impl Config {
                 .map_or(d.ext_authz, |settings| *settings),
             authzen: AuthzenConfig::from_layers(lower.authzen, upper.authzen),
             tracing: TracingConfig::from_layers(lower.tracing, upper.tracing),
+            shadow: ShadowConfig::from_layers(lower.shadow, upper.shadow),
             tls,
         })
     }

@@ -26,7 +26,7 @@ use crate::{
         tls::{CertWatcher, ServerTls, TlsError},
     },
     config::Config,
-    decide::{Decider, Pool, Telemetry},
+    decide::{Decider, Pool, Shadow, Telemetry},
     policy::{
         LoadError, LoadOptions, PolicyStore, Rebuilt, Snapshot, WatchError, WatchOptions, Watcher,
     },
@@ -56,6 +56,15 @@ pub enum ServeError {
     /// The TLS files cannot be watched for rotation.
     #[error("cannot watch the TLS files for changes: {0}")]
     TlsWatch(#[source] notify::Error),
+    /// The shadow policy directory does not load (exit code 1 in `serve`, like the
+    /// live one: a candidate set is checked when it is configured, not found broken later).
+    #[error("cannot serve shadow policies {}:\n{source}", dir.display())]
+    ShadowPolicies {
+        /// The directory.
+        dir: PathBuf,
+        /// Every problem, with file and line.
+        source: LoadError,
+    },
     /// The policy directory cannot be watched.
     #[error("cannot watch the policy directory: {0}")]
     Watch(#[from] WatchError),
@@ -98,6 +107,8 @@ pub struct Server {
     decider: Arc<Decider>,
     metrics: Metrics,
     watcher: Arc<Watcher>,
+    /// The shadow directory's watcher, when there is a shadow set.
+    shadow_watcher: Option<Arc<Watcher>>,
     grpc: GrpcPort,
     /// The AuthZEN port and its listener, when configured.
     authzen: Option<(AuthzenPort, TcpListener)>,
@@ -146,7 +157,21 @@ impl Server {
             audit: Arc::new(audit),
         };
         let pool = Pool::new(config.limits.decision_threads).map_err(ServeError::Threads)?;
-        let decider = Arc::new(Decider::for_config(&config, telemetry).on_pool(pool));
+        let decider = Decider::for_config(&config, telemetry.clone()).on_pool(pool);
+        let (decider, shadow_watcher) = match &config.shadow.policies {
+            Some(dir) => {
+                let (shadow, watcher) = start_shadow(&config, dir, &decider, telemetry)?;
+                (decider.with_shadow(shadow), Some(Arc::new(watcher)))
+            }
+            None => (decider, None),
+        };
+        let decider = Arc::new(decider);
+        {
+            // Per-policy counts belong to the serving snapshot: rendered from it.
+            let store = store.clone();
+            let max_series = config.policy_metrics_max_series;
+            metrics.export_policy_usage(Box::new(move || store.current().usage_series(max_series)));
+        }
         let grpc = GrpcPort::new(&config, store.clone(), decider.clone()).await?;
         // One limit on decision calls in flight, whichever port they come to.
         let slots = CallSlots::new(metrics.clone(), config.limits.max_concurrent_calls);
@@ -190,6 +215,7 @@ impl Server {
             decider,
             metrics,
             watcher: Arc::new(watcher),
+            shadow_watcher,
             grpc,
             authzen,
             slots,
@@ -228,6 +254,11 @@ impl Server {
         &self.store
     }
 
+    /// The shadow directory's watcher, when there is a shadow set.
+    pub fn shadow_watcher(&self) -> Option<&Arc<Watcher>> {
+        self.shadow_watcher.as_ref()
+    }
+
     /// The policy watcher, to ask for a reload (as SIGHUP does).
     pub fn watcher(&self) -> &Arc<Watcher> {
         &self.watcher
@@ -252,6 +283,7 @@ impl Server {
             decider,
             metrics,
             watcher,
+            shadow_watcher,
             grpc,
             authzen,
             slots,
@@ -265,10 +297,14 @@ impl Server {
         #[cfg(unix)]
         let reloads = {
             let watcher = watcher.clone();
+            let shadow_watcher = shadow_watcher.clone();
             tokio::spawn(async move {
                 while hangups.recv().await.is_some() {
                     tracing::info!(signal = "SIGHUP", "reload requested");
                     watcher.reload_now();
+                    if let Some(shadow) = &shadow_watcher {
+                        shadow.reload_now();
+                    }
                 }
             })
         };
@@ -332,11 +368,64 @@ impl Server {
             let _ = reloads.await;
         }
         drop(watcher);
+        drop(shadow_watcher);
         drop(tls_watcher);
         drop(decider);
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Loads the shadow directory `dir` as the live one is loaded, starts its shadow thread
+/// (deciding with the live engine's options) and its watcher (counting its reloads).
+fn start_shadow(
+    config: &Config,
+    dir: &std::path::Path,
+    decider: &Decider,
+    telemetry: Telemetry,
+) -> Result<(Shadow, Watcher), ServeError> {
+    let options = LoadOptions::new(config.policy_validation, &config.limits);
+    let (store, warnings) =
+        PolicyStore::open(dir, options).map_err(|source| ServeError::ShadowPolicies {
+            dir: dir.to_owned(),
+            source,
+        })?;
+    for warning in warnings {
+        tracing::warn!(location = %warning.location, shadow = true, "{}", warning.message);
+    }
+    let store = Arc::new(store);
+    let metrics = telemetry.metrics.clone();
+    metrics.shadow_serving(store.current().version());
+    tracing::info!(
+        shadow_policies = %dir.display(),
+        shadow_policy_version = store.current().version(),
+        sample_rate = config.shadow.sample_rate,
+        "shadow evaluation on"
+    );
+    let shadow = Shadow::start(
+        store.clone(),
+        decider.engine().options().clone(),
+        &config.shadow,
+        telemetry,
+    )
+    .map_err(ServeError::Threads)?;
+    let watch = WatchOptions {
+        watch_files: config.watch,
+        ..WatchOptions::default()
+    };
+    let watcher = Watcher::start(
+        store,
+        watch,
+        Box::new(move |rebuilt| match rebuilt {
+            Rebuilt::Unchanged => metrics.shadow_reloaded(ReloadResult::Success),
+            Rebuilt::Swapping(snapshot) => {
+                metrics.shadow_reloaded(ReloadResult::Success);
+                metrics.shadow_serving(snapshot.version());
+            }
+            Rebuilt::Failed(_) => metrics.shadow_reloaded(ReloadResult::Failure),
+        }),
+    )?;
+    Ok((shadow, watcher))
 }
 
 /// Serves `config` until `shutdown` resolves: [`Server::bind`], then [`Server::run`].

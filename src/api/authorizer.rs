@@ -278,6 +278,86 @@ impl authorizer_server::Authorizer for AuthorizerService {
                 .map(|e| e.message.clone())
                 .unwrap_or_default(),
             last_reload_error_at: last_error.map(|e| e.at.into()),
+            shadow: self.decider.shadow().map(|shadow| {
+                let store = shadow.store();
+                let snapshot = store.current();
+                let last_error = store.last_error();
+                pb::ShadowPolicySetInfo {
+                    policies: store.dir().display().to_string(),
+                    policy_version: snapshot.version().to_owned(),
+                    policy_count: snapshot.policy_count() as u64,
+                    loaded_at: Some(snapshot.loaded_at().into()),
+                    last_reload_error: last_error
+                        .as_ref()
+                        .map(|e| e.message.clone())
+                        .unwrap_or_default(),
+                    last_reload_error_at: last_error.map(|e| e.at.into()),
+                    sample_rate: shadow.sample_rate(),
+                }
+            }),
+        }))
+    }
+
+    async fn get_policy_usage(
+        &self,
+        request: Request<pb::GetPolicyUsageRequest>,
+    ) -> Result<Response<pb::PolicyUsage>, Status> {
+        // Not a decision: admitted as GetPolicySetInfo is.
+        let call = self.start(Api::IsAuthorized, &request)?;
+        let pb::GetPolicyUsageRequest {
+            unused_only,
+            page_token,
+            page_size,
+        } = request.into_inner();
+        let page_size = match page_size {
+            0 => DEFAULT_USAGE_PAGE,
+            n if n as usize > MAX_USAGE_PAGE => {
+                return Err(with_id(
+                    Status::invalid_argument(format!(
+                        "page_size: {n} is more than the limit of {MAX_USAGE_PAGE}"
+                    )),
+                    &call,
+                ));
+            }
+            n => n as usize,
+        };
+        let snapshot = self.store.current();
+        let mut listed = snapshot
+            .usage()
+            .list_after(&page_token, |id| snapshot.policy_location(id))
+            .filter(|p| !unused_only || p.unused());
+        let policies: Vec<pb::PolicyUse> = listed
+            .by_ref()
+            .take(page_size)
+            .map(|p| pb::PolicyUse {
+                policy_id: p.id,
+                effect: p.effect.to_owned(),
+                allow_decisions: p.allow,
+                deny_decisions: p.deny,
+                line: p
+                    .location
+                    .as_ref()
+                    .and_then(|l| l.line)
+                    .map_or(0, |l| u32::try_from(l).unwrap_or(u32::MAX)),
+                file: p.location.map(|l| l.file).unwrap_or_default(),
+            })
+            .collect();
+        let next_page_token = match (listed.next(), policies.last()) {
+            (Some(_), Some(last)) => last.policy_id.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::PolicyUsage {
+            policy_version: snapshot.version().to_owned(),
+            loaded_at: Some(snapshot.loaded_at().into()),
+            policies,
+            next_page_token,
+            policy_count: snapshot.policy_count() as u64,
         }))
     }
 }
+
+/// Policies in a page of GetPolicyUsage when the caller names no size.
+const DEFAULT_USAGE_PAGE: usize = 1000;
+
+/// Policies in a page of GetPolicyUsage at most: a page stays far below the message limit.
+const MAX_USAGE_PAGE: usize = 10_000;

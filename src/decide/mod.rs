@@ -13,6 +13,7 @@ mod pool;
 mod record;
 mod request_id;
 mod search;
+mod shadow;
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
@@ -22,6 +23,7 @@ pub use self::{
     pool::{Pool, PoolError},
     request_id::{DecisionIds, RequestId, RequestIds},
     search::{Cursor, SearchContext, SearchPage, SearchRequest, Searched},
+    shadow::Shadow,
 };
 pub use crate::engine::{
     ContextInput, Decision, Effect, EntitiesInput, EntityInput, PolicyError, Query, Refusal,
@@ -203,6 +205,9 @@ pub struct Decider {
     decision_ids: DecisionIds,
     /// Warnings about refused callers, once a second at most.
     caller_warnings: OncePerSecond,
+    /// The shadow policy set sampled calls are also decided against, off the request
+    /// path; `None` when there is none.
+    shadow: Option<Shadow>,
 }
 
 impl Decider {
@@ -218,7 +223,26 @@ impl Decider {
             ids: RequestIds::new(),
             decision_ids: DecisionIds::new(),
             caller_warnings: OncePerSecond::new(),
+            shadow: None,
         }
+    }
+
+    /// Also decides a sampled share of calls against `shadow`'s policy set, off the
+    /// request path.
+    pub fn with_shadow(mut self, shadow: Shadow) -> Self {
+        self.shadow = Some(shadow);
+        self
+    }
+
+    /// The shadow policy set, when there is one.
+    pub fn shadow(&self) -> Option<&Shadow> {
+        self.shadow.as_ref()
+    }
+
+    /// A shadow job for `call` when there is a shadow set and the sample draws the call.
+    fn shadow_draw(&self, call: &Call, entities: &EntitiesInput) -> Option<shadow::Pending> {
+        let shadow = self.shadow.as_ref()?;
+        shadow.draw(call, entities, self.entities_mode(call))
     }
 
     /// Decides on `pool`'s threads, off the async workers (the server).
@@ -367,6 +391,10 @@ impl Decider {
         entities: EntitiesInput,
         question: Question,
     ) -> Result<Decision, Refusal> {
+        let mut shadowed = self.shadow_draw(call, &entities);
+        if let Some(pending) = &mut shadowed {
+            pending.ask(None, &question);
+        }
         let Question {
             query,
             recorded_context,
@@ -376,6 +404,10 @@ impl Decider {
         let decided = span.in_scope(|| self.one(call, snapshot, entities, query, &mut asked));
         if let Ok(decision) = &decided {
             note_decisions(&span, std::slice::from_ref(decision));
+        }
+        if let (Some(shadow), Some(mut pending)) = (&self.shadow, shadowed) {
+            pending.answered(decided.as_ref(), snapshot);
+            shadow.submit(pending);
         }
         match &decided {
             Ok(decision) => self.record_decisions(call, snapshot, [(decision, asked)], false),
@@ -428,13 +460,23 @@ impl Decider {
         entities: Result<EntitiesInput, Refusal>,
         items: impl ExactSizeIterator<Item = Result<Question, Refusal>>,
     ) -> Result<Vec<Decision>, Refusal> {
+        let mut shadowed = match &entities {
+            Ok(entities) => self.shadow_draw(call, entities),
+            Err(_) => None,
+        };
         let span = decide_span(snapshot);
-        let decided = span.in_scope(|| self.batch(call, snapshot, entities, items));
+        let decided = span.in_scope(|| self.batch(call, snapshot, entities, items, &mut shadowed));
         if let Ok((decisions, _)) = &decided {
             note_decisions(&span, decisions);
         }
         match decided {
             Ok((decisions, asked)) => {
+                if let (Some(shadow), Some(mut pending)) = (&self.shadow, shadowed) {
+                    for (at, decision) in decisions.iter().enumerate() {
+                        pending.answered_at(at, Ok(decision), snapshot);
+                    }
+                    shadow.submit(pending);
+                }
                 self.record_decisions(call, snapshot, decisions.iter().zip(asked), true);
                 Ok(decisions)
             }
@@ -485,6 +527,7 @@ impl Decider {
             self.record_refusal(call, &refusal, None, Some(snapshot));
             return Err(refusal);
         }
+        let mut shadowed = self.shadow_draw(call, &EntitiesInput::default());
         let span = decide_span(snapshot);
         let _deciding = span.enter();
         let mut answers = Vec::with_capacity(items.len());
@@ -494,13 +537,23 @@ impl Decider {
                 self.record_refusal(call, &refusal, None, Some(snapshot));
                 return Err(refusal);
             }
+            let mut shadow_asked = false;
             let answer = item.and_then(|question| {
+                if let Some(pending) = &mut shadowed {
+                    pending.ask(Some(i), &question);
+                    shadow_asked = true;
+                }
                 asked.push(self.asked(&question.query, question.recorded_context));
                 let request = self.engine.request(snapshot, question.query)?;
                 Ok(self
                     .engine
                     .decide_request(snapshot, snapshot.entities(), &request))
             });
+            if let Some(pending) = &mut shadowed
+                && shadow_asked
+            {
+                pending.answered(answer.as_ref(), snapshot);
+            }
             if asked.len() == i {
                 asked.push(None);
             }
@@ -515,6 +568,9 @@ impl Decider {
             note_decisions(&span, &decisions);
         }
         self.record_each(call, snapshot, &answers, asked);
+        if let (Some(shadow), Some(pending)) = (&self.shadow, shadowed) {
+            shadow.submit(pending);
+        }
         Ok(answers)
     }
 
@@ -525,6 +581,7 @@ impl Decider {
         snapshot: &Snapshot,
         entities: Result<EntitiesInput, Refusal>,
         items: impl ExactSizeIterator<Item = Result<Question, Refusal>>,
+        shadowed: &mut Option<shadow::Pending>,
     ) -> Result<(Vec<Decision>, Vec<Option<record::Asked>>), Refusal> {
         if items.len() > self.max_batch_items {
             return Err(Refusal::limit(
@@ -543,6 +600,9 @@ impl Decider {
         let mut asked = Vec::with_capacity(items.len());
         for (i, item) in items.enumerate() {
             let question = item.map_err(|e| e.within(&format!("items[{i}]")))?;
+            if let Some(pending) = shadowed {
+                pending.ask(Some(i), &question);
+            }
             let mut item_asked = self.asked(&question.query, question.recorded_context);
             record::note_entities(&mut item_asked, &entities);
             asked.push(item_asked);

@@ -128,6 +128,9 @@ impl Decider {
         let allowed = decision.allowed();
         let metrics = &self.telemetry.metrics;
         metrics.decided(call.api, allowed);
+        snapshot
+            .usage()
+            .count(allowed, decision.determining_policies());
         for policy in decision.erroring_forbids() {
             metrics.forbid_errored(policy);
         }
@@ -227,7 +230,7 @@ impl Decider {
 
 /// Why a refused question was not decided, as the audit record's `refused` says it: the
 /// reason, and the field at fault when there is one.
-fn refused(refusal: &Refusal) -> String {
+pub(super) fn refused(refusal: &Refusal) -> String {
     let word = refusal.reason().word();
     if refusal.field().is_empty() {
         word.to_owned()

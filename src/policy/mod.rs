@@ -17,6 +17,7 @@ mod members;
 mod shape;
 mod snapshot;
 mod store;
+mod usage;
 mod watch;
 
 pub use crate::config::PolicyValidation;
@@ -29,6 +30,7 @@ pub use members::{Members, search_order};
 pub use shape::SchemaShape;
 pub use snapshot::Snapshot;
 pub use store::{PolicyStore, ReloadError, ReloadOutcome};
+pub use usage::{OTHER_SERIES, PolicyUsage, PolicyUse};
 pub use watch::{OnRebuild, Rebuilt, WatchError, WatchOptions, Watcher};
 
 /// Stack size for threads that parse or evaluate policies (tokio's workers, the watcher):

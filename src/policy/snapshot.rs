@@ -4,7 +4,9 @@ use std::{collections::HashMap, sync::OnceLock, time::SystemTime};
 
 use cedar_policy::{Entities, EntityUid, PolicySet, Schema};
 
-use super::{FastSet, Location, SchemaShape, index::PolicyIndex, members::Members};
+use super::{
+    FastSet, Location, SchemaShape, index::PolicyIndex, members::Members, usage::PolicyUsage,
+};
 
 /// Everything a decision needs from the policy directory, built once and never changed.
 ///
@@ -28,6 +30,8 @@ pub struct Snapshot {
     pub(super) loaded_at: SystemTime,
     /// The stored entities indexed for search, built on the first search.
     pub(super) members: OnceLock<Members>,
+    /// Decisions each policy determined since this snapshot was built.
+    pub(super) usage: PolicyUsage,
 }
 
 impl Snapshot {
@@ -74,6 +78,19 @@ impl Snapshot {
     pub fn members(&self) -> &Members {
         self.members
             .get_or_init(|| Members::new(&self.entities, self.schema.as_ref(), &self.policies))
+    }
+
+    /// Decisions each of its policies has determined since it was built.
+    pub fn usage(&self) -> &PolicyUsage {
+        &self.usage
+    }
+
+    /// The counts of [`Snapshot::usage`] as at most `max_series` metric series (see
+    /// [`PolicyUsage::series`]): policies without an `@id` grouped by their file.
+    pub fn usage_series(&self, max_series: usize) -> Vec<(String, u64, u64)> {
+        self.usage.series(max_series, |id| {
+            self.policy_locations.get(id).map(|l| l.file.clone())
+        })
     }
 
     /// Content hash of every file the snapshot was built from.

@@ -55,6 +55,8 @@ impl Undecodable for pb::BatchIsAuthorizedRequest {}
 impl Undecodable for pb::BatchIsAuthorizedResponse {}
 impl Undecodable for pb::GetPolicySetInfoRequest {}
 impl Undecodable for pb::PolicySetInfo {}
+impl Undecodable for pb::GetPolicyUsageRequest {}
+impl Undecodable for pb::PolicyUsage {}
 impl Undecodable for envoy::CheckResponse {}
 
 impl Undecodable for envoy::CheckRequest {

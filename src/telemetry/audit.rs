@@ -126,6 +126,64 @@ pub struct SearchRecord {
     pub refused: Option<String>,
 }
 
+/// One answer of a policy set in a [`ShadowRecord`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowAnswer {
+    /// `allow`, `deny`, or `error` (the request was refused before any policy decided).
+    pub decision: &'static str,
+    /// Ids of the policies that decided.
+    pub determining_policies: Vec<String>,
+    /// Policies that failed to evaluate, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<AuditError>,
+    /// Why the request was refused (its reason and field), for `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// The policy set that answered.
+    pub policy_version: String,
+}
+
+/// A decision the shadow policy set would have made differently from the live one: both
+/// answers, for the question as the decision's own record writes it (the same
+/// allow-listed context only). Always written, never sampled.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowRecord {
+    /// When the shadow set decided (RFC 3339, UTC).
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    /// Always `"shadow"`: not a decision the caller got (replay tools skip it).
+    pub kind: &'static str,
+    /// The call's request id.
+    pub request_id: String,
+    /// The id of the live decision it shadows.
+    pub decision_id: String,
+    /// Which API answered.
+    #[serde(serialize_with = "api_label")]
+    pub api: Api,
+    /// The caller's verified identity, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    /// The item's position in a call with many.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<usize>,
+    /// `Type::"id"` of the principal.
+    pub principal: String,
+    /// `Type::"id"` of the action.
+    pub action: String,
+    /// `Type::"id"` of the resource.
+    pub resource: String,
+    /// Values of allow-listed context keys only.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub context: serde_json::Map<String, serde_json::Value>,
+    /// `Type::"id"` of each entity the call sent with its request (absent when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub request_entities: Vec<String>,
+    /// What the caller got.
+    pub live: ShadowAnswer,
+    /// What the shadow set would have answered.
+    pub shadow: ShadowAnswer,
+}
+
 /// A line of the audit log.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
@@ -134,6 +192,14 @@ pub enum Entry {
     Decision(Record),
     /// A search (`"kind":"search"`).
     Search(SearchRecord),
+    /// A shadow disagreement (`"kind":"shadow"`).
+    Shadow(Box<ShadowRecord>),
+}
+
+impl From<ShadowRecord> for Entry {
+    fn from(record: ShadowRecord) -> Self {
+        Self::Shadow(Box::new(record))
+    }
 }
 
 impl From<Record> for Entry {

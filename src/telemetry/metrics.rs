@@ -155,6 +155,53 @@ impl Reason {
     }
 }
 
+/// `policy_decisions_total{policy_id,decision}`: decisions each determining policy took
+/// part in, since the serving snapshot was loaded. Rendered from the snapshot's own counts
+/// (see [`Metrics::export_policy_usage`]), so a reload starts them again and a removed
+/// policy leaves the scrape; policies without an `@id` are grouped by file and those past
+/// `policy_metrics_max_series` counted as `other`.
+pub const POLICY_DECISIONS: &str = "cedar_pdp_policy_decisions_total";
+/// `shadow_decisions_total{api,live,shadow}`: calls decided by the shadow policy set too,
+/// by what the live set answered and what the shadow set would have (`allow`, `deny`, or
+/// `error` for a request refused).
+pub const SHADOW_DECISIONS: &str = "cedar_pdp_shadow_decisions_total";
+/// `shadow_disagreements_total{api}`: shadow decisions that differ from the live answer.
+pub const SHADOW_DISAGREEMENTS: &str = "cedar_pdp_shadow_disagreements_total";
+/// `shadow_dropped_total`: shadow decisions skipped because the shadow queue was full.
+pub const SHADOW_DROPPED: &str = "cedar_pdp_shadow_dropped_total";
+/// `shadow_policy_reloads_total{result}`: rebuilds of the shadow policy directory.
+pub const SHADOW_RELOADS: &str = "cedar_pdp_shadow_policy_reloads_total";
+/// `shadow_policy_info{version}`: 1, labelled with the shadow set's version.
+pub const SHADOW_INFO: &str = "cedar_pdp_shadow_policy_info";
+
+/// An answer as the shadow metrics label it: `allow`, `deny`, or `error` (refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Allowed.
+    Allow,
+    /// Denied.
+    Deny,
+    /// Refused before any policy decided (invalid for this policy set's schema, a limit).
+    Error,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 3] = [Outcome::Allow, Outcome::Deny, Outcome::Error];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Renders the per-policy decision counts of whatever snapshot serves, as
+/// `(policy_id label, deny, allow)` series; installed by the server.
+pub type PolicyUsageSource = Box<dyn Fn() -> Vec<(String, u64, u64)> + Send + Sync>;
+
 /// HELP text of [`POLICY_INFO`].
 const POLICY_INFO_HELP: &str = "1, labelled with the policy version being served.";
 
@@ -246,6 +293,17 @@ struct Inner {
     /// The serving version, rendered as the one `policy_info` series. A std mutex: held
     /// for a string copy, never across an await.
     serving_version: Mutex<String>,
+    /// Per api, live outcome and shadow outcome.
+    shadow_decisions: [[[Counter; 3]; 3]; Api::ALL.len()],
+    shadow_disagreements: [Counter; Api::ALL.len()],
+    shadow_dropped: Counter,
+    /// [success, failure].
+    shadow_reloads: [Counter; 2],
+    /// The shadow set's version, rendered as the one `shadow_policy_info` series; empty
+    /// when there is no shadow set.
+    shadow_version: Mutex<String>,
+    /// Where `policy_decisions_total` is rendered from, once a server installs it.
+    policy_usage: OnceLock<PolicyUsageSource>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -307,6 +365,22 @@ impl Metrics {
         describe_counter(
             FORBID_ERRORS,
             "Decisions made DENY by a forbid whose evaluation errored (on_forbid_error = deny), by the forbid's policy id.",
+        );
+        describe_counter(
+            SHADOW_DECISIONS,
+            "Calls decided by the shadow policy set too, by the live answer and the shadow set's (allow, deny, or error for a request it refused).",
+        );
+        describe_counter(
+            SHADOW_DISAGREEMENTS,
+            "Shadow decisions that differ from the live answer (each one written to the audit log), by API.",
+        );
+        describe_counter(
+            SHADOW_DROPPED,
+            "Shadow decisions skipped because the shadow queue was full; the live answer is never delayed for one.",
+        );
+        describe_counter(
+            SHADOW_RELOADS,
+            "Rebuilds of the shadow policy directory, by result (success or failure).",
         );
         describe_counter(
             TLS_RELOADS,
@@ -374,7 +448,35 @@ impl Metrics {
                 ))
             })
         });
+        let shadow_decisions = Api::ALL.map(|a| {
+            Outcome::ALL.map(|live| {
+                Outcome::ALL.map(|shadow| {
+                    zero(counter(
+                        SHADOW_DECISIONS,
+                        vec![
+                            api(a),
+                            Label::new("live", live.label()),
+                            Label::new("shadow", shadow.label()),
+                        ],
+                    ))
+                })
+            })
+        });
+        let shadow_disagreements =
+            Api::ALL.map(|a| zero(counter(SHADOW_DISAGREEMENTS, vec![api(a)])));
+        let shadow_reloads = [ReloadResult::Success, ReloadResult::Failure].map(|r| {
+            zero(counter(
+                SHADOW_RELOADS,
+                vec![Label::new("result", r.label())],
+            ))
+        });
         let inner = Inner {
+            shadow_decisions,
+            shadow_disagreements,
+            shadow_dropped: zero(counter(SHADOW_DROPPED, vec![])),
+            shadow_reloads,
+            shadow_version: Mutex::new(String::new()),
+            policy_usage: OnceLock::new(),
             decisions,
             durations,
             refused,
@@ -425,7 +527,57 @@ impl Metrics {
                 "# HELP {POLICY_INFO} {POLICY_INFO_HELP}\n# TYPE {POLICY_INFO} gauge\n{POLICY_INFO}{{version=\"{version}\"}} 1\n\n"
             ));
         }
+        let shadow = self
+            .inner
+            .shadow_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !shadow.is_empty() {
+            text.push_str(&format!(
+                "# HELP {SHADOW_INFO} {SHADOW_INFO_HELP}\n# TYPE {SHADOW_INFO} gauge\n{SHADOW_INFO}{{version=\"{shadow}\"}} 1\n\n"
+            ));
+        }
+        if let Some(source) = self.inner.policy_usage.get() {
+            render_policy_decisions(&mut text, &source());
+        }
         text
+    }
+
+    /// Renders `policy_decisions_total` from `source` on every scrape: the counts belong
+    /// to the serving snapshot, so they cannot outlive it in the registry. The first
+    /// source installed is the one rendered.
+    pub fn export_policy_usage(&self, source: PolicyUsageSource) {
+        let _ = self.inner.policy_usage.set(source);
+    }
+
+    /// Counts one shadow decision on `api`: what the live set answered, what the shadow
+    /// set would have.
+    pub fn shadow_decided(&self, api: Api, live: Outcome, shadow: Outcome) {
+        let inner = &self.inner;
+        inner.shadow_decisions[api as usize][live as usize][shadow as usize].increment(1);
+        if live != shadow {
+            inner.shadow_disagreements[api as usize].increment(1);
+        }
+    }
+
+    /// Counts one shadow decision skipped for want of queue space.
+    pub fn shadow_dropped(&self) {
+        self.inner.shadow_dropped.increment(1);
+    }
+
+    /// Counts one rebuild of the shadow directory.
+    pub fn shadow_reloaded(&self, result: ReloadResult) {
+        self.inner.shadow_reloads[result as usize].increment(1);
+    }
+
+    /// Records `version` as the shadow set's (its `shadow_policy_info` series).
+    pub fn shadow_serving(&self, version: &str) {
+        *self
+            .inner
+            .shadow_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = version.to_owned();
     }
 
     /// Housekeeping the exporter needs now and then (folding histogram samples); the
@@ -512,6 +664,55 @@ impl Metrics {
         self.serving(set);
         self.inner.last_success.set(unix_seconds(set.loaded_at));
     }
+}
+
+/// HELP text of [`SHADOW_INFO`].
+const SHADOW_INFO_HELP: &str = "1, labelled with the shadow policy set's version.";
+
+/// HELP text of [`POLICY_DECISIONS`].
+const POLICY_DECISIONS_HELP: &str = "Decisions each determining policy took part in since the serving policy set was loaded, by policy id (policies without an @id grouped by file as <file>.*; those past policy_metrics_max_series as other) and decision.";
+
+/// Appends the `policy_decisions_total` family: each series with both decisions, so that
+/// a dashboard finds every policy at 0 from the reload on.
+fn render_policy_decisions(text: &mut String, series: &[(String, u64, u64)]) {
+    use std::fmt::Write as _;
+    if series.is_empty() {
+        return;
+    }
+    let _ = write!(
+        text,
+        "# HELP {POLICY_DECISIONS} {POLICY_DECISIONS_HELP}\n# TYPE {POLICY_DECISIONS} counter\n"
+    );
+    for (id, deny, allow) in series {
+        let id = escape_label(id);
+        let _ = writeln!(
+            text,
+            "{POLICY_DECISIONS}{{policy_id=\"{id}\",decision=\"allow\"}} {allow}"
+        );
+        let _ = writeln!(
+            text,
+            "{POLICY_DECISIONS}{{policy_id=\"{id}\",decision=\"deny\"}} {deny}"
+        );
+    }
+    text.push('\n');
+}
+
+/// `value` as a Prometheus label value: backslash, double quote and newline escaped
+/// (policy ids are written by people, and `@id` takes any string).
+fn escape_label(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.into();
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.into()
 }
 
 fn unix_seconds(at: SystemTime) -> f64 {

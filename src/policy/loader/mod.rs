@@ -30,7 +30,9 @@ pub(crate) use self::{
 };
 use cedar_policy::{Entities, EntityUid, EvalResult, PolicySet};
 
-use super::{FastSet, LoadError, PolicyValidation, Problem, Snapshot, index::PolicyIndex};
+use super::{
+    FastSet, LoadError, PolicyValidation, Problem, Snapshot, index::PolicyIndex, usage::PolicyUsage,
+};
 
 /// How to load a policy directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +126,7 @@ pub fn build(read: &Sources, options: &LoadOptions) -> Result<Loaded, LoadError>
                     .collect(),
                 named_not_held: named_not_held(&entities, &policies.set),
                 index: PolicyIndex::new(&policies.set),
+                usage: PolicyUsage::new(&policies.set),
                 policies: policies.set,
                 schema_shape,
                 schema,

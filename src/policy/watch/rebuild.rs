@@ -130,6 +130,7 @@ impl Run {
                 } = self.store.install(snapshot)
                 {
                     tracing::info!(
+                        dir = %self.store.dir().display(),
                         old_version,
                         new_version,
                         policy_count,
@@ -142,7 +143,7 @@ impl Run {
                 span.record("outcome", "failed");
                 (self.on_rebuild)(Rebuilt::Failed(&err));
                 self.store.fail(&err);
-                log_failure(&err, self.store.current().version());
+                log_failure(&err, &self.store);
             }
         }
         Attempt::Done
@@ -278,11 +279,14 @@ pub(super) fn modified_just_now(modified: Option<SystemTime>, reading_from: Syst
 pub(super) const FENCE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Logs every problem of a failed rebuild with its file and line.
-pub(super) fn log_failure(err: &LoadError, serving: &str) {
+pub(super) fn log_failure(err: &LoadError, store: &crate::policy::PolicyStore) {
+    let (dir, serving) = (store.dir().display(), store.current());
+    let serving = serving.version();
     match err {
         LoadError::Invalid(problems) => {
             for problem in problems {
                 tracing::error!(
+                    %dir,
                     location = %problem.location,
                     serving_version = serving,
                     "policy reload refused: {}",
@@ -291,7 +295,7 @@ pub(super) fn log_failure(err: &LoadError, serving: &str) {
             }
         }
         LoadError::Directory { .. } => {
-            tracing::error!(serving_version = serving, "policy reload failed: {err}");
+            tracing::error!(%dir, serving_version = serving, "policy reload failed: {err}");
         }
     }
 }

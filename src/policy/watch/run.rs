@@ -305,7 +305,7 @@ impl Run {
         );
         (self.on_rebuild)(Rebuilt::Failed(&error));
         self.store.fail(&error);
-        super::rebuild::log_failure(&error, self.store.current().version());
+        super::rebuild::log_failure(&error, &self.store);
     }
 
     /// Takes in one `notify` event; `true` if it is a change that calls for a rebuild.

@@ -1,0 +1,365 @@
+//! Shadow evaluation: a sampled share of calls is decided a second time, against the
+//! candidate policy set of `[shadow] policies`, to show what a change would do to live
+//! traffic before it is served.
+//!
+//! The shadow decision never touches the live answer: the call copies its questions into
+//! a [`Pending`] job before deciding, adds each live answer after, and hands the job to a
+//! bounded queue without waiting ([`Shadow::submit`]); a full queue drops the job and
+//! counts it (`cedar_pdp_shadow_dropped_total`). One thread of its own, at the lowest CPU
+//! priority, decides the jobs with an engine of its own (same options as the live one)
+//! on the shadow store's current snapshot, counts each pair of answers
+//! (`cedar_pdp_shadow_decisions_total{api,live,shadow}`) and writes every disagreement to
+//! the audit log as a `"kind":"shadow"` record holding both answers.
+
+use std::{
+    hash::{BuildHasher as _, RandomState},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, Receiver, SyncSender},
+    },
+    thread,
+    time::SystemTime,
+};
+
+use serde_json::{Map, Value as Json};
+
+use super::{Call, Decision, EntitiesInput, Question, Refusal, RequestEntities, Telemetry};
+use crate::{
+    config::ShadowConfig,
+    engine::{Engine, EngineOptions, Query},
+    policy::{PolicyStore, Snapshot},
+    telemetry::{
+        audit::{AuditError, ShadowAnswer, ShadowRecord},
+        metrics::{Api, Outcome},
+    },
+};
+
+/// The shadow policy set and the thread that decides against it.
+#[derive(Debug)]
+pub struct Shadow {
+    queue: SyncSender<Job>,
+    store: Arc<PolicyStore>,
+    telemetry: Telemetry,
+    /// Share of calls decided by the shadow set too, as configured.
+    rate: f64,
+    /// Calls drawn while `hasher(draw) < below`; `u64::MAX` keeps every call.
+    below: u64,
+    hasher: RandomState,
+    draws: AtomicU64,
+}
+
+impl Shadow {
+    /// Starts the shadow thread deciding against `store` with an engine of `options`,
+    /// sampling and queueing as `config` says, reporting to `telemetry`.
+    pub fn start(
+        store: Arc<PolicyStore>,
+        options: EngineOptions,
+        config: &ShadowConfig,
+        telemetry: Telemetry,
+    ) -> std::io::Result<Self> {
+        let (queue, jobs) = mpsc::sync_channel(config.queue_capacity.max(1));
+        let worker = Worker {
+            engine: Engine::new(options),
+            store: store.clone(),
+            telemetry: telemetry.clone(),
+        };
+        thread::Builder::new()
+            .name("shadow".into())
+            .stack_size(crate::policy::STACK_BYTES)
+            .spawn(move || worker.run(&jobs))?;
+        Ok(Self {
+            queue,
+            store,
+            telemetry,
+            rate: config.sample_rate,
+            below: sample_threshold(config.sample_rate),
+            hasher: RandomState::new(),
+            draws: AtomicU64::new(0),
+        })
+    }
+
+    /// The shadow store (its snapshot, version and last reload error).
+    pub fn store(&self) -> &Arc<PolicyStore> {
+        &self.store
+    }
+
+    /// Share of calls decided by the shadow set too.
+    pub fn sample_rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// A job for `call` when the sample draws it: the call's entities copied, to be
+    /// filled with its questions ([`Pending::ask`]) and live answers.
+    pub(super) fn draw(
+        &self,
+        call: &Call,
+        entities: &EntitiesInput,
+        mode: RequestEntities,
+    ) -> Option<Pending> {
+        let drawn = self.below == u64::MAX || {
+            let draw = self.draws.fetch_add(1, Ordering::Relaxed);
+            self.hasher.hash_one(draw) < self.below
+        };
+        drawn.then(|| Pending {
+            job: Job {
+                api: call.api,
+                request_id: call.id.as_str().to_owned(),
+                decision_id: call.decision_id.clone(),
+                caller: call.caller.clone(),
+                entities: entities.clone(),
+                mode,
+                items: Vec::new(),
+            },
+        })
+    }
+
+    /// Queues `pending` for the shadow thread without waiting; a full queue drops it, and
+    /// each of its decisions is counted as dropped.
+    pub(super) fn submit(&self, pending: Pending) {
+        let mut job = pending.job;
+        job.items.retain(|item| item.live.is_some());
+        if job.items.is_empty() {
+            return;
+        }
+        let items = job.items.len();
+        if self.queue.try_send(job).is_err() {
+            for _ in 0..items {
+                self.telemetry.metrics.shadow_dropped();
+            }
+        }
+    }
+}
+
+/// The `hash < below` bound that keeps a share `rate` of draws.
+fn sample_threshold(rate: f64) -> u64 {
+    if rate >= 1.0 {
+        u64::MAX
+    } else if rate <= 0.0 {
+        0
+    } else {
+        // The share of the u64 range below which a uniform draw falls with chance `rate`.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let below = (rate * u64::MAX as f64) as u64;
+        below
+    }
+}
+
+/// One call's questions, copied for the shadow set, with the live answers added as they
+/// come.
+#[derive(Debug)]
+pub(super) struct Pending {
+    job: Job,
+}
+
+impl Pending {
+    /// Adds `question` (item `item` of a call with many).
+    pub(super) fn ask(&mut self, item: Option<usize>, question: &Question) {
+        self.job.items.push(Item {
+            item,
+            query: question.query.clone(),
+            context: question.recorded_context.clone(),
+            live: None,
+        });
+    }
+
+    /// Adds what the live set answered on `snapshot` to the question last asked.
+    pub(super) fn answered(&mut self, answer: Result<&Decision, &Refusal>, snapshot: &Snapshot) {
+        if let Some(last) = self.job.items.last_mut() {
+            last.live = Some(answer_of(answer, snapshot));
+        }
+    }
+
+    /// Adds what the live set answered on `snapshot` to the question asked `at`-th.
+    pub(super) fn answered_at(
+        &mut self,
+        at: usize,
+        answer: Result<&Decision, &Refusal>,
+        snapshot: &Snapshot,
+    ) {
+        if let Some(item) = self.job.items.get_mut(at) {
+            item.live = Some(answer_of(answer, snapshot));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Job {
+    api: Api,
+    request_id: String,
+    decision_id: String,
+    caller: Option<String>,
+    entities: EntitiesInput,
+    mode: RequestEntities,
+    items: Vec<Item>,
+}
+
+#[derive(Debug)]
+struct Item {
+    item: Option<usize>,
+    query: Query,
+    /// Allow-listed context values, for the audit record.
+    context: Map<String, Json>,
+    live: Option<(Outcome, ShadowAnswer)>,
+}
+
+/// `answer` as the shadow metrics label it and the shadow record writes it.
+fn answer_of(answer: Result<&Decision, &Refusal>, snapshot: &Snapshot) -> (Outcome, ShadowAnswer) {
+    let version = snapshot.version().to_owned();
+    match answer {
+        Ok(decision) => (
+            if decision.allowed() {
+                Outcome::Allow
+            } else {
+                Outcome::Deny
+            },
+            ShadowAnswer {
+                decision: decision.effect().label(),
+                determining_policies: decision.determining_policies().to_vec(),
+                errors: decision
+                    .errors()
+                    .iter()
+                    .map(|e| AuditError {
+                        policy_id: e.policy_id.clone(),
+                        message: e.message.clone(),
+                    })
+                    .collect(),
+                refused: None,
+                policy_version: version,
+            },
+        ),
+        Err(refusal) => (
+            Outcome::Error,
+            ShadowAnswer {
+                decision: Outcome::Error.label(),
+                determining_policies: Vec::new(),
+                errors: Vec::new(),
+                refused: Some(super::record::refused(refusal)),
+                policy_version: version,
+            },
+        ),
+    }
+}
+
+/// The shadow thread's state.
+struct Worker {
+    engine: Engine,
+    store: Arc<PolicyStore>,
+    telemetry: Telemetry,
+}
+
+impl Worker {
+    /// Decides jobs until every sender is gone (the decider was dropped).
+    fn run(self, jobs: &Receiver<Job>) {
+        lowest_priority();
+        while let Ok(job) = jobs.recv() {
+            let snapshot = self.store.current();
+            // A panic in Cedar costs one job's shadow answers, never the thread.
+            let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.decide(&snapshot, job);
+            }));
+            if decided.is_err() {
+                tracing::error!("a shadow decision failed unexpectedly; its job was skipped");
+            }
+        }
+    }
+
+    /// Decides every item of `job` on `snapshot` (one entity store for all, as the live
+    /// call had), counts each pair of answers and audits each disagreement.
+    fn decide(&self, snapshot: &Snapshot, job: Job) {
+        let engine = &self.engine;
+        let Job {
+            api,
+            request_id,
+            decision_id,
+            caller,
+            entities,
+            mode,
+            items,
+        } = job;
+        let entities = engine.entities_as(snapshot, entities, mode);
+        let uids: Vec<String> = match &entities {
+            Ok(entities) => entities.uids().iter().map(ToString::to_string).collect(),
+            Err(_) => Vec::new(),
+        };
+        // Each item's request, or why it cannot be asked; the built ones share a store.
+        let mut built = Vec::with_capacity(items.len());
+        let positions: Vec<Result<usize, Refusal>> = items
+            .iter()
+            .map(|item| {
+                let request = engine.request(snapshot, item.query.clone())?;
+                built.push(request);
+                Ok(built.len() - 1)
+            })
+            .collect();
+        let store = entities.and_then(|entities| engine.store(snapshot, entities, &built));
+        for (item, position) in items.into_iter().zip(positions) {
+            let answer = match (&store, position) {
+                (Ok(store), Ok(at)) => Ok(engine.decide_request(snapshot, store, &built[at])),
+                (Err(refusal), _) => Err(refusal.clone()),
+                (_, Err(refusal)) => Err(refusal),
+            };
+            let (shadow_outcome, shadow) = answer_of(answer.as_ref(), snapshot);
+            let Some((live_outcome, live)) = item.live else {
+                continue;
+            };
+            self.telemetry
+                .metrics
+                .shadow_decided(api, live_outcome, shadow_outcome);
+            let agree = live_outcome == shadow_outcome;
+            if agree || !self.telemetry.audit.enabled() {
+                continue;
+            }
+            self.telemetry.audit.submit(ShadowRecord {
+                time: SystemTime::now(),
+                kind: "shadow",
+                request_id: request_id.clone(),
+                decision_id: match item.item {
+                    Some(i) => format!("{decision_id}.{i}"),
+                    None => decision_id.clone(),
+                },
+                api,
+                caller: caller.clone(),
+                item: item.item,
+                principal: item.query.principal.to_string(),
+                action: item.query.action.to_string(),
+                resource: item.query.resource.to_string(),
+                context: item.context,
+                request_entities: uids.clone(),
+                live,
+                shadow,
+            });
+        }
+    }
+}
+
+/// Lowers the calling thread's CPU priority as far as it goes (Linux: nice 19 for this
+/// thread only), so that shadow work takes only CPU time the live decisions leave.
+fn lowest_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions; setpriority on our own thread id changes
+        // only this thread's nice value, and failing leaves it as it was.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid);
+            #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
+            let tid = tid as libc::id_t;
+            if libc::setpriority(libc::PRIO_PROCESS, tid, 19) != 0 {
+                tracing::debug!("could not lower the shadow thread's priority");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample_threshold;
+
+    #[test]
+    fn the_sample_threshold_keeps_all_none_or_a_share() {
+        assert_eq!(sample_threshold(1.0), u64::MAX);
+        assert_eq!(sample_threshold(0.0), 0);
+        let half = sample_threshold(0.5);
+        assert!(half > u64::MAX / 2 - u64::MAX / 100 && half < u64::MAX / 2 + u64::MAX / 100);
+    }
+}

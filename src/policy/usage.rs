@@ -1,0 +1,241 @@
+//! [`PolicyUsage`]: how many decisions each policy of a snapshot has determined since the
+//! snapshot was loaded, for `cedar_pdp_policy_decisions_total` and for finding policies
+//! that never decide anything (least-privilege reviews).
+//!
+//! Counts live with the snapshot, one pair of atomics per static policy, so they start at
+//! zero with every reload and a removed policy's count goes with the snapshot that held
+//! it. Counting a decision is a hash lookup and an atomic add per determining policy;
+//! grouping into a bounded number of metric series happens only when `/metrics` is
+//! scraped ([`PolicyUsage::series`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cedar_policy::{Effect as CedarEffect, PolicySet};
+
+use super::{FastMap, Location};
+
+/// The label of the series that counts every policy past the cap.
+pub const OTHER_SERIES: &str = "other";
+
+/// One policy as the usage list reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyUse {
+    /// Its id.
+    pub id: String,
+    /// `permit` or `forbid`.
+    pub effect: &'static str,
+    /// Whether its id comes from an `@id` annotation (else it is made from its file).
+    pub named: bool,
+    /// Where it is written, when known.
+    pub location: Option<Location>,
+    /// Allow decisions it determined.
+    pub allow: u64,
+    /// Deny decisions it determined.
+    pub deny: u64,
+}
+
+impl PolicyUse {
+    /// Whether it has determined no decision.
+    pub fn unused(&self) -> bool {
+        self.allow == 0 && self.deny == 0
+    }
+}
+
+/// Decisions per determining policy of one snapshot.
+#[derive(Debug)]
+pub struct PolicyUsage {
+    /// Position of each policy (by id) in `policies` and `counts`.
+    slots: FastMap<Box<str>, u32>,
+    /// Each policy's id, effect and whether it is named, sorted by id.
+    policies: Vec<(Box<str>, CedarEffect, bool)>,
+    /// Per policy: [deny, allow].
+    counts: Vec<[AtomicU64; 2]>,
+}
+
+impl PolicyUsage {
+    /// Zero counts for every static policy of `set` (templates decide nothing until
+    /// linked, and links are policies).
+    pub fn new(set: &PolicySet) -> Self {
+        let mut policies: Vec<(Box<str>, CedarEffect, bool)> = set
+            .policies()
+            .map(|p| {
+                let named = p.annotation("id").is_some();
+                (p.id().to_string().into_boxed_str(), p.effect(), named)
+            })
+            .collect();
+        policies.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let slots = policies
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _, _))| (id.clone(), u32::try_from(i).unwrap_or(u32::MAX)))
+            .collect();
+        let counts = policies.iter().map(|_| Default::default()).collect();
+        Self {
+            slots,
+            policies,
+            counts,
+        }
+    }
+
+    /// Counts one decision (`allowed` or not) for each of its determining policies.
+    pub fn count<'a>(&self, allowed: bool, determining: impl IntoIterator<Item = &'a String>) {
+        for id in determining {
+            if let Some(&slot) = self.slots.get(id.as_str())
+                && let Some(pair) = self.counts.get(slot as usize)
+            {
+                pair[usize::from(allowed)].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Every policy with its counts, sorted by id; `locate` says where each is written.
+    pub fn list<'s>(
+        &'s self,
+        locate: impl Fn(&str) -> Option<&'s Location> + 's,
+    ) -> impl Iterator<Item = PolicyUse> + 's {
+        self.list_after("", locate)
+    }
+
+    /// [`PolicyUsage::list`] from the first policy whose id sorts after `after` (all of
+    /// them for `""`): a page of a long list, found without walking the ones before.
+    pub fn list_after<'s>(
+        &'s self,
+        after: &str,
+        locate: impl Fn(&str) -> Option<&'s Location> + 's,
+    ) -> impl Iterator<Item = PolicyUse> + 's {
+        let start = if after.is_empty() {
+            0
+        } else {
+            self.policies.partition_point(|(id, _, _)| &**id <= after)
+        };
+        self.policies[start..]
+            .iter()
+            .zip(&self.counts[start..])
+            .map(move |((id, effect, named), [deny, allow])| PolicyUse {
+                id: id.to_string(),
+                effect: match effect {
+                    CedarEffect::Permit => "permit",
+                    CedarEffect::Forbid => "forbid",
+                },
+                named: *named,
+                location: locate(id).cloned(),
+                allow: allow.load(Ordering::Relaxed),
+                deny: deny.load(Ordering::Relaxed),
+            })
+    }
+
+    /// Number of policies counted.
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// The counts grouped into at most `max_series` metric series (plus [`OTHER_SERIES`]),
+    /// as `(policy_id label, deny, allow)` in a stable order: a policy named by `@id` is a
+    /// series of its own; policies without one are grouped by file (`<file>.*`, which
+    /// their made-up ids start with); the series past the cap (in id order) add up into
+    /// `other`. The same policies give the same series on every scrape.
+    pub fn series(
+        &self,
+        max_series: usize,
+        file_of: impl Fn(&str) -> Option<String>,
+    ) -> Vec<(String, u64, u64)> {
+        let mut series: Vec<(String, u64, u64)> = Vec::new();
+        let mut index: FastMap<String, usize> = FastMap::default();
+        let mut other = (0u64, 0u64);
+        let mut overflow = false;
+        for ((id, _, named), [deny, allow]) in self.policies.iter().zip(&self.counts) {
+            let (deny, allow) = (deny.load(Ordering::Relaxed), allow.load(Ordering::Relaxed));
+            let label = if *named {
+                id.to_string()
+            } else {
+                match file_of(id) {
+                    Some(file) => format!("{}.*", file.trim_end_matches(".cedar")),
+                    None => id.to_string(),
+                }
+            };
+            if let Some(&at) = index.get(&label) {
+                series[at].1 += deny;
+                series[at].2 += allow;
+            } else if series.len() < max_series {
+                index.insert(label.clone(), series.len());
+                series.push((label, deny, allow));
+            } else {
+                overflow = true;
+                other.0 += deny;
+                other.1 += allow;
+            }
+        }
+        if overflow {
+            series.push((OTHER_SERIES.to_owned(), other.0, other.1));
+        }
+        series
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(text: &str) -> PolicySet {
+        text.parse().expect("test policies parse")
+    }
+
+    #[test]
+    fn counts_each_determining_policy_by_decision_and_ignores_unknown_ids() {
+        let usage = PolicyUsage::new(&set(r#"@id("a") permit(principal, action, resource);
+               @id("b") forbid(principal, action, resource);"#));
+        let (a, b, gone) = ("a".to_owned(), "b".to_owned(), "gone".to_owned());
+        usage.count(true, [&a]);
+        usage.count(true, [&a]);
+        usage.count(false, [&b, &gone]);
+        let listed: Vec<_> = usage.list(|_| None).collect();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|p| (p.id.as_str(), p.effect, p.allow, p.deny))
+                .collect::<Vec<_>>(),
+            [("a", "permit", 2, 0), ("b", "forbid", 0, 1)]
+        );
+        assert!(!listed[0].unused());
+    }
+
+    #[test]
+    fn series_group_unnamed_policies_by_file_and_cap_the_rest_into_other() {
+        let usage = PolicyUsage::new(&set(r#"@id("a") permit(principal, action, resource);
+               @id("b") permit(principal, action, resource);
+               @id("c") permit(principal, action, resource);
+               permit(principal, action, resource);
+               permit(principal, action, resource);"#));
+        // Cedar's own ids for the unnamed ones are policy0.. in this test.
+        let ids: Vec<String> = usage.list(|_| None).map(|p| p.id).collect();
+        let unnamed: Vec<&String> = ids.iter().filter(|id| id.starts_with("policy")).collect();
+        assert_eq!(unnamed.len(), 2);
+        usage.count(true, unnamed.iter().copied());
+        usage.count(true, [&"c".to_owned()]);
+        let file_of = |id: &str| id.starts_with("policy").then(|| "t/x.cedar".to_owned());
+        let all = usage.series(10, file_of);
+        assert_eq!(
+            all,
+            [
+                ("a".to_owned(), 0, 0),
+                ("b".to_owned(), 0, 0),
+                ("c".to_owned(), 0, 1),
+                ("t/x.*".to_owned(), 0, 2),
+            ]
+        );
+        let capped = usage.series(2, file_of);
+        assert_eq!(
+            capped,
+            [
+                ("a".to_owned(), 0, 0),
+                ("b".to_owned(), 0, 0),
+                ("other".to_owned(), 0, 3),
+            ]
+        );
+    }
+}
