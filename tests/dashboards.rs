@@ -161,7 +161,16 @@ fn the_rules_reader_finds_inline_and_block_exprs() {
 
 #[tokio::test]
 async fn dashboard_and_alerts_query_only_exported_metrics() {
-    let server = TestServer::start(&example_policies()).await;
+    // Every optional family on: a shadow set exports its own.
+    let server = TestServer::start_with(cedar_pdp::Config {
+        policies: example_policies(),
+        shadow: cedar_pdp::config::ShadowConfig {
+            policies: Some(example_policies()),
+            ..Default::default()
+        },
+        ..cedar_pdp::Config::default()
+    })
+    .await;
     let exposition = server.metrics_text().await;
     server.stop().await;
     let families = exported_families(&exposition);
