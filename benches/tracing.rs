@@ -10,13 +10,11 @@
 mod support;
 
 use std::{
-    net::{SocketAddr, TcpListener},
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use opentelemetry_proto::tonic::collector::trace::v1::{
@@ -47,51 +45,6 @@ impl TraceService for Counting {
             .sum();
         self.spans.fetch_add(n as u64, Ordering::Relaxed);
         Ok(Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-/// A port free now (the server binds it a moment later).
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// The server binary on the example policies at `addr`, with `extra` arguments; killed
-/// when dropped.
-struct Served(Child);
-
-impl Served {
-    fn start(addr: SocketAddr, extra: &[String]) -> Self {
-        let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
-        let child = Command::new(env!("CARGO_BIN_EXE_cedar-pdp"))
-            .args(["serve", "--policies", policies, "--audit-sink", "off"])
-            .args(["--log-level", "warn", "--metrics-listen", "127.0.0.1:0"])
-            .arg(format!("--listen={addr}"))
-            .args(extra)
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .env_remove("OTEL_TRACES_SAMPLER")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("the server binary starts");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the server at {addr} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self(child)
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -128,7 +81,7 @@ fn main() {
         .iter()
         .map(|(_, extra)| {
             let addr = free_port();
-            let served = Served::start(addr, extra);
+            let served = Served::start(addr, free_port(), extra);
             (served, connect(&runtime, addr))
         })
         .collect();

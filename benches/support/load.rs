@@ -4,6 +4,8 @@
 
 use std::{
     future::Future,
+    net::{SocketAddr, TcpListener},
+    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -13,6 +15,54 @@ use std::{
 
 use cedar_pdp::proto::cedarpdp::v1 as pb;
 use tonic::transport::Channel;
+
+/// A port free now (a server binds it a moment later).
+pub fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The release server binary on the example policies, gRPC at `addr` and metrics at
+/// `metrics`, with `extra` arguments; killed when dropped. A process of its own, so that
+/// what is process-wide (a trace exporter, threads) is each case's own.
+pub struct Served(Child);
+
+impl Served {
+    /// Starts it and waits until its gRPC port answers.
+    pub fn start(addr: SocketAddr, metrics: SocketAddr, extra: &[String]) -> Self {
+        let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+        let child = Command::new(env!("CARGO_BIN_EXE_cedar-pdp"))
+            .args(["serve", "--policies", policies, "--audit-sink", "off"])
+            .args(["--log-level", "warn"])
+            .arg(format!("--listen={addr}"))
+            .arg(format!("--metrics-listen={metrics}"))
+            .args(extra)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_TRACES_SAMPLER")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the server binary starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the server at {addr} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// Connections the load is spread over, and calls in flight on each.
 pub const CONNECTIONS: usize = 4;

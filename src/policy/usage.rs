@@ -179,16 +179,28 @@ impl PolicyUsage {
 
 #[cfg(test)]
 mod tests {
+    use cedar_policy::{Policy, PolicyId};
+
     use super::*;
 
-    fn set(text: &str) -> PolicySet {
-        text.parse().expect("test policies parse")
+    /// A set of `(id, text)` policies, each under its id as the loader gives them.
+    fn set(policies: &[(&str, &str)]) -> PolicySet {
+        let mut set = PolicySet::new();
+        for (id, text) in policies {
+            let policy = Policy::parse(Some(PolicyId::new(*id)), *text).expect("test policy");
+            set.add(policy).expect("unique ids");
+        }
+        set
     }
+
+    const ALL: &str = "permit(principal, action, resource);";
 
     #[test]
     fn counts_each_determining_policy_by_decision_and_ignores_unknown_ids() {
-        let usage = PolicyUsage::new(&set(r#"@id("a") permit(principal, action, resource);
-               @id("b") forbid(principal, action, resource);"#));
+        let usage = PolicyUsage::new(&set(&[
+            ("a", r#"@id("a") permit(principal, action, resource);"#),
+            ("b", r#"@id("b") forbid(principal, action, resource);"#),
+        ]));
         let (a, b, gone) = ("a".to_owned(), "b".to_owned(), "gone".to_owned());
         usage.count(true, [&a]);
         usage.count(true, [&a]);
@@ -197,27 +209,30 @@ mod tests {
         assert_eq!(
             listed
                 .iter()
-                .map(|p| (p.id.as_str(), p.effect, p.allow, p.deny))
+                .map(|p| (p.id.as_str(), p.effect, p.named, p.allow, p.deny))
                 .collect::<Vec<_>>(),
-            [("a", "permit", 2, 0), ("b", "forbid", 0, 1)]
+            [("a", "permit", true, 2, 0), ("b", "forbid", true, 0, 1)]
         );
         assert!(!listed[0].unused());
+        let after_a: Vec<String> = usage.list_after("a", |_| None).map(|p| p.id).collect();
+        assert_eq!(after_a, ["b"]);
+        assert_eq!(usage.list_after("b", |_| None).count(), 0);
     }
 
     #[test]
     fn series_group_unnamed_policies_by_file_and_cap_the_rest_into_other() {
-        let usage = PolicyUsage::new(&set(r#"@id("a") permit(principal, action, resource);
-               @id("b") permit(principal, action, resource);
-               @id("c") permit(principal, action, resource);
-               permit(principal, action, resource);
-               permit(principal, action, resource);"#));
-        // Cedar's own ids for the unnamed ones are policy0.. in this test.
-        let ids: Vec<String> = usage.list(|_| None).map(|p| p.id).collect();
-        let unnamed: Vec<&String> = ids.iter().filter(|id| id.starts_with("policy")).collect();
-        assert_eq!(unnamed.len(), 2);
-        usage.count(true, unnamed.iter().copied());
+        let named = |id: &str| format!("@id(\"{id}\") {ALL}");
+        let (a, b, c) = (named("a"), named("b"), named("c"));
+        let usage = PolicyUsage::new(&set(&[
+            ("a", &a),
+            ("b", &b),
+            ("c", &c),
+            ("t/x.0", ALL),
+            ("t/x.1", ALL),
+        ]));
+        usage.count(true, [&"t/x.0".to_owned(), &"t/x.1".to_owned()]);
         usage.count(true, [&"c".to_owned()]);
-        let file_of = |id: &str| id.starts_with("policy").then(|| "t/x.cedar".to_owned());
+        let file_of = |id: &str| id.starts_with("t/").then(|| "t/x.cedar".to_owned());
         let all = usage.series(10, file_of);
         assert_eq!(
             all,
