@@ -223,15 +223,17 @@ impl authorizer_server::Authorizer for AuthorizerService {
         &self,
         request: Request<pb::IsAuthorizedRequest>,
     ) -> Result<Response<pb::IsAuthorizedResponse>, Status> {
-        let call = self.start(Api::IsAuthorized, &request)?;
+        let mut call = self.start(Api::IsAuthorized, &request)?;
         let span = call.span();
         trace::continue_trace(&span, |name| {
             request.metadata().get(name).and_then(|v| v.to_str().ok())
         });
         let message = request.into_inner();
+        let size = message.encoded_len();
+        call.weighs(size);
         let heavy = !message.entities.is_empty()
             || !message.entities_json.is_empty()
-            || message.encoded_len() > LIGHT_MESSAGE_BYTES;
+            || size > LIGHT_MESSAGE_BYTES;
         self.answer(call, span, heavy, move |this, call, snapshot| {
             this.is_authorized(call, snapshot, message)
         })
@@ -242,16 +244,18 @@ impl authorizer_server::Authorizer for AuthorizerService {
         &self,
         request: Request<pb::BatchIsAuthorizedRequest>,
     ) -> Result<Response<pb::BatchIsAuthorizedResponse>, Status> {
-        let call = self.start(Api::Batch, &request)?;
+        let mut call = self.start(Api::Batch, &request)?;
         let span = call.span();
         trace::continue_trace(&span, |name| {
             request.metadata().get(name).and_then(|v| v.to_str().ok())
         });
         let message = request.into_inner();
+        let size = message.encoded_len();
+        call.weighs(size);
         let heavy = !message.entities.is_empty()
             || !message.entities_json.is_empty()
             || message.items.len() > LIGHT_BATCH_ITEMS
-            || message.encoded_len() > LIGHT_MESSAGE_BYTES;
+            || size > LIGHT_MESSAGE_BYTES;
         self.answer(call, span, heavy, move |this, call, snapshot| {
             this.batch(call, snapshot, message)
         })

@@ -96,6 +96,9 @@ pub struct Call {
     /// Whether a refusal is answered with a deny (ext_authz: Envoy sees a 403, never an
     /// error), and so audited like one.
     refusals_deny: bool,
+    /// Bytes of the call's message, as its front end read it (0 until told): what a copy
+    /// of its questions for the shadow set is charged.
+    size: usize,
 }
 
 impl Call {
@@ -170,6 +173,11 @@ impl Call {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// Notes that its message was `bytes` long (what a copy of it may hold in memory).
+    pub fn weighs(&mut self, bytes: usize) {
+        self.size = bytes;
     }
 
     /// Answers its refusals with a deny, audited like one (ext_authz).
@@ -340,6 +348,7 @@ impl Decider {
             deadline: None,
             keep_allows: self.telemetry.audit.sample_allows(),
             refusals_deny: false,
+            size: 0,
         }
     }
 

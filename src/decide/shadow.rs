@@ -15,12 +15,21 @@ use std::{
     hash::{BuildHasher as _, RandomState},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         mpsc::{self, Receiver, SyncSender, TryRecvError},
     },
     thread,
     time::{Duration, Instant, SystemTime},
 };
+
+/// Bytes of call messages the queued shadow jobs may copy at most (the calls' encoded
+/// sizes; a job counts at least [`MIN_JOB_BYTES`]): past it a job is dropped, whatever
+/// `queue_capacity` says, so that calls carrying large entity lists cannot make the queue
+/// hold gigabytes.
+pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+
+/// What a job is charged at least (its questions and answers, whatever its message).
+const MIN_JOB_BYTES: usize = 1024;
 
 /// How often the shadow thread looks for jobs while they keep coming.
 const POLL: Duration = Duration::from_millis(1);
@@ -45,6 +54,8 @@ use crate::{
 #[derive(Debug)]
 pub struct Shadow {
     queue: SyncSender<Job>,
+    /// Bytes charged to the jobs queued now (see [`MAX_QUEUED_BYTES`]).
+    queued_bytes: Arc<AtomicUsize>,
     store: Arc<PolicyStore>,
     telemetry: Telemetry,
     /// Share of calls decided by the shadow set too, as configured.
@@ -64,25 +75,41 @@ impl Shadow {
         config: &ShadowConfig,
         telemetry: Telemetry,
     ) -> std::io::Result<Self> {
-        let (queue, jobs) = mpsc::sync_channel(config.queue_capacity.max(1));
-        let worker = Worker {
-            engine: Engine::new(options),
-            store: store.clone(),
-            telemetry: telemetry.clone(),
-        };
+        let (shadow, worker, jobs) = Self::parts(store, options, config, telemetry);
         thread::Builder::new()
             .name("shadow".into())
             .stack_size(crate::policy::STACK_BYTES)
             .spawn(move || worker.run(&jobs))?;
-        Ok(Self {
+        Ok(shadow)
+    }
+
+    /// The shadow set, the worker that would decide its jobs, and the jobs' receiving end,
+    /// not yet running.
+    fn parts(
+        store: Arc<PolicyStore>,
+        options: EngineOptions,
+        config: &ShadowConfig,
+        telemetry: Telemetry,
+    ) -> (Self, Worker, Receiver<Job>) {
+        let (queue, jobs) = mpsc::sync_channel(config.queue_capacity.max(1));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let worker = Worker {
+            engine: Engine::new(options),
+            store: store.clone(),
+            telemetry: telemetry.clone(),
+            queued_bytes: queued_bytes.clone(),
+        };
+        let shadow = Self {
             queue,
+            queued_bytes,
             store,
             telemetry,
             rate: config.sample_rate,
             below: sample_threshold(config.sample_rate),
             hasher: RandomState::new(),
             draws: AtomicU64::new(0),
-        })
+        };
+        (shadow, worker, jobs)
     }
 
     /// The shadow store (its snapshot, version and last reload error).
@@ -113,6 +140,7 @@ impl Shadow {
                 request_id: call.id.as_str().to_owned(),
                 decision_id: call.decision_id.clone(),
                 caller: call.caller.clone(),
+                bytes: call.size.max(MIN_JOB_BYTES),
                 entities: entities.clone(),
                 mode,
                 items: Vec::new(),
@@ -128,8 +156,10 @@ impl Shadow {
         if job.items.is_empty() {
             return;
         }
-        let items = job.items.len();
-        if self.queue.try_send(job).is_err() {
+        let (items, bytes) = (job.items.len(), job.bytes);
+        let charged = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if charged > MAX_QUEUED_BYTES || self.queue.try_send(job).is_err() {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             for _ in 0..items {
                 self.telemetry.metrics.shadow_dropped();
             }
@@ -195,6 +225,8 @@ struct Job {
     request_id: String,
     decision_id: String,
     caller: Option<String>,
+    /// What it is charged against [`MAX_QUEUED_BYTES`] while queued.
+    bytes: usize,
     entities: EntitiesInput,
     mode: RequestEntities,
     items: Vec<Item>,
@@ -252,6 +284,7 @@ struct Worker {
     engine: Engine,
     store: Arc<PolicyStore>,
     telemetry: Telemetry,
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl Worker {
@@ -275,6 +308,7 @@ impl Worker {
                     Err(_) => return,
                 },
             };
+            self.queued_bytes.fetch_sub(job.bytes, Ordering::Relaxed);
             let snapshot = self.store.current();
             // A panic in Cedar costs one job's shadow answers, never the thread.
             let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -296,6 +330,7 @@ impl Worker {
             request_id,
             decision_id,
             caller,
+            bytes: _,
             entities,
             mode,
             items,
@@ -376,7 +411,14 @@ fn lowest_priority() {
 
 #[cfg(test)]
 mod tests {
-    use super::sample_threshold;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        decide::{Decider, Question},
+        policy::LoadOptions,
+        telemetry::Metrics,
+    };
 
     #[test]
     fn the_sample_threshold_keeps_all_none_or_a_share() {
@@ -384,5 +426,84 @@ mod tests {
         assert_eq!(sample_threshold(0.0), 0);
         let half = sample_threshold(0.5);
         assert!(half > u64::MAX / 2 - u64::MAX / 100 && half < u64::MAX / 2 + u64::MAX / 100);
+    }
+
+    fn dropped(metrics: &Metrics) -> f64 {
+        let text = metrics.render();
+        text.lines()
+            .find_map(|l| l.strip_prefix("cedar_pdp_shadow_dropped_total "))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
+    /// Jobs held by a shadow thread that is not running: the queue's two bounds, jobs and
+    /// bytes, each drop (and count) what is past them; a job taken off frees its bytes.
+    #[test]
+    fn jobs_past_the_queue_or_the_byte_budget_are_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.cedar"),
+            "permit(principal, action, resource);",
+        )
+        .unwrap();
+        let (store, _) = PolicyStore::open(dir.path(), LoadOptions::default()).unwrap();
+        let store = Arc::new(store);
+        let metrics = Metrics::new();
+        let telemetry = Telemetry::metrics_only(metrics.clone());
+        let config = ShadowConfig {
+            policies: Some(dir.path().to_owned()),
+            sample_rate: 1.0,
+            queue_capacity: 3,
+        };
+        let (shadow, _worker, jobs) = Shadow::parts(
+            store.clone(),
+            EngineOptions::default(),
+            &config,
+            telemetry.clone(),
+        );
+        let decider = Decider::new(Engine::new(EngineOptions::default()), 10, telemetry);
+        let snapshot = store.current();
+        let question = Question::from(Query {
+            principal: r#"User::"a""#.parse().unwrap(),
+            action: r#"Action::"read""#.parse().unwrap(),
+            resource: r#"Doc::"d""#.parse().unwrap(),
+            context: crate::engine::ContextInput::Json(String::new()),
+        });
+        let submit = |bytes: usize| {
+            let mut call = decider.start(Api::IsAuthorized, None, None);
+            call.weighs(bytes);
+            let mut pending = shadow
+                .draw(&call, &EntitiesInput::None, RequestEntities::Add)
+                .expect("a sample rate of 1 draws every call");
+            pending.ask(None, &question);
+            let decision = decider
+                .engine()
+                .decide(&snapshot, EntitiesInput::None, question.query.clone())
+                .unwrap();
+            pending.answered(Ok(&decision), &snapshot);
+            shadow.submit(pending);
+        };
+        // Two large jobs fit the byte budget; a third does not, though the queue has room.
+        submit(MAX_QUEUED_BYTES / 2 - 2 * MIN_JOB_BYTES);
+        submit(MAX_QUEUED_BYTES / 2 - 2 * MIN_JOB_BYTES);
+        submit(MAX_QUEUED_BYTES / 2);
+        assert_eq!(dropped(&metrics), 1.0);
+        // One small job fills the queue of three; the next is past it.
+        submit(0);
+        submit(0);
+        assert_eq!(dropped(&metrics), 2.0);
+        // A job taken off frees its bytes (the worker does this as it starts each job).
+        let job = jobs.try_recv().unwrap();
+        shadow.queued_bytes.fetch_sub(job.bytes, Ordering::Relaxed);
+        submit(MAX_QUEUED_BYTES / 2 - 2 * MIN_JOB_BYTES);
+        assert_eq!(dropped(&metrics), 2.0);
+        // A question never answered live is not queued at all.
+        let call = decider.start(Api::IsAuthorized, None, None);
+        let mut pending = shadow
+            .draw(&call, &EntitiesInput::None, RequestEntities::Add)
+            .unwrap();
+        pending.ask(None, &question);
+        let before = shadow.queued_bytes.load(Ordering::Relaxed);
+        shadow.submit(pending);
+        assert_eq!(shadow.queued_bytes.load(Ordering::Relaxed), before);
     }
 }

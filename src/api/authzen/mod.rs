@@ -468,6 +468,7 @@ async fn answer(shared: Arc<Shared>, request: Request, endpoint: Endpoint) -> Re
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     };
+    call.weighs(body.len());
     // Searches and batches can be long: they keep one decision thread free for the rest.
     let heavy = matches!(endpoint, Endpoint::Search(_) | Endpoint::Evaluations)
         || body.len() > super::authorizer::LIGHT_MESSAGE_BYTES;

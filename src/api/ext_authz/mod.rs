@@ -219,9 +219,11 @@ impl ExtAuthzService {
             // turn this refusal into an allow.
             return response::stamped(response::refused(&refusal, None), call.decision_id());
         }
-        let (this, decided) = (self.clone(), call.clone());
         // A check sends no entities: light work, unless it is large.
-        let heavy = request.get_ref().encoded_len() > LIGHT_MESSAGE_BYTES;
+        let size = request.get_ref().encoded_len();
+        call.weighs(size);
+        let heavy = size > LIGHT_MESSAGE_BYTES;
+        let (this, decided) = (self.clone(), call.clone());
         let answer = self
             .decider
             .off_workers(heavy, move || {
