@@ -7,7 +7,10 @@ use std::{path::PathBuf, process::ExitCode};
 use cedar_pdp::{
     Config,
     api::ext_authz::rules::ExtAuthz,
-    authoring::commands::{self, Exit, Format, RequestFlags, Setup, usage_error},
+    authoring::{
+        commands::{self, Exit, Format, RequestFlags, Setup, usage_error},
+        diff::FailOn,
+    },
     config::{PolicyValidation, Settings},
     policy::LoadError,
     server::{self, ServeError},
@@ -44,6 +47,32 @@ enum Command {
     Authorize(AuthorizeArgs),
     /// Format the policy files with Cedar's formatter.
     Fmt(FmtArgs),
+    /// Replay recorded requests against two policy directories and show what flips.
+    Diff(DiffArgs),
+    /// Ask a running server how many decisions each policy determined since it was loaded.
+    Usage(UsageArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct UsageArgs {
+    /// The server's gRPC address (`https://` for TLS).
+    #[arg(long, default_value = "http://127.0.0.1:50051", value_name = "URL")]
+    server: String,
+    /// List only the policies that determined no decision since the set was loaded.
+    #[arg(long)]
+    unused: bool,
+    /// PEM CA certificates that signed an `https://` server's certificate.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for a server that requires mutual TLS (needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
 }
 
 #[derive(Debug, clap::Args)]
@@ -146,6 +175,29 @@ struct FmtArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct DiffArgs {
+    /// The policy directory the requests are replayed against first (the serving set).
+    #[arg(long, value_name = "DIR")]
+    from: PathBuf,
+    /// The changed policy directory, loaded with the same settings.
+    #[arg(long, value_name = "DIR")]
+    to: PathBuf,
+    /// Audit logs (one JSON record a line; decision records are replayed) or request
+    /// files as `authorize --request` reads them (one request, a list, or a test case
+    /// file); `-` reads standard input.
+    #[arg(required = true, value_name = "REQUESTS")]
+    requests: Vec<PathBuf>,
+    /// Which flips exit 1: a request that --from does not allow and --to allows, or any.
+    #[arg(long, value_enum, default_value = "deny-to-allow")]
+    fail_on: FailOn,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+#[derive(Debug, clap::Args)]
 struct ServeArgs {
     /// TOML config file; flags and CEDAR_PDP_* variables override its keys.
     #[arg(long, env = "CEDAR_PDP_CONFIG", value_name = "FILE")]
@@ -173,8 +225,41 @@ fn main() -> ExitCode {
         },
         Command::Authorize(args) => authorize(&args),
         Command::Fmt(args) => commands::fmt(&args.dir, args.check),
+        Command::Diff(args) => match args.load.setup(Some(args.from)) {
+            Ok(setup) => {
+                commands::diff(&setup, &args.to, &args.requests, args.format, args.fail_on)
+            }
+            Err(exit) => exit,
+        },
+        Command::Usage(args) => usage(args),
     };
     ExitCode::from(exit as u8)
+}
+
+/// `usage`: lists the running server's policies with their decision counts.
+fn usage(args: UsageArgs) -> Exit {
+    let target = cedar_pdp::authoring::usage::Target {
+        server: args.server,
+        ca: args.tls_ca,
+        identity: args.tls_cert.zip(args.tls_key),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return usage_error(format!("cannot start a runtime: {e}")),
+    };
+    match runtime.block_on(cedar_pdp::authoring::usage::fetch(&target, args.unused)) {
+        Ok(usage) => {
+            match args.format {
+                Format::Json => println!("{}", usage.json()),
+                Format::Text => print!("{}", usage.text(args.unused)),
+            }
+            Exit::Ok
+        }
+        Err(message) => usage_error(message),
+    }
 }
 
 fn authorize(args: &AuthorizeArgs) -> Exit {
@@ -221,6 +306,10 @@ fn serve(args: ServeArgs) -> Exit {
             eprintln!("error: {e}");
             match e {
                 ServeError::Policies {
+                    source: LoadError::Invalid(_),
+                    ..
+                }
+                | ServeError::ShadowPolicies {
                     source: LoadError::Invalid(_),
                     ..
                 } => Exit::Wrong,

@@ -9,6 +9,7 @@ use std::{
 
 use super::{
     decide, decision_json, decision_text, diagnostics,
+    diff::{FailOn, Replay},
     format::{FileStatus, format_dir},
     request::{RequestSpec, Uid},
     suite, validate,
@@ -88,8 +89,13 @@ pub fn validate_dir(setup: &Setup, format: Format) -> Exit {
 /// Loads the directory for `test` and `authorize`; prints every problem when it does not
 /// load, and its warnings when it does.
 fn load(setup: &Setup) -> Result<Snapshot, Exit> {
-    let dir = &setup.dir;
-    match validate(dir, &setup.load) {
+    load_dir(&setup.dir, &setup.load)
+}
+
+/// Loads `dir` with `options` as [`load`] does: 2 when it cannot be read, 1 (with every
+/// problem printed) when it does not load.
+fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Snapshot, Exit> {
+    match validate(dir, options) {
         Err(e) => Err(usage_error(e)),
         Ok(mut validation) => match validation.snapshot.take() {
             Some(snapshot) => {
@@ -163,6 +169,59 @@ pub fn authorize(setup: &Setup, request: &RequestSpec, format: Format) -> Exit {
             Exit::Ok
         }
         Err(e) => usage_error(format!("the request is refused: {e}")),
+    }
+}
+
+/// `diff`: replays the `requests` files (audit logs or request files; `-` is standard
+/// input) against the directory of `setup` (`--from`) and `to`, both loaded and decided as
+/// the server would, prints what flips, and fails (1) as `fail_on` says.
+pub fn diff(
+    setup: &Setup,
+    to: &Path,
+    requests: &[PathBuf],
+    format: Format,
+    fail_on: FailOn,
+) -> Exit {
+    // Inputs that cannot be opened fail before any work is done.
+    if requests.iter().filter(|p| *p == Path::new("-")).count() > 1 {
+        return usage_error("standard input (-) can be read once only");
+    }
+    for path in requests.iter().filter(|p| *p != Path::new("-")) {
+        match std::fs::File::open(path).and_then(|f| f.metadata()) {
+            Ok(meta) if meta.is_dir() => {
+                return usage_error(format!("{} is a directory, not a file", path.display()));
+            }
+            Ok(_) => {}
+            Err(e) => return usage_error(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+    let from_snapshot = match load(setup) {
+        Ok(snapshot) => snapshot,
+        Err(exit) => return exit,
+    };
+    let to_snapshot = match load_dir(to, &setup.load) {
+        Ok(snapshot) => snapshot,
+        Err(exit) => return exit,
+    };
+    let mut replay = Replay::new(
+        (&setup.dir, &from_snapshot),
+        (to, &to_snapshot),
+        &setup.decider,
+    );
+    for path in requests {
+        if let Err(e) = replay.file(path) {
+            return usage_error(e);
+        }
+    }
+    let report = replay.finish();
+    match format {
+        Format::Text => print!("{}", report.text(fail_on)),
+        Format::Json => print!("{}", report.json(fail_on)),
+    }
+    if report.fails(fail_on) {
+        Exit::Wrong
+    } else {
+        Exit::Ok
     }
 }
 

@@ -1,4 +1,5 @@
-//! Tools for the people who write policies: `validate`, `test`, `authorize` and `fmt`.
+//! Tools for the people who write policies: `validate`, `test`, `authorize`, `fmt` and
+//! `diff`.
 //!
 //! They sit beside the server, not on its path: each one loads the policy directory with
 //! the same loader (`policy::read_dir` + `policy::build`) and decides through the same
@@ -7,9 +8,11 @@
 
 pub mod commands;
 pub mod diagnostics;
+pub mod diff;
 pub mod format;
 pub mod request;
 pub mod suite;
+pub mod usage;
 
 use std::path::Path;
 
