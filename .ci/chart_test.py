@@ -390,6 +390,27 @@ def tracing_is_off_by_default_and_renders_its_flags_when_set():
 
 
 @check
+def shadow_is_off_by_default_and_mounts_its_config_map_when_named():
+    deployment = one(render({}), "Deployment")
+    args = containers(deployment)[0]["args"]
+    assert not any(a.startswith("--shadow") for a in args), args
+    objects = render({"shadow": {"existingConfigMap": "candidate-policies",
+                                 "sampleRate": 0.25, "queueCapacity": 64}})
+    deployment = one(objects, "Deployment")
+    container = containers(deployment)[0]
+    args = container["args"]
+    assert "--shadow-policies=/etc/cedar-pdp/shadow-policies" in args, args
+    assert "--shadow-sample-rate=0.25" in args, args
+    assert "--shadow-queue-capacity=64" in args, args
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["shadow-policies"]["mountPath"] == "/etc/cedar-pdp/shadow-policies"
+    assert mounts["shadow-policies"]["readOnly"] is True
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["shadow-policies"]["configMap"]["name"] == "candidate-policies", volumes
+    refused({"shadow": {"sampleRate": 2}}, "sampleRate")
+
+
+@check
 def authzen_renders_its_port_and_config_table_when_enabled():
     objects = render({"authzen": {"enabled": True}})
     deployment, service = one(objects, "Deployment"), one(objects, "Service")

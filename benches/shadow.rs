@@ -27,7 +27,7 @@ use support::{load::*, *};
 
 /// Forbids added to the example policies to make the slow shadow set: each is in scope
 /// for every user's request and tests the user's email against a pattern.
-const SLOW_FORBIDS: usize = 300;
+const SLOW_FORBIDS: usize = 150;
 
 /// Copies the directory `from` into `to` (files and folders).
 fn copy_dir(from: &Path, to: &Path) {

@@ -308,10 +308,6 @@ fn serve(args: ServeArgs) -> Exit {
                 ServeError::Policies {
                     source: LoadError::Invalid(_),
                     ..
-                }
-                | ServeError::ShadowPolicies {
-                    source: LoadError::Invalid(_),
-                    ..
                 } => Exit::Wrong,
                 _ => Exit::Usage,
             }

@@ -56,9 +56,9 @@ pub enum ServeError {
     /// The TLS files cannot be watched for rotation.
     #[error("cannot watch the TLS files for changes: {0}")]
     TlsWatch(#[source] notify::Error),
-    /// The shadow policy directory does not load (exit code 1 in `serve`, like the
-    /// live one: a candidate set is checked when it is configured, not found broken later).
-    #[error("cannot serve shadow policies {}:\n{source}", dir.display())]
+    /// The shadow policy directory cannot be read (an invalid one does not stop start-up:
+    /// shadow evaluation waits until it loads).
+    #[error("cannot read shadow policies {}:\n{source}", dir.display())]
     ShadowPolicies {
         /// The directory.
         dir: PathBuf,
@@ -385,23 +385,37 @@ fn start_shadow(
     telemetry: Telemetry,
 ) -> Result<(Shadow, Watcher), ServeError> {
     let options = LoadOptions::new(config.policy_validation, &config.limits);
-    let (store, warnings) =
-        PolicyStore::open(dir, options).map_err(|source| ServeError::ShadowPolicies {
+    let (store, loaded) =
+        PolicyStore::open_or_wait(dir, options).map_err(|source| ServeError::ShadowPolicies {
             dir: dir.to_owned(),
             source,
         })?;
-    for warning in warnings {
-        tracing::warn!(location = %warning.location, shadow = true, "{}", warning.message);
-    }
     let store = Arc::new(store);
     let metrics = telemetry.metrics.clone();
-    metrics.shadow_serving(store.current().version());
-    tracing::info!(
-        shadow_policies = %dir.display(),
-        shadow_policy_version = store.current().version(),
-        sample_rate = config.shadow.sample_rate,
-        "shadow evaluation on"
-    );
+    match loaded {
+        Ok(warnings) => {
+            for warning in warnings {
+                tracing::warn!(location = %warning.location, shadow = true, "{}", warning.message);
+            }
+            metrics.shadow_serving(store.current().version());
+            tracing::info!(
+                shadow_policies = %dir.display(),
+                shadow_policy_version = store.current().version(),
+                sample_rate = config.shadow.sample_rate,
+                "shadow evaluation on"
+            );
+        }
+        Err(err) => {
+            // A broken candidate must not keep the live service from starting: shadow
+            // evaluation waits until the directory loads (the watcher follows it).
+            metrics.shadow_reloaded(ReloadResult::Failure);
+            crate::policy::log_failure(&err, &store);
+            tracing::error!(
+                shadow_policies = %dir.display(),
+                "the shadow policy directory is invalid; shadow evaluation starts once it loads"
+            );
+        }
+    }
     let shadow = Shadow::start(
         store.clone(),
         decider.engine().options().clone(),

@@ -328,8 +328,7 @@ impl authorizer_server::Authorizer for AuthorizerService {
         let snapshot = self.store.current();
         let mut listed = snapshot
             .usage()
-            .list_after(&page_token, |id| snapshot.policy_location(id))
-            .filter(|p| !unused_only || p.unused());
+            .list_after(&page_token, unused_only, |id| snapshot.policy_location(id));
         let policies: Vec<pb::PolicyUse> = listed
             .by_ref()
             .take(page_size)

@@ -91,6 +91,13 @@ pub async fn fetch(target: &Target, unused_only: bool) -> Result<Usage, String> 
             if page.next_page_token.is_empty() {
                 break 'again usage.ok_or_else(|| "no page was read".to_owned());
             }
+            // Ids come in order: a token that does not move forward would loop forever.
+            if page.next_page_token <= page_token {
+                return Err(format!(
+                    "{}: GetPolicyUsage returned a page token that does not move forward",
+                    target.server
+                ));
+            }
             page_token = page.next_page_token;
         }
     }
@@ -128,6 +135,16 @@ async fn connect(target: &Target) -> Result<Channel, String> {
         .map_err(|e| format!("cannot connect to {}: {e}", target.server))
 }
 
+/// `text` with control characters escaped, so that an id written by a policy author (or
+/// sent by a server) cannot drive the terminal it is printed on.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.escape_debug().to_string().into()
+    } else {
+        text.into()
+    }
+}
+
 impl Usage {
     /// A table for a person: one line per policy, then how many never decided.
     pub fn text(&self, unused_only: bool) -> String {
@@ -145,11 +162,14 @@ impl Usage {
             let place = if p.file.is_empty() {
                 String::new()
             } else {
-                format!("{}:{}", p.file, p.line)
+                format!("{}:{}", printable(&p.file), p.line)
             };
             out.push_str(&format!(
                 "  {:<6} {:<width$}  allow {:>8}  deny {:>8}  {place}\n",
-                p.effect, p.policy_id, p.allow_decisions, p.deny_decisions
+                printable(&p.effect),
+                printable(&p.policy_id),
+                p.allow_decisions,
+                p.deny_decisions
             ));
         }
         let unused = self

@@ -469,9 +469,10 @@ impl Decider {
         entities: Result<EntitiesInput, Refusal>,
         items: impl ExactSizeIterator<Item = Result<Question, Refusal>>,
     ) -> Result<Vec<Decision>, Refusal> {
+        // A batch refused for its size (below) is not copied for the shadow set.
         let mut shadowed = match &entities {
-            Ok(entities) => self.shadow_draw(call, entities),
-            Err(_) => None,
+            Ok(entities) if items.len() <= self.max_batch_items => self.shadow_draw(call, entities),
+            _ => None,
         };
         let span = decide_span(snapshot);
         let decided = span.in_scope(|| self.batch(call, snapshot, entities, items, &mut shadowed));

@@ -28,6 +28,11 @@ use std::{
 /// hold gigabytes.
 pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 
+/// Disagreement records the shadow thread writes to the audit log in one second at most;
+/// past it they are counted (`cedar_pdp_shadow_records_skipped_total`), so that a flood of
+/// disagreements cannot fill the audit queue live decisions' records need.
+pub const MAX_RECORDS_PER_SECOND: u32 = 100;
+
 /// What a job is charged at least (its questions and answers, whatever its message).
 const MIN_JOB_BYTES: usize = 1024;
 
@@ -39,7 +44,9 @@ const IDLE_BEFORE_BLOCKING: Duration = Duration::from_secs(1);
 
 use serde_json::{Map, Value as Json};
 
-use super::{Call, Decision, EntitiesInput, Question, Refusal, RequestEntities, Telemetry};
+use super::{
+    Call, ContextInput, Decision, EntitiesInput, Question, Refusal, RequestEntities, Telemetry,
+};
 use crate::{
     config::ShadowConfig,
     engine::{Engine, EngineOptions, Query},
@@ -54,6 +61,9 @@ use crate::{
 #[derive(Debug)]
 pub struct Shadow {
     queue: SyncSender<Job>,
+    /// Jobs queued now, and at most.
+    queued_jobs: Arc<AtomicUsize>,
+    capacity: usize,
     /// Bytes charged to the jobs queued now (see [`MAX_QUEUED_BYTES`]).
     queued_bytes: Arc<AtomicUsize>,
     store: Arc<PolicyStore>,
@@ -93,14 +103,19 @@ impl Shadow {
     ) -> (Self, Worker, Receiver<Job>) {
         let (queue, jobs) = mpsc::sync_channel(config.queue_capacity.max(1));
         let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let queued_jobs = Arc::new(AtomicUsize::new(0));
         let worker = Worker {
             engine: Engine::new(options),
             store: store.clone(),
             telemetry: telemetry.clone(),
             queued_bytes: queued_bytes.clone(),
+            queued_jobs: queued_jobs.clone(),
+            records: OncePerSecondBudget::new(MAX_RECORDS_PER_SECOND),
         };
         let shadow = Self {
             queue,
+            queued_jobs,
+            capacity: config.queue_capacity.max(1),
             queued_bytes,
             store,
             telemetry,
@@ -130,18 +145,37 @@ impl Shadow {
         entities: &EntitiesInput,
         mode: RequestEntities,
     ) -> Option<Pending> {
+        if !self.store.loaded() {
+            // The shadow directory has not loaded yet: nothing to compare with.
+            return None;
+        }
         let drawn = self.below == u64::MAX || {
             let draw = self.draws.fetch_add(1, Ordering::Relaxed);
             self.hasher.hash_one(draw) < self.below
         };
-        drawn.then(|| Pending {
+        if !drawn {
+            return None;
+        }
+        // No room now: nothing is copied, and the call's decisions count as dropped.
+        let full = self.queued_jobs.load(Ordering::Relaxed) >= self.capacity
+            || self.queued_bytes.load(Ordering::Relaxed) + call.size > MAX_QUEUED_BYTES;
+        let entity_bytes = match entities {
+            EntitiesInput::Json(json) => json.len(),
+            EntitiesInput::None | EntitiesInput::Typed(_) => 0,
+        };
+        Some(Pending {
+            dropped: full.then_some(0),
             job: Job {
                 api: call.api,
                 request_id: call.id.as_str().to_owned(),
                 decision_id: call.decision_id.clone(),
                 caller: call.caller.clone(),
-                bytes: call.size.max(MIN_JOB_BYTES),
-                entities: entities.clone(),
+                bytes: call.size.max(MIN_JOB_BYTES) + entity_bytes,
+                entities: if full {
+                    EntitiesInput::None
+                } else {
+                    entities.clone()
+                },
                 mode,
                 items: Vec::new(),
             },
@@ -151,6 +185,12 @@ impl Shadow {
     /// Queues `pending` for the shadow thread without waiting; a full queue drops it, and
     /// each of its decisions is counted as dropped.
     pub(super) fn submit(&self, pending: Pending) {
+        if let Some(dropped) = pending.dropped {
+            for _ in 0..dropped {
+                self.telemetry.metrics.shadow_dropped();
+            }
+            return;
+        }
         let mut job = pending.job;
         job.items.retain(|item| item.live.is_some());
         if job.items.is_empty() {
@@ -158,11 +198,52 @@ impl Shadow {
         }
         let (items, bytes) = (job.items.len(), job.bytes);
         let charged = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.queued_jobs.fetch_add(1, Ordering::Relaxed);
         if charged > MAX_QUEUED_BYTES || self.queue.try_send(job).is_err() {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.queued_jobs.fetch_sub(1, Ordering::Relaxed);
             for _ in 0..items {
                 self.telemetry.metrics.shadow_dropped();
             }
+        }
+    }
+}
+
+/// Says yes `limit` times per wall-clock second at most (used by one thread).
+#[derive(Debug)]
+struct OncePerSecondBudget {
+    limit: u32,
+    second: u64,
+    used: u32,
+}
+
+impl OncePerSecondBudget {
+    fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            second: u64::MAX,
+            used: 0,
+        }
+    }
+
+    /// Whether one more may go this second.
+    fn take(&mut self) -> bool {
+        let now = std::time::UNIX_EPOCH
+            .elapsed()
+            .map_or(0, |since| since.as_secs());
+        self.take_at(now)
+    }
+
+    /// Whether one more may go in second `now`.
+    fn take_at(&mut self, now: u64) -> bool {
+        if now != self.second {
+            (self.second, self.used) = (now, 0);
+        }
+        if self.used < self.limit {
+            self.used += 1;
+            true
+        } else {
+            false
         }
     }
 }
@@ -186,11 +267,23 @@ fn sample_threshold(rate: f64) -> u64 {
 #[derive(Debug)]
 pub(super) struct Pending {
     job: Job,
+    /// `Some(questions asked)` when the queue had no room as the call was drawn: its
+    /// questions are counted, not copied, and all count as dropped.
+    dropped: Option<usize>,
 }
 
 impl Pending {
-    /// Adds `question` (item `item` of a call with many).
+    /// Adds `question` (item `item` of a call with many), charging the job what its
+    /// context copies.
     pub(super) fn ask(&mut self, item: Option<usize>, question: &Question) {
+        if let Some(dropped) = &mut self.dropped {
+            *dropped += 1;
+            return;
+        }
+        self.job.bytes += match &question.query.context {
+            ContextInput::Json(json) => json.len(),
+            ContextInput::Value(_) => 0,
+        };
         self.job.items.push(Item {
             item,
             query: question.query.clone(),
@@ -285,6 +378,9 @@ struct Worker {
     store: Arc<PolicyStore>,
     telemetry: Telemetry,
     queued_bytes: Arc<AtomicUsize>,
+    queued_jobs: Arc<AtomicUsize>,
+    /// Disagreement records written this second (see [`MAX_RECORDS_PER_SECOND`]).
+    records: OncePerSecondBudget,
 }
 
 impl Worker {
@@ -292,7 +388,7 @@ impl Worker {
     /// keep coming, the thread looks for them every millisecond rather than sleeping in
     /// `recv`: a sender then never has to wake it, so queueing a job costs a call no
     /// system call. After a second with no job it sleeps in `recv` until the next.
-    fn run(self, jobs: &Receiver<Job>) {
+    fn run(mut self, jobs: &Receiver<Job>) {
         lowest_priority();
         let mut idle_since = Instant::now();
         loop {
@@ -309,6 +405,7 @@ impl Worker {
                 },
             };
             self.queued_bytes.fetch_sub(job.bytes, Ordering::Relaxed);
+            self.queued_jobs.fetch_sub(1, Ordering::Relaxed);
             let snapshot = self.store.current();
             // A panic in Cedar costs one job's shadow answers, never the thread.
             let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -323,7 +420,7 @@ impl Worker {
 
     /// Decides every item of `job` on `snapshot` (one entity store for all, as the live
     /// call had), counts each pair of answers and audits each disagreement.
-    fn decide(&self, snapshot: &Snapshot, job: Job) {
+    fn decide(&mut self, snapshot: &Snapshot, job: Job) {
         let engine = &self.engine;
         let Job {
             api,
@@ -366,6 +463,12 @@ impl Worker {
                 .shadow_decided(api, live_outcome, shadow_outcome);
             let agree = live_outcome == shadow_outcome;
             if agree || !self.telemetry.audit.enabled() {
+                continue;
+            }
+            if !self.records.take() {
+                // Counted, not written: disagreements must not crowd the audit queue
+                // that live decisions' records share.
+                self.telemetry.metrics.shadow_record_skipped();
                 continue;
             }
             self.telemetry.audit.submit(ShadowRecord {
@@ -426,6 +529,16 @@ mod tests {
         assert_eq!(sample_threshold(0.0), 0);
         let half = sample_threshold(0.5);
         assert!(half > u64::MAX / 2 - u64::MAX / 100 && half < u64::MAX / 2 + u64::MAX / 100);
+    }
+
+    #[test]
+    fn the_record_budget_allows_its_limit_each_second() {
+        let mut budget = OncePerSecondBudget::new(3);
+        assert_eq!(
+            (0..5).map(|_| budget.take_at(7)).collect::<Vec<_>>(),
+            [true, true, true, false, false]
+        );
+        assert!(budget.take_at(8), "a new second starts again");
     }
 
     fn dropped(metrics: &Metrics) -> f64 {
@@ -494,8 +607,40 @@ mod tests {
         // A job taken off frees its bytes (the worker does this as it starts each job).
         let job = jobs.try_recv().unwrap();
         shadow.queued_bytes.fetch_sub(job.bytes, Ordering::Relaxed);
+        shadow.queued_jobs.fetch_sub(1, Ordering::Relaxed);
         submit(MAX_QUEUED_BYTES / 2 - 2 * MIN_JOB_BYTES);
         assert_eq!(dropped(&metrics), 2.0);
+        // A job is charged what it copies: an AuthZEN evaluations call's defaults are
+        // copied into every item, so each item's context counts, not the body alone.
+        while let Ok(job) = jobs.try_recv() {
+            shadow.queued_bytes.fetch_sub(job.bytes, Ordering::Relaxed);
+            shadow.queued_jobs.fetch_sub(1, Ordering::Relaxed);
+        }
+        let before = shadow.queued_bytes.load(Ordering::Relaxed);
+        assert_eq!(before, 0);
+        let call = decider.start(Api::Authzen, None, None);
+        let mut pending = shadow
+            .draw(&call, &EntitiesInput::None, RequestEntities::Add)
+            .unwrap();
+        let mut wide = question.clone();
+        wide.query.context =
+            crate::engine::ContextInput::Json(format!("{{\"k\":\"{}\"}}", "x".repeat(5000)));
+        for i in 0..3 {
+            pending.ask(Some(i), &wide);
+            pending.answered(
+                Ok(&decider
+                    .engine()
+                    .decide(&snapshot, EntitiesInput::None, question.query.clone())
+                    .unwrap()),
+                &snapshot,
+            );
+        }
+        shadow.submit(pending);
+        assert_eq!(
+            shadow.queued_bytes.load(Ordering::Relaxed),
+            before + MIN_JOB_BYTES + 3 * 5008,
+            "the body's size is unknown here (0): the minimum, plus each item's context"
+        );
         // A question never answered live is not queued at all.
         let call = decider.start(Api::IsAuthorized, None, None);
         let mut pending = shadow

@@ -31,6 +31,7 @@ pub use shape::SchemaShape;
 pub use snapshot::Snapshot;
 pub use store::{PolicyStore, ReloadError, ReloadOutcome};
 pub use usage::{OTHER_SERIES, PolicyUsage, PolicyUse};
+pub(crate) use watch::log_failure;
 pub use watch::{OnRebuild, Rebuilt, WatchError, WatchOptions, Watcher};
 
 /// Stack size for threads that parse or evaluate policies (tokio's workers, the watcher):

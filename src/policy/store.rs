@@ -64,6 +64,48 @@ impl PolicyStore {
         Ok((store, warnings))
     }
 
+    /// Loads `dir` for the first time like [`PolicyStore::open`], except that an invalid
+    /// directory gives a store that has loaded nothing yet: an empty snapshot whose
+    /// version is empty ([`PolicyStore::loaded`] is false), with the problems as its last
+    /// error, until a rebuild finds the directory valid. For a set whose absence is safe
+    /// (the shadow set); an unreadable directory is still an error.
+    pub fn open_or_wait(
+        dir: impl AsRef<Path>,
+        options: LoadOptions,
+    ) -> Result<(Self, Result<Vec<Problem>, LoadError>), LoadError> {
+        let dir = dir.as_ref().to_owned();
+        match load_dir(&dir, &options) {
+            Ok(Loaded { snapshot, warnings }) => {
+                let store = Self {
+                    dir,
+                    options,
+                    current: ArcSwap::from_pointee(snapshot),
+                    last_error: Mutex::new(None),
+                };
+                Ok((store, Ok(warnings)))
+            }
+            Err(err @ LoadError::Directory { .. }) => Err(err),
+            Err(err) => {
+                let Loaded { snapshot, .. } =
+                    super::build(&super::loader::Sources::none(), &options)?;
+                let store = Self {
+                    dir,
+                    options,
+                    current: ArcSwap::from_pointee(snapshot),
+                    last_error: Mutex::new(None),
+                };
+                store.fail(&err);
+                Ok((store, Err(err)))
+            }
+        }
+    }
+
+    /// Whether its directory has loaded at least once (false only for a store from
+    /// [`PolicyStore::open_or_wait`] still waiting for a valid directory).
+    pub fn loaded(&self) -> bool {
+        !self.current.load().version().is_empty()
+    }
+
     /// The snapshot serving now. Hold it for the whole of one call.
     pub fn current(&self) -> Arc<Snapshot> {
         self.current.load_full()

@@ -93,14 +93,16 @@ impl PolicyUsage {
         &'s self,
         locate: impl Fn(&str) -> Option<&'s Location> + 's,
     ) -> impl Iterator<Item = PolicyUse> + 's {
-        self.list_after("", locate)
+        self.list_after("", false, locate)
     }
 
     /// [`PolicyUsage::list`] from the first policy whose id sorts after `after` (all of
-    /// them for `""`): a page of a long list, found without walking the ones before.
+    /// them for `""`), only the unused ones when `unused_only`: a page of a long list,
+    /// found without walking the ones before, filtered before anything is copied.
     pub fn list_after<'s>(
         &'s self,
         after: &str,
+        unused_only: bool,
         locate: impl Fn(&str) -> Option<&'s Location> + 's,
     ) -> impl Iterator<Item = PolicyUse> + 's {
         let start = if after.is_empty() {
@@ -111,6 +113,10 @@ impl PolicyUsage {
         self.policies[start..]
             .iter()
             .zip(&self.counts[start..])
+            .filter(move |(_, [deny, allow])| {
+                !unused_only
+                    || (deny.load(Ordering::Relaxed) == 0 && allow.load(Ordering::Relaxed) == 0)
+            })
             .map(move |((id, effect, named), [deny, allow])| PolicyUse {
                 id: id.to_string(),
                 effect: match effect {
@@ -171,7 +177,15 @@ impl PolicyUsage {
             }
         }
         if overflow {
-            series.push((OTHER_SERIES.to_owned(), other.0, other.1));
+            // A policy named `other` already has the series: the overflow adds to it, so
+            // the exposition never holds one series twice.
+            match index.get(OTHER_SERIES) {
+                Some(&at) => {
+                    series[at].1 += other.0;
+                    series[at].2 += other.1;
+                }
+                None => series.push((OTHER_SERIES.to_owned(), other.0, other.1)),
+            }
         }
         series
     }
@@ -214,9 +228,23 @@ mod tests {
             [("a", "permit", true, 2, 0), ("b", "forbid", true, 0, 1)]
         );
         assert!(!listed[0].unused());
-        let after_a: Vec<String> = usage.list_after("a", |_| None).map(|p| p.id).collect();
+        let after_a: Vec<String> = usage
+            .list_after("a", false, |_| None)
+            .map(|p| p.id)
+            .collect();
         assert_eq!(after_a, ["b"]);
-        assert_eq!(usage.list_after("b", |_| None).count(), 0);
+        assert_eq!(usage.list_after("b", false, |_| None).count(), 0);
+        usage.count(true, [&b]);
+        let unused = PolicyUsage::new(&set(&[
+            ("a", r#"@id("a") permit(principal, action, resource);"#),
+            ("z", r#"@id("z") permit(principal, action, resource);"#),
+        ]));
+        unused.count(true, [&a]);
+        let ids: Vec<String> = unused
+            .list_after("", true, |_| None)
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(ids, ["z"]);
     }
 
     #[test]
@@ -252,5 +280,18 @@ mod tests {
                 ("other".to_owned(), 0, 3),
             ]
         );
+    }
+
+    #[test]
+    fn a_policy_named_other_shares_the_overflow_series_never_a_second_one() {
+        let (a, other, z) = (
+            r#"@id("a") permit(principal, action, resource);"#,
+            r#"@id("other") permit(principal, action, resource);"#,
+            r#"@id("z") permit(principal, action, resource);"#,
+        );
+        let usage = PolicyUsage::new(&set(&[("a", a), ("other", other), ("z", z)]));
+        usage.count(true, [&"other".to_owned(), &"z".to_owned()]);
+        let series = usage.series(2, |_| None);
+        assert_eq!(series, [("a".to_owned(), 0, 0), ("other".to_owned(), 0, 2)]);
     }
 }

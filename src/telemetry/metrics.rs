@@ -169,6 +169,9 @@ pub const SHADOW_DECISIONS: &str = "cedar_pdp_shadow_decisions_total";
 pub const SHADOW_DISAGREEMENTS: &str = "cedar_pdp_shadow_disagreements_total";
 /// `shadow_dropped_total`: shadow decisions skipped because the shadow queue was full.
 pub const SHADOW_DROPPED: &str = "cedar_pdp_shadow_dropped_total";
+/// `shadow_records_skipped_total`: disagreements not written to the audit log because
+/// the shadow thread had written its records for that second.
+pub const SHADOW_RECORDS_SKIPPED: &str = "cedar_pdp_shadow_records_skipped_total";
 /// `shadow_policy_reloads_total{result}`: rebuilds of the shadow policy directory.
 pub const SHADOW_RELOADS: &str = "cedar_pdp_shadow_policy_reloads_total";
 /// `shadow_policy_info{version}`: 1, labelled with the shadow set's version.
@@ -297,6 +300,7 @@ struct Inner {
     shadow_decisions: [[[Counter; 3]; 3]; Api::ALL.len()],
     shadow_disagreements: [Counter; Api::ALL.len()],
     shadow_dropped: Counter,
+    shadow_records_skipped: Counter,
     /// [success, failure].
     shadow_reloads: [Counter; 2],
     /// The shadow set's version, rendered as the one `shadow_policy_info` series; empty
@@ -377,6 +381,10 @@ impl Metrics {
         describe_counter(
             SHADOW_DROPPED,
             "Shadow decisions skipped because the shadow queue was full; the live answer is never delayed for one.",
+        );
+        describe_counter(
+            SHADOW_RECORDS_SKIPPED,
+            "Shadow disagreements counted but not written to the audit log: past 100 records a second, so that they cannot crowd out live decision records.",
         );
         describe_counter(
             SHADOW_RELOADS,
@@ -474,6 +482,7 @@ impl Metrics {
             shadow_decisions,
             shadow_disagreements,
             shadow_dropped: zero(counter(SHADOW_DROPPED, vec![])),
+            shadow_records_skipped: zero(counter(SHADOW_RECORDS_SKIPPED, vec![])),
             shadow_reloads,
             shadow_version: Mutex::new(String::new()),
             policy_usage: OnceLock::new(),
@@ -564,6 +573,11 @@ impl Metrics {
     /// Counts one shadow decision skipped for want of queue space.
     pub fn shadow_dropped(&self) {
         self.inner.shadow_dropped.increment(1);
+    }
+
+    /// Counts one disagreement not written to the audit log (past the records a second).
+    pub fn shadow_record_skipped(&self) {
+        self.inner.shadow_records_skipped.increment(1);
     }
 
     /// Counts one rebuild of the shadow directory.

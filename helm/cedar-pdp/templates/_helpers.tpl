@@ -168,6 +168,13 @@ swap on a renewal reaches the files (a subPath mount never updates). */}}
 - {{ printf "--trace-queue-capacity=%d" (int64 .queueCapacity) | quote }}
 {{- end }}
 {{- end }}
+{{- with .Values.shadow }}
+{{- if .existingConfigMap }}
+- "--shadow-policies=/etc/cedar-pdp/shadow-policies"
+- {{ printf "--shadow-sample-rate=%v" .sampleRate | quote }}
+- {{ printf "--shadow-queue-capacity=%d" (int64 .queueCapacity) | quote }}
+{{- end }}
+{{- end }}
 {{- range $c.extraArgs }}
 - {{ . | quote }}
 {{- end }}

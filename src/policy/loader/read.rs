@@ -43,6 +43,18 @@ pub struct Sources {
 }
 
 impl Sources {
+    /// No files at all: what a store serves, as an empty snapshot with an empty version,
+    /// until its directory first loads (a shadow set; see [`super::super::PolicyStore::open_or_wait`]).
+    pub(crate) fn none() -> Self {
+        Self {
+            sources: Vec::new(),
+            problems: Vec::new(),
+            version: String::new(),
+            opened: 0,
+            newest: None,
+        }
+    }
+
     /// The version a snapshot built from these sources has.
     pub fn version(&self) -> &str {
         &self.version

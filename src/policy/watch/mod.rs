@@ -42,6 +42,8 @@ mod rebuild;
 mod run;
 mod writers;
 
+pub(crate) use rebuild::log_failure;
+
 use std::{
     collections::HashMap,
     path::PathBuf,

@@ -279,7 +279,7 @@ pub(super) fn modified_just_now(modified: Option<SystemTime>, reading_from: Syst
 pub(super) const FENCE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Logs every problem of a failed rebuild with its file and line.
-pub(super) fn log_failure(err: &LoadError, store: &crate::policy::PolicyStore) {
+pub(crate) fn log_failure(err: &LoadError, store: &crate::policy::PolicyStore) {
     let (dir, serving) = (store.dir().display(), store.current());
     let serving = serving.version();
     match err {
