@@ -128,25 +128,9 @@ fn main() {
         ("Platform::Action", "read"),
         ("Platform::Document", "acme-roadmap-q3"),
     );
-    let load = |channels: &[tonic::transport::Channel], seconds| {
-        let request = bob_reads.clone();
-        run(
-            &runtime,
-            channels,
-            IN_FLIGHT_PER_CONNECTION,
-            seconds,
-            move |channel| is_authorized(channel, request.clone()),
-        )
-    };
-    let runs: Vec<Box<dyn Fn(u64) -> Outcome>> = servers
-        .iter()
-        .map(|(_, _, channels)| {
-            let load = &load;
-            Box::new(move |seconds| load(channels, seconds)) as Box<dyn Fn(u64) -> Outcome>
-        })
-        .collect();
-    let refs: Vec<&dyn Fn(u64) -> Outcome> = runs.iter().map(AsRef::as_ref).collect();
-    let outcomes = interleave(seconds, &refs);
+    let channels: Vec<&[tonic::transport::Channel]> =
+        servers.iter().map(|(_, _, c)| c.as_slice()).collect();
+    let outcomes = interleave_is_authorized(&runtime, &channels, &bob_reads, seconds);
     // Let the shadow threads finish what they queued before counting.
     std::thread::sleep(Duration::from_secs(1));
 
@@ -180,6 +164,5 @@ fn main() {
             dropped,
         );
     }
-    drop(runs);
     drop(servers);
 }

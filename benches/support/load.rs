@@ -204,3 +204,33 @@ pub async fn is_authorized(channel: Channel, request: pb::IsAuthorizedRequest) -
         Err(status) => panic!("IsAuthorized failed: {status:?}"),
     }
 }
+
+/// The same `IsAuthorized` load of `request` on each server of `cases` (its channels), the
+/// cases in turns of one second for `seconds` each ([`interleave`]): their outcomes, in
+/// order.
+pub fn interleave_is_authorized(
+    runtime: &tokio::runtime::Runtime,
+    cases: &[&[Channel]],
+    request: &pb::IsAuthorizedRequest,
+    seconds: u64,
+) -> Vec<Outcome> {
+    let load = |channels: &[Channel], seconds| {
+        let request = request.clone();
+        run(
+            runtime,
+            channels,
+            IN_FLIGHT_PER_CONNECTION,
+            seconds,
+            move |channel| is_authorized(channel, request.clone()),
+        )
+    };
+    let runs: Vec<Box<dyn Fn(u64) -> Outcome + '_>> = cases
+        .iter()
+        .map(|channels| {
+            let load = &load;
+            Box::new(move |seconds| load(channels, seconds)) as Box<dyn Fn(u64) -> Outcome>
+        })
+        .collect();
+    let refs: Vec<&dyn Fn(u64) -> Outcome> = runs.iter().map(AsRef::as_ref).collect();
+    interleave(seconds, &refs)
+}

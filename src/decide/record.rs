@@ -150,14 +150,7 @@ impl Decider {
         self.telemetry.audit.submit(Record {
             allowed,
             determining_policies: decision.determining_policies().to_vec(),
-            errors: decision
-                .errors()
-                .iter()
-                .map(|e| AuditError {
-                    policy_id: e.policy_id.clone(),
-                    message: e.message.clone(),
-                })
-                .collect(),
+            errors: audit_errors(decision),
             ..record(call, item, asked, snapshot.version(), took)
         });
     }
@@ -226,6 +219,18 @@ impl Decider {
             refused: refusal,
         });
     }
+}
+
+/// The policies that failed to evaluate in `decision`, as audit records write them.
+pub(super) fn audit_errors(decision: &Decision) -> Vec<AuditError> {
+    decision
+        .errors()
+        .iter()
+        .map(|e| AuditError {
+            policy_id: e.policy_id.clone(),
+            message: e.message.clone(),
+        })
+        .collect()
 }
 
 /// Why a refused question was not decided, as the audit record's `refused` says it: the

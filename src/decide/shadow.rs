@@ -52,7 +52,7 @@ use crate::{
     engine::{Engine, EngineOptions, Query},
     policy::{PolicyStore, Snapshot},
     telemetry::{
-        audit::{AuditError, ShadowAnswer, ShadowRecord},
+        audit::{ShadowAnswer, ShadowRecord},
         metrics::{Api, Outcome},
     },
 };
@@ -347,14 +347,7 @@ fn answer_of(answer: Result<&Decision, &Refusal>, snapshot: &Snapshot) -> (Outco
             ShadowAnswer {
                 decision: decision.effect().label(),
                 determining_policies: decision.determining_policies().to_vec(),
-                errors: decision
-                    .errors()
-                    .iter()
-                    .map(|e| AuditError {
-                        policy_id: e.policy_id.clone(),
-                        message: e.message.clone(),
-                    })
-                    .collect(),
+                errors: super::record::audit_errors(decision),
                 refused: None,
                 policy_version: version,
             },
