@@ -199,6 +199,14 @@ pub struct Settings {
     #[arg(long, env = "CEDAR_PDP_WATCH", value_name = "BOOL",
           value_parser = BoolishValueParser::new())]
     pub watch: Option<bool>,
+    /// Seconds between re-reads of the policy directory that back up the file watcher
+    /// (content hashes; nothing parsed unless it changed); 0 turns them off.
+    #[arg(
+        long,
+        env = "CEDAR_PDP_RESCAN_INTERVAL_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub rescan_interval_seconds: Option<u64>,
     /// Policy validation against the schema at load: strict, warn or off.
     #[arg(long, env = "CEDAR_PDP_POLICY_VALIDATION", value_name = "MODE")]
     pub policy_validation: Option<PolicyValidation>,
@@ -494,6 +502,8 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// Reload on file-system events (else only on SIGHUP).
     pub watch: bool,
+    /// How often the policy directory is read again whatever events say (`None`: never).
+    pub rescan_interval: Option<Duration>,
     /// Policy validation at load.
     pub policy_validation: PolicyValidation,
     /// Validate requests against the schema when one is loaded.
@@ -537,6 +547,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             watch: true,
+            rescan_interval: Some(Duration::from_secs(30)),
             policy_validation: PolicyValidation::Strict,
             validate_requests: true,
             on_forbid_error: OnForbidError::Deny,
@@ -749,6 +760,14 @@ impl Config {
             listen: pick(upper.listen, lower.listen, d.listen),
             metrics_listen: pick(upper.metrics_listen, lower.metrics_listen, d.metrics_listen),
             watch: pick(upper.watch, lower.watch, d.watch),
+            rescan_interval: match upper
+                .rescan_interval_seconds
+                .or(lower.rescan_interval_seconds)
+            {
+                Some(0) => None,
+                Some(seconds) => Some(Duration::from_secs(seconds)),
+                None => d.rescan_interval,
+            },
             policy_validation: pick(
                 upper.policy_validation,
                 lower.policy_validation,

@@ -177,6 +177,7 @@ impl Server {
         let slots = CallSlots::new(metrics.clone(), config.limits.max_concurrent_calls);
         let watch = WatchOptions {
             watch_files: config.watch,
+            rescan: config.rescan_interval,
             ..WatchOptions::default()
         };
         let counted = metrics.clone();
@@ -425,6 +426,7 @@ fn start_shadow(
     .map_err(ServeError::Threads)?;
     let watch = WatchOptions {
         watch_files: config.watch,
+        rescan: config.rescan_interval,
         ..WatchOptions::default()
     };
     let watcher = Watcher::start(

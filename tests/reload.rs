@@ -403,6 +403,7 @@ async fn with_watching_off_the_files_are_read_only_on_request() {
     };
     let server = TestServer::start_with(cedar_pdp::Config {
         watch: false,
+        rescan_interval: None,
         ..config.clone()
     })
     .await;
@@ -438,6 +439,34 @@ async fn with_watching_off_the_files_are_read_only_on_request() {
     server.watcher.reload_now();
     until_alice(&client, false, LONG, "the requested reload to be served").await;
     watching.stop().await;
+    server.stop().await;
+}
+
+/// Events lost (here: no watching at all) are backed up by the periodic re-scan: the
+/// change is served within about one interval, and re-scans that find nothing rebuild
+/// nothing and count nothing.
+#[tokio::test]
+async fn with_events_lost_the_periodic_rescan_serves_a_change_within_an_interval() {
+    let dir = policy_dir(&[("a.cedar", ALICE_READS)]);
+    let server = TestServer::start_with(cedar_pdp::Config {
+        policies: dir.path().to_owned(),
+        watch: false,
+        rescan_interval: Some(Duration::from_secs(1)),
+        ..cedar_pdp::Config::default()
+    })
+    .await;
+    let client = server.client().await;
+    until_alice(&client, true, LONG, "the first version").await;
+    // Three intervals with nothing changed: nothing rebuilt, nothing counted.
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    let text = server.metrics_text().await;
+    assert_eq!(reloads(&text, "success") + reloads(&text, "failure"), 0.0);
+
+    // With watching off, only the re-scan can find this change.
+    fs::write(dir.path().join("a.cedar"), ALICE_FORBIDDEN).unwrap();
+    until_alice(&client, false, LONG, "the re-scan to serve the change").await;
+    let text = server.metrics_text().await;
+    assert_eq!(reloads(&text, "success"), 1.0);
     server.stop().await;
 }
 

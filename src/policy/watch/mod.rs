@@ -33,7 +33,10 @@
 //! period; changes made while parsing simply start the next rebuild. A rebuild that fails
 //! to load keeps the last good snapshot serving and is recorded in the store (for
 //! `GetPolicySetInfo`), the log (file, line and reason) and told to the [`OnRebuild`] hook
-//! (the server counts it in its metrics). Nothing makes
+//! (the server counts it in its metrics). Events are not trusted alone: every
+//! [`WatchOptions::rescan`] the directory is read and hashed again, and a version that
+//! differs from the serving one starts a rebuild (logged as a change no event reported).
+//! Nothing makes
 //! the watcher give up: errors from `notify` are logged and answered with a rebuild, and a
 //! directory that disappears is watched again when it comes back.
 
@@ -80,11 +83,17 @@ pub struct WatchOptions {
     /// does not hold still, the rebuild is recorded as failed (counted, alerted on, in
     /// `last_reload_error`) once per period, the last good set serving meanwhile.
     pub max_hold: Duration,
+    /// How often the directory is read again (content hashes, nothing parsed unless it
+    /// changed) whatever events say, so that a change whose events were lost (an
+    /// inotify queue overflow, a volume that sends none) is still served within one
+    /// interval; `None`: never.
+    pub rescan: Option<Duration>,
 }
 
 impl Default for WatchOptions {
     fn default() -> Self {
         Self {
+            rescan: Some(Duration::from_secs(30)),
             watch_files: true,
             quiet: Duration::from_millis(20),
             max_wait: Duration::from_millis(250),

@@ -113,6 +113,7 @@ impl Run {
             Some(true) => Some(Pending::new(Instant::now())),
             Some(false) => None,
         };
+        let mut next_rescan = self.options.rescan.map(|every| Instant::now() + every);
         loop {
             // A SIGHUP, whether it arrived here or while a rebuild was reading: rebuild now.
             if std::mem::take(&mut self.reload_requested) {
@@ -121,7 +122,10 @@ impl Run {
                 burst.forced = true;
                 burst.next_try = None;
             }
-            let deadline = pending.as_ref().map(|p| self.due(p));
+            let deadline = match (pending.as_ref().map(|p| self.due(p)), next_rescan) {
+                (Some(due), Some(rescan)) => Some(due.min(rescan)),
+                (due, rescan) => due.or(rescan),
+            };
             match self.wait(deadline) {
                 Wait::Stop => return,
                 Wait::Change => {
@@ -130,6 +134,21 @@ impl Run {
                 }
                 Wait::ReloadNow => self.reload_requested = true,
                 Wait::Timeout => {
+                    let now = Instant::now();
+                    if let (Some(rescan), Some(every)) = (next_rescan, self.options.rescan)
+                        && now >= rescan
+                    {
+                        next_rescan = Some(now + every);
+                        // A change already on its way needs no re-scan to be found.
+                        if pending.is_none() {
+                            match self.rescan() {
+                                None => return,
+                                Some(true) => pending = Some(Pending::new(Instant::now())),
+                                Some(false) => {}
+                            }
+                        }
+                        continue;
+                    }
                     let Some(burst) = pending.as_mut() else {
                         continue;
                     };
@@ -177,6 +196,24 @@ impl Run {
                     !read.complete() || read.version() != serving.version()
                 }),
         )
+    }
+
+    /// The periodic re-scan: whether the directory differs from the serving snapshot
+    /// although no event said so (read and hashed as before the watch began; nothing
+    /// parsed, nothing counted when it does not). `None` if the watcher is stopping.
+    pub(super) fn rescan(&mut self) -> Option<bool> {
+        let changed = self.changed_before_watch()?;
+        if changed {
+            let dir = self.store.dir().display();
+            if self.files.is_some() {
+                tracing::warn!(%dir, "the periodic re-scan found a change no file event reported; rebuilding");
+            } else {
+                tracing::info!(%dir, "the periodic re-scan found a change; rebuilding");
+            }
+        } else {
+            tracing::trace!("periodic re-scan: the policy directory is unchanged");
+        }
+        Some(changed)
     }
 
     /// When the burst's rebuild is due: after quiet, but no later than `max_wait` after
