@@ -184,13 +184,21 @@ impl Server {
         let watcher = Watcher::start(
             store.clone(),
             watch,
-            Box::new(move |rebuilt| match rebuilt {
-                Rebuilt::Unchanged => counted.reloaded(ReloadResult::Success),
-                Rebuilt::Swapping(snapshot) => {
-                    counted.reloaded(ReloadResult::Success);
-                    counted.serving(&summary(snapshot));
+            Box::new(move |rebuilt, took| {
+                counted.reload_took(took);
+                match rebuilt {
+                    Rebuilt::Unchanged => counted.reloaded(ReloadResult::Success),
+                    Rebuilt::Swapping(snapshot) => {
+                        counted.reloaded(ReloadResult::Success);
+                        counted.serving(&summary(snapshot));
+                    }
+                    Rebuilt::Failed(error) => {
+                        counted.reloaded(ReloadResult::Failure);
+                        for kind in error.kinds() {
+                            counted.reload_failed_for(kind.label());
+                        }
+                    }
                 }
-                Rebuilt::Failed(_) => counted.reloaded(ReloadResult::Failure),
             }),
         )?;
         #[cfg(unix)]
@@ -432,7 +440,7 @@ fn start_shadow(
     let watcher = Watcher::start(
         store,
         watch,
-        Box::new(move |rebuilt| match rebuilt {
+        Box::new(move |rebuilt, _took| match rebuilt {
             Rebuilt::Unchanged => metrics.shadow_reloaded(ReloadResult::Success),
             Rebuilt::Swapping(snapshot) => {
                 metrics.shadow_reloaded(ReloadResult::Success);

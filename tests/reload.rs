@@ -173,6 +173,30 @@ async fn an_invalid_edit_keeps_the_last_good_set_serving_and_says_why_until_fixe
         metric(&text, "cedar_pdp_policy_last_reload_successful"),
         Some(0.0)
     );
+    // Counted by reason: a syntax error is `parse`, and nothing else.
+    let failures = |reason: &str| {
+        metric(
+            &text,
+            &format!("cedar_pdp_policy_reload_failures_total{{reason=\"{reason}\"}}"),
+        )
+        .expect("every reason is exported")
+    };
+    assert!(failures("parse") >= 1.0, "{text}");
+    for other in [
+        "io",
+        "too_large",
+        "schema",
+        "validate",
+        "entities",
+        "unsettled",
+        "other",
+    ] {
+        assert_eq!(failures(other), 0.0, "{other}");
+    }
+    assert!(
+        metric(&text, "cedar_pdp_policy_reload_duration_seconds_count").unwrap_or(0.0) >= 1.0,
+        "each rebuild is timed: {text}"
+    );
 
     // Fixing the file recovers without a restart.
     fs::write(
@@ -502,6 +526,16 @@ async fn a_policy_file_that_cannot_be_read_is_a_reported_failure() {
         "{}",
         failed.last_reload_error
     );
+    let text = server.metrics_text().await;
+    assert!(
+        metric(
+            &text,
+            "cedar_pdp_policy_reload_failures_total{reason=\"io\"}"
+        )
+        .unwrap()
+            >= 1.0,
+        "{text}"
+    );
     fs::remove_file(dir.path().join("bad.cedar")).unwrap();
     until_info(&client, "the error to clear", |i| {
         i.last_reload_error.is_empty()
@@ -592,7 +626,8 @@ async fn a_change_made_before_the_watch_started_is_picked_up() {
     let store = std::sync::Arc::new(store);
     fs::write(dir.path().join("a.cedar"), ALICE_FORBIDDEN).unwrap();
     let expected = version_of(&[("a.cedar", ALICE_FORBIDDEN)]);
-    let watcher = Watcher::start(store.clone(), WatchOptions::default(), Box::new(|_| {})).unwrap();
+    let watcher =
+        Watcher::start(store.clone(), WatchOptions::default(), Box::new(|_, _| {})).unwrap();
     eventually(LONG, "the earlier change to be served", || {
         let version = store.current().version().to_owned();
         let expected = expected.clone();
@@ -641,7 +676,7 @@ fn watched_with_a_short_max_hold(
     let watcher = Watcher::start(
         store.clone(),
         options,
-        Box::new(move |rebuilt| {
+        Box::new(move |rebuilt, _took| {
             if matches!(rebuilt, Rebuilt::Failed(_)) {
                 counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }

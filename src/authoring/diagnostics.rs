@@ -92,7 +92,7 @@ pub fn render(severity: Severity, problem: &Problem, text: Option<&str>) -> Stri
         .map(|c| if c == '\t' { ' ' } else { c })
         .collect();
     let line_chars = shown.chars().count();
-    let width = match (&problem.span, problem.location.column) {
+    let width = match (problem.span.as_deref(), problem.location.column) {
         (Some(span), Some(_)) => {
             let (end_line, end_column) = line_and_column(text, span.offset + span.len);
             if end_line == line {
@@ -138,17 +138,18 @@ pub fn render_load_error(sources: Option<&Sources>, error: &LoadError) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Location, Span};
+    use crate::policy::{Location, ProblemKind, Span};
 
     fn problem(text: &str, offset: usize, len: usize, label: Option<&str>) -> Problem {
         Problem {
             location: Location::at_offset("p.cedar", text, offset),
             message: "bad".to_owned(),
-            span: Some(Span {
+            span: Some(Box::new(Span {
                 offset,
                 len,
                 label: label.map(str::to_owned),
-            }),
+            })),
+            kind: ProblemKind::Other,
         }
     }
 

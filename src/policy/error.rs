@@ -105,6 +105,56 @@ pub struct Span {
     pub label: Option<String>,
 }
 
+/// What kind of thing is wrong: the `reason` a failed reload is counted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum ProblemKind {
+    /// A file or folder could not be read (or sits where it is not read).
+    Io,
+    /// A file is larger than `max_policy_file_bytes`.
+    TooLarge,
+    /// A policy file does not parse (or repeats or empties an `@id`).
+    Parse,
+    /// The schema does not parse or is not valid.
+    Schema,
+    /// A policy fails validation against the schema.
+    Validate,
+    /// `entities.json` is not valid (its JSON, the schema, or a limit).
+    Entities,
+    /// The directory did not hold still long enough to be read.
+    Unsettled,
+    /// Anything else.
+    #[default]
+    Other,
+}
+
+impl ProblemKind {
+    /// Every kind, in label order.
+    pub const ALL: [ProblemKind; 8] = [
+        ProblemKind::Io,
+        ProblemKind::TooLarge,
+        ProblemKind::Parse,
+        ProblemKind::Schema,
+        ProblemKind::Validate,
+        ProblemKind::Entities,
+        ProblemKind::Unsettled,
+        ProblemKind::Other,
+    ];
+
+    /// The `reason` label of `cedar_pdp_policy_reload_failures_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Io => "io",
+            Self::TooLarge => "too_large",
+            Self::Parse => "parse",
+            Self::Schema => "schema",
+            Self::Validate => "validate",
+            Self::Entities => "entities",
+            Self::Unsettled => "unsettled",
+            Self::Other => "other",
+        }
+    }
+}
+
 /// One thing wrong with a policy directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -112,8 +162,11 @@ pub struct Problem {
     pub location: Location,
     /// What is wrong, as a sentence.
     pub message: String,
-    /// The exact stretch of the file, when known (for a source snippet).
-    pub span: Option<Span>,
+    /// The exact stretch of the file, when known (for a source snippet); boxed, as most
+    /// problems have none and a `Problem` travels in `Result`s.
+    pub span: Option<Box<Span>>,
+    /// What kind of problem it is.
+    pub kind: ProblemKind,
 }
 
 impl Problem {
@@ -124,7 +177,14 @@ impl Problem {
             location,
             message: excerpt(&message.into()),
             span: None,
+            kind: ProblemKind::Other,
         }
+    }
+
+    /// The same problem, of kind `kind`.
+    pub fn of_kind(mut self, kind: ProblemKind) -> Self {
+        self.kind = kind;
+        self
     }
 }
 
@@ -223,6 +283,19 @@ pub enum LoadError {
     Invalid(Vec<Problem>),
 }
 
+impl LoadError {
+    /// The kinds of its problems, each once, in order (an unreadable directory: `Io`).
+    pub fn kinds(&self) -> Vec<ProblemKind> {
+        let mut kinds = match self {
+            Self::Directory { .. } => vec![ProblemKind::Io],
+            Self::Invalid(problems) => problems.iter().map(|p| p.kind).collect(),
+        };
+        kinds.sort_unstable();
+        kinds.dedup();
+        kinds
+    }
+}
+
 struct ProblemList<'a>(&'a [Problem]);
 
 impl fmt::Display for ProblemList<'_> {
@@ -245,11 +318,14 @@ pub(crate) fn diagnostic_problem(diagnostic: &dyn Diagnostic, file: &str, text: 
             Some(label) => Location::at_offset(file, text, label.offset()),
             None => Location::file(file),
         },
+        kind: ProblemKind::Other,
         message: excerpt(&describe(diagnostic)),
-        span: label.map(|label| Span {
-            offset: label.offset(),
-            len: label.len(),
-            label: label.label().map(str::to_owned),
+        span: label.map(|label| {
+            Box::new(Span {
+                offset: label.offset(),
+                len: label.len(),
+                label: label.label().map(str::to_owned),
+            })
         }),
     }
 }
@@ -333,5 +409,17 @@ mod lines_tests {
                 "{offset}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::ProblemKind;
+    use crate::telemetry::metrics::RELOAD_FAILURE_REASONS;
+
+    #[test]
+    fn every_problem_kind_is_a_reason_the_metrics_export() {
+        let labels: Vec<&str> = ProblemKind::ALL.iter().map(|k| k.label()).collect();
+        assert_eq!(labels, RELOAD_FAILURE_REASONS);
     }
 }

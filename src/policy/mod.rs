@@ -22,7 +22,7 @@ mod watch;
 
 pub use crate::config::PolicyValidation;
 pub use entity_json::{BadUid, entity_uid, json_entity_uids, json_uid_and_parents};
-pub use error::{Lines, LoadError, Location, Problem, Span, describe};
+pub use error::{Lines, LoadError, Location, Problem, ProblemKind, Span, describe};
 pub use index::{Anchor, CACHED_SLICE_POLICIES, FastMap, FastSet, PolicyIndex, SearchSide};
 pub use loader::{LoadOptions, Loaded, MAX_POLICY_NESTING, Sources, build, load_dir, read_dir};
 pub(crate) use loader::{parse_problems, relative, too_deep};

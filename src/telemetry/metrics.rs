@@ -34,6 +34,28 @@ pub const TRACE_SPANS_DROPPED: &str = "cedar_pdp_trace_spans_dropped_total";
 pub const TRACE_SPANS_EXPORTED: &str = "cedar_pdp_trace_spans_exported_total";
 /// `policy_reloads_total{result}`: rebuilds of the policy directory by outcome.
 pub const POLICY_RELOADS: &str = "cedar_pdp_policy_reloads_total";
+/// `policy_reload_failures_total{reason}`: failed rebuilds by what was wrong; a rebuild
+/// with problems of several kinds counts once under each.
+pub const POLICY_RELOAD_FAILURES: &str = "cedar_pdp_policy_reload_failures_total";
+/// The `reason` label values of [`POLICY_RELOAD_FAILURES`] (the policy loader's problem
+/// kinds).
+pub const RELOAD_FAILURE_REASONS: [&str; 8] = [
+    "io",
+    "too_large",
+    "parse",
+    "schema",
+    "validate",
+    "entities",
+    "unsettled",
+    "other",
+];
+/// `policy_reload_duration_seconds`: time from the start of a rebuild's read to its
+/// outcome (served, unchanged or refused).
+pub const POLICY_RELOAD_DURATION: &str = "cedar_pdp_policy_reload_duration_seconds";
+/// Bucket bounds of [`POLICY_RELOAD_DURATION`], in seconds: 1 ms to 2 min.
+pub const RELOAD_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
 /// `policy_last_reload_success_timestamp_seconds`: when a rebuild last succeeded.
 pub const POLICY_LAST_RELOAD_SUCCESS: &str =
     "cedar_pdp_policy_last_reload_success_timestamp_seconds";
@@ -283,6 +305,9 @@ struct Inner {
     spans_exported: Counter,
     reload_success: Counter,
     reload_failure: Counter,
+    /// Per [`RELOAD_FAILURE_REASONS`].
+    reload_failures: [Counter; RELOAD_FAILURE_REASONS.len()],
+    reload_duration: Histogram,
     last_success: Gauge,
     last_successful: Gauge,
     tls_reloads: [Counter; TlsReload::ALL.len()],
@@ -336,6 +361,11 @@ impl Metrics {
                 &DURATION_BUCKETS,
             )
             .expect("the duration buckets are a valid, non-empty list")
+            .set_buckets_for_metric(
+                Matcher::Full(POLICY_RELOAD_DURATION.to_owned()),
+                &RELOAD_BUCKETS,
+            )
+            .expect("the reload buckets are a valid, non-empty list")
             .build_recorder();
         let handle = recorder.handle();
         let describe_counter = |name: &'static str, help: &'static str| {
@@ -393,6 +423,17 @@ impl Metrics {
         describe_counter(
             TLS_RELOADS,
             "Re-reads of the gRPC port's TLS files, by result: changed (new connections get the new files), unchanged, or failure (unusable files; the previous ones keep serving).",
+        );
+        describe_counter(
+            POLICY_RELOAD_FAILURES,
+            "Failed rebuilds of the policy directory, by reason: io (unreadable), too_large, parse, schema, validate, entities, unsettled (did not hold still), other; a rebuild with several kinds of problem counts under each.",
+        );
+        recorder.describe_histogram(
+            POLICY_RELOAD_DURATION.into(),
+            Some(Unit::Seconds),
+            SharedString::const_str(
+                "Time from the start of a policy rebuild's read to its outcome (served, unchanged or refused).",
+            ),
         );
         describe_counter(
             POLICY_RELOADS,
@@ -492,6 +533,14 @@ impl Metrics {
             audit_dropped: zero(counter(AUDIT_DROPPED, vec![])),
             spans_dropped: zero(counter(TRACE_SPANS_DROPPED, vec![])),
             spans_exported: zero(counter(TRACE_SPANS_EXPORTED, vec![])),
+            reload_failures: RELOAD_FAILURE_REASONS.map(|reason| {
+                zero(counter(
+                    POLICY_RELOAD_FAILURES,
+                    vec![Label::new("reason", reason)],
+                ))
+            }),
+            reload_duration: recorder
+                .register_histogram(&Key::from_name(POLICY_RELOAD_DURATION), &metadata()),
             reload_success: reload(ReloadResult::Success),
             reload_failure: reload(ReloadResult::Failure),
             last_success: gauge(POLICY_LAST_RELOAD_SUCCESS),
@@ -671,6 +720,21 @@ impl Metrics {
                 inner.last_successful.set(0.0);
             }
         }
+    }
+
+    /// Counts one failed rebuild under `reason` (one of [`RELOAD_FAILURE_REASONS`]; any
+    /// other counts as `other`).
+    pub fn reload_failed_for(&self, reason: &str) {
+        let at = RELOAD_FAILURE_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(RELOAD_FAILURE_REASONS.len() - 1);
+        self.inner.reload_failures[at].increment(1);
+    }
+
+    /// Records how long one rebuild took.
+    pub fn reload_took(&self, took: Duration) {
+        self.inner.reload_duration.record(took.as_secs_f64());
     }
 
     /// Records the policy set loaded at start-up: serving, and a success at its load time.

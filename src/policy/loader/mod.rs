@@ -31,7 +31,8 @@ pub(crate) use self::{
 use cedar_policy::{Entities, EntityUid, EvalResult, PolicySet};
 
 use super::{
-    FastSet, LoadError, PolicyValidation, Problem, Snapshot, index::PolicyIndex, usage::PolicyUsage,
+    FastSet, LoadError, PolicyValidation, Problem, ProblemKind, Snapshot, index::PolicyIndex,
+    usage::PolicyUsage,
 };
 
 /// How to load a policy directory.
@@ -92,9 +93,22 @@ pub fn build(read: &Sources, options: &LoadOptions) -> Result<Loaded, LoadError>
     let sources = &read.sources;
     let mut problems = read.problems.clone();
     let mut warnings = Vec::new();
+    // Each stage's problems are of its kind (those of reading carry their own).
+    let tag = |problems: &mut Vec<Problem>, from: usize, kind: ProblemKind| {
+        for problem in &mut problems[from..] {
+            if problem.kind == ProblemKind::Other {
+                problem.kind = kind;
+            }
+        }
+    };
+    tag(&mut problems, 0, ProblemKind::Io);
 
+    let from = problems.len();
     let policies = parse_policies(sources, &mut problems);
+    tag(&mut problems, from, ProblemKind::Parse);
+    let from = problems.len();
     let parsed = parse_schema(sources, &mut problems, &mut warnings);
+    tag(&mut problems, from, ProblemKind::Schema);
     let (schema, schema_shape) = match parsed {
         Ok(Some((schema, shape))) => (Ok(Some(schema)), shape),
         Ok(None) => (Ok(None), None),
@@ -102,6 +116,7 @@ pub fn build(read: &Sources, options: &LoadOptions) -> Result<Loaded, LoadError>
     };
     // Policies that parsed are validated even when others did not, so that one run
     // reports every problem.
+    let from = problems.len();
     if let Ok(Some(schema)) = &schema {
         validate_policies(
             schema,
@@ -112,10 +127,13 @@ pub fn build(read: &Sources, options: &LoadOptions) -> Result<Loaded, LoadError>
             &mut warnings,
         );
     }
+    tag(&mut problems, from, ProblemKind::Validate);
+    let from = problems.len();
     let entities = match &schema {
         Ok(schema) => load_entities(sources, schema.as_ref(), options, &mut problems),
         Err(()) => None,
     };
+    tag(&mut problems, from, ProblemKind::Entities);
     match (problems.is_empty(), schema, entities) {
         (true, Ok(schema), Some((entities, entity_count))) => Ok(Loaded {
             snapshot: Snapshot {

@@ -9,7 +9,7 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use crate::policy::{LoadError, Location, Problem};
+use crate::policy::{LoadError, Location, Problem, ProblemKind};
 
 /// What a file in the directory is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,10 +218,13 @@ pub(super) fn read_sources(
         let problem = |message: String| Problem::new(Location::file(rel.clone()), message);
         match read {
             Ok(Read::Text(text)) => sources.push(Source { rel, kind, text }),
-            Ok(Read::TooLarge) => problems.push(problem(format!(
-                "is larger than the limit of {max_file_bytes} bytes \
-                 (limits.max_policy_file_bytes); not read"
-            ))),
+            Ok(Read::TooLarge) => problems.push(
+                problem(format!(
+                    "is larger than the limit of {max_file_bytes} bytes \
+                     (limits.max_policy_file_bytes); not read"
+                ))
+                .of_kind(ProblemKind::TooLarge),
+            ),
             Ok(Read::NotAFile) => problems.push(problem(
                 "is not a regular file (it changed while the directory was read); not read"
                     .to_owned(),

@@ -133,8 +133,9 @@ pub enum Rebuilt<'a> {
     Failed(&'a LoadError),
 }
 
-/// Told of every rebuild, on the watcher's thread; it must not block.
-pub type OnRebuild = Box<dyn Fn(Rebuilt<'_>) + Send>;
+/// Told of every rebuild, with how long it took from the start of its read (for a change
+/// that never held still: how long it waited), on the watcher's thread; it must not block.
+pub type OnRebuild = Box<dyn Fn(Rebuilt<'_>, Duration) + Send>;
 
 /// What wakes the watcher thread.
 enum Signal {

@@ -104,7 +104,7 @@ impl Run {
         let built = match read {
             Ok(read) if read.complete() && read.version() == self.store.current().version() => {
                 // Same content (a touch, an editor's swap file): nothing to parse.
-                (self.on_rebuild)(Rebuilt::Unchanged);
+                (self.on_rebuild)(Rebuilt::Unchanged, started.elapsed());
                 span.record("outcome", "unchanged");
                 self.store.unchanged();
                 tracing::debug!("policy directory read again; content unchanged");
@@ -123,7 +123,7 @@ impl Run {
                 span.record("outcome", "served");
                 span.record("policy_version", snapshot.version());
                 span.record("policies", policy_count);
-                (self.on_rebuild)(Rebuilt::Swapping(&snapshot));
+                (self.on_rebuild)(Rebuilt::Swapping(&snapshot), started.elapsed());
                 if let ReloadOutcome::Swapped {
                     old_version,
                     new_version,
@@ -141,7 +141,7 @@ impl Run {
             }
             Err(err) => {
                 span.record("outcome", "failed");
-                (self.on_rebuild)(Rebuilt::Failed(&err));
+                (self.on_rebuild)(Rebuilt::Failed(&err), started.elapsed());
                 self.store.fail(&err);
                 log_failure(&err, &self.store);
             }

@@ -337,10 +337,16 @@ impl Run {
         let error = LoadError::Invalid(
             files
                 .into_iter()
-                .map(|file| Problem::new(Location::file(file), message.clone()))
+                .map(|file| {
+                    Problem::new(Location::file(file), message.clone())
+                        .of_kind(crate::policy::ProblemKind::Unsettled)
+                })
                 .collect(),
         );
-        (self.on_rebuild)(Rebuilt::Failed(&error));
+        (self.on_rebuild)(
+            Rebuilt::Failed(&error),
+            now.duration_since(burst.waiting_since),
+        );
         self.store.fail(&error);
         super::rebuild::log_failure(&error, &self.store);
     }
