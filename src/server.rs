@@ -170,7 +170,9 @@ impl Server {
             // Per-policy counts belong to the serving snapshot: rendered from it.
             let store = store.clone();
             let max_series = config.policy_metrics_max_series;
+            let files = store.clone();
             metrics.export_policy_usage(Box::new(move || store.current().usage_series(max_series)));
+            metrics.export_policy_files(Box::new(move || files.current().files_series(max_series)));
         }
         let grpc = GrpcPort::new(&config, store.clone(), decider.clone()).await?;
         // One limit on decision calls in flight, whichever port they come to.

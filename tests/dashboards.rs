@@ -18,8 +18,9 @@ const RULES: &str = concat!(
     "/helm/cedar-pdp/alerts/cedar-pdp-rules.yaml"
 );
 
-const ALERTS: [&str; 6] = [
+const ALERTS: [&str; 7] = [
     "CedarPdpPolicyReloadFailing",
+    "CedarPdpPolicyFilesNotServed",
     "CedarPdpNoSuccessfulReload",
     "CedarPdpDenyRateSpike",
     "CedarPdpErrorRate",

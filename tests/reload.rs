@@ -173,6 +173,9 @@ async fn an_invalid_edit_keeps_the_last_good_set_serving_and_says_why_until_fixe
         metric(&text, "cedar_pdp_policy_last_reload_successful"),
         Some(0.0)
     );
+    let unserved_since = "cedar_pdp_policy_files_unserved_since_timestamp_seconds";
+    let failed_at = metric(&text, unserved_since).expect("exported");
+    assert!(failed_at > 1.0e9, "the first failure's time: {text}");
     // Counted by reason: a syntax error is `parse`, and nothing else.
     let failures = |reason: &str| {
         metric(
@@ -217,6 +220,11 @@ async fn an_invalid_edit_keeps_the_last_good_set_serving_and_says_why_until_fixe
         metric(&text, "cedar_pdp_policy_last_reload_successful"),
         Some(1.0)
     );
+    assert_eq!(metric(&text, unserved_since), Some(0.0), "served again");
+    for file in ["a.cedar", "team.cedar"] {
+        let series = format!("cedar_pdp_policies_by_file{{file=\"{file}\"}}");
+        assert_eq!(metric(&text, &series), Some(1.0), "{series}: {text}");
+    }
     let info_series = format!(
         "cedar_pdp_policy_info{{version=\"{}\"}}",
         fixed.policy_version

@@ -172,6 +172,56 @@ pub struct PolicyIndex {
     permits: Vec<bool>,
 }
 
+/// What the index needs of one static policy: its scope, the entities its conditions
+/// name, and its effect. Worked out once per parse; a reload reuses those of unchanged
+/// files.
+#[derive(Debug, Clone)]
+pub struct IndexEntry {
+    principal: EntityScope,
+    action: ActionConstraint,
+    resource: EntityScope,
+    literals: Box<[EntityUid]>,
+    permit: bool,
+}
+
+impl IndexEntry {
+    /// The entry of `policy` (a static policy).
+    pub fn new(policy: &Policy) -> Self {
+        Self {
+            principal: EntityScope::from(policy.principal_constraint()),
+            action: policy.action_constraint(),
+            resource: EntityScope::from(policy.resource_constraint()),
+            literals: condition_literals(policy),
+            permit: policy.effect() == cedar_policy::Effect::Permit,
+        }
+    }
+
+    /// Whether the policy permits (else it forbids).
+    pub fn permit(&self) -> bool {
+        self.permit
+    }
+
+    /// Every entity the policy names, in its scope or its conditions.
+    pub fn named(&self) -> impl Iterator<Item = &EntityUid> {
+        fn side(scope: &EntityScope) -> Option<&EntityUid> {
+            match scope {
+                EntityScope::Eq(e) | EntityScope::In(e) | EntityScope::IsIn(_, e) => Some(e),
+                EntityScope::Any | EntityScope::Is(_) => None,
+            }
+        }
+        let action: &[EntityUid] = match &self.action {
+            ActionConstraint::Any => &[],
+            ActionConstraint::Eq(e) => std::slice::from_ref(e),
+            ActionConstraint::In(list) => list,
+        };
+        side(&self.principal)
+            .into_iter()
+            .chain(side(&self.resource))
+            .chain(action)
+            .chain(self.literals.iter())
+    }
+}
+
 /// The side of a scope a search looks for entities on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SearchSide {
@@ -206,27 +256,45 @@ const SMALL_SET: usize = 256;
 impl PolicyIndex {
     /// Indexes the static policies of `set`.
     pub fn new(set: &PolicySet) -> Self {
+        let mut usable = true;
+        let mut link_literals = Vec::new();
+        let entries: Vec<(PolicyId, IndexEntry)> = set
+            .policies()
+            .filter_map(|policy| {
+                if policy.is_static() {
+                    Some((policy.id().clone(), IndexEntry::new(policy)))
+                } else {
+                    usable = false;
+                    link_literals.extend(policy.entity_literals());
+                    None
+                }
+            })
+            .collect();
+        let mut index = Self::from_entries(entries.iter().map(|(id, entry)| (id, entry)));
+        if !usable {
+            index.usable = false;
+            let mut all: HashSet<EntityUid> = index.all_literals.iter().cloned().collect();
+            all.extend(link_literals);
+            index.all_literals = all.into_iter().collect();
+        }
+        index
+    }
+
+    /// Indexes static policies whose entries were worked out before (a reload keeps those
+    /// of unchanged files), in the set's order.
+    pub fn from_entries<'e>(entries: impl Iterator<Item = (&'e PolicyId, &'e IndexEntry)>) -> Self {
         let mut index = Self {
             usable: true,
             ..Self::default()
         };
         let mut all_literals = HashSet::new();
-        for policy in set.policies() {
-            if !policy.is_static() {
-                index.usable = false;
-                all_literals.extend(policy.entity_literals());
-                continue;
-            }
-            let literals = condition_literals(policy);
-            all_literals.extend(literals.iter().cloned());
-            index.literals.push(literals);
+        for (id, entry) in entries {
+            all_literals.extend(entry.literals.iter().cloned());
+            index.literals.push(entry.literals.clone());
             let i = index.ids.len();
-            let principal = EntityScope::from(policy.principal_constraint());
-            let resource = EntityScope::from(policy.resource_constraint());
-            let action = policy.action_constraint();
-            index.principal.add(&principal, i);
-            index.resource.add(&resource, i);
-            match &action {
+            index.principal.add(&entry.principal, i);
+            index.resource.add(&entry.resource, i);
+            match &entry.action {
                 ActionConstraint::Any => index.action_any.push(i),
                 ActionConstraint::Eq(e) => index.action_by.entry(e.clone()).or_default().push(i),
                 ActionConstraint::In(list) => {
@@ -235,11 +303,13 @@ impl PolicyIndex {
                     }
                 }
             }
-            index.ids.push(policy.id().clone());
-            index
-                .permits
-                .push(policy.effect() == cedar_policy::Effect::Permit);
-            index.scopes.push((principal, action, resource));
+            index.ids.push(id.clone());
+            index.permits.push(entry.permit);
+            index.scopes.push((
+                entry.principal.clone(),
+                entry.action.clone(),
+                entry.resource.clone(),
+            ));
         }
         index.all_literals = all_literals.into_iter().collect();
         index

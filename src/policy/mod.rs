@@ -24,7 +24,10 @@ pub use crate::config::PolicyValidation;
 pub use entity_json::{BadUid, entity_uid, json_entity_uids, json_uid_and_parents};
 pub use error::{Lines, LoadError, Location, Problem, ProblemKind, Span, describe};
 pub use index::{Anchor, CACHED_SLICE_POLICIES, FastMap, FastSet, PolicyIndex, SearchSide};
-pub use loader::{LoadOptions, Loaded, MAX_POLICY_NESTING, Sources, build, load_dir, read_dir};
+pub use loader::{
+    BuildCache, LoadOptions, Loaded, MAX_POLICY_NESTING, Sources, build, build_cached, load_dir,
+    read_dir,
+};
 pub(crate) use loader::{parse_problems, relative, too_deep};
 pub use members::{Members, search_order};
 pub use shape::SchemaShape;

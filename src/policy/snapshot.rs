@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub(super) members: OnceLock<Members>,
     /// Decisions each policy determined since this snapshot was built.
     pub(super) usage: PolicyUsage,
+    /// Policies and templates by policy file, in directory order.
+    pub(super) policies_by_file: Box<[(Box<str>, u32)]>,
 }
 
 impl Snapshot {
@@ -91,6 +93,27 @@ impl Snapshot {
         self.usage.series(max_series, |id| {
             self.policy_locations.get(id).map(|l| l.file.clone())
         })
+    }
+
+    /// Policies and templates by file, in directory order, as at most `max_series` metric
+    /// series (the files past it add up under `other`).
+    pub fn files_series(&self, max_series: usize) -> Vec<(String, u64)> {
+        let mut series: Vec<(String, u64)> = self
+            .policies_by_file
+            .iter()
+            .take(max_series)
+            .map(|(file, n)| (file.to_string(), u64::from(*n)))
+            .collect();
+        let rest: u64 = self
+            .policies_by_file
+            .iter()
+            .skip(max_series)
+            .map(|(_, n)| u64::from(*n))
+            .sum();
+        if self.policies_by_file.len() > max_series {
+            series.push((super::usage::OTHER_SERIES.to_owned(), rest));
+        }
+        series
     }
 
     /// Content hash of every file the snapshot was built from.

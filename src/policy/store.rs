@@ -9,7 +9,9 @@ use std::{
 
 use arc_swap::ArcSwap;
 
-use super::{LoadError, LoadOptions, Loaded, Problem, Snapshot, load_dir};
+use super::{
+    BuildCache, LoadError, LoadOptions, Loaded, Problem, Snapshot, Sources, build_cached, read_dir,
+};
 
 /// Holds the snapshot being served; readers take an `Arc` to it with one atomic load, a
 /// reload replaces it with one atomic store, so no reader ever sees a mix of two.
@@ -21,6 +23,8 @@ pub struct PolicyStore {
     /// Last failed reload and when; a std mutex because it is touched only by reloads
     /// and info calls, never across an await.
     last_error: Mutex<Option<ReloadError>>,
+    /// What the last build parsed and validated, for the next to reuse.
+    cache: Mutex<BuildCache>,
 }
 
 /// A reload that failed: the reason (file, line, message) and when.
@@ -53,12 +57,15 @@ impl PolicyStore {
         options: LoadOptions,
     ) -> Result<(Self, Vec<Problem>), LoadError> {
         let dir = dir.as_ref().to_owned();
-        let Loaded { snapshot, warnings } = load_dir(&dir, &options)?;
+        let mut cache = BuildCache::new();
+        let read = read_dir(&dir, options.max_file_bytes)?;
+        let Loaded { snapshot, warnings } = build_cached(&read, &options, &mut cache)?;
         let store = Self {
             dir,
             options,
             current: ArcSwap::from_pointee(snapshot),
             last_error: Mutex::new(None),
+            cache: Mutex::new(cache),
         };
         release_freed_memory();
         Ok((store, warnings))
@@ -74,13 +81,17 @@ impl PolicyStore {
         options: LoadOptions,
     ) -> Result<(Self, Result<Vec<Problem>, LoadError>), LoadError> {
         let dir = dir.as_ref().to_owned();
-        match load_dir(&dir, &options) {
+        let mut cache = BuildCache::new();
+        let built = read_dir(&dir, options.max_file_bytes)
+            .and_then(|read| build_cached(&read, &options, &mut cache));
+        match built {
             Ok(Loaded { snapshot, warnings }) => {
                 let store = Self {
                     dir,
                     options,
                     current: ArcSwap::from_pointee(snapshot),
                     last_error: Mutex::new(None),
+                    cache: Mutex::new(cache),
                 };
                 Ok((store, Ok(warnings)))
             }
@@ -93,6 +104,7 @@ impl PolicyStore {
                     options,
                     current: ArcSwap::from_pointee(snapshot),
                     last_error: Mutex::new(None),
+                    cache: Mutex::new(cache),
                 };
                 store.fail(&err);
                 Ok((store, Err(err)))
@@ -132,7 +144,15 @@ impl PolicyStore {
     /// Reads and validates the directory into a new snapshot without serving it; see
     /// [`install`](Self::install) and [`fail`](Self::fail) for what to do with the result.
     pub fn build(&self) -> Result<Loaded, LoadError> {
-        load_dir(&self.dir, &self.options)
+        self.build_from(&read_dir(&self.dir, self.options.max_file_bytes)?)
+    }
+
+    /// Parses and validates what was read from the directory into a new snapshot, like
+    /// [`build`](Self::build): only the files whose text changed since the last build are
+    /// parsed and validated again (all of them when the schema changed).
+    pub fn build_from(&self, read: &Sources) -> Result<Loaded, LoadError> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        build_cached(read, &self.options, &mut cache)
     }
 
     /// Serves `snapshot` from the next call on, unless its content equals the serving

@@ -56,11 +56,26 @@ impl PolicyUsage {
     /// Zero counts for every static policy of `set` (templates decide nothing until
     /// linked, and links are policies).
     pub fn new(set: &PolicySet) -> Self {
-        let mut policies: Vec<(Box<str>, CedarEffect, bool)> = set
+        let policies: Vec<(String, bool, bool)> = set
             .policies()
             .map(|p| {
-                let named = p.annotation("id").is_some();
-                (p.id().to_string().into_boxed_str(), p.effect(), named)
+                let named = super::loader::id_annotation(p.annotations()).is_some();
+                (p.id().to_string(), p.effect() == CedarEffect::Permit, named)
+            })
+            .collect();
+        Self::from_policies(policies.iter().map(|(id, p, n)| (id.as_str(), *p, *n)))
+    }
+
+    /// Zero counts for the static policies given as (id, permits, named by `@id`).
+    pub fn from_policies<'a>(policies: impl Iterator<Item = (&'a str, bool, bool)>) -> Self {
+        let mut policies: Vec<(Box<str>, CedarEffect, bool)> = policies
+            .map(|(id, permit, named)| {
+                let effect = if permit {
+                    CedarEffect::Permit
+                } else {
+                    CedarEffect::Forbid
+                };
+                (Box::from(id), effect, named)
             })
             .collect();
         policies.sort_unstable_by(|a, b| a.0.cmp(&b.0));

@@ -10,7 +10,7 @@
 use std::{
     sync::{
         Arc, Mutex, OnceLock,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -56,6 +56,13 @@ pub const POLICY_RELOAD_DURATION: &str = "cedar_pdp_policy_reload_duration_secon
 pub const RELOAD_BUCKETS: [f64; 14] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
 ];
+/// `policy_files_unserved_since_timestamp_seconds`: since when the policy directory on
+/// disk has held something other than the serving set (the first rebuild that failed
+/// since the last one that succeeded), 0 while it holds what is served.
+pub const POLICY_FILES_UNSERVED_SINCE: &str =
+    "cedar_pdp_policy_files_unserved_since_timestamp_seconds";
+/// `policies_by_file{file}`: policies (and templates) the serving set has from each file.
+pub const POLICIES_BY_FILE: &str = "cedar_pdp_policies_by_file";
 /// `policy_last_reload_success_timestamp_seconds`: when a rebuild last succeeded.
 pub const POLICY_LAST_RELOAD_SUCCESS: &str =
     "cedar_pdp_policy_last_reload_success_timestamp_seconds";
@@ -227,6 +234,9 @@ impl Outcome {
 /// `(policy_id label, deny, allow)` series; installed by the server.
 pub type PolicyUsageSource = Box<dyn Fn() -> Vec<(String, u64, u64)> + Send + Sync>;
 
+/// Where the policies-by-file series come from on each scrape: (file, policies).
+pub type PolicyFilesSource = Box<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
+
 /// HELP text of [`POLICY_INFO`].
 const POLICY_INFO_HELP: &str = "1, labelled with the policy version being served.";
 
@@ -333,6 +343,10 @@ struct Inner {
     shadow_version: Mutex<String>,
     /// Where `policy_decisions_total` is rendered from, once a server installs it.
     policy_usage: OnceLock<PolicyUsageSource>,
+    policy_files: OnceLock<PolicyFilesSource>,
+    /// Unix seconds of [`POLICY_FILES_UNSERVED_SINCE`] as `f64` bits (0: none).
+    unserved_since: AtomicU64,
+    unserved_since_gauge: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -450,6 +464,11 @@ impl Metrics {
             "1 if the latest rebuild of the policy directory succeeded, 0 if it failed.",
         );
         describe_gauge(
+            POLICY_FILES_UNSERVED_SINCE,
+            Some(Unit::Seconds),
+            "Unix time since which the policy directory has held something other than the serving set (the first failed rebuild since the last successful one), 0 while it holds what is served.",
+        );
+        describe_gauge(
             POLICIES_LOADED,
             None,
             "Policies in the snapshot being served.",
@@ -527,6 +546,13 @@ impl Metrics {
             shadow_reloads,
             shadow_version: Mutex::new(String::new()),
             policy_usage: OnceLock::new(),
+            policy_files: OnceLock::new(),
+            unserved_since: AtomicU64::new(0),
+            unserved_since_gauge: {
+                let gauge = gauge(POLICY_FILES_UNSERVED_SINCE);
+                gauge.set(0.0);
+                gauge
+            },
             decisions,
             durations,
             refused,
@@ -599,7 +625,16 @@ impl Metrics {
         if let Some(source) = self.inner.policy_usage.get() {
             render_policy_decisions(&mut text, &source());
         }
+        if let Some(source) = self.inner.policy_files.get() {
+            render_policy_files(&mut text, &source());
+        }
         text
+    }
+
+    /// Renders `policies_by_file` from `source` on every scrape, like
+    /// [`Metrics::export_policy_usage`]: a removed file's series leaves the scrape.
+    pub fn export_policy_files(&self, source: PolicyFilesSource) {
+        let _ = self.inner.policy_files.set(source);
     }
 
     /// Renders `policy_decisions_total` from `source` on every scrape: the counts belong
@@ -714,10 +749,20 @@ impl Metrics {
                 inner.reload_success.increment(1);
                 inner.last_success.set(unix_seconds(SystemTime::now()));
                 inner.last_successful.set(1.0);
+                inner.unserved_since.store(0, Ordering::Relaxed);
+                inner.unserved_since_gauge.set(0.0);
             }
             ReloadResult::Failure => {
                 inner.reload_failure.increment(1);
                 inner.last_successful.set(0.0);
+                let now = unix_seconds(SystemTime::now());
+                let first = inner
+                    .unserved_since
+                    .compare_exchange(0, now.to_bits(), Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok();
+                if first {
+                    inner.unserved_since_gauge.set(now);
+                }
             }
         }
     }
@@ -771,6 +816,26 @@ fn render_policy_decisions(text: &mut String, series: &[(String, u64, u64)]) {
             text,
             "{POLICY_DECISIONS}{{policy_id=\"{id}\",decision=\"deny\"}} {deny}"
         );
+    }
+    text.push('\n');
+}
+
+/// HELP text of [`POLICIES_BY_FILE`].
+const POLICIES_BY_FILE_HELP: &str = "Policies and templates the serving policy set has from each file (past policy_metrics_max_series files, the rest add up under other).";
+
+/// Appends the `policies_by_file` family.
+fn render_policy_files(text: &mut String, series: &[(String, u64)]) {
+    use std::fmt::Write as _;
+    if series.is_empty() {
+        return;
+    }
+    let _ = write!(
+        text,
+        "# HELP {POLICIES_BY_FILE} {POLICIES_BY_FILE_HELP}\n# TYPE {POLICIES_BY_FILE} gauge\n"
+    );
+    for (file, count) in series {
+        let file = escape_label(file);
+        let _ = writeln!(text, "{POLICIES_BY_FILE}{{file=\"{file}\"}} {count}");
     }
     text.push('\n');
 }

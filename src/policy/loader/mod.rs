@@ -8,30 +8,40 @@
 //! 0-based position in the file (`tenants/acme.2`). The version is a hash of every file
 //! read, so unchanged content always gives the same version.
 
+mod cache;
 mod entities;
 mod policies;
 mod read;
 mod schema;
 
-use std::{path::Path, time::SystemTime};
-
-use self::{
-    entities::load_entities,
-    policies::parse_policies,
-    schema::{parse_schema, validate_policies},
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    path::Path,
+    sync::Arc,
+    time::SystemTime,
 };
+
 pub use self::{
+    cache::BuildCache,
     policies::MAX_POLICY_NESTING,
     read::{Sources, read_dir},
 };
+use self::{
+    cache::both,
+    entities::load_entities,
+    policies::{Item, ParsedFile, ParsedPolicy},
+    read::{Kind, Source},
+    schema::parse_schema,
+};
 pub(crate) use self::{
-    policies::{parse_problems, too_deep},
+    policies::{id_annotation, parse_problems, too_deep},
     read::relative,
 };
 use cedar_policy::{Entities, EntityUid, EvalResult, PolicySet};
 
 use super::{
-    FastSet, LoadError, PolicyValidation, Problem, ProblemKind, Snapshot, index::PolicyIndex,
+    FastSet, LoadError, Location, PolicyValidation, Problem, ProblemKind, Snapshot,
+    index::{IndexEntry, PolicyIndex},
     usage::PolicyUsage,
 };
 
@@ -88,8 +98,20 @@ pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Loaded, LoadError> 
 }
 
 /// Parses and validates what [`read_dir`] read into a snapshot: the CPU half of
-/// [`load_dir`].
+/// [`load_dir`], from nothing.
 pub fn build(read: &Sources, options: &LoadOptions) -> Result<Loaded, LoadError> {
+    build_cached(read, options, &mut BuildCache::new())
+}
+
+/// [`build`], reusing what `cache` kept of the last build: only files whose text changed
+/// are parsed and validated again (every file, when the schema changed), and the stored
+/// entities are rebuilt only when `entities.json` or the schema changed. The snapshot is
+/// the same as [`build`] would make; `cache` then holds this read's files.
+pub fn build_cached(
+    read: &Sources,
+    options: &LoadOptions,
+    cache: &mut BuildCache,
+) -> Result<Loaded, LoadError> {
     let sources = &read.sources;
     let mut problems = read.problems.clone();
     let mut warnings = Vec::new();
@@ -104,7 +126,8 @@ pub fn build(read: &Sources, options: &LoadOptions) -> Result<Loaded, LoadError>
     tag(&mut problems, 0, ProblemKind::Io);
 
     let from = problems.len();
-    let policies = parse_policies(sources, &mut problems);
+    let files = cache.parse(sources);
+    let policies = assemble(&files, &mut problems);
     tag(&mut problems, from, ProblemKind::Parse);
     let from = problems.len();
     let parsed = parse_schema(sources, &mut problems, &mut warnings);
@@ -117,52 +140,158 @@ pub fn build(read: &Sources, options: &LoadOptions) -> Result<Loaded, LoadError>
     // Policies that parsed are validated even when others did not, so that one run
     // reports every problem.
     let from = problems.len();
-    if let Ok(Some(schema)) = &schema {
-        validate_policies(
-            schema,
-            &policies,
-            sources,
-            options,
-            &mut problems,
-            &mut warnings,
-        );
+    cache.schema(
+        schema.as_ref().ok().and(schema_text(sources)),
+        options.validation,
+    );
+    if let Ok(Some(schema)) = &schema
+        && options.validation != PolicyValidation::Off
+    {
+        for validated in cache.validate(schema, &files) {
+            match options.validation {
+                PolicyValidation::Strict => problems.extend(validated.errors.iter().cloned()),
+                _ => warnings.extend(validated.errors.iter().cloned()),
+            }
+            warnings.extend(validated.warnings.iter().cloned());
+        }
     }
     tag(&mut problems, from, ProblemKind::Validate);
     let from = problems.len();
+    let entities_text = sources
+        .iter()
+        .find(|s| s.kind == Kind::Entities)
+        .map(|s| s.text.as_str());
     let entities = match &schema {
-        Ok(schema) => load_entities(sources, schema.as_ref(), options, &mut problems),
+        Ok(schema) => match cache.entities(entities_text) {
+            Some(kept) => Some(kept),
+            None => load_entities(sources, schema.as_ref(), options, &mut problems).map(
+                |(entities, count)| {
+                    let named: Arc<[EntityUid]> = entities_name(&entities).into();
+                    cache.keep_entities(entities_text, &entities, count, named.clone());
+                    (entities, count, named)
+                },
+            ),
+        },
         Err(()) => None,
     };
     tag(&mut problems, from, ProblemKind::Entities);
-    match (problems.is_empty(), schema, entities) {
-        (true, Ok(schema), Some((entities, entity_count))) => Ok(Loaded {
-            snapshot: Snapshot {
-                policy_locations: policies
-                    .origin
-                    .into_iter()
-                    .map(|(id, origin)| (id.to_string(), origin.location))
-                    .collect(),
-                named_not_held: named_not_held(&entities, &policies.set),
-                index: PolicyIndex::new(&policies.set),
-                usage: PolicyUsage::new(&policies.set),
-                policies: policies.set,
-                schema_shape,
-                schema,
-                entities,
-                entity_count,
-                version: read.version.clone(),
-                loaded_at: SystemTime::now(),
-                members: Default::default(),
-            },
-            warnings,
-        }),
-        _ => Err(LoadError::Invalid(problems)),
-    }
+    let (true, Ok(schema), Some((entities, entity_count, entities_named))) =
+        (problems.is_empty(), schema, entities)
+    else {
+        return Err(LoadError::Invalid(problems));
+    };
+    let Assembled { items, locations } = policies;
+    let statics: Vec<(&ParsedPolicy, &IndexEntry)> = items
+        .iter()
+        .filter_map(|p| p.index.as_ref().map(|entry| (*p, entry)))
+        .collect();
+    // Cedar's policy set takes longest to put together (a few µs a policy); it is built
+    // beside the rest.
+    let (policies, (index, usage, named_not_held)) = both(
+        || policy_set(&items),
+        || {
+            let index = PolicyIndex::from_entries(statics.iter().map(|(p, e)| (&p.id, *e)));
+            let usage = PolicyUsage::from_policies(
+                statics
+                    .iter()
+                    .map(|(p, e)| (p.id.as_ref(), e.permit(), p.named)),
+            );
+            let named_not_held: FastSet<EntityUid> = entities_named
+                .iter()
+                .chain(statics.iter().flat_map(|(_, entry)| entry.named()))
+                .filter(|uid| entities.get(uid).is_none())
+                .cloned()
+                .collect();
+            (index, usage, named_not_held)
+        },
+    );
+    Ok(Loaded {
+        snapshot: Snapshot {
+            policy_locations: locations,
+            named_not_held,
+            index,
+            usage,
+            policies: policies?,
+            schema_shape,
+            schema,
+            entities,
+            entity_count,
+            version: read.version.clone(),
+            loaded_at: SystemTime::now(),
+            members: Default::default(),
+            policies_by_file: files
+                .iter()
+                .map(|f| {
+                    let count = u32::try_from(f.policies.len()).unwrap_or(u32::MAX);
+                    (Box::from(f.rel.as_str()), count)
+                })
+                .collect(),
+        },
+        warnings,
+    })
 }
 
-/// The uids `entities` (as ancestors, or in attribute and tag values) and `policies` name
-/// without `entities` holding them.
-fn named_not_held(entities: &Entities, policies: &PolicySet) -> FastSet<EntityUid> {
+/// The text of the directory's schema, if it has one.
+fn schema_text(sources: &[Source]) -> Option<&str> {
+    sources
+        .iter()
+        .find(|s| matches!(s.kind, Kind::CedarSchema | Kind::JsonSchema))
+        .map(|s| s.text.as_str())
+}
+
+/// Every policy and template of the parsed files, each id once, in file and text order.
+struct Assembled<'f> {
+    items: Vec<&'f ParsedPolicy>,
+    /// Where each starts, by id.
+    locations: HashMap<String, Location>,
+}
+
+/// Puts the parsed files together: their problems, and each policy whose id no earlier
+/// one has (a second use of an id is a problem naming the first).
+fn assemble<'f>(files: &'f [Arc<ParsedFile>], problems: &mut Vec<Problem>) -> Assembled<'f> {
+    let total = files.iter().map(|f| f.policies.len()).sum();
+    let mut items = Vec::with_capacity(total);
+    let mut locations: HashMap<String, Location> = HashMap::with_capacity(total);
+    for file in files {
+        problems.extend(file.problems.iter().cloned());
+        for policy in &file.policies {
+            match locations.entry(policy.id.to_string()) {
+                Entry::Occupied(first) => {
+                    let message = format!(
+                        "policy id `{}` is used twice; it is also the id of the policy at {}",
+                        policy.id,
+                        first.get()
+                    );
+                    problems.push(Problem::new(policy.location.clone(), message));
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(policy.location.clone());
+                    items.push(policy);
+                }
+            }
+        }
+    }
+    Assembled { items, locations }
+}
+
+/// Cedar's policy set of `items` (whose ids are distinct).
+fn policy_set(items: &[&ParsedPolicy]) -> Result<PolicySet, LoadError> {
+    let mut set = PolicySet::new();
+    for policy in items {
+        let added = match &policy.item {
+            Item::Policy(p) => set.add(p.clone()),
+            Item::Template(t) => set.add_template(t.clone()),
+        };
+        added.map_err(|e| {
+            LoadError::Invalid(vec![Problem::new(policy.location.clone(), e.to_string())])
+        })?;
+    }
+    Ok(set)
+}
+
+/// The uids `entities` name (as ancestors, or in attribute and tag values), repeats and
+/// all: with those the policies name, what [`Snapshot::names_without_holding`] is made of.
+fn entities_name(entities: &Entities) -> Vec<EntityUid> {
     fn values(value: &EvalResult, found: &mut Vec<EntityUid>) {
         match value {
             EvalResult::EntityUid(uid) => found.push(uid.clone()),
@@ -186,11 +315,5 @@ fn named_not_held(entities: &Entities, policies: &PolicySet) -> FastSet<EntityUi
             }
         }
     }
-    for policy in policies.policies() {
-        named.extend(policy.entity_literals());
-    }
     named
-        .into_iter()
-        .filter(|uid| entities.get(uid).is_none())
-        .collect()
 }

@@ -1,12 +1,11 @@
 //! Parsing the `*.cedar` files: nesting checked before Cedar's parser recurses, each
 //! policy given its id (its `@id`, else file and position) and its location.
 
-use std::{collections::HashMap, str::FromStr};
+use std::str::FromStr;
 
 use cedar_policy::{PolicyId, PolicySet};
 
-use super::read::{Kind, Source};
-use crate::policy::{Lines, Location, Problem, error::diagnostic_problem};
+use crate::policy::{Lines, Location, Problem, error::diagnostic_problem, index::IndexEntry};
 
 /// Deepest nesting of `(`, `[` and `{` a policy file may have. Cedar parses and evaluates
 /// expressions recursively: a debug build overflows a 2 MiB thread stack somewhere
@@ -115,98 +114,125 @@ pub(super) fn array_element_starts(text: &str) -> Vec<usize> {
     starts
 }
 
-/// The policy set and, per policy id, where it came from.
-pub(super) struct Policies {
-    pub(super) set: PolicySet,
-    pub(super) origin: HashMap<PolicyId, Origin>,
+/// One policy file parsed: what a rebuild reuses while the file's text stays the same.
+#[derive(Debug)]
+pub(super) struct ParsedFile {
+    /// Relative path with `/` separators.
+    pub(super) rel: String,
+    /// The text it was parsed from.
+    pub(super) text: String,
+    /// Syntax problems (then `policies` is empty), and empty `@id`s.
+    pub(super) problems: Vec<Problem>,
+    /// Its policies and templates in text order, each already carrying its id.
+    pub(super) policies: Vec<ParsedPolicy>,
 }
 
-/// The file a policy came from (index into the sources) and where in it it starts.
-pub(super) struct Origin {
-    pub(super) source: usize,
+/// One policy or template of a file, with its id and where it starts.
+#[derive(Debug)]
+pub(super) struct ParsedPolicy {
+    pub(super) id: PolicyId,
+    pub(super) item: Item,
     pub(super) location: Location,
+    /// Whether its id comes from an `@id` annotation.
+    pub(super) named: bool,
+    /// A static policy's scope and literals, for the snapshot's index.
+    pub(super) index: Option<IndexEntry>,
 }
 
-pub(super) fn parse_policies(sources: &[Source], problems: &mut Vec<Problem>) -> Policies {
-    let mut set = PolicySet::new();
-    let mut origin: HashMap<PolicyId, Origin> = HashMap::new();
-    for (index, source) in sources.iter().enumerate() {
-        if source.kind != Kind::Policies {
-            continue;
-        }
-        if let Some(line) = too_deep(&source.text) {
-            let location = Location {
-                file: source.rel.clone(),
-                line: Some(line),
-                column: None,
-            };
-            problems.push(Problem::new(
-                location,
-                format!(
-                    "brackets nest deeper than {MAX_POLICY_NESTING}; \
-                     split the expression (deep nesting can exhaust the parser's stack)"
-                ),
-            ));
-            continue;
-        }
-        let parsed = match parse_file(&source.rel, &source.text) {
-            Ok(parsed) => parsed,
-            Err(found) => {
-                problems.extend(found);
-                continue;
-            }
+/// A static policy or a template.
+#[derive(Debug, Clone)]
+pub(super) enum Item {
+    Policy(cedar_policy::Policy),
+    Template(cedar_policy::Template),
+}
+
+/// Parses one policy file: its policies with their ids (its `@id`, else `stem.position`)
+/// and locations, or what is wrong with it. Ids used twice are found when the files are
+/// put together.
+pub(super) fn parse_one(rel: String, text: String) -> ParsedFile {
+    let mut problems = Vec::new();
+    if let Some(line) = too_deep(&text) {
+        let location = Location {
+            file: rel.clone(),
+            line: Some(line),
+            column: None,
         };
-        let stem = source.rel.strip_suffix(".cedar").unwrap_or(&source.rel);
-        let starts = policy_starts(&source.text);
-        let lines = Lines::new(&source.text);
-        let located = |pos: usize| match starts.get(pos) {
-            Some(&offset) => lines.locate(source.rel.clone(), offset),
-            None => Location::file(source.rel.clone()),
+        problems.push(Problem::new(
+            location,
+            format!(
+                "brackets nest deeper than {MAX_POLICY_NESTING}; \
+                 split the expression (deep nesting can exhaust the parser's stack)"
+            ),
+        ));
+        return ParsedFile {
+            rel,
+            text,
+            problems,
+            policies: Vec::new(),
         };
-        // The parsed set iterates in no particular order; ids and messages follow the text.
-        let mut entries: Vec<(usize, Entry<'_>)> = parsed
-            .policies()
-            .map(|p| (position(p.id()), Entry::Policy(p)))
-            .chain(
-                parsed
-                    .templates()
-                    .map(|t| (position(t.id()), Entry::Template(t))),
-            )
-            .collect();
-        entries.sort_by_key(|(pos, _)| *pos);
-        for (pos, entry) in entries {
-            let location = located(pos);
-            let id = match entry.annotation() {
-                Some("") => {
-                    problems.push(Problem::new(location, "the @id annotation is empty"));
-                    continue;
-                }
-                Some(id) => PolicyId::new(id),
-                None => PolicyId::new(format!("{stem}.{pos}")),
-            };
-            if let Some(first) = origin.get(&id) {
-                let message = format!(
-                    "policy id `{id}` is used twice; it is also the id of the policy at {}",
-                    first.location
-                );
-                problems.push(Problem::new(location, message));
-                continue;
-            }
-            origin.insert(
-                id.clone(),
-                Origin {
-                    source: index,
-                    location,
-                },
-            );
-            let added = match entry {
-                Entry::Policy(policy) => set.add(policy.new_id(id)),
-                Entry::Template(template) => set.add_template(template.new_id(id)),
-            };
-            added.expect("ids are unique by construction");
-        }
     }
-    Policies { set, origin }
+    let parsed = match parse_file(&rel, &text) {
+        Ok(parsed) => parsed,
+        Err(found) => {
+            return ParsedFile {
+                rel,
+                text,
+                problems: found,
+                policies: Vec::new(),
+            };
+        }
+    };
+    let stem = rel.strip_suffix(".cedar").unwrap_or(&rel);
+    let starts = policy_starts(&text);
+    let lines = Lines::new(&text);
+    let located = |pos: usize| match starts.get(pos) {
+        Some(&offset) => lines.locate(rel.clone(), offset),
+        None => Location::file(rel.clone()),
+    };
+    // The parsed set iterates in no particular order; ids and messages follow the text.
+    let mut entries: Vec<(usize, Entry<'_>)> = parsed
+        .policies()
+        .map(|p| (position(p.id()), Entry::Policy(p)))
+        .chain(
+            parsed
+                .templates()
+                .map(|t| (position(t.id()), Entry::Template(t))),
+        )
+        .collect();
+    entries.sort_by_key(|(pos, _)| *pos);
+    let mut policies = Vec::with_capacity(entries.len());
+    for (pos, entry) in entries {
+        let location = located(pos);
+        let (id, named) = match entry.annotation() {
+            Some("") => {
+                problems.push(Problem::new(location, "the @id annotation is empty"));
+                continue;
+            }
+            Some(id) => (PolicyId::new(id), true),
+            None => (PolicyId::new(format!("{stem}.{pos}")), false),
+        };
+        let item = match entry {
+            Entry::Policy(policy) => Item::Policy(policy.new_id(id.clone())),
+            Entry::Template(template) => Item::Template(template.new_id(id.clone())),
+        };
+        let index = match &item {
+            Item::Policy(policy) => Some(IndexEntry::new(policy)),
+            Item::Template(_) => None,
+        };
+        policies.push(ParsedPolicy {
+            id,
+            item,
+            location,
+            named,
+            index,
+        });
+    }
+    ParsedFile {
+        rel,
+        text,
+        problems,
+        policies,
+    }
 }
 
 /// One policy file's text parsed, or every syntax problem in it, located.
@@ -233,10 +259,18 @@ pub(super) enum Entry<'a> {
 impl Entry<'_> {
     fn annotation(&self) -> Option<&str> {
         match self {
-            Entry::Policy(p) => p.annotation("id"),
-            Entry::Template(t) => t.annotation("id"),
+            Entry::Policy(p) => id_annotation(p.annotations()),
+            Entry::Template(t) => id_annotation(t.annotations()),
         }
     }
+}
+
+/// The value of the `@id` annotation among `annotations`. Cedar's `annotation("id")`
+/// parses its key with the policy grammar on every call (over 10 µs); this compares.
+pub(crate) fn id_annotation<'a>(
+    mut annotations: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Option<&'a str> {
+    annotations.find_map(|(key, value)| (key == "id").then_some(value))
 }
 
 /// Cedar names the policies of a parsed text `policy0`, `policy1`, … in text order.

@@ -1,14 +1,11 @@
-//! The schema (Cedar or JSON form) and validating the policies against it.
+//! The schema, in Cedar or JSON form (validating the policies against it is the build
+//! cache's, file by file).
 
-use cedar_policy::{PolicyId, Schema, SchemaFragment, ValidationMode, Validator};
+use cedar_policy::{Schema, SchemaFragment};
 use miette::Diagnostic;
 
-use super::{
-    LoadOptions,
-    policies::Policies,
-    read::{Kind, Source},
-};
-use crate::policy::{Location, PolicyValidation, Problem, SchemaShape, error::diagnostic_problem};
+use super::read::{Kind, Source};
+use crate::policy::{Location, Problem, SchemaShape, error::diagnostic_problem};
 
 /// The schema and its JSON shape. `Ok(None)`: no schema; `Err(())`: a schema that failed
 /// to parse (already reported).
@@ -53,31 +50,4 @@ pub(super) fn parse_schema(
     let schema =
         Schema::from_schema_fragments([fragment]).map_err(|e| problems.push(located(&e)))?;
     Ok(Some((schema, shape)))
-}
-
-pub(super) fn validate_policies(
-    schema: &Schema,
-    policies: &Policies,
-    sources: &[Source],
-    options: &LoadOptions,
-    problems: &mut Vec<Problem>,
-    warnings: &mut Vec<Problem>,
-) {
-    if options.validation == PolicyValidation::Off {
-        return;
-    }
-    let result = Validator::new(schema.clone()).validate(&policies.set, ValidationMode::Strict);
-    let source_of = |id: &PolicyId| &sources[policies.origin[id].source];
-    for error in result.validation_errors() {
-        let source = source_of(error.policy_id());
-        let problem = diagnostic_problem(error, &source.rel, &source.text);
-        match options.validation {
-            PolicyValidation::Strict => problems.push(problem),
-            _ => warnings.push(problem),
-        }
-    }
-    for warning in result.validation_warnings() {
-        let source = source_of(warning.policy_id());
-        warnings.push(diagnostic_problem(warning, &source.rel, &source.text));
-    }
 }

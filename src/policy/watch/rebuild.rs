@@ -14,7 +14,7 @@ use super::{
     run::{Attempt, Run, Wait, jitter},
     writers::OPEN_HOLD,
 };
-use crate::policy::{LoadError, Loaded, ReloadOutcome, Sources, build, read_dir, relative};
+use crate::policy::{LoadError, Loaded, ReloadOutcome, Sources, read_dir, relative};
 
 impl Run {
     /// Reads the directory, checks it held still, builds a snapshot and serves it.
@@ -110,7 +110,7 @@ impl Run {
                 tracing::debug!("policy directory read again; content unchanged");
                 return Attempt::Done;
             }
-            Ok(read) => build(&read, self.store.options()),
+            Ok(read) => self.store.build_from(&read),
             Err(err) => Err(err),
         };
         match built {
