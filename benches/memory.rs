@@ -16,20 +16,6 @@ use std::{
 
 use support::*;
 
-/// `VmRSS` and `VmHWM` of `pid`, in MiB.
-fn memory(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-            .expect("a memory field")
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 fn main() {
     let sizes: Vec<usize> = match std::env::args().skip(1).find_map(|a| a.parse().ok()) {
         Some(n) => vec![n],
@@ -65,8 +51,8 @@ fn main() {
             "{n} policies: the server never said it was listening"
         );
         let (rss, _) = memory(child.id());
-        // One more policy, renamed into place: the watcher rebuilds the whole set beside
-        // the serving one and swaps it in.
+        // One more policy, renamed into place: the watcher builds a new snapshot (reusing
+        // the unchanged file's parse) beside the serving one and swaps it in.
         let extra = dir.path().join(".extra.tmp");
         std::fs::write(
             &extra,
@@ -78,6 +64,9 @@ fn main() {
             lines.any(|line| line.contains("policies reloaded")),
             "{n} policies: the server never said it reloaded"
         );
+        // The replaced snapshot is freed (and the memory handed back) just after the
+        // line is logged.
+        std::thread::sleep(std::time::Duration::from_secs(1));
         let (reloaded, peak) = memory(child.id());
         println!("{n:<12} {rss:>12.1} {reloaded:>16.1} {peak:>12.1}");
         let _ = child.kill();

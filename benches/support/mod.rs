@@ -234,6 +234,20 @@ pub fn request(
     }
 }
 
+/// `VmRSS` and `VmHWM` of process `pid`, in MiB (Linux).
+pub fn memory(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+            .expect("a memory field")
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 /// The allocator the server binary runs with (src/main.rs), so that benchmarks measure
 /// what is deployed.
 #[global_allocator]

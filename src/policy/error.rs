@@ -312,17 +312,28 @@ impl fmt::Display for ProblemList<'_> {
 
 /// A Cedar diagnostic as a problem located at its first label in `text`.
 pub(crate) fn diagnostic_problem(diagnostic: &dyn Diagnostic, file: &str, text: &str) -> Problem {
+    diagnostic_problem_at(diagnostic, file, text, 0)
+}
+
+/// [`diagnostic_problem`] for a diagnostic about a part of `text` parsed on its own,
+/// starting at byte `offset` (its spans count from there).
+pub(crate) fn diagnostic_problem_at(
+    diagnostic: &dyn Diagnostic,
+    file: &str,
+    text: &str,
+    offset: usize,
+) -> Problem {
     let label = diagnostic.labels().and_then(|mut labels| labels.next());
     Problem {
         location: match &label {
-            Some(label) => Location::at_offset(file, text, label.offset()),
+            Some(label) => Location::at_offset(file, text, offset + label.offset()),
             None => Location::file(file),
         },
         kind: ProblemKind::Other,
         message: excerpt(&describe(diagnostic)),
         span: label.map(|label| {
             Box::new(Span {
-                offset: label.offset(),
+                offset: offset + label.offset(),
                 len: label.len(),
                 label: label.label().map(str::to_owned),
             })

@@ -32,7 +32,7 @@ pub(crate) use loader::{parse_problems, relative, too_deep};
 pub use members::{Members, search_order};
 pub use shape::SchemaShape;
 pub use snapshot::Snapshot;
-pub use store::{PolicyStore, ReloadError, ReloadOutcome};
+pub use store::{PolicyStore, ReloadError, ReloadOutcome, Retired};
 pub use usage::{OTHER_SERIES, PolicyUsage, PolicyUse};
 pub(crate) use watch::log_failure;
 pub use watch::{OnRebuild, Rebuilt, WatchError, WatchOptions, Watcher};

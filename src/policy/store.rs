@@ -158,26 +158,26 @@ impl PolicyStore {
     /// Serves `snapshot` from the next call on, unless its content equals the serving
     /// snapshot's (then the serving one, and its `loaded_at`, stay). Clears the last error.
     pub fn install(&self, snapshot: Snapshot) -> ReloadOutcome {
-        let outcome = self.swap(snapshot);
-        // The snapshot not taken, or the one replaced (unless calls still hold it), is
-        // gone now, and so are the load's intermediates.
-        release_freed_memory();
-        outcome
+        self.swap_in(snapshot).0
     }
 
-    fn swap(&self, snapshot: Snapshot) -> ReloadOutcome {
+    /// [`install`](Self::install), handing back what it replaced: dropping the returned
+    /// [`Retired`] frees it (a 100,000-policy snapshot takes tens of milliseconds), so a
+    /// caller can first say that the new one serves.
+    pub fn swap_in(&self, snapshot: Snapshot) -> (ReloadOutcome, Retired) {
         let mut last_error = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
         *last_error = None;
         let old = self.current.load();
         if old.version() == snapshot.version() {
-            return ReloadOutcome::Unchanged;
+            return (ReloadOutcome::Unchanged, Retired(Some(Arc::new(snapshot))));
         }
         let outcome = ReloadOutcome::Swapped {
             old_version: old.version().to_owned(),
             new_version: snapshot.version().to_owned(),
         };
-        self.current.store(Arc::new(snapshot));
-        outcome
+        drop(old);
+        let old = self.current.swap(Arc::new(snapshot));
+        (outcome, Retired(Some(old)))
     }
 
     /// Records a rebuild that found the serving content unchanged: clears the last error.
@@ -208,6 +208,19 @@ impl PolicyStore {
                 Err(err)
             }
         }
+    }
+}
+
+/// A snapshot no longer served (or one not taken): dropped, it is freed (unless calls
+/// still hold it) and so are the load's intermediates, and the memory handed back.
+#[derive(Debug)]
+#[must_use = "dropping it frees the replaced snapshot"]
+pub struct Retired(Option<Arc<Snapshot>>);
+
+impl Drop for Retired {
+    fn drop(&mut self) {
+        drop(self.0.take());
+        release_freed_memory();
     }
 }
 

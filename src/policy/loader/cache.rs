@@ -11,7 +11,7 @@
 //! reload costs nothing more the next time and a deleted file's parse is let go.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -19,13 +19,13 @@ use std::{
     thread,
 };
 
-use cedar_policy::{Entities, PolicySet, Schema, ValidationMode, Validator};
+use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 
 use super::{
-    policies::{Item, ParsedFile, parse_one},
+    policies::{Item, PIECE_POLICIES, ParsedFile, ParsedPolicy, parse_one},
     read::{Kind, Source},
 };
-use crate::policy::{PolicyValidation, Problem, error::diagnostic_problem};
+use crate::policy::{PolicyValidation, Problem, error::diagnostic_problem_at};
 
 /// What a policy store keeps from one build for the next ([`super::build_cached`]).
 #[derive(Default)]
@@ -190,29 +190,54 @@ impl BuildCache {
 
 /// Cedar's validation of one file's policies (in strict mode: the loader's `warn` mode
 /// only changes what the errors count as). Validating a policy does not depend on the
-/// others, so file by file gives what the whole set would; it also keeps the validator's
-/// working memory to one file's worth.
+/// others, so file by file gives what the whole set would, and so does a large file in
+/// pieces on several threads; it also keeps the validator's working memory to one
+/// piece's worth. An id used twice in the file is a problem of its own; the first is
+/// validated.
 fn validate_file(validator: &Validator, file: &ParsedFile) -> Validated {
+    let mut seen = HashSet::new();
+    let firsts: Vec<&ParsedPolicy> = file
+        .policies
+        .iter()
+        .filter(|p| seen.insert(&p.id))
+        .collect();
+    let pieces: Vec<&[&ParsedPolicy]> = firsts.chunks(PIECE_POLICIES).collect();
+    let mut validated = Validated::default();
+    for piece in in_parallel(pieces, |piece| validate_piece(validator, file, piece)) {
+        validated.errors.extend(piece.errors);
+        validated.warnings.extend(piece.warnings);
+    }
+    validated
+}
+
+/// Cedar's validation of some of `file`'s policies (distinct ids), each problem located
+/// in the file from the offset its policy was parsed at.
+fn validate_piece(validator: &Validator, file: &ParsedFile, piece: &[&ParsedPolicy]) -> Validated {
     let mut set = PolicySet::new();
-    let mut at = HashMap::new();
-    for (i, policy) in file.policies.iter().enumerate() {
-        // An id used twice in the file is a problem of its own; the first is validated.
-        if at.contains_key(&policy.id) {
-            continue;
-        }
+    let mut offsets: HashMap<&PolicyId, usize> = HashMap::with_capacity(piece.len());
+    for policy in piece {
         let added = match &policy.item {
             Item::Policy(p) => set.add(p.clone()),
             Item::Template(t) => set.add_template(t.clone()),
         };
         if added.is_ok() {
-            at.insert(policy.id.clone(), i);
+            offsets.insert(&policy.id, policy.offset);
         }
     }
     let result = validator.validate(&set, ValidationMode::Strict);
-    let located = |e: &dyn miette::Diagnostic| diagnostic_problem(e, &file.rel, &file.text);
+    let located = |e: &dyn miette::Diagnostic, id: &PolicyId| {
+        let offset = offsets.get(id).copied().unwrap_or(0);
+        diagnostic_problem_at(e, &file.rel, &file.text, offset)
+    };
     Validated {
-        errors: result.validation_errors().map(|e| located(e)).collect(),
-        warnings: result.validation_warnings().map(|w| located(w)).collect(),
+        errors: result
+            .validation_errors()
+            .map(|e| located(e, e.policy_id()))
+            .collect(),
+        warnings: result
+            .validation_warnings()
+            .map(|w| located(w, w.policy_id()))
+            .collect(),
     }
 }
 
@@ -225,7 +250,7 @@ const STACK_BYTES: usize = 8 << 20;
 
 /// `work` applied to every item, in order, on up to as many threads as there are cores
 /// (this one among them; only this one with few items, or when no other can start).
-fn in_parallel<T: Send, R: Send>(items: Vec<T>, work: impl Fn(T) -> R + Sync) -> Vec<R> {
+pub(super) fn in_parallel<T: Send, R: Send>(items: Vec<T>, work: impl Fn(T) -> R + Sync) -> Vec<R> {
     let helpers = thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(MAX_THREADS)
@@ -312,6 +337,63 @@ mod tests {
             &LoadOptions::default(),
             cache,
         )
+    }
+
+    #[test]
+    fn a_large_file_parsed_and_validated_in_pieces_reads_as_one() {
+        // Eight pieces and a bit; comments and blank lines between policies, some
+        // without an @id.
+        let n = 8 * super::super::policies::PIECE_POLICIES + 7;
+        let mut text = String::from("// generated\n\n");
+        for k in 0..n {
+            if k % 3 == 0 {
+                text.push_str(&format!("// policy {k}; with a semicolon in a comment\n"));
+                text.push_str("permit(principal == User::\"a;b\", action, resource);\n\n");
+            } else if k == n - 3 {
+                // A validation error in the last piece: its line must be this one.
+                text.push_str(&format!("@id(\"p{k}\")\npermit(principal, action, resource)\n  when {{ principal.nope }};\n"));
+            } else {
+                text.push_str(&format!(
+                    "@id(\"p{k}\")\nforbid(principal == User::\"u{k}\", action, resource);\n"
+                ));
+            }
+        }
+        let line_of = |needle: &str| text[..text.find(needle).unwrap()].lines().count() + 1;
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "schema.cedarschema", SCHEMA);
+        write(dir.path(), "big.cedar", &text);
+        let files = BuildCache::new().parse(&read_dir(dir.path(), 1 << 30).unwrap().sources);
+        let policies = &files[0].policies;
+        assert_eq!(policies.len(), n);
+        for (k, policy) in policies.iter().enumerate() {
+            let id: &str = policy.id.as_ref();
+            if k % 3 == 0 {
+                assert_eq!(id, format!("big.{k}"));
+                assert_eq!(
+                    policy.location.line,
+                    Some(line_of(&format!("// policy {k};")) + 1)
+                );
+            } else {
+                assert_eq!(id, format!("p{k}"));
+                assert_eq!(
+                    policy.location.line,
+                    Some(line_of(&format!("@id(\"p{k}\")")))
+                );
+            }
+        }
+        let Err(crate::policy::LoadError::Invalid(problems)) = build(
+            &read_dir(dir.path(), 1 << 30).unwrap(),
+            &LoadOptions::default(),
+        ) else {
+            panic!("the undeclared attribute is refused");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].location.file, "big.cedar");
+        assert_eq!(
+            problems[0].location.line,
+            Some(line_of(&format!("@id(\"p{}\")", n - 3)) + 2),
+            "{problems:?}"
+        );
     }
 
     #[test]

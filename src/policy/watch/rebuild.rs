@@ -45,9 +45,14 @@ impl Run {
             .as_ref()
             .is_ok_and(|read| modified_just_now(read.newest_modification(), reading_from));
         // A write can make its data visible before its event is queued (a truncating
-        // open that blocks, say), so read a second time a little later and compare.
-        let settled = self.changed_until(Instant::now() + self.options.settle);
-        let again = (settled == Some(false))
+        // open that blocks, say), so read a second time a little later and compare;
+        // unless this read is thrown away anyway for holding a file modified just now.
+        let settled = if fresh {
+            Some(false)
+        } else {
+            self.changed_until(Instant::now() + self.options.settle)
+        };
+        let again = (settled == Some(false) && !fresh)
             .then(|| read_dir(self.store.dir(), self.store.options().max_file_bytes));
         // Fence even when already changed, so this watcher's own opens are all taken in
         // while they are known to be its own.
@@ -124,10 +129,11 @@ impl Run {
                 span.record("policy_version", snapshot.version());
                 span.record("policies", policy_count);
                 (self.on_rebuild)(Rebuilt::Swapping(&snapshot), started.elapsed());
+                let (outcome, retired) = self.store.swap_in(snapshot);
                 if let ReloadOutcome::Swapped {
                     old_version,
                     new_version,
-                } = self.store.install(snapshot)
+                } = outcome
                 {
                     tracing::info!(
                         dir = %self.store.dir().display(),
@@ -138,6 +144,8 @@ impl Run {
                         "policies reloaded"
                     );
                 }
+                // Freed only once the new version is said to serve.
+                drop(retired);
             }
             Err(err) => {
                 span.record("outcome", "failed");

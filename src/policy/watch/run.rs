@@ -17,6 +17,7 @@ use notify::{
 use super::{
     OnRebuild, Rebuilt, Signal, WatchOptions,
     files::Files,
+    rebuild::SETTLED_AFTER,
     writers::{Hold, Writer},
 };
 use crate::policy::{LoadError, Location, PolicyStore, Problem, read_dir, relative};
@@ -216,8 +217,9 @@ impl Run {
         Some(changed)
     }
 
-    /// When the burst's rebuild is due: after quiet, but no later than `max_wait` after
-    /// its first change.
+    /// When the burst's rebuild is due: after quiet, and not before a file changed with
+    /// the last event is old enough to be read (a read sooner would find it modified just
+    /// now and start over), but no later than `max_wait` after its first change.
     pub(super) fn due(&self, burst: &Pending) -> Instant {
         if let Some(next_try) = burst.next_try {
             return next_try;
@@ -225,7 +227,8 @@ impl Run {
         if burst.immediate {
             return burst.since;
         }
-        (burst.last_change + self.options.quiet).min(burst.since + self.options.max_wait)
+        let quiet = self.options.quiet.max(READABLE_AFTER_EVENT);
+        (burst.last_change + quiet).min(burst.since + self.options.max_wait)
     }
 
     /// Waits for the next relevant signal until `deadline` (forever if `None`).
@@ -459,6 +462,11 @@ impl Run {
         }
     }
 }
+
+/// How long after a change's event a read should start so that the file it changed is
+/// no longer [`SETTLED_AFTER`] young: the event comes after the write, and a file's
+/// modification time may lag the clock by a scheduler tick (4 ms at 250 Hz).
+const READABLE_AFTER_EVENT: Duration = SETTLED_AFTER.saturating_add(Duration::from_millis(5));
 
 /// A random pause of up to `bound`, so that retries of two processes drift apart.
 pub(super) fn jitter(bound: Duration) -> Duration {
