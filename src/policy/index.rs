@@ -17,7 +17,7 @@
 //! unconstrained ones), and keeps those whose other two constraints also match. Template
 //! links are not read from a policy directory; a set that had one would be served whole.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
 use cedar_policy::{
     ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
@@ -155,7 +155,10 @@ pub struct PolicyIndex {
     /// Ids, not policies: the set already holds them, and a copy costs over a kilobyte
     /// a policy.
     ids: Vec<PolicyId>,
-    scopes: Vec<(EntityScope, ActionConstraint, EntityScope)>,
+    /// By position: each policy's scope, the entities its conditions name (which
+    /// evaluating it may look up in the entity store) and its effect; shared with the
+    /// parse a reload keeps, not copied.
+    entries: Vec<Arc<IndexEntry>>,
     principal: SideIndex,
     resource: SideIndex,
     /// Action constraints: unconstrained, and by each entity `==` or `in` names.
@@ -163,13 +166,9 @@ pub struct PolicyIndex {
     action_by: FastMap<EntityUid, Vec<usize>>,
     /// False when the set holds template-linked policies: it is then served whole.
     usable: bool,
-    /// By position: the entities each policy names outside its scope (in its
-    /// conditions), which evaluating it may look up in the entity store.
-    literals: Vec<Box<[EntityUid]>>,
-    /// Those of every policy (templates' links included), without repeats.
+    /// The entities the conditions of every policy name (templates' links included),
+    /// without repeats.
     all_literals: Box<[EntityUid]>,
-    /// By position: whether the policy permits (else it forbids).
-    permits: Vec<bool>,
 }
 
 /// What the index needs of one static policy: its scope, the entities its conditions
@@ -258,11 +257,11 @@ impl PolicyIndex {
     pub fn new(set: &PolicySet) -> Self {
         let mut usable = true;
         let mut link_literals = Vec::new();
-        let entries: Vec<(PolicyId, IndexEntry)> = set
+        let entries: Vec<(PolicyId, Arc<IndexEntry>)> = set
             .policies()
             .filter_map(|policy| {
                 if policy.is_static() {
-                    Some((policy.id().clone(), IndexEntry::new(policy)))
+                    Some((policy.id().clone(), Arc::new(IndexEntry::new(policy))))
                 } else {
                     usable = false;
                     link_literals.extend(policy.entity_literals());
@@ -282,15 +281,18 @@ impl PolicyIndex {
 
     /// Indexes static policies whose entries were worked out before (a reload keeps those
     /// of unchanged files), in the set's order.
-    pub fn from_entries<'e>(entries: impl Iterator<Item = (&'e PolicyId, &'e IndexEntry)>) -> Self {
+    pub fn from_entries<'e>(
+        entries: impl ExactSizeIterator<Item = (&'e PolicyId, &'e Arc<IndexEntry>)>,
+    ) -> Self {
         let mut index = Self {
             usable: true,
+            ids: Vec::with_capacity(entries.len()),
+            entries: Vec::with_capacity(entries.len()),
             ..Self::default()
         };
         let mut all_literals = HashSet::new();
         for (id, entry) in entries {
             all_literals.extend(entry.literals.iter().cloned());
-            index.literals.push(entry.literals.clone());
             let i = index.ids.len();
             index.principal.add(&entry.principal, i);
             index.resource.add(&entry.resource, i);
@@ -304,12 +306,7 @@ impl PolicyIndex {
                 }
             }
             index.ids.push(id.clone());
-            index.permits.push(entry.permit);
-            index.scopes.push((
-                entry.principal.clone(),
-                entry.action.clone(),
-                entry.resource.clone(),
-            ));
+            index.entries.push(entry.clone());
         }
         index.all_literals = all_literals.into_iter().collect();
         index
@@ -331,7 +328,11 @@ impl PolicyIndex {
             None
         };
         match chosen {
-            Some(chosen) => Box::new(chosen.into_iter().flat_map(|i| self.literals[i].iter())),
+            Some(chosen) => Box::new(
+                chosen
+                    .into_iter()
+                    .flat_map(|i| self.entries[i].literals.iter()),
+            ),
             None => Box::new(self.all_literals.iter()),
         }
     }
@@ -375,8 +376,10 @@ impl PolicyIndex {
             .iter()
             .flat_map(|l| l.iter().copied())
             .filter(|&i| {
-                let (ps, acts, rs) = &self.scopes[i];
-                p.matches(ps) && a.matches_action(acts) && r.matches(rs)
+                let entry = &self.entries[i];
+                p.matches(&entry.principal)
+                    && a.matches_action(&entry.action)
+                    && r.matches(&entry.resource)
             })
             .collect();
         // An action `in [..]` list can hold one policy under several keys.
@@ -429,10 +432,11 @@ impl PolicyIndex {
         let mut seen = FastSet::default();
         let mut kept = FastSet::default();
         for i in smallest.iter().flat_map(|l| l.iter().copied()) {
-            if !self.permits[i] || !seen.insert(i) {
+            let entry = &self.entries[i];
+            if !entry.permit || !seen.insert(i) {
                 continue;
             }
-            let (ps, acts, rs) = &self.scopes[i];
+            let (ps, acts, rs) = (&entry.principal, &entry.action, &entry.resource);
             let (searched_scope, other_scope) = match side {
                 SearchSide::Principal => (ps, rs),
                 SearchSide::Resource => (rs, ps),

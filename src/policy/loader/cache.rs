@@ -22,7 +22,7 @@ use std::{
 use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 
 use super::{
-    policies::{Item, PIECE_POLICIES, ParsedFile, ParsedPolicy, parse_one},
+    policies::{PIECE_POLICIES, ParsedFile, ParsedPolicy, parse_one},
     read::{Kind, Source},
 };
 use crate::policy::{PolicyValidation, Problem, error::diagnostic_problem_at};
@@ -216,11 +216,7 @@ fn validate_piece(validator: &Validator, file: &ParsedFile, piece: &[&ParsedPoli
     let mut set = PolicySet::new();
     let mut offsets: HashMap<&PolicyId, usize> = HashMap::with_capacity(piece.len());
     for policy in piece {
-        let added = match &policy.item {
-            Item::Policy(p) => set.add(p.clone()),
-            Item::Template(t) => set.add_template(t.clone()),
-        };
-        if added.is_ok() {
+        if policy.item.add_to(&mut set).is_ok() {
             offsets.insert(&policy.id, policy.offset);
         }
     }

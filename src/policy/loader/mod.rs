@@ -29,7 +29,7 @@ pub use self::{
 use self::{
     cache::both,
     entities::load_entities,
-    policies::{Item, ParsedFile, ParsedPolicy},
+    policies::{ParsedFile, ParsedPolicy},
     read::{Kind, Source},
     schema::parse_schema,
 };
@@ -181,7 +181,7 @@ pub fn build_cached(
         return Err(LoadError::Invalid(problems));
     };
     let Assembled { items, locations } = policies;
-    let statics: Vec<(&ParsedPolicy, &IndexEntry)> = items
+    let statics: Vec<(&ParsedPolicy, &Arc<IndexEntry>)> = items
         .iter()
         .filter_map(|p| p.index.as_ref().map(|entry| (*p, entry)))
         .collect();
@@ -278,13 +278,10 @@ fn assemble<'f>(files: &'f [Arc<ParsedFile>], problems: &mut Vec<Problem>) -> As
 fn policy_set(items: &[&ParsedPolicy]) -> Result<PolicySet, LoadError> {
     let mut set = PolicySet::new();
     for policy in items {
-        let added = match &policy.item {
-            Item::Policy(p) => set.add(p.clone()),
-            Item::Template(t) => set.add_template(t.clone()),
-        };
-        added.map_err(|e| {
-            LoadError::Invalid(vec![Problem::new(policy.location.clone(), e.to_string())])
-        })?;
+        policy
+            .item
+            .add_to(&mut set)
+            .map_err(|e| LoadError::Invalid(vec![Problem::new(policy.location.clone(), e)]))?;
     }
     Ok(set)
 }

@@ -1,7 +1,7 @@
 //! Parsing the `*.cedar` files: nesting checked before Cedar's parser recurses, each
 //! policy given its id (its `@id`, else file and position) and its location.
 
-use std::str::FromStr;
+use std::{str::FromStr, sync::Arc};
 
 use cedar_policy::{PolicyId, PolicySet};
 
@@ -137,7 +137,7 @@ pub(super) struct ParsedPolicy {
     /// Whether its id comes from an `@id` annotation.
     pub(super) named: bool,
     /// A static policy's scope and literals, for the snapshot's index.
-    pub(super) index: Option<IndexEntry>,
+    pub(super) index: Option<Arc<IndexEntry>>,
     /// Where in the file the text it was parsed from starts: Cedar's source spans in it
     /// count from there (0 unless a large file was parsed in pieces).
     pub(super) offset: usize,
@@ -145,9 +145,26 @@ pub(super) struct ParsedPolicy {
 
 /// A static policy or a template.
 #[derive(Debug, Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every item is a static policy, kept inline; a template (552 bytes to a \
+              policy's 408) is boxed so that it does not make every item larger"
+)]
 pub(super) enum Item {
     Policy(cedar_policy::Policy),
-    Template(cedar_policy::Template),
+    Template(Box<cedar_policy::Template>),
+}
+
+impl Item {
+    /// Adds a copy to `set` (the policy's parsed body is shared, not copied), or says
+    /// in Cedar's words why it cannot (its id is taken).
+    pub(super) fn add_to(&self, set: &mut PolicySet) -> Result<(), String> {
+        match self {
+            Item::Policy(p) => set.add(p.clone()),
+            Item::Template(t) => set.add_template(t.as_ref().clone()),
+        }
+        .map_err(|e| e.to_string())
+    }
 }
 
 /// Parses one policy file: its policies with their ids (its `@id`, else `stem.position`)
@@ -245,10 +262,10 @@ fn identify(
         };
         let item = match entry {
             Entry::Policy(policy) => Item::Policy(policy.new_id(id.clone())),
-            Entry::Template(template) => Item::Template(template.new_id(id.clone())),
+            Entry::Template(template) => Item::Template(Box::new(template.new_id(id.clone()))),
         };
         let index = match &item {
-            Item::Policy(policy) => Some(IndexEntry::new(policy)),
+            Item::Policy(policy) => Some(Arc::new(IndexEntry::new(policy))),
             Item::Template(_) => None,
         };
         policies.push(ParsedPolicy {
