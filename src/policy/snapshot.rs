@@ -1,11 +1,12 @@
 //! [`Snapshot`]: one immutable, fully validated policy set with its schema and entities.
 
-use std::{collections::HashMap, sync::OnceLock, time::SystemTime};
+use std::{sync::OnceLock, time::SystemTime};
 
 use cedar_policy::{Entities, EntityUid, PolicySet, Schema};
 
 use super::{
-    FastSet, Location, SchemaShape, index::PolicyIndex, members::Members, usage::PolicyUsage,
+    FastSet, Location, SchemaShape, index::PolicyIndex, loader::PolicyLocations, members::Members,
+    usage::PolicyUsage,
 };
 
 /// Everything a decision needs from the policy directory, built once and never changed.
@@ -18,7 +19,7 @@ pub struct Snapshot {
     /// The policies' scopes, for picking the ones a request can match.
     pub(super) index: PolicyIndex,
     /// Where each policy (and template) starts, by id.
-    pub(super) policy_locations: HashMap<String, Location>,
+    pub(super) policy_locations: PolicyLocations,
     pub(super) schema: Option<Schema>,
     pub(super) schema_shape: Option<SchemaShape>,
     pub(super) entities: Entities,

@@ -14,12 +14,7 @@ mod policies;
 mod read;
 mod schema;
 
-use std::{
-    collections::{HashMap, hash_map::Entry},
-    path::Path,
-    sync::Arc,
-    time::SystemTime,
-};
+use std::{collections::hash_map::Entry, path::Path, sync::Arc, time::SystemTime};
 
 pub use self::{
     cache::BuildCache,
@@ -37,10 +32,10 @@ pub(crate) use self::{
     policies::{id_annotation, parse_problems, too_deep},
     read::relative,
 };
-use cedar_policy::{Entities, EntityUid, EvalResult, PolicySet};
+use cedar_policy::{Entities, EntityUid, EvalResult, PolicyId, PolicySet};
 
 use super::{
-    FastSet, LoadError, Location, PolicyValidation, Problem, ProblemKind, Snapshot,
+    FastMap, FastSet, LoadError, Location, PolicyValidation, Problem, ProblemKind, Snapshot,
     index::{IndexEntry, PolicyIndex},
     usage::PolicyUsage,
 };
@@ -242,8 +237,8 @@ fn schema_text(sources: &[Source]) -> Option<&str> {
 /// Every policy and template of the parsed files, each id once, in file and text order.
 struct Assembled<'f> {
     items: Vec<&'f ParsedPolicy>,
-    /// Where each starts, by id.
-    locations: HashMap<String, Location>,
+    /// Where each starts.
+    locations: PolicyLocations,
 }
 
 /// Puts the parsed files together: their problems, and each policy whose id no earlier
@@ -251,27 +246,70 @@ struct Assembled<'f> {
 fn assemble<'f>(files: &'f [Arc<ParsedFile>], problems: &mut Vec<Problem>) -> Assembled<'f> {
     let total = files.iter().map(|f| f.policies.len()).sum();
     let mut items = Vec::with_capacity(total);
-    let mut locations: HashMap<String, Location> = HashMap::with_capacity(total);
-    for file in files {
+    let mut by_id: FastMap<PolicyId, (u32, u32)> =
+        FastMap::with_capacity_and_hasher(total, Default::default());
+    for (f, file) in files.iter().enumerate() {
         problems.extend(file.problems.iter().cloned());
-        for policy in &file.policies {
-            match locations.entry(policy.id.to_string()) {
+        for (p, policy) in file.policies.iter().enumerate() {
+            match by_id.entry(policy.id.clone()) {
                 Entry::Occupied(first) => {
+                    let (ff, fp) = *first.get();
                     let message = format!(
                         "policy id `{}` is used twice; it is also the id of the policy at {}",
-                        policy.id,
-                        first.get()
+                        policy.id, files[ff as usize].policies[fp as usize].location
                     );
                     problems.push(Problem::new(policy.location.clone(), message));
                 }
                 Entry::Vacant(slot) => {
-                    slot.insert(policy.location.clone());
+                    // Positions fit: a file holds at most `max_policy_file_bytes`, and a
+                    // directory far fewer files than 2^32.
+                    let at = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+                    slot.insert((at(f), at(p)));
                     items.push(policy);
                 }
             }
         }
     }
-    Assembled { items, locations }
+    Assembled {
+        items,
+        locations: PolicyLocations {
+            files: files.into(),
+            by_id,
+        },
+    }
+}
+
+/// Where each policy and template of a snapshot starts: the parsed files themselves
+/// (shared with the build cache, not copied) and, by id, which file and which of its
+/// policies.
+pub(crate) struct PolicyLocations {
+    files: Box<[Arc<ParsedFile>]>,
+    by_id: FastMap<PolicyId, (u32, u32)>,
+}
+
+impl PolicyLocations {
+    /// Where the policy or template `id` starts.
+    pub(crate) fn get(&self, id: &str) -> Option<&Location> {
+        let &(f, p) = self.by_id.get(&PolicyId::new(id))?;
+        Some(
+            &self
+                .files
+                .get(f as usize)?
+                .policies
+                .get(p as usize)?
+                .location,
+        )
+    }
+}
+
+impl std::fmt::Debug for PolicyLocations {
+    // The files hold their texts: a debug print says how much is held, not what.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyLocations")
+            .field("files", &self.files.len())
+            .field("policies", &self.by_id.len())
+            .finish()
+    }
 }
 
 /// Cedar's policy set of `items` (whose ids are distinct).
