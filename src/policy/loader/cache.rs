@@ -392,6 +392,78 @@ mod tests {
         );
     }
 
+    /// The policies a request from `User::"alice"` to read `Doc::"d"` meets: Cedar's
+    /// answer on `set`.
+    fn alice_reads(set: &PolicySet) -> cedar_policy::Decision {
+        use std::str::FromStr as _;
+        let uid = |s: &str| cedar_policy::EntityUid::from_str(s).unwrap();
+        let request = cedar_policy::Request::new(
+            uid(r#"User::"alice""#),
+            uid(r#"Action::"read""#),
+            uid(r#"Doc::"d""#),
+            cedar_policy::Context::empty(),
+            None,
+        )
+        .unwrap();
+        cedar_policy::Authorizer::new()
+            .is_authorized(&request, set, &Entities::empty())
+            .decision()
+    }
+
+    #[test]
+    fn a_split_never_makes_a_large_file_mean_something_else() {
+        use std::str::FromStr as _;
+        // Cedar ends a `//` comment at a carriage return too. A scanner that ended it
+        // only at a line feed would take `"\n"` for the end of a string Cedar never
+        // sees, and could start a piece inside Cedar's comment: adding a permit (the
+        // first gadget), or hiding a forbid inside an annotation (the second).
+        let gadgets = [
+            "@note(// c\r\"\n\") forbid(principal == User::\"nobody\", action, resource); \
+             // \"; permit(principal, action, resource);\n",
+            "@note(// c\r\"\n\") forbid(principal == User::\"nobody\", action, resource); \
+             // \"; @note(\"\nforbid(principal, action, resource);\n// \")\n\
+             permit(principal, action, resource);\n",
+            // The same with a line feed after the carriage return.
+            "@note(// c\r\n\"\n\") forbid(principal == User::\"nobody\", action, resource); \
+             // \"; permit(principal, action, resource);\n",
+        ];
+        for gadget in gadgets {
+            let filler = |k: usize| {
+                format!("@id(\"f{k}\")\nforbid(principal == User::\"u{k}\", action, resource);\n")
+            };
+            let mut text: String = (0..499).map(filler).collect();
+            text.push_str(gadget);
+            text.extend((499..1099).map(filler));
+            let whole = PolicySet::from_str(&text).expect("the whole file parses");
+            assert_eq!(alice_reads(&whole), cedar_policy::Decision::Deny);
+            let dir = tempfile::tempdir().unwrap();
+            write(dir.path(), "big.cedar", &text);
+            let served = build(
+                &read_dir(dir.path(), 1 << 30).unwrap(),
+                &LoadOptions::default(),
+            )
+            .expect("the file loads");
+            let served = served.snapshot.policies();
+            assert_eq!(
+                served.num_of_policies(),
+                whole.num_of_policies(),
+                "{gadget:?}"
+            );
+            assert_eq!(
+                alice_reads(served),
+                cedar_policy::Decision::Deny,
+                "the server must deny what the file's text denies: {gadget:?}"
+            );
+        }
+        // Nor does a carriage return hide brackets from the nesting check.
+        let deep = format!(
+            "permit(principal, action, resource) when {{ // x\r{}true{} }};\n",
+            "(".repeat(40),
+            ")".repeat(40)
+        );
+        assert!(super::super::policies::too_deep(&deep).is_some());
+    }
+
     #[test]
     fn unchanged_files_are_reused_and_changed_ones_parsed_again() {
         let dir = tempfile::tempdir().unwrap();

@@ -41,10 +41,17 @@ pub(super) fn code_chars(text: &str) -> impl Iterator<Item = (usize, char, usize
                     return Some((at, c, opened));
                 }
                 '/' if chars.peek().map(|&(_, c)| c) == Some('/') => {
+                    // Cedar's lexer ends a comment at a carriage return as at a line
+                    // feed (`//[^\n\r]*`); ending it anywhere else would put this
+                    // scanner out of step with Cedar over what is code.
                     for (_, c) in chars.by_ref() {
-                        if c == '\n' {
-                            line += 1;
-                            break;
+                        match c {
+                            '\n' => {
+                                line += 1;
+                                break;
+                            }
+                            '\r' => break,
+                            _ => {}
                         }
                     }
                 }
@@ -296,7 +303,7 @@ struct Piece {
 }
 
 /// A policy file's text parsed; one with many policies in pieces of whole policies
-/// (split where [`policy_starts`] says they start) on several threads, so that one
+/// (split where [`policy_starts`] says a policy starts a line) on several threads, so that one
 /// generated file of 100,000 policies loads as fast as the same policies in many files.
 /// Should a piece not parse, or not hold the policies it should, the whole text is
 /// parsed as one: syntax problems are then located and worded as for any file.
@@ -311,22 +318,45 @@ fn parse_pieces(rel: &str, text: &str, starts: &[usize]) -> Result<Vec<Piece>, V
         })
     };
     let per = PIECE_POLICIES;
-    if starts.len() < 2 * per {
+    // A carriage return that ends no line ends a `//` comment for Cedar and for the
+    // scanner alike, but editors disagree on whether it ends a line: such a file is
+    // parsed whole, so that no split can ever rest on it.
+    let lone_cr = text
+        .match_indices('\r')
+        .any(|(at, _)| text.as_bytes().get(at + 1) != Some(&b'\n'));
+    if starts.len() < 2 * per || lone_cr {
         return whole();
     }
-    // Pieces by their first policy; the first one also takes what precedes it.
-    let firsts: Vec<usize> = (0..starts.len()).step_by(per).collect();
-    let ranges: Vec<(usize, usize, usize)> = firsts
+    // Pieces start only at policies that begin a line (after nothing but spaces and
+    // tabs), where generated files put them: no comment or string of an earlier line
+    // can reach there unseen. The first piece also takes what precedes its first policy.
+    let begins_line = |offset: usize| {
+        let before = text[..offset].trim_end_matches([' ', '\t']);
+        before.is_empty() || before.ends_with('\n')
+    };
+    let mut firsts = vec![0];
+    let mut next = per;
+    while next < starts.len() {
+        let Some(first) = (next..starts.len()).find(|&i| begins_line(starts[i])) else {
+            break;
+        };
+        firsts.push(first);
+        next = first + per;
+    }
+    if firsts.len() < 2 {
+        return whole();
+    }
+    let ranges: Vec<(usize, usize, usize, usize)> = firsts
         .iter()
         .enumerate()
         .map(|(i, &first)| {
             let from = if i == 0 { 0 } else { starts[first] };
-            let to = firsts.get(i + 1).map_or(text.len(), |&next| starts[next]);
-            (first, from, to)
+            let end = firsts.get(i + 1).copied().unwrap_or(starts.len());
+            let to = starts.get(end).copied().unwrap_or(text.len());
+            (first, end - first, from, to)
         })
         .collect();
-    let parsed = cache::in_parallel(ranges, |(first, from, to)| {
-        let expected = (first + per).min(starts.len()) - first;
+    let parsed = cache::in_parallel(ranges, |(first, expected, from, to)| {
         PolicySet::from_str(&text[from..to])
             .ok()
             .filter(|set| set.num_of_policies() + set.num_of_templates() == expected)
