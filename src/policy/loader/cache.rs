@@ -465,6 +465,36 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_is_located_by_the_id_decisions_name_it_by() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "a.cedar",
+            "@id(\"plain-id.1\") permit(principal, action, resource);\n\
+             @id(\"say \\\"hi\\\" \\\\ é\") forbid(principal, action, resource);\n",
+        );
+        let loaded = build(
+            &read_dir(dir.path(), 1 << 20).unwrap(),
+            &LoadOptions::default(),
+        )
+        .unwrap()
+        .snapshot;
+        let mut found = 0;
+        for policy in loaded.policies().policies() {
+            // Decisions name a policy by Cedar's display of its id.
+            let named = policy.id().to_string();
+            let location = loaded.policy_location(&named);
+            assert!(location.is_some(), "{named} is located");
+            found += 1;
+        }
+        assert_eq!(found, 2);
+        assert_eq!(
+            loaded.policy_location("plain-id.1").and_then(|l| l.line),
+            Some(1)
+        );
+    }
+
+    #[test]
     fn unchanged_files_are_reused_and_changed_ones_parsed_again() {
         let dir = tempfile::tempdir().unwrap();
         write(

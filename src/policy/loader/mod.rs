@@ -251,7 +251,7 @@ fn assemble<'f>(files: &'f [Arc<ParsedFile>], problems: &mut Vec<Problem>) -> As
     for (f, file) in files.iter().enumerate() {
         problems.extend(file.problems.iter().cloned());
         for (p, policy) in file.policies.iter().enumerate() {
-            match by_id.entry(policy.id.clone()) {
+            match by_id.entry(displayed(&policy.id)) {
                 Entry::Occupied(first) => {
                     let (ff, fp) = *first.get();
                     let message = format!(
@@ -279,6 +279,22 @@ fn assemble<'f>(files: &'f [Arc<ParsedFile>], problems: &mut Vec<Problem>) -> As
     }
 }
 
+/// `id` as Cedar displays it (quotes, backslashes and unprintable characters escaped):
+/// the form decisions name policies by, and so the form their locations are found by.
+/// Most ids display as they are, and are kept without a copy.
+fn displayed(id: &PolicyId) -> PolicyId {
+    let raw: &str = id.as_ref();
+    let as_is = raw
+        .bytes()
+        .all(|b| b == b' ' || (b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'\'')));
+    if as_is {
+        id.clone()
+    } else {
+        // Its display, not its text (which `PolicyId::new(id)` would take).
+        PolicyId::new(format!("{id}"))
+    }
+}
+
 /// Where each policy and template of a snapshot starts: the parsed files themselves
 /// (shared with the build cache, not copied) and, by id, which file and which of its
 /// policies.
@@ -288,7 +304,7 @@ pub(crate) struct PolicyLocations {
 }
 
 impl PolicyLocations {
-    /// Where the policy or template `id` starts.
+    /// Where the policy or template `id` (as Cedar displays it) starts.
     pub(crate) fn get(&self, id: &str) -> Option<&Location> {
         let &(f, p) = self.by_id.get(&PolicyId::new(id))?;
         Some(
