@@ -67,7 +67,8 @@ pub struct WatchOptions {
     /// Follow the directory with file-system events; `false` rebuilds only on
     /// [`Watcher::reload_now`] (SIGHUP), e.g. on a network file system without them.
     pub watch_files: bool,
-    /// How long the directory must be quiet before a rebuild starts.
+    /// How long the directory must be quiet before a rebuild starts (at least 30 ms all
+    /// the same: a file changed more recently would not be read).
     pub quiet: Duration,
     /// The longest a burst of changes can put a rebuild off.
     pub max_wait: Duration,

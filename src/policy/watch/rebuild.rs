@@ -47,13 +47,14 @@ impl Run {
         // A write can make its data visible before its event is queued (a truncating
         // open that blocks, say), so read a second time a little later and compare;
         // unless this read is thrown away anyway for holding a file modified just now.
-        let settled = if fresh {
-            Some(false)
+        let (settled, again) = if fresh {
+            (Some(false), None)
         } else {
-            self.changed_until(Instant::now() + self.options.settle)
+            let settled = self.changed_until(Instant::now() + self.options.settle);
+            let again = (settled == Some(false))
+                .then(|| read_dir(self.store.dir(), self.store.options().max_file_bytes));
+            (settled, again)
         };
-        let again = (settled == Some(false) && !fresh)
-            .then(|| read_dir(self.store.dir(), self.store.options().max_file_bytes));
         // Fence even when already changed, so this watcher's own opens are all taken in
         // while they are known to be its own.
         let fenced = self.fence();
