@@ -2,8 +2,14 @@
 //! a few connections, for a fixed time per case, every answer checked (gRPC status and
 //! decision). The cases, under the same load settings:
 //! - `grpc.health.v1.Health/Check`: gRPC itself, the floor a decision is measured against;
-//! - `IsAuthorized`: one decision a call (bob reads a document of the example set);
-//! - `BatchIsAuthorized` with 100 items: decisions per second against unary calls'.
+//! - `IsAuthorized`: one decision a call (bob reads a document of the example set), with
+//!   the decision cache and without it;
+//! - `IsAuthorized` on 10,000 policies, the calls rotating over 1,000 questions about
+//!   1,000 stored users and documents (no one answer stands for the load), with the
+//!   cache and without it;
+//! - `BatchIsAuthorized` with 100 items: decisions per second against unary calls';
+//! - the shape sidecars send: 100 items with context sharing the call's entities (a
+//!   document the store does not hold), as one batch and one call each.
 //!
 //! Then a flood: 8 times as many `IsAuthorized` calls in flight, against a server with the
 //! default `max_concurrent_calls` of 1000 (nothing is shed) and one whose limit is 64: the
@@ -19,7 +25,13 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use cedar_pdp::proto::cedarpdp::v1 as pb;
 use support::{load::*, *};
@@ -28,6 +40,26 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 /// Items of the batch case.
 const BATCH: usize = 100;
+
+/// Policies of the rotating case's set ([`rotating_dir`]).
+const LARGE: usize = 10_000;
+
+/// One `IsAuthorized` call of `request`, checked to be `allow` or not: `Some(1)`, or
+/// `None` if shed.
+async fn decided(channel: Channel, request: pb::IsAuthorizedRequest, allow: bool) -> Option<usize> {
+    match pb::authorizer_client::AuthorizerClient::new(channel)
+        .is_authorized(request)
+        .await
+    {
+        Ok(answer) => {
+            let allowed = answer.into_inner().decision == pb::Decision::Allow as i32;
+            assert_eq!(allowed, allow);
+            Some(1)
+        }
+        Err(status) if status.code() == tonic::Code::ResourceExhausted => None,
+        Err(status) => panic!("IsAuthorized failed: {status:?}"),
+    }
+}
 
 /// Calls in flight per connection in the flood cases, and the lower limit they meet.
 const FLOOD_PER_CONNECTION: usize = 8 * IN_FLIGHT_PER_CONNECTION;
@@ -42,6 +74,19 @@ fn main() {
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"));
     let (addr, _) = serve(&runtime, config(&dir));
     let channels = connect(&runtime, addr);
+    // The same servers without the decision cache: what it saves.
+    let uncached = |dir: &std::path::Path| {
+        let mut config = config(dir);
+        config.limits.decision_cache_entries = 0;
+        let (addr, _) = serve(&runtime, config);
+        connect(&runtime, addr)
+    };
+    let channels_off = uncached(&dir);
+    let large = tempfile::tempdir().unwrap();
+    rotating_dir(large.path(), LARGE);
+    let (addr, _) = serve(&runtime, config(large.path()));
+    let large_channels = connect(&runtime, addr);
+    let large_channels_off = uncached(large.path());
     let bob_reads = request(
         ("Platform::User", "bob"),
         ("Platform::Action", "read"),
@@ -74,6 +119,107 @@ fn main() {
             IN_FLIGHT_PER_CONNECTION,
             seconds,
             move |channel| is_authorized(channel, request.clone()),
+        )
+    };
+    let unary_off = |seconds| {
+        let request = bob_reads.clone();
+        run(
+            &runtime,
+            &channels_off,
+            IN_FLIGHT_PER_CONNECTION,
+            seconds,
+            move |channel| is_authorized(channel, request.clone()),
+        )
+    };
+    let rotating_on = |channels: &[Channel], seconds| {
+        let next = Arc::new(AtomicUsize::new(0));
+        run(
+            &runtime,
+            channels,
+            IN_FLIGHT_PER_CONNECTION,
+            seconds,
+            move |channel| {
+                let (request, allow) = rotating_question(next.fetch_add(1, Ordering::Relaxed));
+                decided(channel, request, allow)
+            },
+        )
+    };
+    let rotating = |seconds| rotating_on(&large_channels, seconds);
+    let rotating_off = |seconds| rotating_on(&large_channels_off, seconds);
+    // What a sidecar sends: items with context, sharing the entities it knows (here a
+    // new document in tenant t0): a batch of them, and the same items one call each.
+    let incoming = vec![pb::Entity {
+        uid: Some(pb::EntityUid {
+            r#type: "Doc".into(),
+            id: "incoming".into(),
+        }),
+        parents: vec![pb::EntityUid {
+            r#type: "Tenant".into(),
+            id: "t0".into(),
+        }],
+        ..Default::default()
+    }];
+    let items: Vec<(pb::IsAuthorizedRequest, bool)> = (0..BATCH)
+        .map(|i| {
+            let (mut request, _) = rotating_question(i);
+            request.resource = incoming[0].uid.clone();
+            request.entities = incoming.clone();
+            // Only p0 is about tenant t0's documents, for u0.
+            (request, i == 0)
+        })
+        .collect();
+    let items = Arc::new(items);
+    let shared_batch = |seconds| {
+        let request = pb::BatchIsAuthorizedRequest {
+            items: items
+                .iter()
+                .map(|(r, _)| pb::BatchItem {
+                    principal: r.principal.clone(),
+                    action: r.action.clone(),
+                    resource: r.resource.clone(),
+                    context: r.context.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            entities: incoming.clone(),
+            ..Default::default()
+        };
+        let allowed: Vec<bool> = items.iter().map(|(_, allow)| *allow).collect();
+        run(
+            &runtime,
+            &large_channels,
+            IN_FLIGHT_PER_CONNECTION,
+            seconds,
+            move |channel| {
+                let (request, allowed) = (request.clone(), allowed.clone());
+                async move {
+                    let answer = pb::authorizer_client::AuthorizerClient::new(channel)
+                        .batch_is_authorized(request)
+                        .await
+                        .expect("BatchIsAuthorized answers")
+                        .into_inner();
+                    let got: Vec<bool> = answer
+                        .results
+                        .iter()
+                        .map(|r| r.decision == pb::Decision::Allow as i32)
+                        .collect();
+                    assert_eq!(got, allowed);
+                    Some(BATCH)
+                }
+            },
+        )
+    };
+    let shared_unary = |seconds| {
+        let (items, next) = (items.clone(), Arc::new(AtomicUsize::new(0)));
+        run(
+            &runtime,
+            &large_channels,
+            IN_FLIGHT_PER_CONNECTION,
+            seconds,
+            move |channel| {
+                let (request, allow) = items[next.fetch_add(1, Ordering::Relaxed) % BATCH].clone();
+                decided(channel, request, allow)
+            },
         )
     };
     let batch = |seconds| {
@@ -135,12 +281,21 @@ fn main() {
     };
     let flood_default = |seconds| flood_run(&flood_channels[0], seconds);
     let flood_limited = |seconds| flood_run(&flood_channels[1], seconds);
-    let mut outcomes = interleave(seconds, &[&health, &unary, &batch]).into_iter();
-    let (health, unary, batch) = (
-        outcomes.next().unwrap(),
-        outcomes.next().unwrap(),
-        outcomes.next().unwrap(),
-    );
+    let cases: [&dyn Fn(u64) -> Outcome; 8] = [
+        &health,
+        &unary,
+        &unary_off,
+        &rotating,
+        &rotating_off,
+        &batch,
+        &shared_batch,
+        &shared_unary,
+    ];
+    let mut outcomes = interleave(seconds, &cases).into_iter();
+    let mut next = || outcomes.next().unwrap();
+    let (health, unary, unary_off, rotating, rotating_off) =
+        (next(), next(), next(), next(), next());
+    let (batch, shared_batch, shared_unary) = (next(), next(), next());
     let mut outcomes = interleave(seconds, &[&flood_default, &flood_limited]).into_iter();
     let (flood_default, flood_limited) = (outcomes.next().unwrap(), outcomes.next().unwrap());
 
@@ -153,10 +308,17 @@ fn main() {
     );
     let rate = |n: usize, o: &Outcome| n as f64 / o.elapsed.as_secs_f64();
     let limited = format!("IsAuthorized flood, limit {FLOOD_LIMIT}");
+    let rotating_name = format!("IsAuthorized, {LARGE} policies, rotating");
+    let rotating_off_name = format!("{rotating_name}, no cache");
     for (name, o) in [
         ("Health/Check", &health),
         ("IsAuthorized", &unary),
+        ("IsAuthorized, no cache", &unary_off),
+        (rotating_name.as_str(), &rotating),
+        (rotating_off_name.as_str(), &rotating_off),
         ("BatchIsAuthorized (100 items)", &batch),
+        ("Batch, context + entities", &shared_batch),
+        ("its items one a call", &shared_unary),
         ("IsAuthorized flood, limit 1000", &flood_default),
         (limited.as_str(), &flood_limited),
     ] {
@@ -172,10 +334,18 @@ fn main() {
             us(0.99)
         );
     }
+    let per_health = |o: &Outcome| rate(o.calls, o) / rate(health.calls, &health);
     println!(
-        "IsAuthorized calls/s / Health calls/s = {:.2}; batch decisions/s / unary decisions/s = {:.2}",
-        rate(unary.calls, &unary) / rate(health.calls, &health),
-        rate(batch.decisions, &batch) / rate(unary.decisions, &unary)
+        "IsAuthorized calls/s / Health calls/s = {:.2} (no cache {:.2}); {LARGE} policies rotating over {ROTATING} questions: {:.2} (no cache {:.2})",
+        per_health(&unary),
+        per_health(&unary_off),
+        per_health(&rotating),
+        per_health(&rotating_off),
+    );
+    println!(
+        "batch decisions/s / unary decisions/s = {:.2}; items with context sharing entities: {:.2}",
+        rate(batch.decisions, &batch) / rate(unary.decisions, &unary),
+        rate(shared_batch.decisions, &shared_batch) / rate(shared_unary.decisions, &shared_unary)
     );
     let p99 = |o: &Outcome| at(&o.latencies, 0.99).as_secs_f64();
     println!(

@@ -426,7 +426,14 @@ pub struct LimitSettings {
     /// at once, the rest wait (within their deadline) [default: one per CPU].
     #[arg(long, env = "CEDAR_PDP_DECISION_THREADS", value_name = "N")]
     pub decision_threads: Option<usize>,
+    /// Most decisions kept for reuse (per policy version; a call that sends no entities,
+    /// asking what was asked before, is answered without evaluating); 0 keeps none.
+    #[arg(long, env = "CEDAR_PDP_DECISION_CACHE_ENTRIES", value_name = "N")]
+    pub decision_cache_entries: Option<usize>,
 }
+
+/// Largest `decision_cache_entries` accepted: about 1.5 GiB at the most an entry can hold.
+pub const MAX_DECISION_CACHE_ENTRIES: usize = 1_000_000;
 
 /// Resolved limits, each with a safe default.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -465,6 +472,8 @@ pub struct Limits {
     pub max_concurrent_calls: usize,
     /// Threads decisions run on; at most this many calls decide at once.
     pub decision_threads: usize,
+    /// Most decisions kept for reuse per policy version; 0 keeps none.
+    pub decision_cache_entries: usize,
 }
 
 impl Default for Limits {
@@ -487,6 +496,7 @@ impl Default for Limits {
             max_concurrent_streams: 100,
             max_concurrent_calls: 1_000,
             decision_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            decision_cache_entries: 4_096,
         }
     }
 }
@@ -642,6 +652,14 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: (*key).to_owned(),
                 message: "must be at least 1 (0 would refuse every call)".to_owned(),
+            });
+        }
+        if self.limits.decision_cache_entries > MAX_DECISION_CACHE_ENTRIES {
+            return Err(ConfigError::Invalid {
+                key: "limits.decision_cache_entries".to_owned(),
+                message: format!(
+                    "must be at most {MAX_DECISION_CACHE_ENTRIES} (each entry may hold about 1.5 KiB)"
+                ),
             });
         }
         if self.limits.request_timeout.is_zero() {
@@ -875,6 +893,11 @@ impl Config {
                     up.decision_threads,
                     lo.decision_threads,
                     dl.decision_threads,
+                ),
+                decision_cache_entries: pick(
+                    up.decision_cache_entries,
+                    lo.decision_cache_entries,
+                    dl.decision_cache_entries,
                 ),
             },
             audit: AuditOptions {

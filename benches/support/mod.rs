@@ -86,6 +86,51 @@ pub fn tenant_dir(dir: &std::path::Path, n: usize) {
     .unwrap();
 }
 
+/// Users and documents of [`rotating_dir`]: `u{i}` and `d{i}`, of tenant `t{i}`.
+pub const ROTATING: usize = 1_000;
+
+/// [`tenant_dir`] with `n` policies, storing [`ROTATING`] users and as many documents,
+/// user `u{i}` and document `d{i}` in tenant `t{i}`: questions that rotate over them all
+/// are decided on stored entities, no one question standing for the load.
+pub fn rotating_dir(dir: &std::path::Path, n: usize) {
+    tenant_dir(dir, n);
+    let mut entities = Vec::with_capacity(2 * ROTATING);
+    for i in 0..ROTATING {
+        let tenant = serde_json::json!([{"type": "Tenant", "id": format!("t{i}")}]);
+        entities.push(serde_json::json!({
+            "uid": {"type": "User", "id": format!("u{i}")}, "attrs": {"suspended": false},
+            "parents": tenant.clone()
+        }));
+        entities.push(serde_json::json!({
+            "uid": {"type": "Doc", "id": format!("d{i}")}, "attrs": {}, "parents": tenant
+        }));
+    }
+    std::fs::write(
+        dir.join("entities.json"),
+        serde_json::to_string(&entities).unwrap(),
+    )
+    .unwrap();
+}
+
+/// Question `i` of the rotating load on [`rotating_dir`]: user `u{i}` reads (`i` even) or
+/// writes document `d{i}` at level 2, and whether policy `p{i}` allows it (`level > i % 3`).
+pub fn rotating_question(i: usize) -> (pb::IsAuthorizedRequest, bool) {
+    let i = i % ROTATING;
+    let action = if i.is_multiple_of(2) { "read" } else { "write" };
+    let mut request = request(
+        ("User", &format!("u{i}")),
+        ("Action", action),
+        ("Doc", &format!("d{i}")),
+    );
+    request.context = std::collections::HashMap::from([(
+        "level".to_owned(),
+        pb::Value {
+            kind: Some(pb::value::Kind::Long(2)),
+        },
+    )]);
+    (request, i % 3 != 2)
+}
+
 /// The question the tenant benchmarks ask: may user `u7` write document `d7` of its
 /// tenant (policy `p7` says yes).
 pub fn u7_writes_d7() -> cedar_pdp::engine::Query {

@@ -9,6 +9,7 @@ use serde_json::{Map, Value as Json};
 use crate::{
     config::Limits,
     decide::{ContextInput, EntitiesInput, EntityInput, Query, Refusal},
+    engine::cache::MAX_CONTEXT_KEY_BYTES,
     policy::describe,
     proto::cedarpdp::v1 as pb,
 };
@@ -144,7 +145,10 @@ impl Converter {
         let root = Path::Root("context");
         let pairs = self.fields(&root, typed, 0)?;
         Context::from_pairs(pairs)
-            .map(ContextInput::Value)
+            .map(|context| match canonical(typed) {
+                Some(bytes) => ContextInput::Canonical(context, bytes),
+                None => ContextInput::Value(context),
+            })
             .map_err(|e| {
                 // Extension literals are first evaluated here; only on failure are they
                 // looked at one by one, so that the error names the bad one's path.
@@ -307,6 +311,75 @@ impl Converter {
 
 /// An extension value. Its literal is evaluated once, when the context or entity is
 /// built; [`bad_extension`] finds a bad one's path after that fails.
+/// The canonical bytes of typed context values that converted (see
+/// [`ContextInput::Canonical`]): every map's keys sorted, every value tagged, every
+/// string and list length-prefixed, so that equal bytes are equal values (and so an equal
+/// context: the conversion is a function of the values). `None` past
+/// [`MAX_CONTEXT_KEY_BYTES`]: such a context is not looked up in the decision cache.
+fn canonical(fields: &HashMap<String, pb::Value>) -> Option<Box<[u8]>> {
+    fn len(out: &mut Vec<u8>, n: usize) {
+        out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+    }
+    fn text(out: &mut Vec<u8>, s: &str) {
+        len(out, s.len());
+        out.extend_from_slice(s.as_bytes());
+    }
+    fn map(out: &mut Vec<u8>, fields: &HashMap<String, pb::Value>) -> Option<()> {
+        let mut keys: Vec<&String> = fields.keys().collect();
+        keys.sort_unstable();
+        len(out, keys.len());
+        for key in keys {
+            text(out, key);
+            value(out, &fields[key])?;
+        }
+        Some(())
+    }
+    fn value(out: &mut Vec<u8>, v: &pb::Value) -> Option<()> {
+        use pb::value::Kind;
+        // Checked as it grows: a context far past the bound is not copied whole.
+        if out.len() > MAX_CONTEXT_KEY_BYTES {
+            return None;
+        }
+        match &v.kind {
+            None => out.push(0),
+            Some(Kind::Boolean(b)) => out.extend_from_slice(&[1, u8::from(*b)]),
+            Some(Kind::Long(n)) => {
+                out.push(2);
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            Some(Kind::String(s)) => {
+                out.push(3);
+                text(out, s);
+            }
+            Some(Kind::Set(list)) => {
+                out.push(4);
+                len(out, list.values.len());
+                for v in &list.values {
+                    value(out, v)?;
+                }
+            }
+            Some(Kind::Record(record)) => {
+                out.push(5);
+                map(out, &record.fields)?;
+            }
+            Some(Kind::Entity(uid)) => {
+                out.push(6);
+                text(out, &uid.r#type);
+                text(out, &uid.id);
+            }
+            Some(Kind::Extension(ext)) => {
+                out.push(7);
+                text(out, &ext.r#fn);
+                text(out, &ext.arg);
+            }
+        }
+        Some(())
+    }
+    let mut out = Vec::new();
+    map(&mut out, fields)?;
+    (out.len() <= MAX_CONTEXT_KEY_BYTES).then(|| out.into_boxed_slice())
+}
+
 fn extension(path: &Path<'_>, ext: &pb::Extension) -> Result<RestrictedExpression, Refusal> {
     let arg = ext.arg.as_str();
     let expr = match ext.r#fn.as_str() {
@@ -438,5 +511,103 @@ mod tests {
         assert!(error.len() < 200, "{} bytes: {error}", error.len());
         assert!(error.contains("context.<60000 bytes>.fn"), "{error}");
         assert!(error.contains("<1000 bytes>"), "{error}");
+    }
+
+    /// Typed context values for the canonical-bytes tests.
+    fn v(kind: pb::value::Kind) -> pb::Value {
+        pb::Value { kind: Some(kind) }
+    }
+
+    #[test]
+    fn canonical_bytes_tell_apart_what_differs_and_ignore_map_order() {
+        use pb::value::Kind::*;
+        let s = |t: &str| v(String(t.to_owned()));
+        let record = |fields: Vec<(&str, pb::Value)>| {
+            v(Record(pb::Record {
+                fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            }))
+        };
+        let entity = |t: &str, id: &str| {
+            v(Entity(pb::EntityUid {
+                r#type: t.to_owned(),
+                id: id.to_owned(),
+            }))
+        };
+        let set = |values: Vec<pb::Value>| v(Set(pb::ValueList { values }));
+        let ctx = |fields: Vec<(&str, pb::Value)>| -> HashMap<_, _> {
+            fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+        };
+        // Pairs that must never share bytes: each would decide differently.
+        let pairs = [
+            (ctx(vec![("a", s("1"))]), ctx(vec![("a", v(Long(1)))])),
+            (ctx(vec![("ab", s("c"))]), ctx(vec![("a", s("bc"))])),
+            (
+                ctx(vec![("a", s("b")), ("c", s(""))]),
+                ctx(vec![("a", s("b\0\0\0\0c"))]),
+            ),
+            (
+                ctx(vec![("a", record(vec![("type", s("T")), ("id", s("x"))]))]),
+                ctx(vec![("a", entity("T", "x"))]),
+            ),
+            (
+                ctx(vec![("a", entity("T", "x"))]),
+                ctx(vec![("a", entity("T", "y"))]),
+            ),
+            (
+                ctx(vec![("a", set(vec![s("x")]))]),
+                ctx(vec![("a", s("x"))]),
+            ),
+            (
+                ctx(vec![("a", v(Boolean(true)))]),
+                ctx(vec![("a", v(Boolean(false)))]),
+            ),
+            (
+                ctx(vec![("a", v(Long(1)))]),
+                ctx(vec![("a", v(Long(1 << 40)))]),
+            ),
+            (
+                ctx(vec![(
+                    "a",
+                    v(Extension(pb::Extension {
+                        r#fn: "ip".into(),
+                        arg: "10.0.0.1".into(),
+                    })),
+                )]),
+                ctx(vec![(
+                    "a",
+                    v(Extension(pb::Extension {
+                        r#fn: "decimal".into(),
+                        arg: "10.0".into(),
+                    })),
+                )]),
+            ),
+        ];
+        for (a, b) in &pairs {
+            assert_ne!(super::canonical(a), super::canonical(b), "{a:?} and {b:?}");
+        }
+        // The same values inserted in another order: the same bytes.
+        let keys: Vec<std::string::String> = (0..50).map(|i| format!("k{i}")).collect();
+        let forward: HashMap<_, _> = keys.iter().map(|k| (k.clone(), s(k))).collect();
+        let backward: HashMap<_, _> = keys.iter().rev().map(|k| (k.clone(), s(k))).collect();
+        assert_eq!(super::canonical(&forward), super::canonical(&backward));
+        // Past the bound: none, so never looked up.
+        let big = ctx(vec![("a", s(&"x".repeat(super::MAX_CONTEXT_KEY_BYTES)))]);
+        assert_eq!(super::canonical(&big), None);
+    }
+
+    #[test]
+    fn a_typed_context_carries_its_canonical_bytes() {
+        let convert = Converter {
+            max_value_depth: 32,
+            max_string_bytes: 64 * 1024,
+        };
+        let context = HashMap::from([("level".to_owned(), v(pb::value::Kind::Long(3)))]);
+        let converted = convert
+            .context(&context, std::string::String::new())
+            .unwrap();
+        assert!(matches!(
+            converted,
+            super::ContextInput::Canonical(_, bytes) if Some(bytes.clone()) == super::canonical(&context)
+        ));
     }
 }

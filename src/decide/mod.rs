@@ -452,6 +452,9 @@ impl Decider {
     ) -> Result<Decision, Refusal> {
         let engine = &self.engine;
         let entities = engine.entities_as(snapshot, entities, self.entities_mode(call))?;
+        if entities.sent_none() {
+            return engine.decide_stored(snapshot, query);
+        }
         record::note_entities(asked, &entities);
         let request = engine.request(snapshot, query)?;
         let store = engine.store(snapshot, entities, std::slice::from_ref(&request))?;
@@ -554,10 +557,7 @@ impl Decider {
                     shadow_asked = true;
                 }
                 asked.push(self.asked(&question.query, question.recorded_context));
-                let request = self.engine.request(snapshot, question.query)?;
-                Ok(self
-                    .engine
-                    .decide_request(snapshot, snapshot.entities(), &request))
+                self.engine.decide_stored(snapshot, question.query)
             });
             if let Some(pending) = &mut shadowed
                 && shadow_asked
@@ -606,21 +606,30 @@ impl Decider {
         let entities = self
             .engine
             .entities_as(snapshot, entities?, self.entities_mode(call))?;
+        // Without entities of its own, each item is decided (or found decided) alone.
+        let stored_only = entities.sent_none();
         let mut requests = Vec::with_capacity(items.len());
+        let mut decisions = Vec::with_capacity(if stored_only { items.len() } else { 0 });
         let mut asked = Vec::with_capacity(items.len());
         for (i, item) in items.enumerate() {
-            let question = item.map_err(|e| e.within(&format!("items[{i}]")))?;
+            let within = |e: Refusal| e.within(&format!("items[{i}]"));
+            let question = item.map_err(within)?;
             if let Some(pending) = shadowed {
                 pending.ask(Some(i), &question);
             }
             let mut item_asked = self.asked(&question.query, question.recorded_context);
             record::note_entities(&mut item_asked, &entities);
             asked.push(item_asked);
-            let request = self
-                .engine
-                .request(snapshot, question.query)
-                .map_err(|e| e.within(&format!("items[{i}]")))?;
-            requests.push(request);
+            if stored_only {
+                let decision = self.engine.decide_stored(snapshot, question.query);
+                decisions.push(decision.map_err(within)?);
+            } else {
+                let request = self.engine.request(snapshot, question.query);
+                requests.push(request.map_err(within)?);
+            }
+        }
+        if stored_only {
+            return Ok((decisions, asked));
         }
         // One store for every item: built from what all of them can reach.
         let store = self.engine.store(snapshot, entities, &requests)?;

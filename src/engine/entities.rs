@@ -42,6 +42,11 @@ impl CallEntities {
     pub fn uids(&self) -> &[EntityUid] {
         &self.sent
     }
+
+    /// Whether the call sent none: it is decided against the stored entities alone.
+    pub fn sent_none(&self) -> bool {
+        self.own.is_none()
+    }
 }
 
 pub(super) fn check(

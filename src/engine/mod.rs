@@ -15,6 +15,7 @@
 //! Request-time policy slicing and its cache are here too ([`slice`]); the snapshot they
 //! read stays immutable.
 
+pub mod cache;
 mod decision;
 mod entities;
 mod json;
@@ -33,7 +34,10 @@ pub use decision::{Decision, Effect, PolicyError};
 pub use entities::CallEntities;
 pub use refusal::Refusal;
 
-use self::slice::{Slice, Slicer};
+use self::{
+    cache::{DecisionCache, QuestionKey},
+    slice::{Slice, Slicer},
+};
 pub use crate::config::{OnForbidError, RequestEntities};
 use crate::{config::Limits, policy::Snapshot};
 
@@ -67,6 +71,8 @@ pub struct EngineOptions {
     /// holds more than this many entities; below, merging over the whole store is cheaper.
     /// `0` slices whenever anything is stored (tests), `usize::MAX` never (the reference).
     pub slice_entities_over: usize,
+    /// Most decisions kept for reuse per snapshot version (see [`cache`]); `0` keeps none.
+    pub decision_cache_entries: usize,
 }
 
 impl EngineOptions {
@@ -85,6 +91,7 @@ impl EngineOptions {
             max_string_bytes: limits.max_string_bytes,
             slice_policies: true,
             slice_entities_over: SLICE_ENTITIES_OVER,
+            decision_cache_entries: limits.decision_cache_entries,
         }
     }
 }
@@ -106,6 +113,10 @@ pub const SLICE_ENTITIES_OVER: usize = 100;
 pub enum ContextInput {
     /// Built from typed values (an empty context when there are none).
     Value(Context),
+    /// Built from typed values, with those values' canonical bytes (map keys sorted,
+    /// every value tagged and length-prefixed: equal bytes are an equal context), which
+    /// let its decisions be reused ([`cache`]).
+    Canonical(Context, Box<[u8]>),
     /// Cedar JSON; with a schema, `__entity`/`__extn` escapes may be left implicit.
     Json(String),
 }
@@ -149,12 +160,20 @@ pub enum EntitiesInput {
 }
 
 /// Decides queries against snapshots.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Engine {
     authorizer: Authorizer,
     options: EngineOptions,
     /// Slices built for the snapshots served, kept for reuse.
     slicer: Slicer,
+    /// Decisions made for the snapshots served, kept for reuse.
+    cache: DecisionCache,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self::new(EngineOptions::default())
+    }
 }
 
 impl Engine {
@@ -162,6 +181,7 @@ impl Engine {
     pub fn new(options: EngineOptions) -> Self {
         Self {
             authorizer: Authorizer::new(),
+            cache: DecisionCache::new(options.decision_cache_entries),
             options,
             slicer: Slicer::new(),
         }
@@ -184,6 +204,24 @@ impl Engine {
         let request = self.request(snapshot, query)?;
         let store = self.store(snapshot, entities, std::slice::from_ref(&request))?;
         Ok(self.decide_request(snapshot, &store, &request))
+    }
+
+    /// Decides `query` against the stored entities alone (a call that sent none):
+    /// [`Engine::request`] then [`Engine::decide_request`], or the decision made for the
+    /// same question on the same snapshot before, when one is kept ([`cache`]).
+    pub fn decide_stored(&self, snapshot: &Snapshot, query: Query) -> Result<Decision, Refusal> {
+        let key = QuestionKey::of(&query).filter(|_| self.cache.enabled());
+        if let Some(key) = &key
+            && let Some(decision) = self.cache.get(snapshot.version(), key)
+        {
+            return Ok(decision);
+        }
+        let request = self.request(snapshot, query)?;
+        let decision = self.decide_request(snapshot, snapshot.entities(), &request);
+        if let Some(key) = key {
+            self.cache.keep(snapshot.version(), key, &decision);
+        }
+        Ok(decision)
     }
 
     /// A call's entities, checked against the limits and the configured

@@ -19,7 +19,7 @@ pub(super) fn build(
         context,
     } = query;
     let (context, field) = match context {
-        ContextInput::Value(context) => (context, "context"),
+        ContextInput::Value(context) | ContextInput::Canonical(context, _) => (context, "context"),
         ContextInput::Json(json) => (
             context_from_json(&json, &action, schema, options)?,
             "context_json",

@@ -136,6 +136,7 @@ swap on a renewal reaches the files (a subPath mount never updates). */}}
 {{- if gt (int64 $c.limits.decisionThreads) 0 }}
 - {{ printf "--decision-threads=%d" (int64 $c.limits.decisionThreads) | quote }}
 {{- end }}
+- {{ printf "--decision-cache-entries=%d" (int64 $c.limits.decisionCacheEntries) | quote }}
 - {{ printf "--audit-sink=%s" $c.audit.sink | quote }}
 - {{ printf "--audit-allow-sample-rate=%v" $c.audit.allowSampleRate | quote }}
 {{- with $c.audit.contextKeys }}
