@@ -103,6 +103,37 @@ async fn an_edit_that_flips_a_decision_is_served_within_a_second() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn a_decision_kept_for_reuse_is_never_served_once_a_reload_changes_it() {
+    let dir = policy_dir(&[("a.cedar", ALICE_READS)]);
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.client().await;
+    let reused = |text: &str| {
+        metric(
+            text,
+            "cedar_pdp_decisions_reused_total{api=\"is_authorized\"}",
+        )
+        .expect("the reuse counter is exported")
+    };
+    for _ in 0..5 {
+        assert!(allowed(&mut client, "alice").await.0);
+    }
+    // The first was evaluated; the others came from the cache.
+    let before = reused(&server.metrics_text().await);
+    assert_eq!(before, 4.0);
+
+    fs::write(dir.path().join("a.cedar"), ALICE_FORBIDDEN).unwrap();
+    until_alice(&client, false, LONG, "the edit to be served").await;
+    for _ in 0..5 {
+        let (allow, version) = allowed(&mut client, "alice").await;
+        assert!(!allow, "a kept allow of the last version was served");
+        assert_eq!(version, version_of(&[("a.cedar", ALICE_FORBIDDEN)]));
+    }
+    // The new version's deny is kept and reused in its turn.
+    assert!(reused(&server.metrics_text().await) > before);
+    server.stop().await;
+}
+
 #[cfg(unix)]
 #[tokio::test]
 async fn a_link_to_a_file_outside_the_directory_is_refused_without_quoting_it() {

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::{callers::CallerPolicy, convert::Converter, request_id, status::to_status};
 use crate::{
     config::Limits,
-    decide::{Api, Call, Decider, Decision, EntitiesInput, Question, Refusal},
+    decide::{Api, Call, Decider, Decision, EntitiesInput, Kept, PoolError, Question, Refusal},
     policy::{PolicyStore, Snapshot},
     proto::cedarpdp::v1::{self as pb, authorizer_server},
     telemetry::trace,
@@ -32,6 +32,18 @@ const SERVICE: &str = "cedarpdp.v1.Authorizer";
 /// Largest batch (sending no entities) decided as light work: past it a batch may wait
 /// for the threads heavy work shares, so that it cannot crowd out single questions.
 const LIGHT_BATCH_ITEMS: usize = 256;
+
+/// What [`AuthorizerService::answer_if_kept`] did with a call.
+enum Fast {
+    /// Answered on the async worker.
+    Answered(Result<pb::IsAuthorizedResponse, Refusal>),
+    /// Converted (or refused while converting), for a decide thread.
+    Decide(Box<Result<(EntitiesInput, Question), Refusal>>),
+}
+
+/// Largest message whose decision is looked up on the async worker before it goes to
+/// a decide thread: converting it takes a few microseconds at most.
+const KEPT_LOOKUP_BYTES: usize = 4 * 1024;
 
 /// Largest message decided as light work (converting and validating a large context
 /// costs time too).
@@ -87,30 +99,69 @@ impl AuthorizerService {
         })
     }
 
+    /// The call's entities and question (converting does not depend on the snapshot).
+    fn convert_one(
+        &self,
+        request: pb::IsAuthorizedRequest,
+    ) -> Result<(EntitiesInput, Question), Refusal> {
+        let entities = self
+            .convert
+            .entities(&request.entities, request.entities_json)?;
+        let question = self.question(
+            request.principal,
+            request.action,
+            request.resource,
+            &request.context,
+            request.context_json,
+        )?;
+        Ok((entities, question))
+    }
+
     fn is_authorized(
         &self,
         call: &Call,
         snapshot: &Snapshot,
-        request: pb::IsAuthorizedRequest,
+        converted: Result<(EntitiesInput, Question), Refusal>,
     ) -> Result<pb::IsAuthorizedResponse, Refusal> {
-        let converted = self
-            .convert
-            .entities(&request.entities, request.entities_json)
-            .and_then(|entities| {
-                let question = self.question(
-                    request.principal,
-                    request.action,
-                    request.resource,
-                    &request.context,
-                    request.context_json,
-                )?;
-                Ok((entities, question))
-            });
         let (entities, question) = converted.inspect_err(|refusal| {
             self.decider.refuse(call, snapshot, refusal, None);
         })?;
         let decision = self.decider.decide(call, snapshot, entities, question)?;
         Ok(response(&decision, snapshot, call.decision_id().to_owned()))
+    }
+
+    /// Answers a small call that sends no entities on this async worker when its
+    /// decision is kept ([`Decider::decide_if_kept`]): a conversion and a lookup, no
+    /// evaluation, so the hand-over to a decide thread would cost more than the answer.
+    /// Otherwise its converted question, for the decide threads. A panic here is an
+    /// INTERNAL error, as on the decide threads.
+    fn answer_if_kept(
+        &self,
+        call: &Call,
+        span: &tracing::Span,
+        message: pb::IsAuthorizedRequest,
+    ) -> Fast {
+        let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            span.in_scope(|| {
+                let (entities, question) = match self.convert_one(message) {
+                    Ok(converted) => converted,
+                    // Reported on the decide threads, as any refusal to convert.
+                    Err(refusal) => return Fast::Decide(Box::new(Err(refusal))),
+                };
+                if !matches!(entities, EntitiesInput::None) {
+                    return Fast::Decide(Box::new(Ok((entities, question))));
+                }
+                let snapshot = self.store.current();
+                match self.decider.decide_if_kept(call, &snapshot, question) {
+                    Kept::Answered(decided) => Fast::Answered(decided.map(|decision| {
+                        response(&decision, &snapshot, call.decision_id().to_owned())
+                    })),
+                    Kept::No(question) => Fast::Decide(Box::new(Ok((entities, *question)))),
+                }
+            })
+        }));
+        tried
+            .unwrap_or_else(|_| Fast::Answered(Err(self.decider.failed(call, PoolError::Panicked))))
     }
 
     fn batch(
@@ -234,8 +285,21 @@ impl authorizer_server::Authorizer for AuthorizerService {
         let heavy = !message.entities.is_empty()
             || !message.entities_json.is_empty()
             || size > LIGHT_MESSAGE_BYTES;
+        let converted = if !heavy && size <= KEPT_LOOKUP_BYTES && self.decider.keeps_decisions() {
+            match self.answer_if_kept(&call, &span, message) {
+                Fast::Answered(answered) => return reply(&call, answered),
+                Fast::Decide(converted) => *converted,
+            }
+        } else {
+            // Converted on the decide thread: a large context takes a while.
+            return self
+                .answer(call, span, heavy, move |this, call, snapshot| {
+                    this.is_authorized(call, snapshot, this.convert_one(message))
+                })
+                .await;
+        };
         self.answer(call, span, heavy, move |this, call, snapshot| {
-            this.is_authorized(call, snapshot, message)
+            this.is_authorized(call, snapshot, converted)
         })
         .await
     }

@@ -9,7 +9,7 @@ use serde_json::{Map, Value as Json};
 use crate::{
     config::Limits,
     decide::{ContextInput, EntitiesInput, EntityInput, Query, Refusal},
-    engine::cache::MAX_CONTEXT_KEY_BYTES,
+    engine::cache::CanonicalBytes,
     policy::describe,
     proto::cedarpdp::v1 as pb,
 };
@@ -292,13 +292,13 @@ impl Converter {
                 "is empty; give an entity type such as `App::User`",
             ));
         }
-        let ty = EntityTypeName::from_str(&value.r#type).map_err(|e| {
+        let ty = type_name(&value.r#type).map_err(|e| {
             Refusal::invalid(
                 format!("{path}.type"),
                 format!(
                     "`{}` is not a valid entity type name: {}",
                     shown(&value.r#type),
-                    describe(&e)
+                    describe(&*e)
                 ),
             )
         })?;
@@ -309,77 +309,105 @@ impl Converter {
     }
 }
 
-/// An extension value. Its literal is evaluated once, when the context or entity is
-/// built; [`bad_extension`] finds a bad one's path after that fails.
+/// Longest entity type name [`type_name`] keeps.
+const KEPT_TYPE_NAME_BYTES: usize = 256;
+/// Most type names [`type_name`] keeps per thread (emptied when full).
+const KEPT_TYPE_NAMES: usize = 256;
+
+thread_local! {
+    /// The type names [`type_name`] parsed on this thread, by their text.
+    static KEPT: std::cell::RefCell<crate::policy::FastMap<Box<str>, EntityTypeName>> =
+        Default::default();
+}
+
+/// `text` parsed as an entity type name, by Cedar's parser, or as it parsed before on this
+/// thread: the parse is the costliest step of converting a question (about a fifth of a
+/// batch item's time), and a deployment names few types. The parse is a function of the
+/// text, so a kept name is the one parsing would give; only names that parse, of at most
+/// [`KEPT_TYPE_NAME_BYTES`], are kept, at most [`KEPT_TYPE_NAMES`] of them.
+fn type_name(text: &str) -> Result<EntityTypeName, Box<cedar_policy::ParseErrors>> {
+    if let Some(name) = KEPT.with_borrow(|kept| kept.get(text).cloned()) {
+        return Ok(name);
+    }
+    let name = EntityTypeName::from_str(text).map_err(Box::new)?;
+    if text.len() <= KEPT_TYPE_NAME_BYTES {
+        KEPT.with_borrow_mut(|kept| {
+            if kept.len() >= KEPT_TYPE_NAMES {
+                kept.clear();
+            }
+            kept.insert(text.into(), name.clone());
+        });
+    }
+    Ok(name)
+}
+
 /// The canonical bytes of typed context values that converted (see
 /// [`ContextInput::Canonical`]): every map's keys sorted, every value tagged, every
 /// string and list length-prefixed, so that equal bytes are equal values (and so an equal
 /// context: the conversion is a function of the values). `None` past
 /// [`MAX_CONTEXT_KEY_BYTES`]: such a context is not looked up in the decision cache.
 fn canonical(fields: &HashMap<String, pb::Value>) -> Option<Box<[u8]>> {
-    fn len(out: &mut Vec<u8>, n: usize) {
-        out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
-    }
-    fn text(out: &mut Vec<u8>, s: &str) {
-        len(out, s.len());
-        out.extend_from_slice(s.as_bytes());
-    }
-    fn map(out: &mut Vec<u8>, fields: &HashMap<String, pb::Value>) -> Option<()> {
+    fn map(out: &mut CanonicalBytes, fields: &HashMap<String, pb::Value>) -> Option<()> {
         let mut keys: Vec<&String> = fields.keys().collect();
         keys.sort_unstable();
-        len(out, keys.len());
+        out.count(keys.len());
         for key in keys {
-            text(out, key);
+            out.text(key);
             value(out, &fields[key])?;
         }
         Some(())
     }
-    fn value(out: &mut Vec<u8>, v: &pb::Value) -> Option<()> {
+    fn value(out: &mut CanonicalBytes, v: &pb::Value) -> Option<()> {
         use pb::value::Kind;
         // Checked as it grows: a context far past the bound is not copied whole.
-        if out.len() > MAX_CONTEXT_KEY_BYTES {
+        if out.full() {
             return None;
         }
         match &v.kind {
-            None => out.push(0),
-            Some(Kind::Boolean(b)) => out.extend_from_slice(&[1, u8::from(*b)]),
+            None => out.tag(0),
+            Some(Kind::Boolean(b)) => {
+                out.tag(1);
+                out.boolean(*b);
+            }
             Some(Kind::Long(n)) => {
-                out.push(2);
-                out.extend_from_slice(&n.to_le_bytes());
+                out.tag(2);
+                out.long(*n);
             }
             Some(Kind::String(s)) => {
-                out.push(3);
-                text(out, s);
+                out.tag(3);
+                out.text(s);
             }
             Some(Kind::Set(list)) => {
-                out.push(4);
-                len(out, list.values.len());
+                out.tag(4);
+                out.count(list.values.len());
                 for v in &list.values {
                     value(out, v)?;
                 }
             }
             Some(Kind::Record(record)) => {
-                out.push(5);
+                out.tag(5);
                 map(out, &record.fields)?;
             }
             Some(Kind::Entity(uid)) => {
-                out.push(6);
-                text(out, &uid.r#type);
-                text(out, &uid.id);
+                out.tag(6);
+                out.text(&uid.r#type);
+                out.text(&uid.id);
             }
             Some(Kind::Extension(ext)) => {
-                out.push(7);
-                text(out, &ext.r#fn);
-                text(out, &ext.arg);
+                out.tag(7);
+                out.text(&ext.r#fn);
+                out.text(&ext.arg);
             }
         }
         Some(())
     }
-    let mut out = Vec::new();
+    let mut out = CanonicalBytes::new();
     map(&mut out, fields)?;
-    (out.len() <= MAX_CONTEXT_KEY_BYTES).then(|| out.into_boxed_slice())
+    out.finish()
 }
 
+/// An extension value. Its literal is evaluated once, when the context or entity is
+/// built; [`bad_extension`] finds a bad one's path after that fails.
 fn extension(path: &Path<'_>, ext: &pb::Extension) -> Result<RestrictedExpression, Refusal> {
     let arg = ext.arg.as_str();
     let expr = match ext.r#fn.as_str() {
@@ -591,7 +619,10 @@ mod tests {
         let backward: HashMap<_, _> = keys.iter().rev().map(|k| (k.clone(), s(k))).collect();
         assert_eq!(super::canonical(&forward), super::canonical(&backward));
         // Past the bound: none, so never looked up.
-        let big = ctx(vec![("a", s(&"x".repeat(super::MAX_CONTEXT_KEY_BYTES)))]);
+        let big = ctx(vec![(
+            "a",
+            s(&"x".repeat(crate::engine::cache::MAX_CONTEXT_KEY_BYTES)),
+        )]);
         assert_eq!(super::canonical(&big), None);
     }
 
@@ -609,5 +640,24 @@ mod tests {
             converted,
             super::ContextInput::Canonical(_, bytes) if Some(bytes.clone()) == super::canonical(&context)
         ));
+    }
+
+    #[test]
+    fn type_names_are_kept_as_cedar_parses_them_and_bad_ones_never() {
+        use std::str::FromStr as _;
+        for _ in 0..2 {
+            for good in ["User", "App::User", "A::B::C"] {
+                let parsed = cedar_policy::EntityTypeName::from_str(good).unwrap();
+                assert_eq!(super::type_name(good).unwrap(), parsed);
+            }
+            for bad in ["App::", "::User", "if", "App::if", "a b", "User\"", "1x"] {
+                assert!(super::type_name(bad).is_err(), "{bad}");
+                assert!(super::KEPT.with_borrow(|kept| !kept.contains_key(bad)));
+            }
+        }
+        for i in 0..3 * super::KEPT_TYPE_NAMES {
+            super::type_name(&format!("T{i}")).unwrap();
+            assert!(super::KEPT.with_borrow(|kept| kept.len() <= super::KEPT_TYPE_NAMES));
+        }
     }
 }

@@ -187,6 +187,15 @@ impl Call {
     }
 }
 
+/// What [`Decider::decide_if_kept`] did with a question.
+#[derive(Debug)]
+pub enum Kept {
+    /// Its decision was kept: answered (and reported).
+    Answered(Result<Decision, Refusal>),
+    /// Nothing kept for it: the question, to be decided.
+    No(Box<Question>),
+}
+
 /// Who may call an API: the identities its caller presented, checked by the front end
 /// against its allow-list (see `api::callers`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -400,6 +409,52 @@ impl Decider {
         entities: EntitiesInput,
         question: Question,
     ) -> Result<Decision, Refusal> {
+        self.decide_reported(
+            call,
+            snapshot,
+            entities,
+            question,
+            |entities, query, asked| self.one(call, snapshot, entities, query, asked),
+        )
+    }
+
+    /// [`Decider::decide`] for a question asked with no entities, when its decision is
+    /// kept from before on `snapshot` (see `engine::cache`): answered and reported as
+    /// `decide` would, with no evaluation, so cheaply that an async worker may do it.
+    /// Gives the question back when nothing is kept for it.
+    pub fn decide_if_kept(&self, call: &Call, snapshot: &Snapshot, question: Question) -> Kept {
+        let Some(decision) = self.engine.kept(snapshot, &question.query) else {
+            return Kept::No(Box::new(question));
+        };
+        Kept::Answered(self.decide_reported(
+            call,
+            snapshot,
+            EntitiesInput::None,
+            question,
+            |_, _, _| Ok(decision),
+        ))
+    }
+
+    /// Whether a question may be answered by [`Decider::decide_if_kept`] at all.
+    pub fn keeps_decisions(&self) -> bool {
+        self.engine.keeps_decisions()
+    }
+
+    /// One question answered by `decide` (with its call's entities, the query, and where
+    /// to note what was asked), then reported: the shadow copy, the span, the metrics and
+    /// the audit record.
+    fn decide_reported(
+        &self,
+        call: &Call,
+        snapshot: &Snapshot,
+        entities: EntitiesInput,
+        question: Question,
+        decide: impl FnOnce(
+            EntitiesInput,
+            Query,
+            &mut Option<record::Asked>,
+        ) -> Result<Decision, Refusal>,
+    ) -> Result<Decision, Refusal> {
         let mut shadowed = self.shadow_draw(call, &entities);
         if let Some(pending) = &mut shadowed {
             pending.ask(None, &question);
@@ -410,7 +465,7 @@ impl Decider {
         } = question;
         let mut asked = self.asked(&query, recorded_context);
         let span = decide_span(snapshot);
-        let decided = span.in_scope(|| self.one(call, snapshot, entities, query, &mut asked));
+        let decided = span.in_scope(|| decide(entities, query, &mut asked));
         if let Ok(decision) = &decided {
             note_decisions(&span, std::slice::from_ref(decision));
         }

@@ -127,7 +127,7 @@ impl Decider {
     ) {
         let allowed = decision.allowed();
         let metrics = &self.telemetry.metrics;
-        metrics.decided(call.api, allowed);
+        metrics.decided(call.api, allowed, decision.reused());
         snapshot
             .usage()
             .count(allowed, decision.determining_policies());

@@ -32,6 +32,60 @@ use crate::policy::FastMap;
 /// at most, decision included).
 pub const MAX_CONTEXT_KEY_BYTES: usize = 1024;
 
+/// Builds the canonical bytes of typed context values ([`ContextInput::Canonical`]): each
+/// value a tag byte and its payload, every string and list length-prefixed, so that two
+/// different sequences of calls never write the same bytes. Front ends write their values
+/// in an order fixed by their content (map keys sorted) or by configuration; past
+/// [`MAX_CONTEXT_KEY_BYTES`] there are no bytes, and the context is not looked up.
+#[derive(Debug, Default)]
+pub struct CanonicalBytes {
+    out: Vec<u8>,
+}
+
+impl CanonicalBytes {
+    /// Nothing written yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether it is past the bound already (writers stop early).
+    pub fn full(&self) -> bool {
+        self.out.len() > MAX_CONTEXT_KEY_BYTES
+    }
+
+    /// A value's kind.
+    pub fn tag(&mut self, tag: u8) {
+        self.out.push(tag);
+    }
+
+    /// A length or a count.
+    pub fn count(&mut self, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.out.extend_from_slice(&n.to_le_bytes());
+    }
+
+    /// A string, length first.
+    pub fn text(&mut self, text: &str) {
+        self.count(text.len());
+        self.out.extend_from_slice(text.as_bytes());
+    }
+
+    /// A long.
+    pub fn long(&mut self, n: i64) {
+        self.out.extend_from_slice(&n.to_le_bytes());
+    }
+
+    /// A boolean.
+    pub fn boolean(&mut self, b: bool) {
+        self.out.push(u8::from(b));
+    }
+
+    /// The bytes, or `None` past the bound.
+    pub fn finish(self) -> Option<Box<[u8]>> {
+        (!self.full()).then(|| self.out.into_boxed_slice())
+    }
+}
+
 /// A question, as exactly as its caller asked it: equal keys decide alike on one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct QuestionKey {
@@ -111,6 +165,7 @@ impl DecisionCache {
             .iter()
             .find(|g| g.version == version)
             .and_then(|g| g.decisions.get(key).cloned())
+            .map(Decision::into_reused)
     }
 
     /// Keeps `decision` for `key` on snapshot `version`.

@@ -43,10 +43,13 @@ pub struct Decision {
     erroring_forbids: Vec<String>,
     /// How many policies Cedar evaluated (the slice of the set the request can match).
     policies_evaluated: usize,
+    /// Answered from the decision cache: the same decision as made before, not
+    /// evaluated again (see `engine::cache`).
+    reused: bool,
 }
 
 /// Two decisions are the same when they say the same: how many policies it took to reach
-/// one (with or without slicing) is not part of it.
+/// one (with or without slicing), and whether it came from the cache, is not part of it.
 impl PartialEq for Decision {
     fn eq(&self, other: &Self) -> bool {
         self.effect == other.effect
@@ -74,6 +77,7 @@ impl Decision {
             errors,
             erroring_forbids: Vec::new(),
             policies_evaluated: 0,
+            reused: false,
         }
     }
 
@@ -86,6 +90,17 @@ impl Decision {
     /// How many policies were evaluated to reach it.
     pub fn policies_evaluated(&self) -> usize {
         self.policies_evaluated
+    }
+
+    /// Whether it was answered from the decision cache rather than evaluated.
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// The same decision, noted as answered from the decision cache.
+    pub(super) fn into_reused(mut self) -> Self {
+        self.reused = true;
+        self
     }
 
     /// A deny made by forbids whose evaluation errored (`erroring_forbids`, at least

@@ -224,6 +224,20 @@ impl Engine {
         Ok(decision)
     }
 
+    /// The decision kept for `query` on `snapshot` by [`Engine::decide_stored`], if any:
+    /// a lookup, no evaluation (cheap enough for an async worker).
+    pub fn kept(&self, snapshot: &Snapshot, query: &Query) -> Option<Decision> {
+        if !self.cache.enabled() {
+            return None;
+        }
+        self.cache.get(snapshot.version(), &QuestionKey::of(query)?)
+    }
+
+    /// Whether it keeps decisions for reuse at all.
+    pub fn keeps_decisions(&self) -> bool {
+        self.cache.enabled()
+    }
+
     /// A call's entities, checked against the limits and the configured
     /// [`RequestEntities`] mode, and validated on their own (not yet merged over the store:
     /// see [`Engine::store`]).

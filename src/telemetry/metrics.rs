@@ -22,6 +22,10 @@ use metrics_exporter_prometheus::{
 
 /// `decisions_total{api,decision}`: decisions made; a batch counts one per item.
 pub const DECISIONS: &str = "cedar_pdp_decisions_total";
+/// `decisions_reused_total{api}`: decisions answered from the decision cache (the same
+/// question asked before of the same policy version), not evaluated again; counted in
+/// [`DECISIONS`] too.
+pub const DECISIONS_REUSED: &str = "cedar_pdp_decisions_reused_total";
 /// `decision_duration_seconds{api}`: time to answer a whole call.
 pub const DECISION_DURATION: &str = "cedar_pdp_decision_duration_seconds";
 /// `requests_rejected_total{api,reason}`: calls refused for bad input or a limit.
@@ -307,6 +311,7 @@ struct Inner {
     handle: PrometheusHandle,
     /// Per api: [deny, allow].
     decisions: [[Counter; 2]; 4],
+    reused: [Counter; 4],
     durations: [Histogram; 4],
     /// Per api and reason.
     refused: [[Counter; Reason::ALL.len()]; Api::ALL.len()],
@@ -391,6 +396,10 @@ impl Metrics {
         describe_counter(
             DECISIONS,
             "Decisions made, by API and decision (allow or deny); a batch counts one per item.",
+        );
+        describe_counter(
+            DECISIONS_REUSED,
+            "Decisions answered from the decision cache (the same question asked before of the same policy version), by API; counted in decisions_total too.",
         );
         recorder.describe_histogram(
             DECISION_DURATION.into(),
@@ -502,6 +511,7 @@ impl Metrics {
             ["deny", "allow"]
                 .map(|d| zero(counter(DECISIONS, vec![api(a), Label::new("decision", d)])))
         });
+        let reused = Api::ALL.map(|a| zero(counter(DECISIONS_REUSED, vec![api(a)])));
         let durations = Api::ALL.map(|a| {
             recorder.register_histogram(
                 &Key::from_parts(DECISION_DURATION, vec![api(a)]),
@@ -539,6 +549,7 @@ impl Metrics {
             ))
         });
         let inner = Inner {
+            reused,
             shadow_decisions,
             shadow_disagreements,
             shadow_dropped: zero(counter(SHADOW_DROPPED, vec![])),
@@ -690,9 +701,12 @@ impl Metrics {
         let _ = self.inner.in_flight.set(calls);
     }
 
-    /// Counts one decision.
-    pub fn decided(&self, api: Api, allowed: bool) {
+    /// Counts one decision (`reused` when answered from the decision cache).
+    pub fn decided(&self, api: Api, allowed: bool, reused: bool) {
         self.inner.decisions[api as usize][usize::from(allowed)].increment(1);
+        if reused {
+            self.inner.reused[api as usize].increment(1);
+        }
     }
 
     /// Records how long a whole call took.

@@ -20,6 +20,7 @@ use super::rules::{ExtAuthz, PrincipalRule, Source};
 use crate::{
     config::ext_authz::ContextPart,
     decide::{ContextInput, Query, Question, Reason, Refusal},
+    engine::cache::CanonicalBytes,
     proto::{
         codec::UNDECODABLE,
         envoy::{
@@ -89,6 +90,62 @@ impl Attr {
             )
             .map_err(|e| e.to_string())?,
         })
+    }
+
+    /// Writes the value's canonical bytes (see `engine::cache`); `None` past the bound.
+    fn canonical(&self, out: &mut CanonicalBytes) -> Option<()> {
+        if out.full() {
+            return None;
+        }
+        match self {
+            Self::String(s) => {
+                out.tag(1);
+                out.text(s);
+            }
+            Self::Bool(b) => {
+                out.tag(2);
+                out.boolean(*b);
+            }
+            Self::Long(n) => {
+                out.tag(3);
+                out.long(*n);
+            }
+            Self::Ip(ip) => {
+                out.tag(4);
+                out.text(ip);
+            }
+            Self::Set(items) => {
+                out.tag(5);
+                out.count(items.len());
+                for item in items {
+                    item.canonical(out)?;
+                }
+            }
+            Self::Record(fields) => {
+                out.tag(6);
+                Self::fields_canonical(
+                    fields.iter().map(|(k, v)| (k.as_str(), v)),
+                    fields.len(),
+                    out,
+                )?;
+            }
+        }
+        Some(())
+    }
+
+    /// Writes `n` named values' canonical bytes, in their order (fixed by the mapping's
+    /// configuration: the same names in the same order for every check).
+    fn fields_canonical<'a>(
+        fields: impl Iterator<Item = (&'a str, &'a Attr)>,
+        n: usize,
+        out: &mut CanonicalBytes,
+    ) -> Option<()> {
+        out.count(n);
+        for (name, value) in fields {
+            out.text(name);
+            value.canonical(out)?;
+        }
+        Some(())
     }
 
     /// Cedar's JSON form of the value (an `ip` as `__extn`).
@@ -243,12 +300,24 @@ pub(super) fn map(
         .map_err(|e| Refusal::invalid("context", e))?;
     let cedar_context =
         Context::from_pairs(pairs).map_err(|e| Refusal::invalid("context", e.to_string()))?;
+    // The context's canonical bytes let its decision be reused (`engine::cache`).
+    let mut bytes = CanonicalBytes::new();
+    let canonical = Attr::fields_canonical(
+        context.iter().map(|(k, v)| (*k, v)),
+        context.len(),
+        &mut bytes,
+    )
+    .and_then(|()| bytes.finish());
+    let context_input = match canonical {
+        Some(bytes) => ContextInput::Canonical(cedar_context, bytes),
+        None => ContextInput::Value(cedar_context),
+    };
     Ok(Mapped {
         query: Query {
             principal,
             action,
             resource,
-            context: ContextInput::Value(cedar_context),
+            context: context_input,
         },
         context,
     })

@@ -761,7 +761,7 @@ fn the_default_context_is_method_path_host_and_source_ip() {
             ("source_ip", Attr::Ip("10.0.0.7".to_owned())),
         ]
     );
-    assert!(matches!(out.query.context, ContextInput::Value(_)));
+    assert!(matches!(out.query.context, ContextInput::Canonical(..)));
     assert_eq!(
         out.query.resource.to_string(),
         r#"Resource::"docs.example.com/a/b""#
@@ -1092,4 +1092,41 @@ fn the_principal_is_not_looked_for_in_a_malformed_check() {
     let m = ExtAuthz::default();
     let c = check("GET", "/a/../b");
     assert_eq!(invalid_field(&m, &c), "attributes.request.http.path");
+}
+
+#[test]
+fn canonical_context_bytes_tell_apart_what_differs() {
+    use super::Attr::{self, *};
+    use crate::engine::cache::CanonicalBytes;
+    let bytes = |fields: &[(&str, Attr)]| {
+        let mut out = CanonicalBytes::new();
+        Attr::fields_canonical(fields.iter().map(|(k, v)| (*k, v)), fields.len(), &mut out)
+            .and_then(|()| out.finish())
+    };
+    let pairs: [(Vec<(&str, Attr)>, Vec<(&str, Attr)>); 5] = [
+        (vec![("a", String("1".into()))], vec![("a", Long(1))]),
+        (
+            vec![("a", String("10.0.0.1".into()))],
+            vec![("a", Ip("10.0.0.1".into()))],
+        ),
+        (
+            vec![("ab", String("c".into()))],
+            vec![("a", String("bc".into()))],
+        ),
+        (
+            vec![("h", Record(vec![("x".into(), String("1".into()))]))],
+            vec![("h", Record(vec![("x".into(), String("2".into()))]))],
+        ),
+        (vec![("a", Set(vec![Bool(true)]))], vec![("a", Bool(true))]),
+    ];
+    for (a, b) in &pairs {
+        assert_ne!(bytes(a), bytes(b), "{a:?} and {b:?}");
+        assert_eq!(bytes(a), bytes(&a.clone()));
+    }
+    let long = std::string::String::from_utf8(vec![b'x'; 2048]).unwrap();
+    assert_eq!(
+        bytes(&[("a", String(long))]),
+        None,
+        "past the bound: not kept"
+    );
 }
