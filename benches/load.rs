@@ -7,9 +7,15 @@
 //! - `IsAuthorized` on 10,000 policies, the calls rotating over 1,000 questions about
 //!   1,000 stored users and documents (no one answer stands for the load), with the
 //!   cache and without it;
+//! - ext_authz `Check` as Envoy sends it (a verified JWT subject, a route template, the
+//!   mapped context);
 //! - `BatchIsAuthorized` with 100 items: decisions per second against unary calls';
 //! - the shape sidecars send: 100 items with context sharing the call's entities (a
 //!   document the store does not hold), as one batch and one call each.
+//!
+//! Then latency against load on the 10,000-policy set: the rotating calls sent at a fixed
+//! rate (an open loop), at a tenth and at nine tenths of the rate the closed loop reached;
+//! the p99 at nine tenths against the p50 at a tenth.
 //!
 //! Then a flood: 8 times as many `IsAuthorized` calls in flight, against a server with the
 //! default `max_concurrent_calls` of 1000 (nothing is shed) and one whose limit is 64: the
@@ -33,7 +39,9 @@ use std::{
     },
 };
 
-use cedar_pdp::proto::cedarpdp::v1 as pb;
+use cedar_pdp::proto::{
+    cedarpdp::v1 as pb, envoy::service::auth::v3::authorization_client::AuthorizationClient,
+};
 use support::{load::*, *};
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -43,6 +51,11 @@ const BATCH: usize = 100;
 
 /// Policies of the rotating case's set ([`rotating_dir`]).
 const LARGE: usize = 10_000;
+
+/// Calls a second a closed-loop run answered.
+fn rate_of(outcome: &Outcome) -> f64 {
+    outcome.calls as f64 / outcome.elapsed.as_secs_f64()
+}
 
 /// One `IsAuthorized` call of `request`, checked to be `allow` or not: `Some(1)`, or
 /// `None` if shed.
@@ -82,6 +95,8 @@ fn main() {
         connect(&runtime, addr)
     };
     let channels_off = uncached(&dir);
+    let (addr, _) = serve(&runtime, ext_authz_config(&dir));
+    let envoy_channels = connect(&runtime, addr);
     let large = tempfile::tempdir().unwrap();
     rotating_dir(large.path(), LARGE);
     let (addr, _) = serve(&runtime, config(large.path()));
@@ -129,6 +144,27 @@ fn main() {
             IN_FLIGHT_PER_CONNECTION,
             seconds,
             move |channel| is_authorized(channel, request.clone()),
+        )
+    };
+    let envoy = |seconds| {
+        let check = check_request("bob", "/projects/acme-roadmap/docs/acme-roadmap-q3");
+        run(
+            &runtime,
+            &envoy_channels,
+            IN_FLIGHT_PER_CONNECTION,
+            seconds,
+            move |channel| {
+                let check = check.clone();
+                async move {
+                    let answer = AuthorizationClient::new(channel)
+                        .check(check)
+                        .await
+                        .expect("Check answers")
+                        .into_inner();
+                    assert_eq!(answer.status.map(|s| s.code), Some(0), "allowed");
+                    Some(1)
+                }
+            },
         )
     };
     let rotating_on = |channels: &[Channel], seconds| {
@@ -281,10 +317,11 @@ fn main() {
     };
     let flood_default = |seconds| flood_run(&flood_channels[0], seconds);
     let flood_limited = |seconds| flood_run(&flood_channels[1], seconds);
-    let cases: [&dyn Fn(u64) -> Outcome; 8] = [
+    let cases: [&dyn Fn(u64) -> Outcome; 9] = [
         &health,
         &unary,
         &unary_off,
+        &envoy,
         &rotating,
         &rotating_off,
         &batch,
@@ -293,9 +330,27 @@ fn main() {
     ];
     let mut outcomes = interleave(seconds, &cases).into_iter();
     let mut next = || outcomes.next().unwrap();
-    let (health, unary, unary_off, rotating, rotating_off) =
-        (next(), next(), next(), next(), next());
+    let (health, unary, unary_off, envoy) = (next(), next(), next(), next());
+    let (rotating, rotating_off) = (next(), next());
     let (batch, shared_batch, shared_unary) = (next(), next(), next());
+    // Latency against load on the 10,000-policy set: calls sent at a fixed rate (an open
+    // loop), at a tenth and at nine tenths of the rate the closed loop above reached.
+    let most = rate_of(&rotating);
+    let paced = |share: f64, seconds| {
+        let next = Arc::new(AtomicUsize::new(0));
+        run_paced(
+            &runtime,
+            &large_channels,
+            share * most,
+            seconds,
+            move |channel| {
+                let (request, allow) = rotating_question(next.fetch_add(1, Ordering::Relaxed));
+                decided(channel, request, allow)
+            },
+        )
+    };
+    let light = paced(0.1, seconds);
+    let heavy = paced(0.9, seconds);
     let mut outcomes = interleave(seconds, &[&flood_default, &flood_limited]).into_iter();
     let (flood_default, flood_limited) = (outcomes.next().unwrap(), outcomes.next().unwrap());
 
@@ -314,11 +369,14 @@ fn main() {
         ("Health/Check", &health),
         ("IsAuthorized", &unary),
         ("IsAuthorized, no cache", &unary_off),
+        ("ext_authz Check (JWT subject, route)", &envoy),
         (rotating_name.as_str(), &rotating),
         (rotating_off_name.as_str(), &rotating_off),
         ("BatchIsAuthorized (100 items)", &batch),
         ("Batch, context + entities", &shared_batch),
         ("its items one a call", &shared_unary),
+        ("rotating, paced at 10% of its rate", &light),
+        ("rotating, paced at 90% of its rate", &heavy),
         ("IsAuthorized flood, limit 1000", &flood_default),
         (limited.as_str(), &flood_limited),
     ] {
@@ -336,6 +394,10 @@ fn main() {
     }
     let per_health = |o: &Outcome| rate(o.calls, o) / rate(health.calls, &health);
     println!(
+        "ext_authz Check calls/s / Health calls/s = {:.2}",
+        per_health(&envoy)
+    );
+    println!(
         "IsAuthorized calls/s / Health calls/s = {:.2} (no cache {:.2}); {LARGE} policies rotating over {ROTATING} questions: {:.2} (no cache {:.2})",
         per_health(&unary),
         per_health(&unary_off),
@@ -348,6 +410,10 @@ fn main() {
         rate(shared_batch.decisions, &shared_batch) / rate(shared_unary.decisions, &shared_unary)
     );
     let p99 = |o: &Outcome| at(&o.latencies, 0.99).as_secs_f64();
+    println!(
+        "paced, {LARGE} policies: p99 at 90% of the rate / p50 at 10% = {:.2}",
+        p99(&heavy) / at(&light.latencies, 0.5).as_secs_f64()
+    );
     println!(
         "flood: p99 of answered calls with limit {FLOOD_LIMIT} / with limit 1000 = {:.2}; shed {:.0}% of calls",
         p99(&flood_limited) / p99(&flood_default),

@@ -432,8 +432,9 @@ pub struct LimitSettings {
     pub decision_cache_entries: Option<usize>,
 }
 
-/// Largest `decision_cache_entries` accepted: about 1.5 GiB at the most an entry can hold.
-pub const MAX_DECISION_CACHE_ENTRIES: usize = 1_000_000;
+/// Largest `decision_cache_entries` accepted: about 450 MiB a version if every entry held
+/// the most an entry can.
+pub const MAX_DECISION_CACHE_ENTRIES: usize = 100_000;
 
 /// Resolved limits, each with a safe default.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -658,7 +659,7 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "limits.decision_cache_entries".to_owned(),
                 message: format!(
-                    "must be at most {MAX_DECISION_CACHE_ENTRIES} (each entry may hold about 1.5 KiB)"
+                    "must be at most {MAX_DECISION_CACHE_ENTRIES} (each entry may take about 4.5 KiB)"
                 ),
             });
         }

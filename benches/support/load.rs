@@ -175,6 +175,59 @@ where
     })
 }
 
+/// Calls `call` at `rate` calls a second for `seconds`, spread over `channels`, whatever
+/// the pace of the answers (an open loop: a slow answer does not hold back the calls due
+/// after it, so a server falling behind shows in the latencies). Calls are sent in the
+/// millisecond they are due (the timer's grain), each one's latency counted from then.
+pub fn run_paced<F, Fut>(
+    runtime: &tokio::runtime::Runtime,
+    channels: &[Channel],
+    rate: f64,
+    seconds: u64,
+    call: F,
+) -> Outcome
+where
+    F: Fn(Channel) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<usize>> + Send + 'static,
+{
+    let call = Arc::new(call);
+    runtime.block_on(async {
+        let started = Instant::now();
+        // Truncation is meant: whole calls.
+        let total = (rate * seconds as f64) as usize;
+        let mut tasks = Vec::with_capacity(total);
+        let mut ticker = tokio::time::interval(Duration::from_millis(1));
+        let mut sent = 0;
+        while sent < total {
+            ticker.tick().await;
+            let due_now = ((started.elapsed().as_secs_f64() * rate) as usize).min(total);
+            while sent < due_now {
+                let (channel, call) = (channels[sent % channels.len()].clone(), call.clone());
+                tasks.push(tokio::spawn(async move {
+                    let start = Instant::now();
+                    let answer = call(channel).await;
+                    (answer, start.elapsed())
+                }));
+                sent += 1;
+            }
+        }
+        let mut outcome = Outcome::empty();
+        for task in tasks {
+            match task.await.expect("no wrong answer") {
+                (Some(n), took) => {
+                    outcome.calls += 1;
+                    outcome.decisions += n;
+                    outcome.latencies.push(took);
+                }
+                (None, _) => outcome.shed += 1,
+            }
+        }
+        outcome.elapsed = started.elapsed();
+        outcome.latencies.sort_unstable();
+        outcome
+    })
+}
+
 /// [`CONNECTIONS`] connections to `addr`.
 pub fn connect(runtime: &tokio::runtime::Runtime, addr: std::net::SocketAddr) -> Vec<Channel> {
     (0..CONNECTIONS)

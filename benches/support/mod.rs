@@ -195,6 +195,94 @@ pub fn print_table(results: &[(impl AsRef<str>, Vec<Duration>)]) {
     }
 }
 
+/// The example set served with an Envoy mapping: a JWT subject (as Envoy's `jwt_authn`
+/// verified it), a route template, the mapped context (method, path, host, source_ip,
+/// headers, params); for checks made with [`check_request`].
+pub fn ext_authz_config(dir: &Path) -> Config {
+    Config {
+        ext_authz: toml::from_str(
+            r#"
+            action_type = "Platform::Action"
+            methods = { GET = "read" }
+            headers = ["user-agent"]
+            upstream_headers = { "x-cedar-policy-version" = "{policy_version}" }
+            [[principal]]
+            from = "jwt"
+            type = "Platform::User"
+            [[routes]]
+            path = "/projects/{project}/docs/{doc}"
+            resource_type = "Platform::Document"
+            resource_id = "{doc}"
+            "#,
+        )
+        .expect("the benchmark's mapping parses"),
+        ..config(dir)
+    }
+}
+
+/// A check as Envoy sends it for `GET path` with a verified token for `sub`.
+pub fn check_request(
+    sub: &str,
+    path: &str,
+) -> cedar_pdp::proto::envoy::service::auth::v3::CheckRequest {
+    use cedar_pdp::proto::envoy::{
+        config::core::v3::{Address, Metadata, SocketAddress, address},
+        service::auth::v3::{
+            AttributeContext,
+            attribute_context::{self, HttpRequest, Peer},
+        },
+    };
+    use prost_types::{Struct, Value, value::Kind};
+    let text = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    };
+    let payload = Struct {
+        fields: [("sub".to_owned(), text(sub))].into(),
+    };
+    let jwt = Struct {
+        fields: [(
+            "jwt_payload".to_owned(),
+            Value {
+                kind: Some(Kind::StructValue(payload)),
+            },
+        )]
+        .into(),
+    };
+    cedar_pdp::proto::envoy::service::auth::v3::CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: "10.1.2.3".to_owned(),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            }),
+            request: Some(attribute_context::Request {
+                time: None,
+                http: Some(HttpRequest {
+                    id: "bench".to_owned(),
+                    method: "GET".to_owned(),
+                    path: path.to_owned(),
+                    host: "docs.acme.example".to_owned(),
+                    headers: [
+                        ("user-agent".to_owned(), "bench/1".to_owned()),
+                        ("authorization".to_owned(), "Bearer x.y.z".to_owned()),
+                    ]
+                    .into(),
+                    ..Default::default()
+                }),
+            }),
+            metadata_context: Some(Metadata {
+                filter_metadata: [("envoy.filters.http.jwt_authn".to_owned(), jwt)].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
 /// The configuration the benchmarks serve `dir` with: the defaults, audit log off.
 pub fn config(dir: &Path) -> Config {
     let mut config = Config {

@@ -9,7 +9,7 @@ use serde_json::{Map, Value as Json};
 use crate::{
     config::Limits,
     decide::{ContextInput, EntitiesInput, EntityInput, Query, Refusal},
-    engine::cache::CanonicalBytes,
+    engine::cache::{CanonicalBytes, Encoder, MAX_CONTEXT_KEY_BYTES},
     policy::describe,
     proto::cedarpdp::v1 as pb,
 };
@@ -20,6 +20,9 @@ use crate::{
 pub(crate) struct Converter {
     pub(crate) max_value_depth: usize,
     pub(crate) max_string_bytes: usize,
+    /// Whether typed contexts carry their canonical bytes (only the decision cache reads
+    /// them: off with it).
+    pub(crate) canonical_contexts: bool,
 }
 
 /// A request field's path (`context.net.src_ip`, `entities[2].parents[0]`), kept as a
@@ -63,6 +66,7 @@ impl Converter {
         Self {
             max_value_depth: limits.max_value_depth,
             max_string_bytes: limits.max_string_bytes,
+            canonical_contexts: limits.decision_cache_entries > 0,
         }
     }
 
@@ -145,10 +149,12 @@ impl Converter {
         let root = Path::Root("context");
         let pairs = self.fields(&root, typed, 0)?;
         Context::from_pairs(pairs)
-            .map(|context| match canonical(typed) {
-                Some(bytes) => ContextInput::Canonical(context, bytes),
-                None => ContextInput::Value(context),
-            })
+            .map(
+                |context| match self.canonical_contexts.then(|| canonical(typed)).flatten() {
+                    Some(bytes) => ContextInput::Canonical(context, bytes),
+                    None => ContextInput::Value(context),
+                },
+            )
             .map_err(|e| {
                 // Extension literals are first evaluated here; only on failure are they
                 // looked at one by one, so that the error names the bad one's path.
@@ -348,6 +354,10 @@ fn type_name(text: &str) -> Result<EntityTypeName, Box<cedar_policy::ParseErrors
 /// [`MAX_CONTEXT_KEY_BYTES`]: such a context is not looked up in the decision cache.
 fn canonical(fields: &HashMap<String, pb::Value>) -> Option<Box<[u8]>> {
     fn map(out: &mut CanonicalBytes, fields: &HashMap<String, pb::Value>) -> Option<()> {
+        // Each field takes five bytes at least: too many are not sorted to be thrown away.
+        if out.full() || out.len() + 5 * fields.len() > MAX_CONTEXT_KEY_BYTES {
+            return None;
+        }
         let mut keys: Vec<&String> = fields.keys().collect();
         keys.sort_unstable();
         out.count(keys.len());
@@ -401,7 +411,7 @@ fn canonical(fields: &HashMap<String, pb::Value>) -> Option<Box<[u8]>> {
         }
         Some(())
     }
-    let mut out = CanonicalBytes::new();
+    let mut out = CanonicalBytes::new(Encoder::Grpc);
     map(&mut out, fields)?;
     out.finish()
 }
@@ -518,6 +528,7 @@ mod tests {
         let convert = Converter {
             max_value_depth: 32,
             max_string_bytes: 64 * 1024,
+            canonical_contexts: true,
         };
         let extension = pb::Value {
             kind: Some(pb::value::Kind::Extension(pb::Extension {
@@ -619,10 +630,7 @@ mod tests {
         let backward: HashMap<_, _> = keys.iter().rev().map(|k| (k.clone(), s(k))).collect();
         assert_eq!(super::canonical(&forward), super::canonical(&backward));
         // Past the bound: none, so never looked up.
-        let big = ctx(vec![(
-            "a",
-            s(&"x".repeat(crate::engine::cache::MAX_CONTEXT_KEY_BYTES)),
-        )]);
+        let big = ctx(vec![("a", s(&"x".repeat(super::MAX_CONTEXT_KEY_BYTES)))]);
         assert_eq!(super::canonical(&big), None);
     }
 
@@ -631,6 +639,7 @@ mod tests {
         let convert = Converter {
             max_value_depth: 32,
             max_string_bytes: 64 * 1024,
+            canonical_contexts: true,
         };
         let context = HashMap::from([("level".to_owned(), v(pb::value::Kind::Long(3)))]);
         let converted = convert

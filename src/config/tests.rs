@@ -168,3 +168,15 @@ fn an_authzen_namespace_or_a_tracing_setting_that_cannot_work_is_refused_naming_
     assert_eq!(config.authzen.namespace.as_deref(), Some("Acme::App"));
     assert!((config.tracing.sample_ratio - 0.01).abs() < f64::EPSILON);
 }
+
+#[test]
+fn the_decision_cache_is_on_by_default_may_be_off_and_is_bounded() {
+    let resolve = |text: &str| Config::resolve(None, toml::from_str(text).unwrap());
+    assert_eq!(resolve("").unwrap().limits.decision_cache_entries, 4_096);
+    let off = resolve("[limits]\ndecision_cache_entries = 0").unwrap();
+    assert_eq!(off.limits.decision_cache_entries, 0);
+    match resolve("[limits]\ndecision_cache_entries = 100001") {
+        Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "limits.decision_cache_entries"),
+        other => panic!("{other:?}"),
+    }
+}

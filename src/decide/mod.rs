@@ -707,21 +707,28 @@ fn decide_span(snapshot: &Snapshot) -> tracing::Span {
         policies_evaluated = tracing::field::Empty,
         items = tracing::field::Empty,
         allowed = tracing::field::Empty,
+        reused = tracing::field::Empty,
     )
 }
 
-/// Writes what `decisions` came to on their `span`: for one, its outcome and the policies
-/// that determined it; for many, how many there were and how many allowed; and the
-/// policies evaluated in all.
+/// Writes what `decisions` came to on their `span`: for one, its outcome, the policies
+/// that determined it and whether it came from the decision cache; for many, how many
+/// there were and how many allowed; and the policies evaluated in all.
 fn note_decisions(span: &tracing::Span, decisions: &[Decision]) {
     if span.is_disabled() {
         return;
     }
-    let evaluated: usize = decisions.iter().map(Decision::policies_evaluated).sum();
+    // A decision from the cache evaluated nothing this time.
+    let evaluated: usize = decisions
+        .iter()
+        .filter(|d| !d.reused())
+        .map(Decision::policies_evaluated)
+        .sum();
     span.record("policies_evaluated", evaluated);
     match decisions {
         [one] => {
             span.record("decision", one.effect().label());
+            span.record("reused", one.reused());
             span.record(
                 "determining_policies",
                 one.determining_policies().join(",").as_str(),

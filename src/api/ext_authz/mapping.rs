@@ -20,7 +20,7 @@ use super::rules::{ExtAuthz, PrincipalRule, Source};
 use crate::{
     config::ext_authz::ContextPart,
     decide::{ContextInput, Query, Question, Reason, Refusal},
-    engine::cache::CanonicalBytes,
+    engine::cache::{CanonicalBytes, Encoder},
     proto::{
         codec::UNDECODABLE,
         envoy::{
@@ -301,7 +301,7 @@ pub(super) fn map(
     let cedar_context =
         Context::from_pairs(pairs).map_err(|e| Refusal::invalid("context", e.to_string()))?;
     // The context's canonical bytes let its decision be reused (`engine::cache`).
-    let mut bytes = CanonicalBytes::new();
+    let mut bytes = CanonicalBytes::new(Encoder::ExtAuthz);
     let canonical = Attr::fields_canonical(
         context.iter().map(|(k, v)| (*k, v)),
         context.len(),

@@ -64,7 +64,7 @@ fn engine(capacity: usize) -> Engine {
 fn a_question_asked_again_is_answered_from_the_cache_with_the_same_decision() {
     let dir = tempfile::tempdir().unwrap();
     let snapshot = snapshot(dir.path(), ALICE_READS);
-    let engine = engine(16);
+    let engine = engine(1024);
     let first = engine
         .decide_stored(&snapshot, query("alice", json("")))
         .unwrap();
@@ -99,7 +99,7 @@ fn a_reload_is_never_answered_with_the_last_versions_decision() {
         &format!("{ALICE_READS}@id(\"nobody\")\nforbid(principal, action, resource);\n"),
     );
     assert_ne!(allows.version(), forbids.version());
-    let engine = engine(16);
+    let engine = engine(1024);
     assert!(
         engine
             .decide_stored(&allows, query("alice", json("")))
@@ -124,7 +124,7 @@ fn a_reload_is_never_answered_with_the_last_versions_decision() {
 fn contexts_that_differ_are_different_questions_in_both_forms() {
     let dir = tempfile::tempdir().unwrap();
     let snapshot = snapshot(dir.path(), LEVEL_3_READS);
-    let engine = engine(16);
+    let engine = engine(1024);
     let typed = |level: i64| {
         let context =
             Context::from_json_value(serde_json::json!({ "level": level }), None).unwrap();
@@ -163,7 +163,7 @@ fn contexts_that_differ_are_different_questions_in_both_forms() {
 fn refusals_and_uncanonical_or_large_contexts_are_not_kept() {
     let dir = tempfile::tempdir().unwrap();
     let snapshot = snapshot(dir.path(), LEVEL_3_READS);
-    let engine = engine(16);
+    let engine = engine(1024);
     // The schema refuses a string level, every time.
     for _ in 0..2 {
         let refused = engine.decide_stored(&snapshot, query("bob", json(r#"{"level": "3"}"#)));
@@ -207,7 +207,7 @@ fn a_call_that_sends_entities_is_never_answered_from_the_cache() {
     };
     let dir = tempfile::tempdir().unwrap();
     let snapshot = snapshot(dir.path(), PUBLIC_READS);
-    let decider = Decider::new(engine(16), 10, Telemetry::metrics_only(Metrics::new()));
+    let decider = Decider::new(engine(1024), 10, Telemetry::metrics_only(Metrics::new()));
     let call = decider.start(Api::IsAuthorized, None, None);
     let new_doc = || {
         let mut q = query("bob", json(""));
@@ -252,4 +252,49 @@ fn two_generations_are_kept_and_a_third_version_drops_the_oldest() {
         "the oldest version is dropped"
     );
     assert!(cache.get("v2", &key).is_some() && cache.get("v3", &key).is_some());
+}
+
+#[test]
+fn entries_past_the_byte_bound_are_not_kept_and_encoders_never_share_bytes() {
+    use super::{CanonicalBytes, Encoder, MAX_ENTRY_BYTES};
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = snapshot(dir.path(), ALICE_READS);
+    let engine = engine(1024);
+    // A long principal id: the key alone passes half the bound.
+    let long = "x".repeat(MAX_ENTRY_BYTES);
+    assert!(QuestionKey::of(&query(&long, json(""))).is_none());
+    engine
+        .decide_stored(&snapshot, query(&long, json("")))
+        .unwrap();
+    assert_eq!(engine.cache.len(snapshot.version()), 0);
+    // A decision whose errors quote long text is decided every time too.
+    let erring = "@id(\"reads-level\")\npermit(principal, action, resource) \
+        when { principal.level > 1 };\n\
+        @id(\"writes-level\")\npermit(principal, action, resource) \
+        when { principal.level > 2 };\n";
+    let b = tempfile::tempdir().unwrap();
+    let erring = snapshot_unvalidated(b.path(), erring);
+    let id = "y".repeat(MAX_ENTRY_BYTES / 2 - 100);
+    assert!(
+        QuestionKey::of(&query(&id, json(""))).is_some(),
+        "the key alone fits"
+    );
+    let decision = engine.decide_stored(&erring, query(&id, json(""))).unwrap();
+    assert!(!decision.errors().is_empty());
+    assert_eq!(engine.cache.len(erring.version()), 0);
+    // The same writes from two front ends are two contexts.
+    let write = |encoder| {
+        let mut out = CanonicalBytes::new(encoder);
+        out.tag(1);
+        out.text("abcd");
+        out.finish()
+    };
+    assert_ne!(write(Encoder::Grpc), write(Encoder::ExtAuthz));
+}
+
+/// A snapshot of `policies` without a schema (so that a policy can error on a missing
+/// attribute).
+fn snapshot_unvalidated(dir: &Path, policies: &str) -> Snapshot {
+    std::fs::write(dir.join("policies.cedar"), policies).unwrap();
+    load_dir(dir, &LoadOptions::default()).unwrap().snapshot
 }

@@ -1097,13 +1097,14 @@ fn the_principal_is_not_looked_for_in_a_malformed_check() {
 #[test]
 fn canonical_context_bytes_tell_apart_what_differs() {
     use super::Attr::{self, *};
-    use crate::engine::cache::CanonicalBytes;
+    use crate::engine::cache::{CanonicalBytes, Encoder};
     let bytes = |fields: &[(&str, Attr)]| {
-        let mut out = CanonicalBytes::new();
+        let mut out = CanonicalBytes::new(Encoder::ExtAuthz);
         Attr::fields_canonical(fields.iter().map(|(k, v)| (*k, v)), fields.len(), &mut out)
             .and_then(|()| out.finish())
     };
-    let pairs: [(Vec<(&str, Attr)>, Vec<(&str, Attr)>); 5] = [
+    type Fields<'a> = Vec<(&'a str, Attr)>;
+    let pairs: [(Fields, Fields); 5] = [
         (vec![("a", String("1".into()))], vec![("a", Long(1))]),
         (
             vec![("a", String("10.0.0.1".into()))],

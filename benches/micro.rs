@@ -1,0 +1,177 @@
+//! Micro-benchmarks of the decide step in criterion, the ecosystem's harness: each figure
+//! with a confidence interval, and a comparison with a saved baseline.
+//!
+//! - on the example set: a question decided by Cedar (typed context, JSON context), the
+//!   same question answered from the decision cache (and, apart, the lookup and the
+//!   building of its context), and one that sends an entity;
+//! - on 10,000 tenant policies: a question decided on its slice, and answered from the
+//!   cache.
+//!
+//! Run: `cargo bench --bench micro`; to compare a change, `cargo bench --bench micro --
+//! --save-baseline before` on the old code, then `-- --baseline before` on the new.
+//! Whole-server throughput and latency are `benches/load.rs` and `benches/decision.rs`.
+
+mod support;
+
+use std::{hint::black_box, path::PathBuf};
+
+use cedar_pdp::{
+    engine::{ContextInput, Engine, EngineOptions, EntitiesInput, EntityInput, Query},
+    policy::{LoadOptions, Snapshot, load_dir},
+};
+use cedar_policy::{Context, EntityUid, RestrictedExpression};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+fn uid(text: &str) -> EntityUid {
+    text.parse().expect("a valid uid")
+}
+
+fn load(dir: &std::path::Path) -> Snapshot {
+    load_dir(dir, &LoadOptions::default())
+        .expect("the policies load")
+        .snapshot
+}
+
+/// An engine deciding with the defaults, keeping `cached` decisions (0: none).
+fn engine(cached: usize) -> Engine {
+    Engine::new(EngineOptions {
+        decision_cache_entries: cached,
+        ..EngineOptions::default()
+    })
+}
+
+/// Bob reads the roadmap, with `context`.
+fn bob_reads(context: ContextInput) -> Query {
+    Query {
+        principal: uid(r#"Platform::User::"bob""#),
+        action: uid(r#"Platform::Action::"read""#),
+        resource: uid(r#"Platform::Document::"acme-roadmap-q3""#),
+        context,
+    }
+}
+
+/// The typed context the example set's policies read, with canonical bytes standing for
+/// the values a front end read it from.
+fn typed() -> ContextInput {
+    let context = Context::from_pairs([
+        ("mfa".to_owned(), RestrictedExpression::new_bool(true)),
+        (
+            "source_ip".to_owned(),
+            RestrictedExpression::new_ip("10.1.2.3"),
+        ),
+    ])
+    .unwrap();
+    ContextInput::Canonical(context, b"mfa=true;source_ip=10.1.2.3".as_slice().into())
+}
+
+fn example(c: &mut Criterion) {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"));
+    let snapshot = load(&dir);
+    let mut group = c.benchmark_group("example set");
+    let fresh = engine(0);
+    group.bench_function("typed context, evaluated", |b| {
+        b.iter(|| {
+            let decision = fresh.decide_stored(&snapshot, bob_reads(typed())).unwrap();
+            black_box(decision.allowed())
+        })
+    });
+    group.bench_function("JSON context, evaluated", |b| {
+        b.iter(|| {
+            let json = r#"{"mfa": true, "source_ip": "10.1.2.3"}"#.to_owned();
+            let query = bob_reads(ContextInput::Json(json));
+            black_box(fresh.decide_stored(&snapshot, query).unwrap().allowed())
+        })
+    });
+    let cached = engine(4096);
+    group.bench_function("typed context, reused", |b| {
+        b.iter(|| {
+            let decision = cached.decide_stored(&snapshot, bob_reads(typed())).unwrap();
+            black_box(decision.allowed())
+        })
+    });
+    let asked = bob_reads(typed());
+    cached.decide_stored(&snapshot, asked.clone()).unwrap();
+    group.bench_function("cache lookup alone", |b| {
+        b.iter(|| black_box(cached.kept(&snapshot, &asked).unwrap().allowed()))
+    });
+    group.bench_function("typed context built alone", |b| {
+        b.iter(|| black_box(typed()))
+    });
+    group.bench_function("1 request entity", |b| {
+        b.iter(|| {
+            let visitor = EntityInput {
+                uid: uid(r#"Platform::User::"visitor""#),
+                attrs: vec![
+                    (
+                        "tenant".to_owned(),
+                        RestrictedExpression::new_entity_uid(uid(r#"Platform::Tenant::"acme""#)),
+                    ),
+                    (
+                        "email".to_owned(),
+                        RestrictedExpression::new_string("visitor@acme.example".into()),
+                    ),
+                    (
+                        "suspended".to_owned(),
+                        RestrictedExpression::new_bool(false),
+                    ),
+                    (
+                        "contractor".to_owned(),
+                        RestrictedExpression::new_bool(false),
+                    ),
+                ],
+                parents: vec![uid(r#"Platform::Group::"acme-engineering""#)],
+                tags: vec![],
+            };
+            let query = Query {
+                principal: visitor.uid.clone(),
+                ..bob_reads(typed())
+            };
+            let decided = fresh.decide(&snapshot, EntitiesInput::Typed(vec![visitor]), query);
+            black_box(decided.unwrap().allowed())
+        })
+    });
+    group.finish();
+}
+
+fn tenants(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    support::tenant_dir(dir.path(), 10_000);
+    let snapshot = load(dir.path());
+    let question = || {
+        let query = support::u7_writes_d7();
+        let ContextInput::Value(context) = query.context else {
+            unreachable!("the tenant question's context is typed")
+        };
+        Query {
+            context: ContextInput::Canonical(context, b"level=2".as_slice().into()),
+            ..query
+        }
+    };
+    let mut group = c.benchmark_group("10,000 tenant policies");
+    let fresh = engine(0);
+    group.bench_function("sliced, evaluated", |b| {
+        b.iter(|| {
+            black_box(
+                fresh
+                    .decide_stored(&snapshot, question())
+                    .unwrap()
+                    .allowed(),
+            )
+        })
+    });
+    let cached = engine(4096);
+    group.bench_function("reused", |b| {
+        b.iter(|| {
+            black_box(
+                cached
+                    .decide_stored(&snapshot, question())
+                    .unwrap()
+                    .allowed(),
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, example, tenants);
+criterion_main!(benches);
