@@ -284,6 +284,7 @@ impl Pending {
             ContextInput::Json(json) => json.len(),
             ContextInput::Value(_) => 0,
             ContextInput::Canonical(_, bytes) => bytes.len(),
+            ContextInput::Deferred(deferred) => deferred.bytes().len(),
         };
         self.job.items.push(Item {
             item,

@@ -153,6 +153,9 @@ impl QuestionKey {
             ContextInput::Canonical(_, bytes) if bytes.len() <= MAX_CONTEXT_KEY_BYTES => {
                 ContextKey::Typed(bytes.clone())
             }
+            ContextInput::Deferred(deferred) if deferred.bytes().len() <= MAX_CONTEXT_KEY_BYTES => {
+                ContextKey::Typed(deferred.bytes().into())
+            }
             ContextInput::Value(context) if *context == Context::empty() => {
                 ContextKey::Typed(Box::default())
             }

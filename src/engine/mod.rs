@@ -119,6 +119,48 @@ pub enum ContextInput {
     Canonical(Context, Box<[u8]>),
     /// Cedar JSON; with a schema, `__entity`/`__extn` escapes may be left implicit.
     Json(String),
+    /// Typed values with their canonical bytes, turned into a Cedar context only when
+    /// evaluating needs it: a decision found in the cache ([`cache`]) needs none (its
+    /// bytes converted before, and converting is a function of them).
+    Deferred(DeferredContext),
+}
+
+/// A context built on first need (see [`ContextInput::Deferred`]).
+#[derive(Clone)]
+pub struct DeferredContext {
+    bytes: Box<[u8]>,
+    build: std::sync::Arc<dyn Fn() -> Result<Context, Refusal> + Send + Sync>,
+}
+
+impl DeferredContext {
+    /// A context with canonical `bytes`, built by `build` (its refusal names the field).
+    pub fn new(
+        bytes: Box<[u8]>,
+        build: impl Fn() -> Result<Context, Refusal> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            bytes,
+            build: std::sync::Arc::new(build),
+        }
+    }
+
+    /// Its canonical bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The Cedar context.
+    pub fn build(&self) -> Result<Context, Refusal> {
+        (self.build)()
+    }
+}
+
+impl std::fmt::Debug for DeferredContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeferredContext")
+            .field("bytes", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// One authorization question.

@@ -20,6 +20,7 @@ pub(super) fn build(
     } = query;
     let (context, field) = match context {
         ContextInput::Value(context) | ContextInput::Canonical(context, _) => (context, "context"),
+        ContextInput::Deferred(deferred) => (deferred.build()?, "context"),
         ContextInput::Json(json) => (
             context_from_json(&json, &action, schema, options)?,
             "context_json",

@@ -20,6 +20,7 @@ use super::rules::{ExtAuthz, PrincipalRule, Source};
 use crate::{
     config::ext_authz::ContextPart,
     decide::{ContextInput, Query, Question, Reason, Refusal},
+    engine::DeferredContext,
     engine::cache::{CanonicalBytes, Encoder},
     proto::{
         codec::UNDECODABLE,
@@ -293,14 +294,9 @@ pub(super) fn map(
             ContextPart::Headers | ContextPart::Claims => {}
         }
     }
-    let pairs = context
-        .iter()
-        .map(|(k, v)| Ok(((*k).to_owned(), v.expr()?)))
-        .collect::<Result<Vec<_>, String>>()
-        .map_err(|e| Refusal::invalid("context", e))?;
-    let cedar_context =
-        Context::from_pairs(pairs).map_err(|e| Refusal::invalid("context", e.to_string()))?;
-    // The context's canonical bytes let its decision be reused (`engine::cache`).
+    // The context's canonical bytes let its decision be reused (`engine::cache`); with
+    // them, the Cedar context (whose extension values cost the most of a check's mapping)
+    // is built only if the decision is not found.
     let mut bytes = CanonicalBytes::new(Encoder::ExtAuthz);
     let canonical = Attr::fields_canonical(
         context.iter().map(|(k, v)| (*k, v)),
@@ -309,8 +305,11 @@ pub(super) fn map(
     )
     .and_then(|()| bytes.finish());
     let context_input = match canonical {
-        Some(bytes) => ContextInput::Canonical(cedar_context, bytes),
-        None => ContextInput::Value(cedar_context),
+        Some(bytes) => {
+            let attrs = context.clone();
+            ContextInput::Deferred(DeferredContext::new(bytes, move || cedar_context(&attrs)))
+        }
+        None => ContextInput::Value(cedar_context(&context)?),
     };
     Ok(Mapped {
         query: Query {
@@ -321,6 +320,16 @@ pub(super) fn map(
         },
         context,
     })
+}
+
+/// The Cedar context of the mapped values.
+fn cedar_context(context: &[(&'static str, Attr)]) -> Result<Context, Refusal> {
+    let pairs = context
+        .iter()
+        .map(|(k, v)| Ok(((*k).to_owned(), v.expr()?)))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| Refusal::invalid("context", e))?;
+    Context::from_pairs(pairs).map_err(|e| Refusal::invalid("context", e.to_string()))
 }
 
 fn uid(entity_type: &EntityTypeName, id: String) -> EntityUid {
