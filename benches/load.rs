@@ -14,8 +14,8 @@
 //!   document the store does not hold), as one batch and one call each.
 //!
 //! Then latency against load on the 10,000-policy set: the rotating calls sent at a fixed
-//! rate (an open loop), at a tenth and at nine tenths of the rate the closed loop reached;
-//! the p99 at nine tenths against the p50 at a tenth.
+//! rate (an open loop), at 10%, 50%, 75% and 90% of the rate the closed loop reached; the
+//! p99 at each against the p50 at 10%.
 //!
 //! Then a flood: 8 times as many `IsAuthorized` calls in flight, against a server with the
 //! default `max_concurrent_calls` of 1000 (nothing is shed) and one whose limit is 64: the
@@ -350,6 +350,8 @@ fn main() {
         )
     };
     let light = paced(0.1, seconds);
+    let half = paced(0.5, seconds);
+    let three_quarters = paced(0.75, seconds);
     let heavy = paced(0.9, seconds);
     let mut outcomes = interleave(seconds, &[&flood_default, &flood_limited]).into_iter();
     let (flood_default, flood_limited) = (outcomes.next().unwrap(), outcomes.next().unwrap());
@@ -376,6 +378,8 @@ fn main() {
         ("Batch, context + entities", &shared_batch),
         ("its items one a call", &shared_unary),
         ("rotating, paced at 10% of its rate", &light),
+        ("rotating, paced at 50% of its rate", &half),
+        ("rotating, paced at 75% of its rate", &three_quarters),
         ("rotating, paced at 90% of its rate", &heavy),
         ("IsAuthorized flood, limit 1000", &flood_default),
         (limited.as_str(), &flood_limited),
@@ -410,9 +414,12 @@ fn main() {
         rate(shared_batch.decisions, &shared_batch) / rate(shared_unary.decisions, &shared_unary)
     );
     let p99 = |o: &Outcome| at(&o.latencies, 0.99).as_secs_f64();
+    let low = at(&light.latencies, 0.5).as_secs_f64();
     println!(
-        "paced, {LARGE} policies: p99 at 90% of the rate / p50 at 10% = {:.2}",
-        p99(&heavy) / at(&light.latencies, 0.5).as_secs_f64()
+        "paced, {LARGE} policies: p99 / p50 at 10% of the rate: at 50% {:.2}, at 75% {:.2}, at 90% {:.2}",
+        p99(&half) / low,
+        p99(&three_quarters) / low,
+        p99(&heavy) / low
     );
     println!(
         "flood: p99 of answered calls with limit {FLOOD_LIMIT} / with limit 1000 = {:.2}; shed {:.0}% of calls",

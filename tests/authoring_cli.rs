@@ -88,19 +88,6 @@ fn path_arg(path: &Path) -> &str {
 // Scratch copies of the example directory
 // ---------------------------------------------------------------------------------------
 
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 /// A copy of `policies/` (with its `tests/`) in a fresh temp dir, at `<tmp>/policies`.
 struct Scratch {
     _tmp: tempfile::TempDir,
@@ -111,7 +98,7 @@ impl Scratch {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("policies");
-        copy_dir(Path::new(EXAMPLE_POLICIES), &dir);
+        common::copy_dir(Path::new(EXAMPLE_POLICIES), &dir);
         Scratch { _tmp: tmp, dir }
     }
 

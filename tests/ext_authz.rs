@@ -1477,3 +1477,50 @@ async fn upstream_headers_are_filled_in_and_a_control_character_denies() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_check_answered_from_the_cache_follows_a_reload_that_changes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&example_policies(), dir.path());
+    let server = TestServer::start_with(Config {
+        policies: dir.path().to_owned(),
+        ..docs_config()
+    })
+    .await;
+    let mut client = ext_client(&server).await;
+    for _ in 0..5 {
+        assert_allowed(&send(&mut client, bob_reads("c-1")).await, "bob reads");
+    }
+    let reused = |text: &str| {
+        metric(text, "cedar_pdp_decisions_reused_total{api=\"ext_authz\"}")
+            .expect("the reuse counter is exported")
+    };
+    assert_eq!(
+        reused(&server.metrics_text().await),
+        4.0,
+        "all but the first reused"
+    );
+
+    std::fs::write(
+        dir.path().join("zz-no-bob.cedar"),
+        "@id(\"no-bob\")\nforbid(principal == Platform::User::\"bob\", action, resource);\n",
+    )
+    .unwrap();
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the forbid to be served",
+        || {
+            let mut client = client.clone();
+            async move {
+                let response = send(&mut client, bob_reads("c-1")).await;
+                (code(&response) != 0).then_some(())
+            }
+        },
+    )
+    .await;
+    for _ in 0..3 {
+        let response = send(&mut client, bob_reads("c-1")).await;
+        assert_forbidden(&response, "bob reads after the forbid");
+    }
+    server.stop().await;
+}

@@ -15,6 +15,7 @@ pub mod rules;
 
 use std::{panic::AssertUnwindSafe, sync::Arc};
 
+use cedar_policy::EntityUid;
 use futures_util::FutureExt as _;
 
 use prost::Message as _;
@@ -28,7 +29,10 @@ use super::{
     admission::Overloaded, authorizer::LIGHT_MESSAGE_BYTES, callers::CallerPolicy, request_id,
 };
 use crate::{
-    decide::{Api, Call, Decider, EntitiesInput, PoolError, Reason, Refusal, RequestId},
+    decide::{
+        Api, Call, Decider, Decision, EntitiesInput, Kept, PoolError, Question, Reason, Refusal,
+        RequestId,
+    },
     policy::{PolicyStore, Snapshot},
     proto::envoy::{
         config::core::v3::HeaderValueOption,
@@ -36,6 +40,20 @@ use crate::{
     },
     telemetry::trace,
 };
+
+/// Largest check whose decision is looked up on the async worker before it goes to a
+/// decide thread: mapping it takes a few microseconds at most.
+const KEPT_LOOKUP_BYTES: usize = 8 * 1024;
+
+/// A check mapped to its question, with what its answer names and the upstream headers an
+/// allow carries.
+struct Ready {
+    question: Question,
+    principal: EntityUid,
+    action: String,
+    resource: String,
+    headers: Vec<HeaderValueOption>,
+}
 
 /// The service name callers are refused for.
 const SERVICE: &str = "envoy.service.auth.v3.Authorization";
@@ -68,15 +86,28 @@ impl ExtAuthzService {
         }
     }
 
-    /// Decides one admitted check; every outcome is a response.
-    fn check(&self, call: &Call, check: &CheckRequest) -> CheckResponse {
-        let snapshot = self.store.current();
+    /// Decides one admitted check on `snapshot`; every outcome is a response.
+    fn check(&self, call: &Call, snapshot: &Snapshot, check: &CheckRequest) -> CheckResponse {
+        match self.prepare(call, snapshot, check) {
+            Ok(ready) => self.decide(call, snapshot, ready),
+            Err(answer) => *answer,
+        }
+    }
+
+    /// Maps a check to its question and fills in the upstream headers an allow carries;
+    /// a check that cannot be asked is answered (and reported) here.
+    fn prepare(
+        &self,
+        call: &Call,
+        snapshot: &Snapshot,
+        check: &CheckRequest,
+    ) -> Result<Ready, Box<CheckResponse>> {
         let version = Some(snapshot.version());
         let question = match mapping::map(&self.rules, check, self.max_value_depth) {
             Ok(mapped) => mapped.into_question(self.decider.recorded_keys()),
             Err(refusal) => {
-                self.decider.refuse(call, &snapshot, &refusal, None);
-                return response::refused(&refusal, version);
+                self.decider.refuse(call, snapshot, &refusal, None);
+                return Err(Box::new(response::refused(&refusal, version)));
             }
         };
         let (principal, action, resource) = (
@@ -96,17 +127,95 @@ impl ExtAuthzService {
             Ok(headers) => headers,
             Err(refusal) => {
                 self.decider
-                    .refuse(call, &snapshot, &refusal, Some(question));
-                return response::refused(&refusal, version);
+                    .refuse(call, snapshot, &refusal, Some(question));
+                return Err(Box::new(response::refused(&refusal, version)));
             }
         };
-        match self
+        Ok(Ready {
+            question,
+            principal,
+            action,
+            resource,
+            headers,
+        })
+    }
+
+    /// The answer to a prepared check, decided on `snapshot`.
+    fn decide(&self, call: &Call, snapshot: &Snapshot, ready: Ready) -> CheckResponse {
+        let Ready {
+            question,
+            principal,
+            action,
+            resource,
+            headers,
+        } = ready;
+        let decided = self
             .decider
-            .decide(call, &snapshot, EntitiesInput::None, question)
-        {
+            .decide(call, snapshot, EntitiesInput::None, question);
+        self.answer_with(snapshot, decided, &principal, &action, &resource, headers)
+    }
+
+    /// The response for what deciding a prepared check came to.
+    fn answer_with(
+        &self,
+        snapshot: &Snapshot,
+        decided: Result<Decision, Refusal>,
+        principal: &EntityUid,
+        action: &str,
+        resource: &str,
+        headers: Vec<HeaderValueOption>,
+    ) -> CheckResponse {
+        let names = Names {
+            principal,
+            action,
+            resource,
+            version: snapshot.version(),
+        };
+        match decided {
             Ok(decision) => response::decided(&decision, &names, headers),
-            Err(refusal) => response::refused(&refusal, version),
+            Err(refusal) => response::refused(&refusal, Some(snapshot.version())),
         }
+    }
+
+    /// Answers a small check on this async worker when its decision is kept
+    /// ([`Decider::decide_if_kept`]): mapping it and a lookup, no evaluation, cost less
+    /// than the hand-over to a decide thread. Otherwise the prepared check, for the decide
+    /// threads. A panic here is a deny, as on the decide threads.
+    fn answer_if_kept(
+        &self,
+        call: &Call,
+        snapshot: &Snapshot,
+        check: &CheckRequest,
+    ) -> Result<CheckResponse, Box<Ready>> {
+        let tried = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let ready = match self.prepare(call, snapshot, check) {
+                Ok(ready) => ready,
+                Err(answer) => return Ok(*answer),
+            };
+            let Ready {
+                question,
+                principal,
+                action,
+                resource,
+                headers,
+            } = ready;
+            match self.decider.decide_if_kept(call, snapshot, question) {
+                Kept::Answered(decided) => Ok(
+                    self.answer_with(snapshot, decided, &principal, &action, &resource, headers)
+                ),
+                Kept::No(question) => Err(Box::new(Ready {
+                    question: *question,
+                    principal,
+                    action,
+                    resource,
+                    headers,
+                })),
+            }
+        }));
+        tried.unwrap_or_else(|_| {
+            let refusal = self.decider.failed(call, PoolError::Panicked);
+            Ok(response::refused(&refusal, Some(snapshot.version())))
+        })
     }
 
     /// The configured upstream headers, filled in; a value that would not be a valid
@@ -223,12 +332,25 @@ impl ExtAuthzService {
         let size = request.get_ref().encoded_len();
         call.weighs(size);
         let heavy = size > LIGHT_MESSAGE_BYTES;
+        let snapshot = self.store.current();
+        let ready = if !heavy && size <= KEPT_LOOKUP_BYTES && self.decider.keeps_decisions() {
+            let tried = span.in_scope(|| self.answer_if_kept(&call, &snapshot, request.get_ref()));
+            match tried {
+                Ok(answer) => return response::stamped(answer, call.decision_id()),
+                Err(ready) => Some(ready),
+            }
+        } else {
+            None
+        };
         let (this, decided) = (self.clone(), call.clone());
         let answer = self
             .decider
             .off_workers(heavy, move || {
                 let _in_span = span.enter();
-                this.check(&decided, request.get_ref())
+                match ready {
+                    Some(ready) => this.decide(&decided, &snapshot, *ready),
+                    None => this.check(&decided, &snapshot, request.get_ref()),
+                }
             })
             .await
             .unwrap_or_else(|error| {
