@@ -12,7 +12,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use cedar_pdp::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use cedar_pdp::{
-    engine::{ContextInput, Engine, EngineOptions, EntitiesInput, EntityInput, Query},
+    engine::{ContextInput, Engine, EngineOptions, EntitiesInput, Query},
     policy::{LoadOptions, PolicyStore},
 };
 use cedar_policy::{Context, EntityUid, RestrictedExpression};
@@ -73,29 +73,7 @@ fn main() {
     results.push((
         "engine, 1 request entity",
         measure(iterations, || {
-            let bob = EntityInput {
-                uid: uid(r#"Platform::User::"bob""#),
-                attrs: vec![
-                    (
-                        "tenant".to_owned(),
-                        RestrictedExpression::new_entity_uid(uid(r#"Platform::Tenant::"acme""#)),
-                    ),
-                    (
-                        "email".to_owned(),
-                        RestrictedExpression::new_string("bob@acme.example".into()),
-                    ),
-                    (
-                        "suspended".to_owned(),
-                        RestrictedExpression::new_bool(false),
-                    ),
-                    (
-                        "contractor".to_owned(),
-                        RestrictedExpression::new_bool(false),
-                    ),
-                ],
-                parents: vec![uid(r#"Platform::Group::"acme-engineering""#)],
-                tags: vec![],
-            };
+            let bob = acme_user("bob");
             decide(
                 EntitiesInput::Typed(vec![bob]),
                 ContextInput::Value(typed_context()),

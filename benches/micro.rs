@@ -16,7 +16,7 @@ mod support;
 use std::{hint::black_box, path::PathBuf};
 
 use cedar_pdp::{
-    engine::{ContextInput, Engine, EngineOptions, EntitiesInput, EntityInput, Query},
+    engine::{ContextInput, Engine, EngineOptions, EntitiesInput, Query},
     policy::{LoadOptions, Snapshot, load_dir},
 };
 use cedar_policy::{Context, EntityUid, RestrictedExpression};
@@ -99,29 +99,7 @@ fn example(c: &mut Criterion) {
     });
     group.bench_function("1 request entity", |b| {
         b.iter(|| {
-            let visitor = EntityInput {
-                uid: uid(r#"Platform::User::"visitor""#),
-                attrs: vec![
-                    (
-                        "tenant".to_owned(),
-                        RestrictedExpression::new_entity_uid(uid(r#"Platform::Tenant::"acme""#)),
-                    ),
-                    (
-                        "email".to_owned(),
-                        RestrictedExpression::new_string("visitor@acme.example".into()),
-                    ),
-                    (
-                        "suspended".to_owned(),
-                        RestrictedExpression::new_bool(false),
-                    ),
-                    (
-                        "contractor".to_owned(),
-                        RestrictedExpression::new_bool(false),
-                    ),
-                ],
-                parents: vec![uid(r#"Platform::Group::"acme-engineering""#)],
-                tags: vec![],
-            };
+            let visitor = support::acme_user("visitor");
             let query = Query {
                 principal: visitor.uid.clone(),
                 ..bob_reads(typed())

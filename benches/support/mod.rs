@@ -283,6 +283,36 @@ pub fn check_request(
     }
 }
 
+/// User `id` of tenant acme in group acme-engineering, as a call sends it (the attributes
+/// the example schema gives users).
+pub fn acme_user(id: &str) -> cedar_pdp::engine::EntityInput {
+    use cedar_policy::{EntityUid, RestrictedExpression};
+    let uid = |text: &str| text.parse::<EntityUid>().expect("a valid uid");
+    cedar_pdp::engine::EntityInput {
+        uid: uid(&format!(r#"Platform::User::"{id}""#)),
+        attrs: vec![
+            (
+                "tenant".to_owned(),
+                RestrictedExpression::new_entity_uid(uid(r#"Platform::Tenant::"acme""#)),
+            ),
+            (
+                "email".to_owned(),
+                RestrictedExpression::new_string(format!("{id}@acme.example")),
+            ),
+            (
+                "suspended".to_owned(),
+                RestrictedExpression::new_bool(false),
+            ),
+            (
+                "contractor".to_owned(),
+                RestrictedExpression::new_bool(false),
+            ),
+        ],
+        parents: vec![uid(r#"Platform::Group::"acme-engineering""#)],
+        tags: vec![],
+    }
+}
+
 /// The configuration the benchmarks serve `dir` with: the defaults, audit log off.
 pub fn config(dir: &Path) -> Config {
     let mut config = Config {

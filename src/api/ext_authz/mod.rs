@@ -45,14 +45,33 @@ use crate::{
 /// decide thread: mapping it takes a few microseconds at most.
 const KEPT_LOOKUP_BYTES: usize = 8 * 1024;
 
-/// A check mapped to its question, with what its answer names and the upstream headers an
-/// allow carries.
-struct Ready {
-    question: Question,
+/// What the answer to a mapped check names, and the upstream headers an allow carries.
+struct Answering {
     principal: EntityUid,
     action: String,
     resource: String,
     headers: Vec<HeaderValueOption>,
+}
+
+impl Answering {
+    /// The names the answer and the upstream headers are made of, on `snapshot`.
+    fn names<'a>(&'a self, snapshot: &'a Snapshot) -> Names<'a> {
+        Names {
+            principal: &self.principal,
+            action: &self.action,
+            resource: &self.resource,
+            version: snapshot.version(),
+        }
+    }
+
+    /// The response for what deciding the check on `snapshot` came to.
+    fn answer(mut self, snapshot: &Snapshot, decided: Result<Decision, Refusal>) -> CheckResponse {
+        let headers = std::mem::take(&mut self.headers);
+        match decided {
+            Ok(decision) => response::decided(&decision, &self.names(snapshot), headers),
+            Err(refusal) => response::refused(&refusal, Some(snapshot.version())),
+        }
+    }
 }
 
 /// The service name callers are refused for.
@@ -89,7 +108,7 @@ impl ExtAuthzService {
     /// Decides one admitted check on `snapshot`; every outcome is a response.
     fn check(&self, call: &Call, snapshot: &Snapshot, check: &CheckRequest) -> CheckResponse {
         match self.prepare(call, snapshot, check) {
-            Ok(ready) => self.decide(call, snapshot, ready),
+            Ok((question, answering)) => self.decide(call, snapshot, question, answering),
             Err(answer) => *answer,
         }
     }
@@ -101,7 +120,7 @@ impl ExtAuthzService {
         call: &Call,
         snapshot: &Snapshot,
         check: &CheckRequest,
-    ) -> Result<Ready, Box<CheckResponse>> {
+    ) -> Result<(Question, Answering), Box<CheckResponse>> {
         let version = Some(snapshot.version());
         let question = match mapping::map(&self.rules, check, self.max_value_depth) {
             Ok(mapped) => mapped.into_question(self.decider.recorded_keys()),
@@ -110,71 +129,37 @@ impl ExtAuthzService {
                 return Err(Box::new(response::refused(&refusal, version)));
             }
         };
-        let (principal, action, resource) = (
-            question.query.principal.clone(),
-            question.query.action.to_string(),
-            question.query.resource.to_string(),
-        );
-        let names = Names {
-            principal: &principal,
-            action: &action,
-            resource: &resource,
-            version: snapshot.version(),
+        let mut answering = Answering {
+            principal: question.query.principal.clone(),
+            action: question.query.action.to_string(),
+            resource: question.query.resource.to_string(),
+            headers: Vec::new(),
         };
         // Filled in before deciding, so that a check whose allow could not be sent on is
         // refused (and recorded as refused), never recorded as an allow and sent as a deny.
-        let headers = match self.upstream_headers(&names) {
-            Ok(headers) => headers,
+        match self.upstream_headers(&answering.names(snapshot)) {
+            Ok(headers) => answering.headers = headers,
             Err(refusal) => {
                 self.decider
                     .refuse(call, snapshot, &refusal, Some(question));
                 return Err(Box::new(response::refused(&refusal, version)));
             }
-        };
-        Ok(Ready {
-            question,
-            principal,
-            action,
-            resource,
-            headers,
-        })
+        }
+        Ok((question, answering))
     }
 
     /// The answer to a prepared check, decided on `snapshot`.
-    fn decide(&self, call: &Call, snapshot: &Snapshot, ready: Ready) -> CheckResponse {
-        let Ready {
-            question,
-            principal,
-            action,
-            resource,
-            headers,
-        } = ready;
+    fn decide(
+        &self,
+        call: &Call,
+        snapshot: &Snapshot,
+        question: Question,
+        answering: Answering,
+    ) -> CheckResponse {
         let decided = self
             .decider
             .decide(call, snapshot, EntitiesInput::None, question);
-        self.answer_with(snapshot, decided, &principal, &action, &resource, headers)
-    }
-
-    /// The response for what deciding a prepared check came to.
-    fn answer_with(
-        &self,
-        snapshot: &Snapshot,
-        decided: Result<Decision, Refusal>,
-        principal: &EntityUid,
-        action: &str,
-        resource: &str,
-        headers: Vec<HeaderValueOption>,
-    ) -> CheckResponse {
-        let names = Names {
-            principal,
-            action,
-            resource,
-            version: snapshot.version(),
-        };
-        match decided {
-            Ok(decision) => response::decided(&decision, &names, headers),
-            Err(refusal) => response::refused(&refusal, Some(snapshot.version())),
-        }
+        answering.answer(snapshot, decided)
     }
 
     /// Answers a small check on this async worker when its decision is kept
@@ -186,30 +171,15 @@ impl ExtAuthzService {
         call: &Call,
         snapshot: &Snapshot,
         check: &CheckRequest,
-    ) -> Result<CheckResponse, Box<Ready>> {
+    ) -> Result<CheckResponse, Box<(Question, Answering)>> {
         let tried = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let ready = match self.prepare(call, snapshot, check) {
-                Ok(ready) => ready,
+            let (question, answering) = match self.prepare(call, snapshot, check) {
+                Ok(prepared) => prepared,
                 Err(answer) => return Ok(*answer),
             };
-            let Ready {
-                question,
-                principal,
-                action,
-                resource,
-                headers,
-            } = ready;
             match self.decider.decide_if_kept(call, snapshot, question) {
-                Kept::Answered(decided) => Ok(
-                    self.answer_with(snapshot, decided, &principal, &action, &resource, headers)
-                ),
-                Kept::No(question) => Err(Box::new(Ready {
-                    question: *question,
-                    principal,
-                    action,
-                    resource,
-                    headers,
-                })),
+                Kept::Answered(decided) => Ok(answering.answer(snapshot, decided)),
+                Kept::No(question) => Err(Box::new((*question, answering))),
             }
         }));
         tried.unwrap_or_else(|_| {
@@ -348,7 +318,10 @@ impl ExtAuthzService {
             .off_workers(heavy, move || {
                 let _in_span = span.enter();
                 match ready {
-                    Some(ready) => this.decide(&decided, &snapshot, *ready),
+                    Some(ready) => {
+                        let (question, answering) = *ready;
+                        this.decide(&decided, &snapshot, question, answering)
+                    }
                     None => this.check(&decided, &snapshot, request.get_ref()),
                 }
             })
