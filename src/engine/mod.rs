@@ -23,6 +23,11 @@ mod refusal;
 mod request;
 pub mod slice;
 
+/// The tests' seeded random numbers (shared with the integration tests).
+#[cfg(test)]
+#[path = "../../tests/common/rng.rs"]
+mod rng;
+
 use std::borrow::Cow;
 
 use cedar_policy::{

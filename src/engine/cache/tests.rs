@@ -298,3 +298,80 @@ fn snapshot_unvalidated(dir: &Path, policies: &str) -> Snapshot {
     std::fs::write(dir.join("policies.cedar"), policies).unwrap();
     load_dir(dir, &LoadOptions::default()).unwrap().snapshot
 }
+
+/// Random questions on the example set, each asked several times in a random order
+/// through a caching engine, across two versions of the set (the second forbids more):
+/// every answer, from the cache or not, is the one an engine without a cache gives.
+#[test]
+fn cached_answers_are_what_evaluating_gives_across_versions() {
+    let example = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"));
+    let first = load_dir(example, &LoadOptions::default()).unwrap().snapshot;
+    let scratch = tempfile::tempdir().unwrap();
+    let copy = scratch.path().join("policies");
+    let copied = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(example)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::write(
+        copy.join("zz-more.cedar"),
+        "@id(\"no-mfa-no-write\")\nforbid(principal, action == Platform::Action::\"write\", resource) \
+         unless { context has mfa && context.mfa };\n\
+         @id(\"carol-out\")\nforbid(principal == Platform::User::\"carol\", action, resource);\n",
+    )
+    .unwrap();
+    let second = load_dir(&copy, &LoadOptions::default()).unwrap().snapshot;
+    assert_ne!(first.version(), second.version());
+
+    let users = ["alice", "bob", "carol", "dave", "mallory", "nobody"];
+    let actions = ["read", "list", "write", "share", "delete"];
+    let documents = [
+        "acme-roadmap-q3",
+        "acme-board-minutes",
+        "acme-carol-notes",
+        "globex-salaries",
+        "none",
+    ];
+    let contexts = [
+        "",
+        r#"{"mfa": true}"#,
+        r#"{"mfa": false}"#,
+        r#"{"mfa": true, "source_ip": "10.1.2.3"}"#,
+        r#"{"mfa": "yes"}"#,
+        r#"{"risk_score": "0.7"}"#,
+    ];
+    let mut rng = crate::engine::rng::Rng::new(24);
+    let questions: Vec<Query> = (0..300)
+        .map(|_| Query {
+            principal: uid(&format!("Platform::User::\"{}\"", rng.choose(&users))),
+            action: uid(&format!("Platform::Action::\"{}\"", rng.choose(&actions))),
+            resource: uid(&format!(
+                "Platform::Document::\"{}\"",
+                rng.choose(&documents)
+            )),
+            context: json(rng.choose(&contexts)),
+        })
+        .collect();
+    let cached = engine(64);
+    let fresh = engine(0);
+    let mut reused = 0;
+    for _ in 0..2000 {
+        let snapshot = if rng.chance(50) { &first } else { &second };
+        let query = rng.pick(&questions).clone();
+        let want = fresh.decide_stored(snapshot, query.clone());
+        let got = cached.decide_stored(snapshot, query.clone());
+        match (&want, &got) {
+            (Ok(want), Ok(got)) => {
+                assert_eq!(got, want, "{query:?} on {}", snapshot.version());
+                assert_eq!(got.allowed(), want.allowed());
+                reused += usize::from(got.reused());
+            }
+            (Err(want), Err(got)) => assert_eq!(got.to_string(), want.to_string()),
+            _ => panic!("{query:?}: {want:?} against {got:?}"),
+        }
+    }
+    // The run did exercise the cache (and its bound: 64 < the questions asked).
+    assert!(reused > 200, "{reused} reused");
+}

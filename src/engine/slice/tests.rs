@@ -8,9 +8,7 @@ use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicySet, Request,
 use super::{Slice, Slicer};
 use crate::policy::PolicyIndex;
 
-#[path = "../../../tests/common/rng.rs"]
-mod rng;
-use rng::Rng;
+use crate::engine::rng::Rng;
 
 /// Users in groups three levels deep, documents in nested folders, and actions in two
 /// levels of action groups.
