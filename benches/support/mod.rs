@@ -412,6 +412,54 @@ pub fn memory(pid: u32) -> (f64, f64) {
 }
 
 /// The allocator the server binary runs with (src/main.rs), so that benchmarks measure
-/// what is deployed.
+/// what is deployed; it counts the bytes it holds only while [`held_by`] asks.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: Counted = Counted;
+
+/// mimalloc, counting what it holds while [`COUNTING`] is set (a read of a flag no
+/// thread writes otherwise: nothing a timed benchmark would notice).
+struct Counted;
+
+/// Whether allocations are counted now.
+static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Bytes allocated and not freed while counting.
+static HELD: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+// SAFETY: every call goes to mimalloc unchanged; only a count is kept beside.
+unsafe impl std::alloc::GlobalAlloc for Counted {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count(layout.size() as isize);
+        // SAFETY: the caller's layout, as mimalloc requires.
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        count(-(layout.size() as isize));
+        // SAFETY: `ptr` came from `alloc` with this layout.
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        count(size as isize - layout.size() as isize);
+        // SAFETY: `ptr` came from `alloc` with this layout.
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, size) }
+    }
+}
+
+fn count(bytes: isize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if COUNTING.load(Relaxed) {
+        HELD.fetch_add(bytes, Relaxed);
+    }
+}
+
+/// What `make` returns, and the MiB of heap it holds (allocated while making it, not
+/// freed by then). Count one thing at a time.
+pub fn held_by<T>(make: impl FnOnce() -> T) -> (T, f64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    HELD.store(0, Relaxed);
+    COUNTING.store(true, Relaxed);
+    let made = make();
+    COUNTING.store(false, Relaxed);
+    (made, HELD.load(Relaxed) as f64 / (1024.0 * 1024.0))
+}
