@@ -8,8 +8,10 @@ use serde_json::{Map, Value as Json};
 
 use crate::{
     config::Limits,
-    decide::{ContextInput, EntitiesInput, EntityInput, Query, Refusal},
-    engine::cache::{CanonicalBytes, Encoder, MAX_CONTEXT_KEY_BYTES},
+    decide::{
+        CanonicalBytes, ContextInput, Encoder, EntitiesInput, EntityInput, MAX_CONTEXT_KEY_BYTES,
+        Query, Refusal,
+    },
     policy::describe,
     proto::cedarpdp::v1 as pb,
 };

@@ -26,8 +26,9 @@ pub use self::{
     shadow::Shadow,
 };
 pub use crate::engine::{
-    ContextInput, Decision, Effect, EntitiesInput, EntityInput, PolicyError, Query, Refusal,
-    RequestEntities,
+    ContextInput, Decision, DeferredContext, Effect, EntitiesInput, EntityInput, PolicyError,
+    Query, Refusal, RequestEntities,
+    cache::{CanonicalBytes, Encoder, MAX_CONTEXT_KEY_BYTES},
 };
 pub use crate::telemetry::metrics::{Api, Reason};
 use crate::{

@@ -19,9 +19,9 @@ use serde_json::{Map, Value as Json};
 use super::rules::{ExtAuthz, PrincipalRule, Source};
 use crate::{
     config::ext_authz::ContextPart,
-    decide::{ContextInput, Query, Question, Reason, Refusal},
-    engine::DeferredContext,
-    engine::cache::{CanonicalBytes, Encoder},
+    decide::{
+        CanonicalBytes, ContextInput, DeferredContext, Encoder, Query, Question, Reason, Refusal,
+    },
     proto::{
         codec::UNDECODABLE,
         envoy::{

@@ -1097,7 +1097,7 @@ fn the_principal_is_not_looked_for_in_a_malformed_check() {
 #[test]
 fn canonical_context_bytes_tell_apart_what_differs() {
     use super::Attr::{self, *};
-    use crate::engine::cache::{CanonicalBytes, Encoder};
+    use crate::decide::{CanonicalBytes, Encoder};
     let bytes = |fields: &[(&str, Attr)]| {
         let mut out = CanonicalBytes::new(Encoder::ExtAuthz);
         Attr::fields_canonical(fields.iter().map(|(k, v)| (*k, v)), fields.len(), &mut out)
