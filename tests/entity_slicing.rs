@@ -255,18 +255,21 @@ fn query(rng: &mut Rng) -> Query {
 
 #[test]
 fn a_call_merged_over_its_slice_of_the_store_decides_as_over_the_whole_store() {
-    let engine = |slice_entities_over| {
-        // Calls here replace stored entities too, the merge's hardest case.
+    use cedar_pdp::config::RequestEntities;
+    let engine = |slice_entities_over, request_entities| {
         Engine::new(EngineOptions {
             slice_entities_over,
             validate_requests: false,
-            request_entities: cedar_pdp::config::RequestEntities::Replace,
+            request_entities,
             ..EngineOptions::default()
         })
     };
-    let (sliced, whole) = (engine(0), engine(usize::MAX));
     let (mut decisions, mut allowed, mut errored) = (0usize, 0usize, 0usize);
-    for seed in 1..=150u64 {
+    // Calls that replace stored entities too (the merge's hardest case), and calls that
+    // may only add entities (the default: merged in one pass with the slice).
+    let modes = [RequestEntities::Replace, RequestEntities::Add];
+    for (seed, mode) in (1..=150u64).flat_map(|seed| modes.map(|mode| (seed, mode))) {
+        let (sliced, whole) = (engine(0, mode), engine(usize::MAX, mode));
         let mut rng = Rng::new(seed);
         let dir = tempfile::tempdir().unwrap();
         let mut text = String::new();
@@ -286,8 +289,9 @@ fn a_call_merged_over_its_slice_of_the_store_decides_as_over_the_whole_store() {
         for _ in 0..20 {
             let call = serde_json::to_string(&sent(&mut rng)).unwrap();
             let queries: Vec<Query> = (0..1 + rng.below(4)).map(|_| query(&mut rng)).collect();
-            let mut about =
-                format!("seed {seed}\npolicies:\n{text}\nstored: {stored}\nsent: {call}\n");
+            let mut about = format!(
+                "seed {seed}, {mode:?}\npolicies:\n{text}\nstored: {stored}\nsent: {call}\n"
+            );
             for q in &queries {
                 let _ = writeln!(
                     about,

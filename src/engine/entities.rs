@@ -250,8 +250,19 @@ pub(super) fn merge<'s>(
     }
     reach.run();
     let build = |reach: &Reach<'_>| -> Result<Entities, Refusal> {
-        let slice = Entities::from_entities(reach.copied.iter().map(|&e| e.clone()), None)
-            .map_err(invalid)?;
+        let copied = reach.copied.iter().map(|&e| e.clone());
+        if !replace {
+            // New entities only (a stored one was refused above): the slice and them in
+            // one pass of Cedar's closure, rather than the slice and then an upsert that
+            // repairs it (which walks the whole slice for every entity sent: most of the
+            // time of a batch whose items reach many stored entities).
+            let new = own
+                .iter()
+                .filter(|e| stored.get(&e.uid()).is_none())
+                .cloned();
+            return Entities::from_entities(copied.chain(new), None).map_err(invalid);
+        }
+        let slice = Entities::from_entities(copied, None).map_err(invalid)?;
         over(slice, Some(stored))
     };
     let slice = build(&reach)?;
