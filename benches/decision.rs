@@ -73,7 +73,7 @@ fn main() {
     results.push((
         "engine, 1 request entity",
         measure(iterations, || {
-            let bob = acme_user("bob");
+            let bob = acme_user("bob", vec![uid(r#"Platform::Group::"acme-engineering""#)]);
             decide(
                 EntitiesInput::Typed(vec![bob]),
                 ContextInput::Value(typed_context()),

@@ -27,31 +27,6 @@ fn uid(text: &str) -> EntityUid {
     EntityUid::from_str(text).unwrap()
 }
 
-/// A new user of the example's Acme tenant, with `parents`.
-fn user(id: &str, parents: Vec<EntityUid>) -> EntityInput {
-    let acme = RestrictedExpression::new_entity_uid(uid(r#"Platform::Tenant::"acme""#));
-    EntityInput {
-        uid: uid(&format!("Platform::User::\"{id}\"")),
-        attrs: vec![
-            ("tenant".to_owned(), acme),
-            (
-                "email".to_owned(),
-                RestrictedExpression::new_string(format!("{id}@acme.example")),
-            ),
-            (
-                "suspended".to_owned(),
-                RestrictedExpression::new_bool(false),
-            ),
-            (
-                "contractor".to_owned(),
-                RestrictedExpression::new_bool(false),
-            ),
-        ],
-        parents,
-        tags: Vec::new(),
-    }
-}
-
 /// `count` new users, each in `per_user` stored groups (each with ancestors of its own).
 fn in_stored_groups(count: usize, per_user: usize) -> Vec<EntityInput> {
     let groups = ["acme-engineering", "acme-roadmap-editors", "acme-auditors"];
@@ -61,10 +36,10 @@ fn in_stored_groups(count: usize, per_user: usize) -> Vec<EntityInput> {
                 .iter()
                 .map(|g| uid(&format!("Platform::Group::\"{g}\"")))
                 .collect();
-            user(&format!("u{i}"), parents)
+            acme_user(&format!("u{i}"), parents)
         })
         .collect();
-    users.push(user("intruder", Vec::new()));
+    users.push(acme_user("intruder", Vec::new()));
     users
 }
 
@@ -86,7 +61,10 @@ fn layered(width: usize, layers: usize) -> Vec<EntityInput> {
             })
         })
         .collect();
-    entities.push(user("intruder", (0..width).map(|i| group(0, i)).collect()));
+    entities.push(acme_user(
+        "intruder",
+        (0..width).map(|i| group(0, i)).collect(),
+    ));
     entities
 }
 

@@ -126,26 +126,15 @@ fn main() {
             },
         )
     };
-    let unary = |seconds| {
+    // Bob reads the roadmap, `in_flight` calls at a time on each of `channels`.
+    let bob_reading = |channels: &[Channel], in_flight, seconds| {
         let request = bob_reads.clone();
-        run(
-            &runtime,
-            &channels,
-            IN_FLIGHT_PER_CONNECTION,
-            seconds,
-            move |channel| is_authorized(channel, request.clone()),
-        )
+        run(&runtime, channels, in_flight, seconds, move |channel| {
+            is_authorized(channel, request.clone())
+        })
     };
-    let unary_off = |seconds| {
-        let request = bob_reads.clone();
-        run(
-            &runtime,
-            &channels_off,
-            IN_FLIGHT_PER_CONNECTION,
-            seconds,
-            move |channel| is_authorized(channel, request.clone()),
-        )
-    };
+    let unary = |seconds| bob_reading(&channels, IN_FLIGHT_PER_CONNECTION, seconds);
+    let unary_off = |seconds| bob_reading(&channels_off, IN_FLIGHT_PER_CONNECTION, seconds);
     let envoy = |seconds| {
         let check = check_request("bob", "/projects/acme-roadmap/docs/acme-roadmap-q3");
         run(
@@ -305,16 +294,8 @@ fn main() {
         flood(cedar_pdp::config::Limits::default().max_concurrent_calls),
         flood(FLOOD_LIMIT),
     ];
-    let flood_run = |channels: &[Channel], seconds| {
-        let request = bob_reads.clone();
-        run(
-            &runtime,
-            channels,
-            FLOOD_PER_CONNECTION,
-            seconds,
-            move |channel| is_authorized(channel, request.clone()),
-        )
-    };
+    let flood_run =
+        |channels: &[Channel], seconds| bob_reading(channels, FLOOD_PER_CONNECTION, seconds);
     let flood_default = |seconds| flood_run(&flood_channels[0], seconds);
     let flood_limited = |seconds| flood_run(&flood_channels[1], seconds);
     let cases: [&dyn Fn(u64) -> Outcome; 9] = [

@@ -16,7 +16,7 @@ mod support;
 use std::{hint::black_box, path::PathBuf};
 
 use cedar_pdp::{
-    engine::{ContextInput, Engine, EngineOptions, EntitiesInput, Query},
+    engine::{CanonicalContext, ContextInput, Engine, EngineOptions, EntitiesInput, Query},
     policy::{LoadOptions, Snapshot, load_dir},
 };
 use cedar_policy::{Context, EntityUid, RestrictedExpression};
@@ -61,7 +61,10 @@ fn typed() -> ContextInput {
         ),
     ])
     .unwrap();
-    ContextInput::Canonical(context, b"mfa=true;source_ip=10.1.2.3".as_slice().into())
+    ContextInput::Canonical(CanonicalContext::built(
+        b"mfa=true;source_ip=10.1.2.3".as_slice().into(),
+        context,
+    ))
 }
 
 fn example(c: &mut Criterion) {
@@ -99,7 +102,10 @@ fn example(c: &mut Criterion) {
     });
     group.bench_function("1 request entity", |b| {
         b.iter(|| {
-            let visitor = support::acme_user("visitor");
+            let visitor = support::acme_user(
+                "visitor",
+                vec![uid(r#"Platform::Group::"acme-engineering""#)],
+            );
             let query = Query {
                 principal: visitor.uid.clone(),
                 ..bob_reads(typed())
@@ -121,7 +127,10 @@ fn tenants(c: &mut Criterion) {
             unreachable!("the tenant question's context is typed")
         };
         Query {
-            context: ContextInput::Canonical(context, b"level=2".as_slice().into()),
+            context: ContextInput::Canonical(CanonicalContext::built(
+                b"level=2".as_slice().into(),
+                context,
+            )),
             ..query
         }
     };

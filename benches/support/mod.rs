@@ -283,9 +283,12 @@ pub fn check_request(
     }
 }
 
-/// User `id` of tenant acme in group acme-engineering, as a call sends it (the attributes
-/// the example schema gives users).
-pub fn acme_user(id: &str) -> cedar_pdp::engine::EntityInput {
+/// New user `id` of the example's Acme tenant, in `parents`, as a call sends it (the
+/// attributes the example schema gives users).
+pub fn acme_user(
+    id: &str,
+    parents: Vec<cedar_policy::EntityUid>,
+) -> cedar_pdp::engine::EntityInput {
     use cedar_policy::{EntityUid, RestrictedExpression};
     let uid = |text: &str| text.parse::<EntityUid>().expect("a valid uid");
     cedar_pdp::engine::EntityInput {
@@ -308,7 +311,7 @@ pub fn acme_user(id: &str) -> cedar_pdp::engine::EntityInput {
                 RestrictedExpression::new_bool(false),
             ),
         ],
-        parents: vec![uid(r#"Platform::Group::"acme-engineering""#)],
+        parents,
         tags: vec![],
     }
 }

@@ -9,8 +9,8 @@ use serde_json::{Map, Value as Json};
 use crate::{
     config::Limits,
     decide::{
-        CanonicalBytes, ContextInput, Encoder, EntitiesInput, EntityInput, MAX_CONTEXT_KEY_BYTES,
-        Query, Refusal,
+        CanonicalBytes, CanonicalContext, ContextInput, Encoder, EntitiesInput, EntityInput,
+        MAX_CONTEXT_KEY_BYTES, Query, Refusal,
     },
     policy::describe,
     proto::cedarpdp::v1 as pb,
@@ -153,7 +153,7 @@ impl Converter {
         Context::from_pairs(pairs)
             .map(
                 |context| match self.canonical_contexts.then(|| canonical(typed)).flatten() {
-                    Some(bytes) => ContextInput::Canonical(context, bytes),
+                    Some(bytes) => ContextInput::Canonical(CanonicalContext::built(bytes, context)),
                     None => ContextInput::Value(context),
                 },
             )
@@ -649,7 +649,7 @@ mod tests {
             .unwrap();
         assert!(matches!(
             converted,
-            super::ContextInput::Canonical(_, bytes) if Some(bytes.clone()) == super::canonical(&context)
+            super::ContextInput::Canonical(typed) if Some(typed.bytes().into()) == super::canonical(&context)
         ));
     }
 

@@ -26,7 +26,7 @@ pub use self::{
     shadow::Shadow,
 };
 pub use crate::engine::{
-    ContextInput, Decision, DeferredContext, Effect, EntitiesInput, EntityInput, PolicyError,
+    CanonicalContext, ContextInput, Decision, Effect, EntitiesInput, EntityInput, PolicyError,
     Query, Refusal, RequestEntities,
     cache::{CanonicalBytes, Encoder, MAX_CONTEXT_KEY_BYTES},
 };

@@ -283,8 +283,7 @@ impl Pending {
         self.job.bytes += match &question.query.context {
             ContextInput::Json(json) => json.len(),
             ContextInput::Value(_) => 0,
-            ContextInput::Canonical(_, bytes) => bytes.len(),
-            ContextInput::Deferred(deferred) => deferred.bytes().len(),
+            ContextInput::Canonical(typed) => typed.bytes().len(),
         };
         self.job.items.push(Item {
             item,

@@ -150,11 +150,8 @@ impl QuestionKey {
             ContextInput::Json(text) if text.len() <= MAX_CONTEXT_KEY_BYTES => {
                 ContextKey::Json(text.as_str().into())
             }
-            ContextInput::Canonical(_, bytes) if bytes.len() <= MAX_CONTEXT_KEY_BYTES => {
-                ContextKey::Typed(bytes.clone())
-            }
-            ContextInput::Deferred(deferred) if deferred.bytes().len() <= MAX_CONTEXT_KEY_BYTES => {
-                ContextKey::Typed(deferred.bytes().into())
+            ContextInput::Canonical(typed) if typed.bytes().len() <= MAX_CONTEXT_KEY_BYTES => {
+                ContextKey::Typed(typed.bytes().into())
             }
             ContextInput::Value(context) if *context == Context::empty() => {
                 ContextKey::Typed(Box::default())

@@ -118,28 +118,32 @@ pub const SLICE_ENTITIES_OVER: usize = 100;
 pub enum ContextInput {
     /// Built from typed values (an empty context when there are none).
     Value(Context),
-    /// Built from typed values, with those values' canonical bytes (map keys sorted,
-    /// every value tagged and length-prefixed: equal bytes are an equal context), which
-    /// let its decisions be reused ([`cache`]).
-    Canonical(Context, Box<[u8]>),
     /// Cedar JSON; with a schema, `__entity`/`__extn` escapes may be left implicit.
     Json(String),
-    /// Typed values with their canonical bytes, turned into a Cedar context only when
-    /// evaluating needs it: a decision found in the cache ([`cache`]) needs none (its
-    /// bytes converted before, and converting is a function of them).
-    Deferred(DeferredContext),
+    /// Typed values with their canonical bytes (map keys sorted, every value tagged and
+    /// length-prefixed: equal bytes are an equal context), which let its decisions be
+    /// reused ([`cache`]).
+    Canonical(CanonicalContext),
 }
 
-/// A context built on first need (see [`ContextInput::Deferred`]).
+/// A typed context with its canonical bytes: built already, or built only when
+/// evaluating needs it (a decision found in the cache needs none: its bytes converted
+/// before, and converting is a function of them).
 #[derive(Clone)]
-pub struct DeferredContext {
+pub struct CanonicalContext {
     bytes: Box<[u8]>,
     build: std::sync::Arc<dyn Fn() -> Result<Context, Refusal> + Send + Sync>,
 }
 
-impl DeferredContext {
-    /// A context with canonical `bytes`, built by `build` (its refusal names the field).
-    pub fn new(
+impl CanonicalContext {
+    /// `context`, built already, with its canonical `bytes`.
+    pub fn built(bytes: Box<[u8]>, context: Context) -> Self {
+        Self::deferred(bytes, move || Ok(context.clone()))
+    }
+
+    /// A context with canonical `bytes`, built by `build` when needed (its refusal names
+    /// the field).
+    pub fn deferred(
         bytes: Box<[u8]>,
         build: impl Fn() -> Result<Context, Refusal> + Send + Sync + 'static,
     ) -> Self {
@@ -160,9 +164,9 @@ impl DeferredContext {
     }
 }
 
-impl std::fmt::Debug for DeferredContext {
+impl std::fmt::Debug for CanonicalContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeferredContext")
+        f.debug_struct("CanonicalContext")
             .field("bytes", &self.bytes.len())
             .finish_non_exhaustive()
     }

@@ -19,8 +19,8 @@ pub(super) fn build(
         context,
     } = query;
     let (context, field) = match context {
-        ContextInput::Value(context) | ContextInput::Canonical(context, _) => (context, "context"),
-        ContextInput::Deferred(deferred) => (deferred.build()?, "context"),
+        ContextInput::Value(context) => (context, "context"),
+        ContextInput::Canonical(typed) => (typed.build()?, "context"),
         ContextInput::Json(json) => (
             context_from_json(&json, &action, schema, options)?,
             "context_json",

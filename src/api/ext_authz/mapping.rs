@@ -20,7 +20,7 @@ use super::rules::{ExtAuthz, PrincipalRule, Source};
 use crate::{
     config::ext_authz::ContextPart,
     decide::{
-        CanonicalBytes, ContextInput, DeferredContext, Encoder, Query, Question, Reason, Refusal,
+        CanonicalBytes, CanonicalContext, ContextInput, Encoder, Query, Question, Reason, Refusal,
     },
     proto::{
         codec::UNDECODABLE,
@@ -307,7 +307,9 @@ pub(super) fn map(
     let context_input = match canonical {
         Some(bytes) => {
             let attrs = context.clone();
-            ContextInput::Deferred(DeferredContext::new(bytes, move || cedar_context(&attrs)))
+            ContextInput::Canonical(CanonicalContext::deferred(bytes, move || {
+                cedar_context(&attrs)
+            }))
         }
         None => ContextInput::Value(cedar_context(&context)?),
     };

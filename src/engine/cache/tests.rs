@@ -8,7 +8,7 @@ use cedar_policy::{Context, EntityUid};
 
 use super::{DecisionCache, QuestionKey};
 use crate::{
-    engine::{ContextInput, Engine, EngineOptions, EntitiesInput, Query},
+    engine::{CanonicalContext, ContextInput, Engine, EngineOptions, EntitiesInput, Query},
     policy::{LoadOptions, Snapshot, load_dir},
 };
 
@@ -128,7 +128,7 @@ fn contexts_that_differ_are_different_questions_in_both_forms() {
     let typed = |level: i64| {
         let context =
             Context::from_json_value(serde_json::json!({ "level": level }), None).unwrap();
-        ContextInput::Canonical(context, level.to_le_bytes().into())
+        ContextInput::Canonical(CanonicalContext::built(level.to_le_bytes().into(), context))
     };
     for _ in 0..2 {
         assert!(

@@ -761,7 +761,7 @@ fn the_default_context_is_method_path_host_and_source_ip() {
             ("source_ip", Attr::Ip("10.0.0.7".to_owned())),
         ]
     );
-    assert!(matches!(out.query.context, ContextInput::Deferred(..)));
+    assert!(matches!(out.query.context, ContextInput::Canonical(..)));
     assert_eq!(
         out.query.resource.to_string(),
         r#"Resource::"docs.example.com/a/b""#
