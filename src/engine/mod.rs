@@ -360,7 +360,7 @@ impl Engine {
             self.slicer.slice(
                 snapshot.version(),
                 snapshot.index(),
-                snapshot.policies(),
+                snapshot,
                 [principal, action, resource],
                 entities,
                 true,

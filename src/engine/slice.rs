@@ -1,6 +1,6 @@
 //! Request-time policy slicing: the policies of a snapshot whose scope can match one
-//! request, picked with the snapshot's immutable scope index ([`PolicyIndex`]) and built
-//! into a `PolicySet` Cedar can evaluate, with the slices built so far kept for reuse.
+//! request, picked with the snapshot's scope index ([`PolicyIndex`]) and built into a
+//! `PolicySet` Cedar can evaluate, with the slices built so far kept for reuse.
 //!
 //! Evaluating a scope never errors, so a policy whose scope cannot match would be neither
 //! satisfied nor in error: leaving it out changes neither the decision, nor its reasons,
@@ -16,7 +16,47 @@ use std::sync::{Arc, RwLock};
 
 use cedar_policy::{Entities, EntityUid, Policy, PolicySet};
 
-use crate::policy::{CACHED_SLICE_POLICIES, FastMap, PolicyIndex};
+use crate::policy::{CACHED_SLICE_POLICIES, FastMap, PolicyIndex, Slot, Snapshot};
+
+/// What slices are cut from: a policy set's policies by their slot in its index, and the
+/// whole set.
+pub trait PolicySource {
+    /// The static policy at `slot` of the index.
+    fn policy(&self, slot: Slot) -> Option<&Policy>;
+    /// The whole set (built now if it is not yet).
+    fn whole(&self) -> &PolicySet;
+    /// The whole set if it is built already.
+    fn whole_if_built(&self) -> Option<&PolicySet>;
+}
+
+impl PolicySource for Snapshot {
+    fn policy(&self, slot: Slot) -> Option<&Policy> {
+        Snapshot::policy(self, slot)
+    }
+
+    fn whole(&self) -> &PolicySet {
+        self.policies()
+    }
+
+    fn whole_if_built(&self) -> Option<&PolicySet> {
+        self.policies_if_built()
+    }
+}
+
+/// A set with its index made by [`PolicyIndex::new`] (slot = position in the set).
+impl PolicySource for PolicySet {
+    fn policy(&self, slot: Slot) -> Option<&Policy> {
+        self.policies().nth(usize::try_from(slot).ok()?)
+    }
+
+    fn whole(&self) -> &PolicySet {
+        self
+    }
+
+    fn whole_if_built(&self) -> Option<&PolicySet> {
+        Some(self)
+    }
+}
 
 /// The policies one request is decided with: the whole set, or the part of it whose
 /// scopes can match (shared with other requests that pick the same part).
@@ -58,7 +98,7 @@ pub struct Slicer {
 #[derive(Debug, Default)]
 struct Generation {
     version: String,
-    slices: FastMap<Box<[usize]>, Arc<PolicySet>>,
+    slices: FastMap<Box<[Slot]>, Arc<PolicySet>>,
     /// Policies held by `slices`, in all.
     policies: usize,
 }
@@ -69,23 +109,25 @@ impl Slicer {
         Self::default()
     }
 
-    /// The policies of `full` (the set `index` was built from, of snapshot `version`)
-    /// that can apply to a request for `principal`, `action` and `resource`, with
-    /// ancestors from `entities`; `full` itself when slicing would not leave out enough
-    /// to pay for itself (or, with `only_if_worth_it` false, only when nothing can be
-    /// left out: tests use that to exercise every path).
+    /// The policies of `full` (the policies `index` was built from, of snapshot
+    /// `version`) that can apply to a request for `principal`, `action` and `resource`,
+    /// with ancestors from `entities`; the whole set when slicing would not leave out
+    /// enough to pay for itself (or, with `only_if_worth_it` false, only when nothing can
+    /// be left out: tests use that to exercise every path). While the whole set is not
+    /// built yet (just after a reload of a large set), any part of it is taken rather
+    /// than waiting for it.
     pub fn slice<'s>(
         &self,
         version: &str,
         index: &PolicyIndex,
-        full: &'s PolicySet,
+        full: &'s (impl PolicySource + ?Sized),
         [principal, action, resource]: [&EntityUid; 3],
         entities: &Entities,
         only_if_worth_it: bool,
     ) -> Slice<'s> {
-        let Some(chosen) = index.chosen([principal, action, resource], entities, only_if_worth_it)
-        else {
-            return Slice::Whole(full);
+        let worth_it = only_if_worth_it && full.whole_if_built().is_some();
+        let Some(chosen) = index.chosen([principal, action, resource], entities, worth_it) else {
+            return Slice::Whole(full.whole());
         };
         let cacheable = chosen.len() <= CACHED_SLICE_POLICIES;
         if cacheable && let Some(set) = self.cached(version, &chosen) {
@@ -93,12 +135,12 @@ impl Slicer {
         }
         let policies: Option<Vec<Policy>> = chosen
             .iter()
-            .map(|&i| full.policy(index.policy_id(i)).cloned())
+            .map(|&slot| full.policy(slot).cloned())
             .collect();
         // Neither can fail (the index was built from `full`, whose ids are distinct), and
         // the whole set is always right.
         let Some(Ok(set)) = policies.map(PolicySet::from_policies) else {
-            return Slice::Whole(full);
+            return Slice::Whole(full.whole());
         };
         let set = Arc::new(set);
         if cacheable {
@@ -107,7 +149,7 @@ impl Slicer {
         Slice::Part(set)
     }
 
-    fn cached(&self, version: &str, chosen: &[usize]) -> Option<Arc<PolicySet>> {
+    fn cached(&self, version: &str, chosen: &[Slot]) -> Option<Arc<PolicySet>> {
         let generations = self.cache.read().unwrap_or_else(|p| p.into_inner());
         generations
             .iter()
@@ -115,7 +157,7 @@ impl Slicer {
             .and_then(|g| g.slices.get(chosen).cloned())
     }
 
-    fn keep(&self, version: &str, chosen: Box<[usize]>, set: Arc<PolicySet>) {
+    fn keep(&self, version: &str, chosen: Box<[Slot]>, set: Arc<PolicySet>) {
         let mut generations = self.cache.write().unwrap_or_else(|p| p.into_inner());
         let at = match generations.iter().position(|g| g.version == version) {
             Some(at) => at,

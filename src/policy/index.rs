@@ -1,8 +1,9 @@
-//! The scope index: every policy's scope, indexed once per snapshot, from which the
-//! engine picks for one request the few policies whose scope can match it (its
-//! `slice` module), so that a decision costs what those cost and not what the whole set
-//! costs. The index is immutable; the slices built from it and their cache are the
-//! engine's.
+//! The scope index: every policy's scope, indexed per snapshot, from which the engine
+//! picks for one request the few policies whose scope can match it (its `slice`
+//! module), so that a decision costs what those cost and not what the whole set costs.
+//! A served index never changes; a reload derives the next one from it (persistent maps:
+//! what did not change is shared, not copied), so reloading one file of a large set costs
+//! what that file holds. The slices built from it and their cache are the engine's.
 //!
 //! A policy's scope is three constraints, on principal, action and resource: none (any),
 //! `==` an entity, `in` an entity, `is` a type, or `is` a type `in` an entity (the action:
@@ -20,8 +21,8 @@
 use std::{collections::HashSet, sync::Arc};
 
 use cedar_policy::{
-    ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
-    PrincipalConstraint, ResourceConstraint,
+    ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
+    ResourceConstraint,
 };
 
 /// A principal or resource constraint.
@@ -109,66 +110,143 @@ impl<'a> Subject<'a> {
     }
 }
 
+/// A map of the index: a copy costs next to nothing and shares its entries with the
+/// original until either changes (see [`CowMap`]). A reload derives the new snapshot's
+/// index from the last one's this way, in time proportional to what changed, while the
+/// served one stays as it is.
+pub(crate) type PersistentMap<K, V> = super::cow_map::CowMap<K, V>;
+
+/// A static policy's place, stable across reloads while its file's text is unchanged: its
+/// file's key (see [`file_slots`]) in the high bits and its position in the file in the
+/// low [`POSITION_BITS`]. Slices are sorted by it.
+pub type Slot = u64;
+
+/// Bits of a [`Slot`] for a policy's position in its file: a file may hold 2^24 (16.7
+/// million) policies, far more than a 64 MiB file can.
+pub const POSITION_BITS: u32 = 24;
+
+/// The first slot of the file with key `key` (keys are given out once each, from a
+/// counter that does not wrap in practice: 2^40 files parsed).
+pub fn file_slots(key: u64) -> Slot {
+    key << POSITION_BITS
+}
+
+/// The key of the file holding the policy at `slot`.
+pub fn file_of(slot: Slot) -> u64 {
+    slot >> POSITION_BITS
+}
+
+/// The position in its file of the policy at `slot`.
+pub fn position_of(slot: Slot) -> usize {
+    // The low bits, by construction.
+    usize::try_from(slot & ((1 << POSITION_BITS) - 1)).unwrap_or(usize::MAX)
+}
+
+/// One policy in a list of the index: where it is, and its scope (kept beside it so that
+/// checking a candidate needs no lookup).
+#[derive(Debug, Clone)]
+struct Member {
+    slot: Slot,
+    entry: Arc<IndexEntry>,
+}
+
+/// A list of policies under one key, shared between the indexes of successive snapshots
+/// until a reload changes it.
+type List = Arc<[Member]>;
+
+/// The key of one list of the index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ListKey {
+    Any(Side),
+    Eq(Side, EntityUid),
+    Within(Side, EntityUid),
+    Is(Side, EntityTypeName),
+    ActionAny,
+    ActionBy(EntityUid),
+}
+
+/// Which scope constraint a list belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Side {
+    Principal,
+    Resource,
+}
+
+impl ListKey {
+    fn of_scope(side: Side, scope: &EntityScope) -> Self {
+        match scope {
+            EntityScope::Any => Self::Any(side),
+            EntityScope::Eq(e) => Self::Eq(side, e.clone()),
+            EntityScope::In(e) | EntityScope::IsIn(_, e) => Self::Within(side, e.clone()),
+            EntityScope::Is(t) => Self::Is(side, t.clone()),
+        }
+    }
+
+    /// Every list `entry` is in (an action `in` list naming one entity twice, twice).
+    fn of_entry(entry: &IndexEntry) -> Vec<Self> {
+        let mut keys = vec![
+            Self::of_scope(Side::Principal, &entry.principal),
+            Self::of_scope(Side::Resource, &entry.resource),
+        ];
+        match &entry.action {
+            ActionConstraint::Any => keys.push(Self::ActionAny),
+            ActionConstraint::Eq(e) => keys.push(Self::ActionBy(e.clone())),
+            ActionConstraint::In(list) => keys.extend(list.iter().cloned().map(Self::ActionBy)),
+        }
+        keys
+    }
+}
+
 /// The policies of one side (principal or resource), by what their constraint names.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct SideIndex {
-    any: Vec<usize>,
+    any: Option<List>,
     /// `==` e, by e.
-    eq: FastMap<EntityUid, Vec<usize>>,
+    eq: PersistentMap<EntityUid, List>,
     /// `in` e and `is T in` e, by e.
-    within: FastMap<EntityUid, Vec<usize>>,
+    within: PersistentMap<EntityUid, List>,
     /// `is T`, by T.
-    is: FastMap<EntityTypeName, Vec<usize>>,
+    is: PersistentMap<EntityTypeName, List>,
 }
 
 impl SideIndex {
-    fn add(&mut self, scope: &EntityScope, policy: usize) {
-        let list = match scope {
-            EntityScope::Any => &mut self.any,
-            EntityScope::Eq(e) => self.eq.entry(e.clone()).or_default(),
-            EntityScope::In(e) | EntityScope::IsIn(_, e) => {
-                self.within.entry(e.clone()).or_default()
-            }
-            EntityScope::Is(t) => self.is.entry(t.clone()).or_default(),
-        };
-        list.push(policy);
-    }
-
     /// Every list a policy matching `subject` on this side is in (it may be in none of
     /// them only if it cannot match).
-    fn lists<'s>(&'s self, subject: &Subject<'_>) -> Vec<&'s [usize]> {
-        let mut lists = vec![self.any.as_slice()];
-        lists.extend(self.eq.get(subject.uid).map(Vec::as_slice));
-        lists.extend(self.is.get(subject.uid.type_name()).map(Vec::as_slice));
+    fn lists<'s>(&'s self, subject: &Subject<'_>) -> Vec<&'s [Member]> {
+        let mut lists: Vec<&[Member]> = self.any.as_deref().into_iter().collect();
+        lists.extend(self.eq.get(subject.uid).map(|l| &**l));
+        lists.extend(self.is.get(subject.uid.type_name()).map(|l| &**l));
         lists.extend(
             subject
                 .keys()
-                .filter_map(|k| self.within.get(k).map(Vec::as_slice)),
+                .filter_map(|k| self.within.get(k).map(|l| &**l)),
         );
         lists
     }
 }
 
 /// The scope of every static policy of a snapshot, indexed for [`PolicyIndex::chosen`].
-#[derive(Debug, Default)]
+///
+/// Persistent (see [`PersistentMap`]): [`PolicyIndex::updated`] makes the next
+/// snapshot's index from this one by taking out the policies of the files that changed
+/// or went and putting in those of the files that changed or came, in time proportional
+/// to them (and to the length of the lists they are in), not to the whole set.
+#[derive(Debug, Clone, Default)]
 pub struct PolicyIndex {
-    /// Ids, not policies: the set already holds them, and a copy costs over a kilobyte
-    /// a policy.
-    ids: Vec<PolicyId>,
-    /// By position: each policy's scope, the entities its conditions name (which
-    /// evaluating it may look up in the entity store) and its effect; shared with the
-    /// parse a reload keeps, not copied.
-    entries: Vec<Arc<IndexEntry>>,
     principal: SideIndex,
     resource: SideIndex,
     /// Action constraints: unconstrained, and by each entity `==` or `in` names.
-    action_any: Vec<usize>,
-    action_by: FastMap<EntityUid, Vec<usize>>,
+    action_any: Option<List>,
+    action_by: PersistentMap<EntityUid, List>,
+    /// Static policies indexed.
+    len: usize,
     /// False when the set holds template-linked policies: it is then served whole.
     usable: bool,
-    /// The entities the conditions of every policy name (templates' links included),
-    /// without repeats.
-    all_literals: Box<[EntityUid]>,
+    /// The entities the conditions of the policies name, each with how many name it
+    /// (templates' links, in a set that has them, counted once).
+    literals: PersistentMap<EntityUid, u32>,
+    /// Every entity the policies name, in their scope or conditions, counted likewise.
+    named: PersistentMap<EntityUid, u32>,
 }
 
 /// What the index needs of one static policy: its scope, the entities its conditions
@@ -253,63 +331,144 @@ pub const CACHED_SLICE_POLICIES: usize = 64;
 const SMALL_SET: usize = 256;
 
 impl PolicyIndex {
-    /// Indexes the static policies of `set`.
+    /// Indexes the static policies of `set` (each at the slot of its position in the
+    /// set's order, in one file of key 0): for sets not read from a policy directory.
     pub fn new(set: &PolicySet) -> Self {
         let mut usable = true;
         let mut link_literals = Vec::new();
-        let entries: Vec<(PolicyId, Arc<IndexEntry>)> = set
-            .policies()
-            .filter_map(|policy| {
-                if policy.is_static() {
-                    Some((policy.id().clone(), Arc::new(IndexEntry::new(policy))))
-                } else {
-                    usable = false;
-                    link_literals.extend(policy.entity_literals());
-                    None
-                }
-            })
-            .collect();
-        let mut index = Self::from_entries(entries.iter().map(|(id, entry)| (id, entry)));
-        if !usable {
-            index.usable = false;
-            let mut all: HashSet<EntityUid> = index.all_literals.iter().cloned().collect();
-            all.extend(link_literals);
-            index.all_literals = all.into_iter().collect();
+        let mut entries = Vec::new();
+        for policy in set.policies() {
+            if policy.is_static() {
+                let slot = Slot::try_from(entries.len()).unwrap_or(Slot::MAX);
+                entries.push((slot, Arc::new(IndexEntry::new(policy))));
+            } else {
+                usable = false;
+                link_literals.extend(policy.entity_literals());
+            }
+        }
+        let mut index = Self::default().updated(&FastSet::default(), &[], &entries);
+        index.usable = usable;
+        for uid in link_literals {
+            if !index.literals.contains_key(&uid) {
+                index.literals.insert(uid, 1);
+            }
         }
         index
     }
 
-    /// Indexes static policies whose entries were worked out before (a reload keeps those
-    /// of unchanged files), in the set's order.
-    pub fn from_entries<'e>(
-        entries: impl ExactSizeIterator<Item = (&'e PolicyId, &'e Arc<IndexEntry>)>,
+    /// This index with the policies of the files whose keys are in `gone` taken out
+    /// (`removed`: their entries) and `added` (each at its slot) put in; this one is
+    /// left as it is. A file that changed is both: its old policies gone, its new ones
+    /// added under a new key.
+    pub fn updated(
+        &self,
+        gone: &FastSet<u64>,
+        removed: &[Arc<IndexEntry>],
+        added: &[(Slot, Arc<IndexEntry>)],
     ) -> Self {
-        let mut index = Self {
-            usable: true,
-            ids: Vec::with_capacity(entries.len()),
-            entries: Vec::with_capacity(entries.len()),
-            ..Self::default()
-        };
-        let mut all_literals = HashSet::new();
-        for (id, entry) in entries {
-            all_literals.extend(entry.literals.iter().cloned());
-            let i = index.ids.len();
-            index.principal.add(&entry.principal, i);
-            index.resource.add(&entry.resource, i);
-            match &entry.action {
-                ActionConstraint::Any => index.action_any.push(i),
-                ActionConstraint::Eq(e) => index.action_by.entry(e.clone()).or_default().push(i),
-                ActionConstraint::In(list) => {
-                    for e in list {
-                        index.action_by.entry(e.clone()).or_default().push(i);
-                    }
-                }
-            }
-            index.ids.push(id.clone());
-            index.entries.push(entry.clone());
+        let mut next = self.clone();
+        if self.len == 0 && added.is_empty() {
+            next.usable = true;
+            return next;
         }
-        index.all_literals = all_literals.into_iter().collect();
-        index
+        // The lists to rewrite, each with the policies it gains.
+        let mut touched: FastMap<ListKey, Vec<Member>> = FastMap::default();
+        for entry in removed {
+            for key in ListKey::of_entry(entry) {
+                touched.entry(key).or_default();
+            }
+            for uid in entry.literals.iter() {
+                release(&mut next.literals, uid);
+            }
+            for uid in entry.named() {
+                release(&mut next.named, uid);
+            }
+        }
+        for (slot, entry) in added {
+            for key in ListKey::of_entry(entry) {
+                touched.entry(key).or_default().push(Member {
+                    slot: *slot,
+                    entry: entry.clone(),
+                });
+            }
+            for uid in entry.literals.iter() {
+                hold(&mut next.literals, uid);
+            }
+            for uid in entry.named() {
+                hold(&mut next.named, uid);
+            }
+        }
+        for (key, gained) in touched {
+            let old = next.list(&key);
+            let kept = old
+                .iter()
+                .flat_map(|l| l.iter())
+                .filter(|m| !gone.contains(&file_of(m.slot)));
+            let list: Vec<Member> = kept.cloned().chain(gained).collect();
+            next.set_list(key, list);
+        }
+        next.len = (self.len + added.len()).saturating_sub(removed.len());
+        next.usable = true;
+        next
+    }
+
+    /// The list under `key`, if any.
+    fn list(&self, key: &ListKey) -> Option<List> {
+        let side = |s: Side| match s {
+            Side::Principal => &self.principal,
+            Side::Resource => &self.resource,
+        };
+        match key {
+            ListKey::Any(s) => side(*s).any.clone(),
+            ListKey::Eq(s, e) => side(*s).eq.get(e).cloned(),
+            ListKey::Within(s, e) => side(*s).within.get(e).cloned(),
+            ListKey::Is(s, t) => side(*s).is.get(t).cloned(),
+            ListKey::ActionAny => self.action_any.clone(),
+            ListKey::ActionBy(e) => self.action_by.get(e).cloned(),
+        }
+    }
+
+    /// Puts `list` under `key` (takes the key out when it is empty).
+    fn set_list(&mut self, key: ListKey, list: Vec<Member>) {
+        fn put<K: std::hash::Hash + Eq + Clone>(
+            map: &mut PersistentMap<K, List>,
+            key: K,
+            list: Vec<Member>,
+        ) {
+            if list.is_empty() {
+                map.remove(&key);
+            } else {
+                map.insert(key, list.into());
+            }
+        }
+        let list_or_none = |list: Vec<Member>| (!list.is_empty()).then(|| List::from(list));
+        match key {
+            ListKey::Any(Side::Principal) => self.principal.any = list_or_none(list),
+            ListKey::Any(Side::Resource) => self.resource.any = list_or_none(list),
+            ListKey::Eq(Side::Principal, e) => put(&mut self.principal.eq, e, list),
+            ListKey::Eq(Side::Resource, e) => put(&mut self.resource.eq, e, list),
+            ListKey::Within(Side::Principal, e) => put(&mut self.principal.within, e, list),
+            ListKey::Within(Side::Resource, e) => put(&mut self.resource.within, e, list),
+            ListKey::Is(Side::Principal, t) => put(&mut self.principal.is, t, list),
+            ListKey::Is(Side::Resource, t) => put(&mut self.resource.is, t, list),
+            ListKey::ActionAny => self.action_any = list_or_none(list),
+            ListKey::ActionBy(e) => put(&mut self.action_by, e, list),
+        }
+    }
+
+    /// Number of static policies indexed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no policy is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether some policy names `uid` (in its scope or its conditions).
+    pub fn names(&self, uid: &EntityUid) -> bool {
+        self.named.contains_key(uid)
     }
 
     /// The entities named in the conditions of the policies [`PolicyIndex::chosen`] picks
@@ -323,76 +482,89 @@ impl PolicyIndex {
         sliced: bool,
     ) -> Box<dyn Iterator<Item = &'i EntityUid> + 'i> {
         let chosen = if sliced {
-            self.chosen([principal, action, resource], entities, true)
+            self.candidates([principal, action, resource], entities, true)
         } else {
             None
         };
         match chosen {
-            Some(chosen) => Box::new(
-                chosen
-                    .into_iter()
-                    .flat_map(|i| self.entries[i].literals.iter()),
-            ),
-            None => Box::new(self.all_literals.iter()),
+            Some(chosen) => Box::new(chosen.into_iter().flat_map(|m| m.entry.literals.iter())),
+            None => Box::new(self.literals.keys()),
         }
     }
 
-    /// The positions of the policies whose scope can match a request for `principal`,
+    /// The slots of the policies whose scope can match a request for `principal`,
     /// `action` and `resource`, with ancestors from `entities`, sorted; `None` for the
     /// whole set: when the set has template links, when every policy can match, or (with
     /// `only_if_worth_it`) when slicing would not leave out enough to pay for itself.
     pub fn chosen(
         &self,
+        uids: [&EntityUid; 3],
+        entities: &Entities,
+        only_if_worth_it: bool,
+    ) -> Option<Vec<Slot>> {
+        self.candidates(uids, entities, only_if_worth_it)
+            .map(|members| members.into_iter().map(|m| m.slot).collect())
+    }
+
+    /// [`PolicyIndex::chosen`], as the index's members.
+    fn candidates(
+        &self,
         [principal, action, resource]: [&EntityUid; 3],
         entities: &Entities,
         only_if_worth_it: bool,
-    ) -> Option<Vec<usize>> {
+    ) -> Option<Vec<&Member>> {
         if !self.usable {
             return None;
         }
         let p = Subject::new(principal, entities);
         let a = Subject::new(action, entities);
         let r = Subject::new(resource, entities);
-        let action_lists: Vec<&[usize]> = std::iter::once(self.action_any.as_slice())
-            .chain(
-                a.keys()
-                    .filter_map(|k| self.action_by.get(k).map(Vec::as_slice)),
-            )
-            .collect();
         let sides = [
             self.principal.lists(&p),
-            action_lists,
+            self.action_lists(&a),
             self.resource.lists(&r),
         ];
-        let size = |lists: &Vec<&[usize]>| lists.iter().map(|l| l.len()).sum::<usize>();
+        let size = |lists: &Vec<&[Member]>| lists.iter().map(|l| l.len()).sum::<usize>();
         let smallest = sides.iter().min_by_key(|lists| size(lists))?;
         // Building a set costs about as much per policy as evaluating a simple one: past
         // half of a large set, the whole set is cheaper (even checking the candidates'
         // scopes would cost too much).
-        if only_if_worth_it && size(smallest) * 2 > self.ids.len() && self.ids.len() > SMALL_SET {
+        if only_if_worth_it && size(smallest) * 2 > self.len && self.len > SMALL_SET {
             return None;
         }
-        let mut chosen: Vec<usize> = smallest
+        let mut chosen: Vec<&Member> = smallest
             .iter()
-            .flat_map(|l| l.iter().copied())
-            .filter(|&i| {
-                let entry = &self.entries[i];
-                p.matches(&entry.principal)
-                    && a.matches_action(&entry.action)
-                    && r.matches(&entry.resource)
+            .flat_map(|l| l.iter())
+            .filter(|m| {
+                p.matches(&m.entry.principal)
+                    && a.matches_action(&m.entry.action)
+                    && r.matches(&m.entry.resource)
             })
             .collect();
         // An action `in [..]` list can hold one policy under several keys.
-        chosen.sort_unstable();
-        chosen.dedup();
+        chosen.sort_unstable_by_key(|m| m.slot);
+        chosen.dedup_by_key(|m| m.slot);
         // Built for this request alone (too large to cache), more than half the set costs
         // more to build than the whole set costs to evaluate.
         let uncached_and_large =
-            chosen.len() > CACHED_SLICE_POLICIES && chosen.len() * 2 > self.ids.len();
-        if chosen.len() == self.ids.len() || (only_if_worth_it && uncached_and_large) {
+            chosen.len() > CACHED_SLICE_POLICIES && chosen.len() * 2 > self.len;
+        if chosen.len() == self.len || (only_if_worth_it && uncached_and_large) {
             return None;
         }
         Some(chosen)
+    }
+
+    /// The action lists a policy matching `action` is in.
+    fn action_lists<'s>(&'s self, action: &Subject<'_>) -> Vec<&'s [Member]> {
+        self.action_any
+            .as_deref()
+            .into_iter()
+            .chain(
+                action
+                    .keys()
+                    .filter_map(|k| self.action_by.get(k).map(|l| &**l)),
+            )
+            .collect()
     }
 
     /// For a search on `side` of the entities of type `searched` that `other` (the
@@ -412,17 +584,12 @@ impl PolicyIndex {
         }
         let o = Subject::new(other, entities);
         let a = Subject::new(action, entities);
-        let action_lists: Vec<&[usize]> = std::iter::once(self.action_any.as_slice())
-            .chain(
-                a.keys()
-                    .filter_map(|k| self.action_by.get(k).map(Vec::as_slice)),
-            )
-            .collect();
+        let action_lists = self.action_lists(&a);
         let other_lists = match side {
             SearchSide::Principal => self.resource.lists(&o),
             SearchSide::Resource => self.principal.lists(&o),
         };
-        let size = |lists: &Vec<&[usize]>| lists.iter().map(|l| l.len()).sum::<usize>();
+        let size = |lists: &Vec<&[Member]>| lists.iter().map(|l| l.len()).sum::<usize>();
         let smallest = if size(&action_lists) <= size(&other_lists) {
             action_lists
         } else {
@@ -431,9 +598,9 @@ impl PolicyIndex {
         let mut anchors = Vec::new();
         let mut seen = FastSet::default();
         let mut kept = FastSet::default();
-        for i in smallest.iter().flat_map(|l| l.iter().copied()) {
-            let entry = &self.entries[i];
-            if !entry.permit || !seen.insert(i) {
+        for member in smallest.iter().flat_map(|l| l.iter()) {
+            let entry = &member.entry;
+            if !entry.permit || !seen.insert(member.slot) {
                 continue;
             }
             let (ps, acts, rs) = (&entry.principal, &entry.action, &entry.resource);
@@ -463,10 +630,26 @@ impl PolicyIndex {
         }
         Some(anchors)
     }
+}
 
-    /// The id of the policy at position `i` of [`PolicyIndex::chosen`].
-    pub fn policy_id(&self, i: usize) -> &PolicyId {
-        &self.ids[i]
+/// One more of what names `uid` in `counts`.
+fn hold(counts: &mut PersistentMap<EntityUid, u32>, uid: &EntityUid) {
+    match counts.get_mut(uid) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(uid.clone(), 1);
+        }
+    }
+}
+
+/// One fewer of what names `uid` in `counts`; the last one takes it out.
+fn release(counts: &mut PersistentMap<EntityUid, u32>, uid: &EntityUid) {
+    match counts.get_mut(uid) {
+        Some(n) if *n > 1 => *n -= 1,
+        Some(_) => {
+            counts.remove(uid);
+        }
+        None => {}
     }
 }
 

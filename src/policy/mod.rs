@@ -8,6 +8,7 @@
 //! never sees half of a change, and the [`Watcher`] rebuilds it when the files change.
 //! This module knows nothing about requests.
 
+mod cow_map;
 mod entity_json;
 mod error;
 pub mod hierarchy;
@@ -23,7 +24,7 @@ mod watch;
 pub use crate::config::PolicyValidation;
 pub use entity_json::{BadUid, entity_uid, json_entity_uids, json_uid_and_parents};
 pub use error::{Lines, LoadError, Location, Problem, ProblemKind, Span, describe};
-pub use index::{Anchor, CACHED_SLICE_POLICIES, FastMap, FastSet, PolicyIndex, SearchSide};
+pub use index::{Anchor, CACHED_SLICE_POLICIES, FastMap, FastSet, PolicyIndex, SearchSide, Slot};
 pub use loader::{
     BuildCache, LoadOptions, Loaded, MAX_POLICY_NESTING, Sources, build, build_cached, load_dir,
     read_dir,

@@ -1,11 +1,17 @@
 //! [`Snapshot`]: one immutable, fully validated policy set with its schema and entities.
 
-use std::{sync::OnceLock, time::SystemTime};
+use std::{
+    sync::{Arc, OnceLock},
+    time::SystemTime,
+};
 
-use cedar_policy::{Entities, EntityUid, PolicySet, Schema};
+use cedar_policy::{Entities, EntityUid, Policy, PolicySet, Schema};
 
 use super::{
-    FastSet, Location, SchemaShape, index::PolicyIndex, loader::PolicyLocations, members::Members,
+    FastSet, Location, SchemaShape,
+    index::{PolicyIndex, Slot},
+    loader::Catalog,
+    members::Members,
     usage::PolicyUsage,
 };
 
@@ -15,32 +21,52 @@ use super::{
 /// finishes, whatever reloads happen meanwhile.
 #[derive(Debug)]
 pub struct Snapshot {
-    pub(super) policies: PolicySet,
+    /// Cedar's set of every policy, built on first use (see [`Snapshot::policies`]).
+    pub(super) whole: OnceLock<PolicySet>,
     /// The policies' scopes, for picking the ones a request can match.
     pub(super) index: PolicyIndex,
-    /// Where each policy (and template) starts, by id.
-    pub(super) policy_locations: PolicyLocations,
+    /// Every policy and template by id, in its parsed file.
+    pub(super) catalog: Arc<Catalog>,
     pub(super) schema: Option<Schema>,
     pub(super) schema_shape: Option<SchemaShape>,
     pub(super) entities: Entities,
     pub(super) entity_count: usize,
-    /// Uids the stored entities (as ancestors, or in attributes and tags) or the policies
-    /// name, that the store does not hold.
-    pub(super) named_not_held: FastSet<EntityUid>,
+    /// Uids the stored entities name (as ancestors, or in attributes and tags).
+    pub(super) entities_name: Arc<FastSet<EntityUid>>,
     pub(super) version: String,
     pub(super) loaded_at: SystemTime,
     /// The stored entities indexed for search, built on the first search.
     pub(super) members: OnceLock<Members>,
     /// Decisions each policy determined since this snapshot was built.
     pub(super) usage: PolicyUsage,
-    /// Policies and templates by policy file, in directory order.
-    pub(super) policies_by_file: Box<[(Box<str>, u32)]>,
 }
 
 impl Snapshot {
-    /// The policies (and unlinked templates), with their ids.
+    /// Cedar's set of every policy (and unlinked template), with their ids.
+    ///
+    /// Built on first use and then kept: a reload serves the new snapshot as soon as its
+    /// index is ready (a decision mostly needs only the few policies the index picks, see
+    /// [`Snapshot::policy`]) and the store builds this right after. A call that needs it
+    /// before then waits for it.
     pub fn policies(&self) -> &PolicySet {
-        &self.policies
+        self.whole.get_or_init(|| {
+            // Cannot fail: the loader refused the snapshot if two items shared an id. Were
+            // it to, an empty set denies everything rather than deciding with part of it.
+            self.catalog.policy_set().unwrap_or_else(|error| {
+                tracing::error!(%error, "could not assemble the policy set; denying every request");
+                PolicySet::new()
+            })
+        })
+    }
+
+    /// [`Snapshot::policies`] if it is built already.
+    pub fn policies_if_built(&self) -> Option<&PolicySet> {
+        self.whole.get()
+    }
+
+    /// The static policy at `slot` of [`Snapshot::index`].
+    pub fn policy(&self, slot: Slot) -> Option<&Policy> {
+        self.catalog.policy(slot)
     }
 
     /// The scope index of [`Snapshot::policies`].
@@ -51,7 +77,7 @@ impl Snapshot {
     /// Where the policy or template `id` starts (file, line, column), for pointing a
     /// reader at the policies behind a decision.
     pub fn policy_location(&self, id: &str) -> Option<&Location> {
-        self.policy_locations.get(id)
+        self.catalog.location(id)
     }
 
     /// The schema, if the directory has one.
@@ -74,13 +100,14 @@ impl Snapshot {
     /// hold it: a request that defined it would change what stored entities are in, or
     /// what a policy reads.
     pub fn names_without_holding(&self, uid: &EntityUid) -> bool {
-        self.named_not_held.contains(uid)
+        (self.index.names(uid) || self.entities_name.contains(uid))
+            && self.entities.get(uid).is_none()
     }
 
     /// The stored entities indexed for search (built on first use, then kept).
     pub fn members(&self) -> &Members {
         self.members
-            .get_or_init(|| Members::new(&self.entities, self.schema.as_ref(), &self.policies))
+            .get_or_init(|| Members::new(&self.entities, self.schema.as_ref(), self.policies()))
     }
 
     /// Decisions each of its policies has determined since it was built.
@@ -92,26 +119,27 @@ impl Snapshot {
     /// [`PolicyUsage::series`]): policies without an `@id` grouped by their file.
     pub fn usage_series(&self, max_series: usize) -> Vec<(String, u64, u64)> {
         self.usage.series(max_series, |id| {
-            self.policy_locations.get(id).map(|l| l.file.clone())
+            self.catalog.location(id).map(|l| l.file.clone())
         })
     }
 
     /// Policies and templates by file, in directory order, as at most `max_series` metric
     /// series (the files past it add up under `other`).
     pub fn files_series(&self, max_series: usize) -> Vec<(String, u64)> {
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         let mut series: Vec<(String, u64)> = self
-            .policies_by_file
-            .iter()
+            .catalog
+            .by_file()
             .take(max_series)
-            .map(|(file, n)| (file.to_string(), u64::from(*n)))
+            .map(|(file, n)| (file.to_owned(), count(n)))
             .collect();
         let rest: u64 = self
-            .policies_by_file
-            .iter()
+            .catalog
+            .by_file()
             .skip(max_series)
-            .map(|(_, n)| u64::from(*n))
+            .map(|(_, n)| count(n))
             .sum();
-        if self.policies_by_file.len() > max_series {
+        if self.catalog.by_file().len() > max_series {
             series.push((super::usage::OTHER_SERIES.to_owned(), rest));
         }
         series
@@ -129,12 +157,12 @@ impl Snapshot {
 
     /// Number of static policies.
     pub fn policy_count(&self) -> usize {
-        self.policies.num_of_policies()
+        self.catalog.statics()
     }
 
     /// Number of templates.
     pub fn template_count(&self) -> usize {
-        self.policies.num_of_templates()
+        self.catalog.templates()
     }
 
     /// Number of entities read from `entities.json` (the schema's actions not counted).

@@ -60,6 +60,7 @@ impl PolicyStore {
         let mut cache = BuildCache::new();
         let read = read_dir(&dir, options.max_file_bytes)?;
         let Loaded { snapshot, warnings } = build_cached(&read, &options, &mut cache)?;
+        snapshot.policies();
         let store = Self {
             dir,
             options,
@@ -86,6 +87,7 @@ impl PolicyStore {
             .and_then(|read| build_cached(&read, &options, &mut cache));
         match built {
             Ok(Loaded { snapshot, warnings }) => {
+                snapshot.policies();
                 let store = Self {
                     dir,
                     options,
@@ -158,7 +160,9 @@ impl PolicyStore {
     /// Serves `snapshot` from the next call on, unless its content equals the serving
     /// snapshot's (then the serving one, and its `loaded_at`, stay). Clears the last error.
     pub fn install(&self, snapshot: Snapshot) -> ReloadOutcome {
-        self.swap_in(snapshot).0
+        let outcome = self.swap_in(snapshot).0;
+        self.current().policies();
+        outcome
     }
 
     /// [`install`](Self::install), handing back what it replaced: dropping the returned

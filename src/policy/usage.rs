@@ -8,11 +8,14 @@
 //! grouping into a bounded number of metric series happens only when `/metrics` is
 //! scraped ([`PolicyUsage::series`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{
+    Arc, OnceLock,
+    atomic::{AtomicU64, Ordering},
+};
 
 use cedar_policy::{Effect as CedarEffect, PolicySet};
 
-use super::{FastMap, Location};
+use super::{FastMap, Location, loader::Catalog};
 
 /// The label of the series that counts every policy past the cap.
 pub const OTHER_SERIES: &str = "other";
@@ -44,12 +47,25 @@ impl PolicyUse {
 /// Decisions per determining policy of one snapshot.
 #[derive(Debug)]
 pub struct PolicyUsage {
-    /// Position of each policy (by id) in `policies` and `counts`.
-    slots: FastMap<Box<str>, u32>,
-    /// Each policy's id, effect and whether it is named, sorted by id.
-    policies: Vec<(Box<str>, CedarEffect, bool)>,
-    /// Per policy: [deny, allow].
-    counts: Vec<[AtomicU64; 2]>,
+    /// How a policy's id leads to its counts.
+    slots: Slots,
+    /// Per policy (by its number): [deny, allow].
+    counts: Box<[[AtomicU64; 2]]>,
+    /// Each static policy's id, effect, whether it is named, and number, sorted by id:
+    /// for listing, worked out on the first list (a reload does not wait for it).
+    sorted: OnceLock<Vec<Listed>>,
+}
+
+/// One policy as listed: id, effect, named by `@id`, number.
+type Listed = (Box<str>, CedarEffect, bool, u32);
+
+/// Where a policy's number comes from.
+#[derive(Debug)]
+enum Slots {
+    /// A snapshot's catalog (its numbers: directory and text order).
+    Catalog(Arc<Catalog>),
+    /// A map of ids, for sets not read from a directory.
+    Ids(FastMap<Box<str>, u32>),
 }
 
 impl PolicyUsage {
@@ -68,34 +84,72 @@ impl PolicyUsage {
 
     /// Zero counts for the static policies given as (id, permits, named by `@id`).
     pub fn from_policies<'a>(policies: impl Iterator<Item = (&'a str, bool, bool)>) -> Self {
-        let mut policies: Vec<(Box<str>, CedarEffect, bool)> = policies
-            .map(|(id, permit, named)| {
+        let mut sorted: Vec<Listed> = policies
+            .enumerate()
+            .map(|(i, (id, permit, named))| {
                 let effect = if permit {
                     CedarEffect::Permit
                 } else {
                     CedarEffect::Forbid
                 };
-                (Box::from(id), effect, named)
+                (
+                    Box::from(id),
+                    effect,
+                    named,
+                    u32::try_from(i).unwrap_or(u32::MAX),
+                )
             })
             .collect();
-        policies.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let slots = policies
+        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let slots = sorted
             .iter()
-            .enumerate()
-            .map(|(i, (id, _, _))| (id.clone(), u32::try_from(i).unwrap_or(u32::MAX)))
+            .map(|(id, _, _, n)| (id.clone(), *n))
             .collect();
-        let counts = policies.iter().map(|_| Default::default()).collect();
         Self {
-            slots,
-            policies,
-            counts,
+            slots: Slots::Ids(slots),
+            counts: sorted.iter().map(|_| Default::default()).collect(),
+            sorted: OnceLock::from(sorted),
+        }
+    }
+
+    /// Zero counts for every policy of `catalog`: nothing is sorted or copied until the
+    /// counts are first listed, so a reload of a large set does not wait for it.
+    pub(crate) fn for_catalog(catalog: Arc<Catalog>) -> Self {
+        Self {
+            counts: (0..catalog.items()).map(|_| Default::default()).collect(),
+            slots: Slots::Catalog(catalog),
+            sorted: OnceLock::new(),
+        }
+    }
+
+    /// The policies sorted by id, with their numbers.
+    fn sorted(&self) -> &[Listed] {
+        self.sorted.get_or_init(|| match &self.slots {
+            Slots::Catalog(catalog) => {
+                let mut sorted: Vec<Listed> = catalog
+                    .static_policies()
+                    .map(|(id, effect, named, n)| (Box::from(id.as_ref()), effect, named, n))
+                    .collect();
+                sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                sorted
+            }
+            // Sorted when made.
+            Slots::Ids(_) => Vec::new(),
+        })
+    }
+
+    /// The number of policy `id`.
+    fn number(&self, id: &str) -> Option<u32> {
+        match &self.slots {
+            Slots::Catalog(catalog) => catalog.number(id),
+            Slots::Ids(ids) => ids.get(id).copied(),
         }
     }
 
     /// Counts one decision (`allowed` or not) for each of its determining policies.
     pub fn count<'a>(&self, allowed: bool, determining: impl IntoIterator<Item = &'a String>) {
         for id in determining {
-            if let Some(&slot) = self.slots.get(id.as_str())
+            if let Some(slot) = self.number(id)
                 && let Some(pair) = self.counts.get(slot as usize)
             {
                 pair[usize::from(allowed)].fetch_add(1, Ordering::Relaxed);
@@ -120,19 +174,20 @@ impl PolicyUsage {
         unused_only: bool,
         locate: impl Fn(&str) -> Option<&'s Location> + 's,
     ) -> impl Iterator<Item = PolicyUse> + 's {
+        let sorted = self.sorted();
         let start = if after.is_empty() {
             0
         } else {
-            self.policies.partition_point(|(id, _, _)| &**id <= after)
+            sorted.partition_point(|(id, _, _, _)| &**id <= after)
         };
-        self.policies[start..]
+        sorted[start..]
             .iter()
-            .zip(&self.counts[start..])
+            .filter_map(|listed| Some((listed, self.counts.get(listed.3 as usize)?)))
             .filter(move |(_, [deny, allow])| {
                 !unused_only
                     || (deny.load(Ordering::Relaxed) == 0 && allow.load(Ordering::Relaxed) == 0)
             })
-            .map(move |((id, effect, named), [deny, allow])| PolicyUse {
+            .map(move |((id, effect, named, _), [deny, allow])| PolicyUse {
                 id: id.to_string(),
                 effect: match effect {
                     CedarEffect::Permit => "permit",
@@ -147,12 +202,15 @@ impl PolicyUsage {
 
     /// Number of policies counted.
     pub fn len(&self) -> usize {
-        self.policies.len()
+        match &self.slots {
+            Slots::Catalog(catalog) => catalog.statics(),
+            Slots::Ids(ids) => ids.len(),
+        }
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.policies.is_empty()
+        self.len() == 0
     }
 
     /// The counts grouped into at most `max_series` metric series (plus [`OTHER_SERIES`]),
@@ -169,7 +227,11 @@ impl PolicyUsage {
         let mut index: FastMap<String, usize> = FastMap::default();
         let mut other = (0u64, 0u64);
         let mut overflow = false;
-        for ((id, _, named), [deny, allow]) in self.policies.iter().zip(&self.counts) {
+        let sorted = self.sorted();
+        let counted = sorted
+            .iter()
+            .filter_map(|listed| Some((listed, self.counts.get(listed.3 as usize)?)));
+        for ((id, _, named, _), [deny, allow]) in counted {
             let (deny, allow) = (deny.load(Ordering::Relaxed), allow.load(Ordering::Relaxed));
             let label = if *named {
                 id.to_string()

@@ -254,3 +254,240 @@ fn cached_slices_are_the_slices_a_fresh_index_picks() {
         }
     }
 }
+
+/// What a snapshot's index, catalog and usage say, in a form to compare between a
+/// snapshot derived reload after reload and one built from nothing: for every request,
+/// the policies picked (both ways), the literals, the anchors of a search and the
+/// decision on the slice; where each id is; which uids it names without holding.
+fn observed(snapshot: &crate::policy::Snapshot) -> Vec<String> {
+    use crate::policy::SearchSide;
+    let uid = |text: &str| EntityUid::from_str(text).expect("a test uid");
+    let authorizer = Authorizer::new();
+    let entities = snapshot.entities();
+    let named = |slots: Option<Vec<crate::policy::Slot>>| {
+        slots.map(|slots| {
+            let mut ids: Vec<String> = slots
+                .iter()
+                .map(|&s| {
+                    snapshot
+                        .policy(s)
+                        .expect("a slot of the index")
+                        .id()
+                        .to_string()
+                })
+                .collect();
+            ids.sort();
+            ids
+        })
+    };
+    let mut seen = Vec::new();
+    let slicer = Slicer::new();
+    for principal in PRINCIPALS {
+        for action in ACTIONS {
+            for resource in RESOURCES {
+                let (p, a, r) = (uid(principal), uid(action), uid(resource));
+                let request = [&p, &a, &r];
+                let index = snapshot.index();
+                for worth_it in [false, true] {
+                    seen.push(format!(
+                        "{principal} {action} {resource} {worth_it}: {:?}",
+                        named(index.chosen(request, entities, worth_it))
+                    ));
+                }
+                let mut literals: Vec<String> = index
+                    .literals(request, entities, true)
+                    .map(ToString::to_string)
+                    .collect();
+                literals.sort();
+                literals.dedup();
+                let anchors = index
+                    .search_anchors(SearchSide::Principal, p.type_name(), &r, &a, entities)
+                    .map(|anchors| {
+                        let mut anchors: Vec<String> =
+                            anchors.iter().map(|a| format!("{a:?}")).collect();
+                        anchors.sort();
+                        anchors
+                    });
+                let context =
+                    Context::from_json_value(serde_json::json!({ "flag": true }), None).unwrap();
+                let cedar_request = Request::new(p.clone(), a.clone(), r.clone(), context, None)
+                    .expect("a test request");
+                let slice =
+                    slicer.slice(snapshot.version(), index, snapshot, request, entities, true);
+                let decided = answer(&authorizer.is_authorized(&cedar_request, &slice, entities));
+                seen.push(format!("{literals:?} {anchors:?} {decided:?}"));
+            }
+        }
+    }
+    let mut all: Vec<String> = snapshot
+        .index()
+        .literals(
+            [&uid(PRINCIPALS[0]), &uid(ACTIONS[0]), &uid(RESOURCES[0])],
+            entities,
+            false,
+        )
+        .map(ToString::to_string)
+        .collect();
+    all.sort();
+    all.dedup();
+    seen.push(format!("all literals {all:?}"));
+    for text in PRINCIPALS
+        .iter()
+        .chain(RESOURCES)
+        .chain(ACTIONS)
+        .chain(&[r#"Group::"g1""#, r#"User::"nobody""#])
+    {
+        seen.push(format!(
+            "{text} {}",
+            snapshot.names_without_holding(&uid(text))
+        ));
+    }
+    for listed in snapshot.usage().list(|id| snapshot.policy_location(id)) {
+        seen.push(format!("{listed:?}"));
+    }
+    seen.push(format!(
+        "{} {} {:?}",
+        snapshot.policy_count(),
+        snapshot.template_count(),
+        snapshot.files_series(100)
+    ));
+    seen
+}
+
+/// A reload derives its index and catalog from the last good build's (taking out the
+/// policies of files that changed or went, putting in those of files that changed or
+/// came). Over random edits (files rewritten, added, deleted; ids used twice, which the
+/// build refuses and the next must not be confused by), every derived snapshot picks,
+/// names and decides exactly what a snapshot built from nothing does, and refuses with
+/// the same problems.
+#[test]
+fn an_index_carried_across_reloads_answers_as_one_built_fresh() {
+    use crate::policy::{BuildCache, LoadOptions, build, build_cached, read_dir};
+    let options = LoadOptions::default();
+    let (mut compared, mut refused) = (0usize, 0usize);
+    for seed in 1..=6u64 {
+        let mut rng = Rng::new(seed);
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(dir.path().join("entities.json"), ENTITIES).expect("write entities");
+        let mut cache = BuildCache::new();
+        let mut next_id = 0usize;
+        for round in 0..30 {
+            for _ in 0..=rng.below(2) {
+                let file = dir.path().join(format!("f{}.cedar", rng.below(6)));
+                if rng.chance(15) {
+                    let _ = std::fs::remove_file(&file);
+                    continue;
+                }
+                let text: String = (0..rng.below(6))
+                    .map(|_| {
+                        // Now and then an id already used somewhere: a refused build.
+                        let id = if rng.chance(4) {
+                            rng.below(next_id.max(1))
+                        } else {
+                            next_id
+                        };
+                        next_id += 1;
+                        random_policy(&mut rng, id)
+                    })
+                    .collect();
+                std::fs::write(&file, text).expect("write a policy file");
+            }
+            let read = read_dir(dir.path(), 1 << 20).expect("read the directory");
+            let derived = build_cached(&read, &options, &mut cache);
+            let fresh = build(&read, &options);
+            match (derived, fresh) {
+                (Ok(derived), Ok(fresh)) => {
+                    assert_eq!(
+                        observed(&derived.snapshot),
+                        observed(&fresh.snapshot),
+                        "seed {seed} round {round}"
+                    );
+                    compared += 1;
+                }
+                (Err(derived), Err(fresh)) => {
+                    assert_eq!(
+                        derived.to_string(),
+                        fresh.to_string(),
+                        "seed {seed} round {round}"
+                    );
+                    refused += 1;
+                }
+                (derived, fresh) => panic!(
+                    "seed {seed} round {round}: derived {:?}, fresh {:?}",
+                    derived.map(|_| ()),
+                    fresh.map(|_| ())
+                ),
+            }
+        }
+    }
+    assert!(
+        compared > 100 && refused > 5,
+        "{compared} compared, {refused} refused"
+    );
+}
+
+/// Just after a reload of a large set, Cedar's whole set is not built yet (the store
+/// builds it once the new version serves): a request that would be decided with the
+/// whole set gets the slice of every policy that can match instead, with the same
+/// answer, and does not wait for (or build) the whole set.
+#[test]
+fn a_request_before_the_whole_set_is_built_takes_a_slice_rather_than_wait() {
+    use crate::policy::{LoadOptions, build, read_dir};
+    let dir = tempfile::tempdir().expect("a temp dir");
+    // 200 of 300 policies can match u0: over half of a set past 256, so once the whole
+    // set is built it is cheaper than a slice.
+    let text: String = (0..300)
+        .map(|i| {
+            let who = if i % 3 == 2 { "u1" } else { "u0" };
+            format!("@id(\"p{i}\") permit(principal == User::\"{who}\", action, resource) when {{ context.n == {i} }};\n")
+        })
+        .collect();
+    std::fs::write(dir.path().join("many.cedar"), text).expect("write policies");
+    let read = read_dir(dir.path(), 1 << 20).expect("read");
+    let snapshot = build(&read, &LoadOptions::default())
+        .expect("valid")
+        .snapshot;
+    let uid = |text: &str| EntityUid::from_str(text).expect("a test uid");
+    let (p, a, r) = (
+        uid(r#"User::"u0""#),
+        uid(r#"Action::"read""#),
+        uid(r#"Doc::"d0""#),
+    );
+    let context = Context::from_json_value(serde_json::json!({ "n": 3 }), None).unwrap();
+    let request = Request::new(p.clone(), a.clone(), r.clone(), context, None).unwrap();
+    let entities = Entities::empty();
+    let slicer = Slicer::new();
+    let decide =
+        |slice: &Slice<'_>| answer(&Authorizer::new().is_authorized(&request, slice, &entities));
+
+    assert!(
+        snapshot.policies_if_built().is_none(),
+        "a build leaves the whole set to later"
+    );
+    let early = slicer.slice(
+        snapshot.version(),
+        snapshot.index(),
+        &snapshot,
+        [&p, &a, &r],
+        &entities,
+        true,
+    );
+    assert!(matches!(&early, Slice::Part(set) if set.num_of_policies() == 200));
+    assert!(
+        snapshot.policies_if_built().is_none(),
+        "the request did not build it"
+    );
+
+    snapshot.policies();
+    let late = slicer.slice(
+        snapshot.version(),
+        snapshot.index(),
+        &snapshot,
+        [&p, &a, &r],
+        &entities,
+        true,
+    );
+    assert!(matches!(late, Slice::Whole(_)));
+    assert_eq!(decide(&early), decide(&late));
+    assert_eq!(decide(&early), (true, vec!["p3".to_owned()], vec![]));
+}

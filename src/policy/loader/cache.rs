@@ -22,10 +22,13 @@ use std::{
 use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 
 use super::{
+    catalog::Catalog,
     policies::{PIECE_POLICIES, ParsedFile, ParsedPolicy, parse_one},
     read::{Kind, Source},
 };
-use crate::policy::{PolicyValidation, Problem, error::diagnostic_problem_at};
+use crate::policy::{
+    FastSet, PolicyIndex, PolicyValidation, Problem, error::diagnostic_problem_at,
+};
 
 /// What a policy store keeps from one build for the next ([`super::build_cached`]).
 #[derive(Default)]
@@ -38,6 +41,9 @@ pub struct BuildCache {
     generation: u64,
     /// The stored entities, with the text and schema generation they were built from.
     entities: Option<CachedEntities>,
+    /// The catalog and index of the last build that succeeded: the next build's are
+    /// derived from them.
+    built: Option<(Arc<Catalog>, PolicyIndex)>,
 }
 
 #[derive(Debug)]
@@ -54,7 +60,7 @@ struct CachedEntities {
     entities: Entities,
     count: usize,
     /// Uids the entities name (as ancestors, in attributes or tags).
-    named: Arc<[cedar_policy::EntityUid]>,
+    named: Arc<FastSet<cedar_policy::EntityUid>>,
 }
 
 /// What Cedar's validator says of one file's policies.
@@ -163,11 +169,21 @@ impl BuildCache {
     pub(super) fn entities(
         &self,
         text: Option<&str>,
-    ) -> Option<(Entities, usize, Arc<[cedar_policy::EntityUid]>)> {
+    ) -> Option<(Entities, usize, Arc<FastSet<cedar_policy::EntityUid>>)> {
         self.entities
             .as_ref()
             .filter(|c| c.text.as_deref() == text && c.generation == self.generation)
             .map(|c| (c.entities.clone(), c.count, c.named.clone()))
+    }
+
+    /// The catalog and index of the last build that succeeded.
+    pub(super) fn built(&self) -> Option<&(Arc<Catalog>, PolicyIndex)> {
+        self.built.as_ref()
+    }
+
+    /// Keeps the catalog and index of a build that succeeded, for the next to start from.
+    pub(super) fn keep_built(&mut self, catalog: Arc<Catalog>, index: PolicyIndex) {
+        self.built = Some((catalog, index));
     }
 
     /// Keeps the stored entities just built from `text`.
@@ -176,7 +192,7 @@ impl BuildCache {
         text: Option<&str>,
         entities: &Entities,
         count: usize,
-        named: Arc<[cedar_policy::EntityUid]>,
+        named: Arc<FastSet<cedar_policy::EntityUid>>,
     ) {
         self.entities = Some(CachedEntities {
             text: text.map(str::to_owned),
@@ -283,32 +299,6 @@ pub(super) fn in_parallel<T: Send, R: Send>(items: Vec<T>, work: impl Fn(T) -> R
         .into_iter()
         .filter_map(|r| r.into_inner().unwrap_or_else(|p| p.into_inner()))
         .collect()
-}
-
-/// `a` on a thread of its own (here, should none start) and `b` here, at the same time.
-pub(super) fn both<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B) {
-    let a = Mutex::new(Some(a));
-    thread::scope(|scope| {
-        let mut done = None;
-        let helper = thread::Builder::new()
-            .name("policy-build".into())
-            .stack_size(STACK_BYTES)
-            .spawn_scoped(scope, || {
-                let a = a.lock().unwrap_or_else(|p| p.into_inner()).take();
-                a.map(|a| a())
-            });
-        let b = b();
-        if let Ok(helper) = helper {
-            done = helper
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        }
-        let a = done.unwrap_or_else(|| {
-            let a = a.lock().unwrap_or_else(|p| p.into_inner()).take();
-            a.expect("run by neither thread")()
-        });
-        (a, b)
-    })
 }
 
 #[cfg(test)]

@@ -9,22 +9,26 @@
 //! read, so unchanged content always gives the same version.
 
 mod cache;
+mod catalog;
 mod entities;
 mod policies;
 mod read;
 mod schema;
 
-use std::{collections::hash_map::Entry, path::Path, sync::Arc, time::SystemTime};
+use std::{
+    path::Path,
+    sync::{Arc, OnceLock},
+    time::SystemTime,
+};
 
+pub(crate) use self::catalog::Catalog;
 pub use self::{
     cache::BuildCache,
     policies::MAX_POLICY_NESTING,
     read::{Sources, read_dir},
 };
 use self::{
-    cache::both,
     entities::load_entities,
-    policies::{ParsedFile, ParsedPolicy},
     read::{Kind, Source},
     schema::parse_schema,
 };
@@ -32,11 +36,10 @@ pub(crate) use self::{
     policies::{id_annotation, parse_problems, too_deep},
     read::relative,
 };
-use cedar_policy::{Entities, EntityUid, EvalResult, PolicyId, PolicySet};
+use cedar_policy::{Entities, EntityUid, EvalResult};
 
 use super::{
-    FastMap, FastSet, LoadError, Location, PolicyValidation, Problem, ProblemKind, Snapshot,
-    index::{IndexEntry, PolicyIndex},
+    FastSet, LoadError, PolicyValidation, Problem, ProblemKind, Snapshot, index::PolicyIndex,
     usage::PolicyUsage,
 };
 
@@ -122,7 +125,11 @@ pub fn build_cached(
 
     let from = problems.len();
     let files = cache.parse(sources);
-    let policies = assemble(&files, &mut problems);
+    let catalog = Catalog::new(
+        &files,
+        cache.built().map(|(catalog, _)| &**catalog),
+        &mut problems,
+    );
     tag(&mut problems, from, ProblemKind::Parse);
     let from = problems.len();
     let parsed = parse_schema(sources, &mut problems, &mut warnings);
@@ -161,7 +168,7 @@ pub fn build_cached(
             Some(kept) => Some(kept),
             None => load_entities(sources, schema.as_ref(), options, &mut problems).map(
                 |(entities, count)| {
-                    let named: Arc<[EntityUid]> = entities_name(&entities).into();
+                    let named = Arc::new(entities_name(&entities));
                     cache.keep_entities(entities_text, &entities, count, named.clone());
                     (entities, count, named)
                 },
@@ -170,57 +177,34 @@ pub fn build_cached(
         Err(()) => None,
     };
     tag(&mut problems, from, ProblemKind::Entities);
-    let (true, Ok(schema), Some((entities, entity_count, entities_named))) =
-        (problems.is_empty(), schema, entities)
+    let (true, Ok(schema), Some((entities, entity_count, entities_name)), Ok((catalog, change))) =
+        (problems.is_empty(), schema, entities, catalog)
     else {
         return Err(LoadError::Invalid(problems));
     };
-    let Assembled { items, locations } = policies;
-    let statics: Vec<(&ParsedPolicy, &Arc<IndexEntry>)> = items
-        .iter()
-        .filter_map(|p| p.index.as_ref().map(|entry| (*p, entry)))
-        .collect();
-    // Cedar's policy set takes longest to put together (a few µs a policy); it is built
-    // beside the rest.
-    let (policies, (index, usage, named_not_held)) = both(
-        || policy_set(&items),
-        || {
-            let index = PolicyIndex::from_entries(statics.iter().map(|(p, e)| (&p.id, *e)));
-            let usage = PolicyUsage::from_policies(
-                statics
-                    .iter()
-                    .map(|(p, e)| (p.id.as_ref(), e.permit(), p.named)),
-            );
-            let named_not_held: FastSet<EntityUid> = entities_named
-                .iter()
-                .chain(statics.iter().flat_map(|(_, entry)| entry.named()))
-                .filter(|uid| entities.get(uid).is_none())
-                .cloned()
-                .collect();
-            (index, usage, named_not_held)
-        },
-    );
+    // The index is derived from the last good build's: what changed is taken out and put
+    // in, the rest shared. Cedar's whole policy set is not built here (see
+    // `Snapshot::policies`).
+    let index = match cache.built() {
+        Some((_, prior)) => prior.updated(&change.gone, &change.removed, &change.added),
+        None => PolicyIndex::default().updated(&change.gone, &change.removed, &change.added),
+    };
+    let catalog = Arc::new(catalog);
+    cache.keep_built(catalog.clone(), index.clone());
     Ok(Loaded {
         snapshot: Snapshot {
-            policy_locations: locations,
-            named_not_held,
+            whole: OnceLock::new(),
             index,
-            usage,
-            policies: policies?,
+            usage: PolicyUsage::for_catalog(catalog.clone()),
+            catalog,
+            entities_name,
             schema_shape,
             schema,
             entities,
             entity_count,
-            version: read.version.clone(),
+            version: read.version().to_owned(),
             loaded_at: SystemTime::now(),
             members: Default::default(),
-            policies_by_file: files
-                .iter()
-                .map(|f| {
-                    let count = u32::try_from(f.policies.len()).unwrap_or(u32::MAX);
-                    (Box::from(f.rel.as_str()), count)
-                })
-                .collect(),
         },
         warnings,
     })
@@ -234,115 +218,9 @@ fn schema_text(sources: &[Source]) -> Option<&str> {
         .map(|s| s.text.as_str())
 }
 
-/// Every policy and template of the parsed files, each id once, in file and text order.
-struct Assembled<'f> {
-    items: Vec<&'f ParsedPolicy>,
-    /// Where each starts.
-    locations: PolicyLocations,
-}
-
-/// Puts the parsed files together: their problems, and each policy whose id no earlier
-/// one has (a second use of an id is a problem naming the first).
-fn assemble<'f>(files: &'f [Arc<ParsedFile>], problems: &mut Vec<Problem>) -> Assembled<'f> {
-    let total = files.iter().map(|f| f.policies.len()).sum();
-    let mut items = Vec::with_capacity(total);
-    let mut by_id: FastMap<PolicyId, (u32, u32)> =
-        FastMap::with_capacity_and_hasher(total, Default::default());
-    for (f, file) in files.iter().enumerate() {
-        problems.extend(file.problems.iter().cloned());
-        for (p, policy) in file.policies.iter().enumerate() {
-            match by_id.entry(displayed(&policy.id)) {
-                Entry::Occupied(first) => {
-                    let (ff, fp) = *first.get();
-                    let message = format!(
-                        "policy id `{}` is used twice; it is also the id of the policy at {}",
-                        policy.id, files[ff as usize].policies[fp as usize].location
-                    );
-                    problems.push(Problem::new(policy.location.clone(), message));
-                }
-                Entry::Vacant(slot) => {
-                    // Positions fit: a file holds at most `max_policy_file_bytes`, and a
-                    // directory far fewer files than 2^32.
-                    let at = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-                    slot.insert((at(f), at(p)));
-                    items.push(policy);
-                }
-            }
-        }
-    }
-    Assembled {
-        items,
-        locations: PolicyLocations {
-            files: files.into(),
-            by_id,
-        },
-    }
-}
-
-/// `id` as Cedar displays it (quotes, backslashes and unprintable characters escaped):
-/// the form decisions name policies by, and so the form their locations are found by.
-/// Most ids display as they are, and are kept without a copy.
-fn displayed(id: &PolicyId) -> PolicyId {
-    let raw: &str = id.as_ref();
-    let as_is = raw
-        .bytes()
-        .all(|b| b == b' ' || (b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'\'')));
-    if as_is {
-        id.clone()
-    } else {
-        // Its display, not its text (which `PolicyId::new(id)` would take).
-        PolicyId::new(format!("{id}"))
-    }
-}
-
-/// Where each policy and template of a snapshot starts: the parsed files themselves
-/// (shared with the build cache, not copied) and, by id, which file and which of its
-/// policies.
-pub(crate) struct PolicyLocations {
-    files: Box<[Arc<ParsedFile>]>,
-    by_id: FastMap<PolicyId, (u32, u32)>,
-}
-
-impl PolicyLocations {
-    /// Where the policy or template `id` (as Cedar displays it) starts.
-    pub(crate) fn get(&self, id: &str) -> Option<&Location> {
-        let &(f, p) = self.by_id.get(&PolicyId::new(id))?;
-        Some(
-            &self
-                .files
-                .get(f as usize)?
-                .policies
-                .get(p as usize)?
-                .location,
-        )
-    }
-}
-
-impl std::fmt::Debug for PolicyLocations {
-    // The files hold their texts: a debug print says how much is held, not what.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicyLocations")
-            .field("files", &self.files.len())
-            .field("policies", &self.by_id.len())
-            .finish()
-    }
-}
-
-/// Cedar's policy set of `items` (whose ids are distinct).
-fn policy_set(items: &[&ParsedPolicy]) -> Result<PolicySet, LoadError> {
-    let mut set = PolicySet::new();
-    for policy in items {
-        policy
-            .item
-            .add_to(&mut set)
-            .map_err(|e| LoadError::Invalid(vec![Problem::new(policy.location.clone(), e)]))?;
-    }
-    Ok(set)
-}
-
-/// The uids `entities` name (as ancestors, or in attribute and tag values), repeats and
-/// all: with those the policies name, what [`Snapshot::names_without_holding`] is made of.
-fn entities_name(entities: &Entities) -> Vec<EntityUid> {
+/// The uids `entities` name (as ancestors, or in attribute and tag values): with those
+/// the policies name, what [`Snapshot::names_without_holding`] looks in.
+fn entities_name(entities: &Entities) -> FastSet<EntityUid> {
     fn values(value: &EvalResult, found: &mut Vec<EntityUid>) {
         match value {
             EvalResult::EntityUid(uid) => found.push(uid.clone()),
@@ -366,5 +244,5 @@ fn entities_name(entities: &Entities) -> Vec<EntityUid> {
             }
         }
     }
-    named
+    named.into_iter().collect()
 }

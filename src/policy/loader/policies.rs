@@ -6,7 +6,11 @@ use std::{str::FromStr, sync::Arc};
 use cedar_policy::{PolicyId, PolicySet};
 
 use super::cache;
-use crate::policy::{Lines, Location, Problem, error::diagnostic_problem, index::IndexEntry};
+use crate::policy::{
+    Lines, Location, Problem,
+    error::diagnostic_problem,
+    index::{IndexEntry, POSITION_BITS},
+};
 
 /// Deepest nesting of `(`, `[` and `{` a policy file may have. Cedar parses and evaluates
 /// expressions recursively: a debug build overflows a 2 MiB thread stack somewhere
@@ -125,6 +129,9 @@ pub(super) fn array_element_starts(text: &str) -> Vec<usize> {
 /// One policy file parsed: what a rebuild reuses while the file's text stays the same.
 #[derive(Debug)]
 pub(super) struct ParsedFile {
+    /// This parse's own key, never given to another: the high bits of its policies'
+    /// slots in the index (see [`crate::policy::index::Slot`]).
+    pub(super) key: u64,
     /// Relative path with `/` separators.
     pub(super) rel: String,
     /// The text it was parsed from.
@@ -174,6 +181,17 @@ impl Item {
     }
 }
 
+/// Most policies and templates one file may hold: a policy's position in its file is the
+/// low [`POSITION_BITS`] of its slot.
+const MAX_FILE_POLICIES: usize = 1 << POSITION_BITS;
+
+/// A key for a new parse: one counter for the whole process, so that no two parses
+/// (of any directory) ever share one.
+fn next_key() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Parses one policy file: its policies with their ids (its `@id`, else `stem.position`)
 /// and locations, or what is wrong with it. Ids used twice are found when the files are
 /// put together.
@@ -193,6 +211,7 @@ pub(super) fn parse_one(rel: String, text: String) -> ParsedFile {
             ),
         ));
         return ParsedFile {
+            key: next_key(),
             rel,
             text,
             problems,
@@ -204,6 +223,7 @@ pub(super) fn parse_one(rel: String, text: String) -> ParsedFile {
         Ok(pieces) => pieces,
         Err(found) => {
             return ParsedFile {
+                key: next_key(),
                 rel,
                 text,
                 problems: found,
@@ -225,7 +245,15 @@ pub(super) fn parse_one(rel: String, text: String) -> ParsedFile {
         policies.extend(piece_policies);
         problems.extend(piece_problems);
     }
+    if policies.len() > MAX_FILE_POLICIES {
+        problems.push(Problem::new(
+            Location::file(rel.clone()),
+            format!("holds more than {MAX_FILE_POLICIES} policies; split it into several files"),
+        ));
+        policies.clear();
+    }
     ParsedFile {
+        key: next_key(),
         rel,
         text,
         problems,

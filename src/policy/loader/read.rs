@@ -4,6 +4,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    sync::OnceLock,
     time::SystemTime,
 };
 
@@ -21,6 +22,7 @@ pub(super) enum Kind {
 }
 
 /// One file read from the directory.
+#[derive(PartialEq, Eq)]
 pub(super) struct Source {
     /// Relative path with `/` separators.
     pub(super) rel: String,
@@ -35,7 +37,9 @@ pub struct Sources {
     pub(super) sources: Vec<Source>,
     /// Files that could not be read.
     pub(super) problems: Vec<Problem>,
-    pub(super) version: String,
+    /// The hash of `sources`, worked out when first asked for (a watcher's second read
+    /// is compared by content and never needs it).
+    pub(super) version: OnceLock<String>,
     /// Files opened, whether or not they could then be read.
     pub(super) opened: usize,
     /// The latest modification time among the files read.
@@ -49,15 +53,21 @@ impl Sources {
         Self {
             sources: Vec::new(),
             problems: Vec::new(),
-            version: String::new(),
+            version: OnceLock::from(String::new()),
             opened: 0,
             newest: None,
         }
     }
 
-    /// The version a snapshot built from these sources has.
+    /// The version a snapshot built from these sources has (hashed on the first call).
     pub fn version(&self) -> &str {
-        &self.version
+        self.version.get_or_init(|| content_hash(&self.sources))
+    }
+
+    /// Whether `other` read the same files with the same content (what equal versions
+    /// say, without hashing either).
+    pub fn same_content(&self, other: &Sources) -> bool {
+        self.sources == other.sources
     }
 
     /// Whether every file could be read (else [`build`] reports which could not).
@@ -115,11 +125,10 @@ pub fn read_dir(dir: &Path, max_file_bytes: u64) -> Result<Sources, LoadError> {
     let mut opened = 0;
     let mut newest = None;
     let sources = read_sources(dir, max_file_bytes, &mut problems, &mut opened, &mut newest);
-    let version = content_hash(&sources);
     Ok(Sources {
         sources,
         problems,
-        version,
+        version: OnceLock::new(),
         opened,
         newest,
     })

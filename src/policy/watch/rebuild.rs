@@ -50,7 +50,13 @@ impl Run {
         let (settled, again) = if fresh {
             (Some(false), None)
         } else {
-            let settled = self.changed_until(Instant::now() + self.options.settle);
+            let settle_until = Instant::now() + self.options.settle;
+            // Hashed while the directory is given time to show a change (events that
+            // come meanwhile wait in the queue): the wait, not the read, pays for it.
+            if let Ok(read) = &read {
+                read.version();
+            }
+            let settled = self.changed_until(settle_until);
             let again = (settled == Some(false))
                 .then(|| read_dir(self.store.dir(), self.store.options().max_file_bytes));
             (settled, again)
@@ -94,7 +100,7 @@ impl Run {
             return self.changed_holding(true);
         }
         let read = match (read, again) {
-            (Ok(read), Ok(again)) if again.version() == read.version() => Ok(read),
+            (Ok(read), Ok(again)) if again.same_content(&read) => Ok(read),
             (Ok(_), _) => return self.changed_holding(others_opened),
             (Err(err), _) => Err(err),
         };
@@ -147,6 +153,9 @@ impl Run {
                 }
                 // Freed only once the new version is said to serve.
                 drop(retired);
+                // Cedar's whole policy set, which few calls need, is built now that the
+                // new version serves rather than before (see `Snapshot::policies`).
+                self.store.current().policies();
             }
             Err(err) => {
                 span.record("outcome", "failed");
