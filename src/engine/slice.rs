@@ -43,7 +43,9 @@ impl PolicySource for Snapshot {
     }
 }
 
-/// A set with its index made by [`PolicyIndex::new`] (slot = position in the set).
+/// A set with its index made by [`PolicyIndex::new`] (slot = position in the set; a
+/// lookup walks the set, which tests can afford).
+#[cfg(test)]
 impl PolicySource for PolicySet {
     fn policy(&self, slot: Slot) -> Option<&Policy> {
         self.policies().nth(usize::try_from(slot).ok()?)
@@ -125,10 +127,20 @@ impl Slicer {
         entities: &Entities,
         only_if_worth_it: bool,
     ) -> Slice<'s> {
-        let worth_it = only_if_worth_it && full.whole_if_built().is_some();
+        let built = full.whole_if_built().is_some();
+        let worth_it = only_if_worth_it && built;
         let Some(chosen) = index.chosen([principal, action, resource], entities, worth_it) else {
             return Slice::Whole(full.whole());
         };
+        // Not built yet and most of a large set can match: one build of the whole set,
+        // shared by every call that needs it, rather than a near-whole slice per call.
+        if only_if_worth_it
+            && !built
+            && chosen.len() > CACHED_SLICE_POLICIES
+            && chosen.len() * 2 > index.len()
+        {
+            return Slice::Whole(full.whole());
+        }
         let cacheable = chosen.len() <= CACHED_SLICE_POLICIES;
         if cacheable && let Some(set) = self.cached(version, &chosen) {
             return Slice::Part(set);

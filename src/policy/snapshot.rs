@@ -50,8 +50,9 @@ impl Snapshot {
     /// before then waits for it.
     pub fn policies(&self) -> &PolicySet {
         self.whole.get_or_init(|| {
-            // Cannot fail: the loader refused the snapshot if two items shared an id. Were
-            // it to, an empty set denies everything rather than deciding with part of it.
+            // Cannot fail: the loader refused the snapshot if two items shared an id (as
+            // written or as displayed). Were it to, the calls decided with the whole set
+            // deny rather than decide with part of it.
             self.catalog.policy_set().unwrap_or_else(|error| {
                 tracing::error!(%error, "could not assemble the policy set; denying every request");
                 PolicySet::new()

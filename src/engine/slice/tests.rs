@@ -356,8 +356,9 @@ fn observed(snapshot: &crate::policy::Snapshot) -> Vec<String> {
 
 /// A reload derives its index and catalog from the last good build's (taking out the
 /// policies of files that changed or went, putting in those of files that changed or
-/// came). Over random edits (files rewritten, added, deleted; ids used twice, which the
-/// build refuses and the next must not be confused by), every derived snapshot picks,
+/// came). Over random edits (files rewritten, added, deleted, renamed, copied; ids used
+/// twice, stored entities or a schema that do not load: builds refused, which the next
+/// must not be confused by), every derived snapshot picks,
 /// names and decides exactly what a snapshot built from nothing does, and refuses with
 /// the same problems.
 #[test]
@@ -372,10 +373,36 @@ fn an_index_carried_across_reloads_answers_as_one_built_fresh() {
         let mut cache = BuildCache::new();
         let mut next_id = 0usize;
         for round in 0..30 {
+            // Now and then a stored entities file that does not load, or a schema that
+            // does not parse: refused after the policies were put together.
+            let broken = rng.chance(8);
+            let entities = if broken && rng.chance(50) {
+                "[{"
+            } else {
+                ENTITIES
+            };
+            std::fs::write(dir.path().join("entities.json"), entities).expect("write entities");
+            let schema = dir.path().join("schema.cedarschema");
+            if broken && entities == ENTITIES {
+                std::fs::write(&schema, "entity User in [").expect("write a schema");
+            } else {
+                let _ = std::fs::remove_file(&schema);
+            }
             for _ in 0..=rng.below(2) {
                 let file = dir.path().join(format!("f{}.cedar", rng.below(6)));
+                let other = dir.path().join(format!("f{}.cedar", rng.below(6)));
                 if rng.chance(15) {
                     let _ = std::fs::remove_file(&file);
+                    continue;
+                }
+                if rng.chance(10) {
+                    // Renamed: the same text under another name (positional ids change).
+                    let _ = std::fs::rename(&file, &other);
+                    continue;
+                }
+                if rng.chance(8) {
+                    // Copied: the same text twice (its `@id`s used twice: refused).
+                    let _ = std::fs::copy(&file, &other);
                     continue;
                 }
                 let text: String = (0..rng.below(6))
@@ -421,73 +448,104 @@ fn an_index_carried_across_reloads_answers_as_one_built_fresh() {
         }
     }
     assert!(
-        compared > 100 && refused > 5,
+        compared > 100 && refused > 20,
         "{compared} compared, {refused} refused"
     );
 }
 
 /// Just after a reload of a large set, Cedar's whole set is not built yet (the store
 /// builds it once the new version serves): a request that would be decided with the
-/// whole set gets the slice of every policy that can match instead, with the same
-/// answer, and does not wait for (or build) the whole set.
+/// whole set because each side of its scope has many candidates, though few policies
+/// match all three, gets the slice of those few instead, with the same answer, and does
+/// not wait for (or build) the whole set. One that most of the set can match waits for
+/// the one shared build.
 #[test]
 fn a_request_before_the_whole_set_is_built_takes_a_slice_rather_than_wait() {
     use crate::policy::{LoadOptions, build, read_dir};
     let dir = tempfile::tempdir().expect("a temp dir");
-    // 200 of 300 policies can match u0: over half of a set past 256, so once the whole
-    // set is built it is cheaper than a slice.
-    let text: String = (0..300)
-        .map(|i| {
-            let who = if i % 3 == 2 { "u1" } else { "u0" };
-            format!("@id(\"p{i}\") permit(principal == User::\"{who}\", action, resource) when {{ context.n == {i} }};\n")
-        })
-        .collect();
+    // For u0 reading d0: 201 candidates on each side of 301 (past half of a set past
+    // 256: once built, the whole set is cheaper), of which only `match` matches all three.
+    let mut text = String::from(
+        "@id(\"match\") permit(principal == User::\"u0\", action == Action::\"read\", resource == Doc::\"d0\");\n",
+    );
+    for k in 0..100 {
+        text.push_str(&format!(
+            "@id(\"a{k}\") permit(principal == User::\"u0\", action, resource == Doc::\"x{k}\");\n\
+             @id(\"b{k}\") permit(principal == User::\"v{k}\", action == Action::\"read\", resource);\n\
+             @id(\"c{k}\") permit(principal, action == Action::\"delete\", resource == Doc::\"d0\");\n"
+        ));
+    }
     std::fs::write(dir.path().join("many.cedar"), text).expect("write policies");
     let read = read_dir(dir.path(), 1 << 20).expect("read");
     let snapshot = build(&read, &LoadOptions::default())
         .expect("valid")
         .snapshot;
     let uid = |text: &str| EntityUid::from_str(text).expect("a test uid");
-    let (p, a, r) = (
-        uid(r#"User::"u0""#),
-        uid(r#"Action::"read""#),
-        uid(r#"Doc::"d0""#),
-    );
-    let context = Context::from_json_value(serde_json::json!({ "n": 3 }), None).unwrap();
-    let request = Request::new(p.clone(), a.clone(), r.clone(), context, None).unwrap();
     let entities = Entities::empty();
     let slicer = Slicer::new();
-    let decide =
-        |slice: &Slice<'_>| answer(&Authorizer::new().is_authorized(&request, slice, &entities));
+    let ask = |p: &str, a: &str, r: &str| {
+        let (p, a, r) = (uid(p), uid(a), uid(r));
+        let slice = slicer.slice(
+            snapshot.version(),
+            snapshot.index(),
+            &snapshot,
+            [&p, &a, &r],
+            &entities,
+            true,
+        );
+        let request = Request::new(p, a, r, Context::empty(), None).unwrap();
+        let answer = answer(&Authorizer::new().is_authorized(&request, &slice, &entities));
+        (slice, answer)
+    };
+    let u0_reads = || ask(r#"User::"u0""#, r#"Action::"read""#, r#"Doc::"d0""#);
 
     assert!(
         snapshot.policies_if_built().is_none(),
         "a build leaves the whole set to later"
     );
-    let early = slicer.slice(
-        snapshot.version(),
-        snapshot.index(),
-        &snapshot,
-        [&p, &a, &r],
-        &entities,
-        true,
-    );
-    assert!(matches!(&early, Slice::Part(set) if set.num_of_policies() == 200));
+    let (early, early_answer) = u0_reads();
+    assert!(matches!(&early, Slice::Part(set) if set.num_of_policies() == 1));
     assert!(
         snapshot.policies_if_built().is_none(),
         "the request did not build it"
     );
+    assert_eq!(early_answer, (true, vec!["match".to_owned()], vec![]));
+
+    // Anyone deleting d0: the 100 `c` policies, a third of the set: a slice too.
+    let (third, _) = ask(r#"User::"w""#, r#"Action::"delete""#, r#"Doc::"d0""#);
+    assert!(matches!(&third, Slice::Part(set) if set.num_of_policies() == 100));
+    assert!(snapshot.policies_if_built().is_none());
 
     snapshot.policies();
-    let late = slicer.slice(
-        snapshot.version(),
-        snapshot.index(),
-        &snapshot,
+    let (late, late_answer) = u0_reads();
+    assert!(matches!(late, Slice::Whole(_)));
+    assert_eq!(early_answer, late_answer);
+
+    // 200 of 300 policies match u0: the request builds (or waits for) the whole set.
+    let text: String = (0..300)
+        .map(|k| {
+            let who = if k % 3 == 2 { "u1" } else { "u0" };
+            format!("@id(\"p{k}\") permit(principal == User::\"{who}\", action, resource);\n")
+        })
+        .collect();
+    std::fs::write(dir.path().join("many.cedar"), text).expect("write policies");
+    let read = read_dir(dir.path(), 1 << 20).expect("read");
+    let mostly = build(&read, &LoadOptions::default())
+        .expect("valid")
+        .snapshot;
+    let (p, a, r) = (
+        uid(r#"User::"u0""#),
+        uid(r#"Action::"read""#),
+        uid(r#"Doc::"d0""#),
+    );
+    let slice = slicer.slice(
+        mostly.version(),
+        mostly.index(),
+        &mostly,
         [&p, &a, &r],
         &entities,
         true,
     );
-    assert!(matches!(late, Slice::Whole(_)));
-    assert_eq!(decide(&early), decide(&late));
-    assert_eq!(decide(&early), (true, vec!["p3".to_owned()], vec![]));
+    assert!(matches!(slice, Slice::Whole(set) if set.num_of_policies() == 300));
+    assert!(mostly.policies_if_built().is_some());
 }

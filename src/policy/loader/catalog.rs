@@ -25,8 +25,9 @@ pub(crate) struct Catalog {
     /// By file key: where in `files`, and the number of its first item (items are
     /// numbered from 0 in directory and text order: usage counts are kept by it).
     by_key: FastMap<u64, (u32, u32)>,
-    /// Each item's slot, by id as Cedar displays it.
-    by_id: PersistentMap<PolicyId, Slot>,
+    /// Each item's slot, by id as Cedar displays it (looked up by the `&str` a decision
+    /// names a policy by, with no copy).
+    by_id: PersistentMap<Box<str>, Slot>,
     /// Items (policies and templates), and static policies among them.
     items: u32,
     statics: u32,
@@ -73,7 +74,7 @@ impl Catalog {
                 for file in prior.files.iter().filter(|f| !by_key.contains_key(&f.key)) {
                     change.gone.insert(file.key);
                     for policy in &file.policies {
-                        by_id.remove(&displayed(&policy.id));
+                        by_id.remove(&key(&policy.id));
                         change.removed.extend(policy.index.clone());
                     }
                 }
@@ -88,7 +89,7 @@ impl Catalog {
         for file in new_files {
             for (at, policy) in file.policies.iter().enumerate() {
                 let slot = file_slots(file.key) + Slot::try_from(at).unwrap_or(Slot::MAX);
-                clash |= by_id.insert(displayed(&policy.id), slot).is_some();
+                clash |= by_id.insert(key(&policy.id), slot).is_some();
                 if let Some(entry) = &policy.index {
                     change.added.push((slot, entry.clone()));
                 }
@@ -121,7 +122,7 @@ impl Catalog {
 
     /// The policy or template `id` (as Cedar displays it), and its number.
     fn get(&self, id: &str) -> Option<(&ParsedPolicy, u32)> {
-        self.at(*self.by_id.get(&PolicyId::new(id))?)
+        self.at(*self.by_id.get(id)?)
     }
 
     /// The number of the policy or template `id` (as Cedar displays it): its place in
@@ -228,6 +229,11 @@ fn file_problems(files: &[Arc<ParsedFile>]) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// The key `id` is kept under: as displayed.
+fn key(id: &PolicyId) -> Box<str> {
+    Box::from(displayed(id).as_ref())
 }
 
 /// `id` as Cedar displays it (quotes, backslashes and unprintable characters escaped):

@@ -188,7 +188,8 @@ const MAX_FILE_POLICIES: usize = 1 << POSITION_BITS;
 /// A key for a new parse: one counter for the whole process, so that no two parses
 /// (of any directory) ever share one.
 fn next_key() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // From 1: key 0 is the one file of a set indexed by `PolicyIndex::new`.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 

@@ -1,5 +1,5 @@
 //! One rebuild: read the directory, make sure it held still while it was read (no
-//! writer, a fence, a second read with the same hash, nothing modified just now), build
+//! writer, a fence, a second read with the same content, nothing modified just now), build
 //! a snapshot and serve it, or keep the last good one and say why.
 
 use std::{
