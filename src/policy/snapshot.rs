@@ -15,6 +15,10 @@ use super::{
     usage::PolicyUsage,
 };
 
+/// Most policies and templates a snapshot holds for its whole policy set to be built as
+/// soon as it serves ([`Snapshot::prepare`]): past it, the set is built on first use.
+pub const PREPARED_POLICIES: usize = 10_000;
+
 /// Everything a decision needs from the policy directory, built once and never changed.
 ///
 /// A snapshot is shared behind an `Arc`; a request holds the one it started with until it
@@ -46,8 +50,9 @@ impl Snapshot {
     ///
     /// Built on first use and then kept: a reload serves the new snapshot as soon as its
     /// index is ready (a decision mostly needs only the few policies the index picks, see
-    /// [`Snapshot::policy`]) and the store builds this right after. A call that needs it
-    /// before then waits for it.
+    /// [`Snapshot::policy`]), and the store builds this right after for a set of up to
+    /// [`PREPARED_POLICIES`] ([`Snapshot::prepare`]). A call that needs it before then
+    /// waits for it.
     pub fn policies(&self) -> &PolicySet {
         self.whole.get_or_init(|| {
             // Cannot fail: the loader refused the snapshot if two items shared an id (as
@@ -58,6 +63,22 @@ impl Snapshot {
                 PolicySet::new()
             })
         })
+    }
+
+    /// Builds [`Snapshot::policies`] ahead of the calls that need it, when the set is
+    /// small enough ([`PREPARED_POLICIES`]) that holding it costs little; a larger set's
+    /// is built when a call first needs it (one that most of the set can match, a
+    /// search), and a set whose calls all take slices never pays its memory (about
+    /// 1.2 KiB a policy).
+    pub fn prepare(&self) {
+        self.prepare_within(PREPARED_POLICIES);
+    }
+
+    /// [`Snapshot::prepare`] with `most` in place of [`PREPARED_POLICIES`].
+    pub(crate) fn prepare_within(&self, most: usize) {
+        if self.catalog.items() <= most {
+            self.policies();
+        }
     }
 
     /// [`Snapshot::policies`] if it is built already.

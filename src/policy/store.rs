@@ -60,7 +60,7 @@ impl PolicyStore {
         let mut cache = BuildCache::new();
         let read = read_dir(&dir, options.max_file_bytes)?;
         let Loaded { snapshot, warnings } = build_cached(&read, &options, &mut cache)?;
-        snapshot.policies();
+        snapshot.prepare();
         let store = Self {
             dir,
             options,
@@ -87,7 +87,7 @@ impl PolicyStore {
             .and_then(|read| build_cached(&read, &options, &mut cache));
         match built {
             Ok(Loaded { snapshot, warnings }) => {
-                snapshot.policies();
+                snapshot.prepare();
                 let store = Self {
                     dir,
                     options,
@@ -161,7 +161,7 @@ impl PolicyStore {
     /// snapshot's (then the serving one, and its `loaded_at`, stay). Clears the last error.
     pub fn install(&self, snapshot: Snapshot) -> ReloadOutcome {
         let outcome = self.swap_in(snapshot).0;
-        self.current().policies();
+        self.current().prepare();
         outcome
     }
 

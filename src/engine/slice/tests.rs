@@ -549,3 +549,32 @@ fn a_request_before_the_whole_set_is_built_takes_a_slice_rather_than_wait() {
     assert!(matches!(slice, Slice::Whole(set) if set.num_of_policies() == 300));
     assert!(mostly.policies_if_built().is_some());
 }
+
+/// A served set of up to `PREPARED_POLICIES` has Cedar's whole set built at once; a
+/// larger one only when a call first needs it (a store serving one that every call slices
+/// never holds it).
+#[test]
+fn a_small_set_is_prepared_and_a_larger_one_built_on_first_use() {
+    use crate::policy::{LoadOptions, PolicyStore, build, read_dir};
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let text = "permit(principal == User::\"a\", action, resource);\n\
+                permit(principal == User::\"b\", action, resource);\n\
+                forbid(principal, action, resource) when { context.n > 1 };\n";
+    std::fs::write(dir.path().join("p.cedar"), text).expect("write policies");
+    let read = read_dir(dir.path(), 1 << 20).expect("read");
+    let snapshot = build(&read, &LoadOptions::default())
+        .expect("valid")
+        .snapshot;
+    snapshot.prepare_within(2);
+    assert!(snapshot.policies_if_built().is_none(), "3 policies, past 2");
+    snapshot.prepare_within(3);
+    assert_eq!(
+        snapshot.policies_if_built().map(PolicySet::num_of_policies),
+        Some(3)
+    );
+    let (store, _) = PolicyStore::open(dir.path(), LoadOptions::default()).expect("opens");
+    assert!(
+        store.current().policies_if_built().is_some(),
+        "the store prepares it"
+    );
+}

@@ -154,8 +154,8 @@ impl Run {
                 // Freed only once the new version is said to serve.
                 drop(retired);
                 // Cedar's whole policy set, which few calls need, is built now that the
-                // new version serves rather than before (see `Snapshot::policies`).
-                self.store.current().policies();
+                // new version serves rather than before (see `Snapshot::prepare`).
+                self.store.current().prepare();
             }
             Err(err) => {
                 span.record("outcome", "failed");
