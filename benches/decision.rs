@@ -12,35 +12,10 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use cedar_pdp::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use cedar_pdp::{
-    engine::{ContextInput, Engine, EngineOptions, EntitiesInput, Query},
+    engine::{ContextInput, Engine, EngineOptions, EntitiesInput},
     policy::{LoadOptions, PolicyStore},
 };
-use cedar_policy::{Context, EntityUid, RestrictedExpression};
 use support::*;
-
-fn uid(text: &str) -> EntityUid {
-    text.parse().expect("a valid uid")
-}
-
-fn query(context: ContextInput) -> Query {
-    Query {
-        principal: uid(r#"Platform::User::"bob""#),
-        action: uid(r#"Platform::Action::"read""#),
-        resource: uid(r#"Platform::Document::"acme-roadmap-q3""#),
-        context,
-    }
-}
-
-fn typed_context() -> Context {
-    Context::from_pairs([
-        ("mfa".to_owned(), RestrictedExpression::new_bool(true)),
-        (
-            "source_ip".to_owned(),
-            RestrictedExpression::new_ip("10.1.2.3"),
-        ),
-    ])
-    .unwrap()
-}
 
 fn main() {
     let iterations = iterations_arg(20_000);
@@ -53,14 +28,16 @@ fn main() {
 
     // One engine decision, as a call makes it: merge entities, then decide; bob may read.
     let decide = |entities: EntitiesInput, context: ContextInput| {
-        let decision = engine.decide(&snapshot, entities, query(context)).unwrap();
+        let decision = engine
+            .decide(&snapshot, entities, bob_reads(context))
+            .unwrap();
         assert!(decision.allowed());
     };
     let mut results: Vec<(&str, Vec<Duration>)> = Vec::new();
     results.push((
         "engine, typed context",
         measure(iterations, || {
-            decide(EntitiesInput::None, ContextInput::Value(typed_context()))
+            decide(EntitiesInput::None, ContextInput::Value(bob_context()))
         }),
     ));
     results.push((
@@ -76,7 +53,7 @@ fn main() {
             let bob = acme_user("bob", vec![uid(r#"Platform::Group::"acme-engineering""#)]);
             decide(
                 EntitiesInput::Typed(vec![bob]),
-                ContextInput::Value(typed_context()),
+                ContextInput::Value(bob_context()),
             );
         }),
     ));

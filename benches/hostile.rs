@@ -12,7 +12,7 @@
 
 mod support;
 
-use std::{path::PathBuf, str::FromStr, time::Instant};
+use std::{path::PathBuf, time::Instant};
 
 use cedar_pdp::{
     config::{Config, Limits},
@@ -22,10 +22,6 @@ use cedar_pdp::{
 };
 use cedar_policy::{EntityUid, RestrictedExpression};
 use support::*;
-
-fn uid(text: &str) -> EntityUid {
-    EntityUid::from_str(text).unwrap()
-}
 
 /// `count` new users, each in `per_user` stored groups (each with ancestors of its own).
 fn in_stored_groups(count: usize, per_user: usize) -> Vec<EntityInput> {

@@ -19,12 +19,8 @@ use cedar_pdp::{
     engine::{CanonicalContext, ContextInput, Engine, EngineOptions, EntitiesInput, Query},
     policy::{LoadOptions, Snapshot, load_dir},
 };
-use cedar_policy::{Context, EntityUid, RestrictedExpression};
 use criterion::{Criterion, criterion_group, criterion_main};
-
-fn uid(text: &str) -> EntityUid {
-    text.parse().expect("a valid uid")
-}
+use support::{bob_context, bob_reads, uid};
 
 fn load(dir: &std::path::Path) -> Snapshot {
     load_dir(dir, &LoadOptions::default())
@@ -40,30 +36,12 @@ fn engine(cached: usize) -> Engine {
     })
 }
 
-/// Bob reads the roadmap, with `context`.
-fn bob_reads(context: ContextInput) -> Query {
-    Query {
-        principal: uid(r#"Platform::User::"bob""#),
-        action: uid(r#"Platform::Action::"read""#),
-        resource: uid(r#"Platform::Document::"acme-roadmap-q3""#),
-        context,
-    }
-}
-
 /// The typed context the example set's policies read, with canonical bytes standing for
 /// the values a front end read it from.
 fn typed() -> ContextInput {
-    let context = Context::from_pairs([
-        ("mfa".to_owned(), RestrictedExpression::new_bool(true)),
-        (
-            "source_ip".to_owned(),
-            RestrictedExpression::new_ip("10.1.2.3"),
-        ),
-    ])
-    .unwrap();
     ContextInput::Canonical(CanonicalContext::built(
         b"mfa=true;source_ip=10.1.2.3".as_slice().into(),
-        context,
+        bob_context(),
     ))
 }
 

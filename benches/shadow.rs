@@ -29,20 +29,6 @@ use support::{load::*, *};
 /// for every user's request and tests the user's email against a pattern.
 const SLOW_FORBIDS: usize = 150;
 
-/// Copies the directory `from` into `to` (files and folders).
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// The example policies plus [`SLOW_FORBIDS`] forbids that never match (bob's email has
 /// no `#`), so that the slow set decides as the live one does, only later.
 fn slow_dir(to: &Path) {

@@ -85,19 +85,6 @@ fn arg(path: &Path) -> &str {
 // Policy directories: the example set and hand-made changes of it
 // ---------------------------------------------------------------------------------------
 
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 /// Replaces `old` (which must be there) with `new` in `rel` under `dir`.
 fn edit(dir: &Path, rel: &str, old: &str, new: &str) {
     let path = dir.join(rel);

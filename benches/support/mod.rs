@@ -4,6 +4,12 @@
 
 pub mod load;
 
+/// Directory helpers shared with the integration tests.
+#[path = "../../tests/common/files.rs"]
+mod files;
+#[allow(unused_imports, reason = "each binary uses a different part")]
+pub use files::copy_dir;
+
 use std::{
     net::SocketAddr,
     path::Path,
@@ -131,11 +137,37 @@ pub fn rotating_question(i: usize) -> (pb::IsAuthorizedRequest, bool) {
     (request, i % 3 != 2)
 }
 
+/// The uid written as `text` (a benchmark's own, so known to parse).
+pub fn uid(text: &str) -> cedar_policy::EntityUid {
+    text.parse().expect("a valid uid")
+}
+
+/// The example set's question: bob reads the Q3 roadmap, with `context`.
+pub fn bob_reads(context: cedar_pdp::engine::ContextInput) -> cedar_pdp::engine::Query {
+    cedar_pdp::engine::Query {
+        principal: uid(r#"Platform::User::"bob""#),
+        action: uid(r#"Platform::Action::"read""#),
+        resource: uid(r#"Platform::Document::"acme-roadmap-q3""#),
+        context,
+    }
+}
+
+/// The context the example set's policies read for bob: MFA done, from 10.1.2.3.
+pub fn bob_context() -> cedar_policy::Context {
+    use cedar_policy::RestrictedExpression;
+    cedar_policy::Context::from_pairs([
+        ("mfa".to_owned(), RestrictedExpression::new_bool(true)),
+        (
+            "source_ip".to_owned(),
+            RestrictedExpression::new_ip("10.1.2.3"),
+        ),
+    ])
+    .expect("a valid context")
+}
+
 /// The question the tenant benchmarks ask: may user `u7` write document `d7` of its
 /// tenant (policy `p7` says yes).
 pub fn u7_writes_d7() -> cedar_pdp::engine::Query {
-    use std::str::FromStr as _;
-    let uid = |s: &str| cedar_policy::EntityUid::from_str(s).unwrap();
     cedar_pdp::engine::Query {
         principal: uid(r#"User::"u7""#),
         action: uid(r#"Action::"write""#),

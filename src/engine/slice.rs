@@ -116,8 +116,9 @@ impl Slicer {
     /// with ancestors from `entities`; the whole set when slicing would not leave out
     /// enough to pay for itself (or, with `only_if_worth_it` false, only when nothing can
     /// be left out: tests use that to exercise every path). While the whole set is not
-    /// built yet (just after a reload of a large set), any part of it is taken rather
-    /// than waiting for it.
+    /// built yet (a large set, just after a reload or before any call needed it), the
+    /// policies that can match are taken rather than waiting for it, unless they are
+    /// most of the set: then the call waits for (or makes) the one shared build.
     pub fn slice<'s>(
         &self,
         version: &str,

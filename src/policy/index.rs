@@ -1,7 +1,7 @@
 //! The scope index: every policy's scope, indexed per snapshot, from which the engine
 //! picks for one request the few policies whose scope can match it (its `slice`
 //! module), so that a decision costs what those cost and not what the whole set costs.
-//! A served index never changes; a reload derives the next one from it (persistent maps:
+//! A served index never changes; a reload derives the next one from it (copy-on-write maps:
 //! what did not change is shared, not copied), so reloading one file of a large set costs
 //! what that file holds. The slices built from it and their cache are the engine's.
 //!
@@ -19,6 +19,8 @@
 //! links are not read from a policy directory; a set that had one would be served whole.
 
 use std::{collections::HashSet, sync::Arc};
+
+use super::cow_map::CowMap;
 
 use cedar_policy::{
     ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
@@ -110,12 +112,6 @@ impl<'a> Subject<'a> {
     }
 }
 
-/// A map of the index: a copy costs next to nothing and shares its entries with the
-/// original until either changes (see [`CowMap`]). A reload derives the new snapshot's
-/// index from the last one's this way, in time proportional to what changed, while the
-/// served one stays as it is.
-pub(crate) type PersistentMap<K, V> = super::cow_map::CowMap<K, V>;
-
 /// A static policy's place, stable across reloads while its file's text is unchanged: its
 /// file's key (see [`file_slots`]) in the high bits and its position in the file in the
 /// low [`POSITION_BITS`]. Slices are sorted by it.
@@ -202,11 +198,11 @@ impl ListKey {
 struct SideIndex {
     any: Option<List>,
     /// `==` e, by e.
-    eq: PersistentMap<EntityUid, List>,
+    eq: CowMap<EntityUid, List>,
     /// `in` e and `is T in` e, by e.
-    within: PersistentMap<EntityUid, List>,
+    within: CowMap<EntityUid, List>,
     /// `is T`, by T.
-    is: PersistentMap<EntityTypeName, List>,
+    is: CowMap<EntityTypeName, List>,
 }
 
 impl SideIndex {
@@ -227,7 +223,7 @@ impl SideIndex {
 
 /// The scope of every static policy of a snapshot, indexed for [`PolicyIndex::chosen`].
 ///
-/// Persistent (see [`PersistentMap`]): [`PolicyIndex::updated`] makes the next
+/// Copied cheaply (its maps are [`CowMap`]s): [`PolicyIndex::updated`] makes the next
 /// snapshot's index from this one by taking out the policies of the files that changed
 /// or went and putting in those of the files that changed or came, in time proportional
 /// to them (and to the length of the lists they are in), not to the whole set.
@@ -237,16 +233,16 @@ pub struct PolicyIndex {
     resource: SideIndex,
     /// Action constraints: unconstrained, and by each entity `==` or `in` names.
     action_any: Option<List>,
-    action_by: PersistentMap<EntityUid, List>,
+    action_by: CowMap<EntityUid, List>,
     /// Static policies indexed.
     len: usize,
     /// False when the set holds template-linked policies: it is then served whole.
     usable: bool,
     /// The entities the conditions of the policies name, each with how many name it
     /// (templates' links, in a set that has them, counted once).
-    literals: PersistentMap<EntityUid, u32>,
+    literals: CowMap<EntityUid, u32>,
     /// Every entity the policies name, in their scope or conditions, counted likewise.
-    named: PersistentMap<EntityUid, u32>,
+    named: CowMap<EntityUid, u32>,
 }
 
 /// What the index needs of one static policy: its scope, the entities its conditions
@@ -431,7 +427,7 @@ impl PolicyIndex {
     /// Puts `list` under `key` (takes the key out when it is empty).
     fn set_list(&mut self, key: ListKey, list: Vec<Member>) {
         fn put<K: std::hash::Hash + Eq + Clone>(
-            map: &mut PersistentMap<K, List>,
+            map: &mut CowMap<K, List>,
             key: K,
             list: Vec<Member>,
         ) {
@@ -633,7 +629,7 @@ impl PolicyIndex {
 }
 
 /// One more of what names `uid` in `counts`.
-fn hold(counts: &mut PersistentMap<EntityUid, u32>, uid: &EntityUid) {
+fn hold(counts: &mut CowMap<EntityUid, u32>, uid: &EntityUid) {
     match counts.get_mut(uid) {
         Some(n) => *n += 1,
         None => {
@@ -643,7 +639,7 @@ fn hold(counts: &mut PersistentMap<EntityUid, u32>, uid: &EntityUid) {
 }
 
 /// One fewer of what names `uid` in `counts`; the last one takes it out.
-fn release(counts: &mut PersistentMap<EntityUid, u32>, uid: &EntityUid) {
+fn release(counts: &mut CowMap<EntityUid, u32>, uid: &EntityUid) {
     match counts.get_mut(uid) {
         Some(n) if *n > 1 => *n -= 1,
         Some(_) => {

@@ -59,7 +59,7 @@ impl Snapshot {
             // written or as displayed). Were it to, the calls decided with the whole set
             // deny rather than decide with part of it.
             self.catalog.policy_set().unwrap_or_else(|error| {
-                tracing::error!(%error, "could not assemble the policy set; denying every request");
+                tracing::error!(%error, "could not assemble the policy set; calls decided with it deny");
                 PolicySet::new()
             })
         })

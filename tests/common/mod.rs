@@ -2,6 +2,11 @@
 //! out clients, and shuts the server down and joins it at the end.
 #![allow(dead_code)] // each test binary uses a different part of it
 
+mod files;
+
+#[allow(unused_imports, reason = "each binary uses a different part")]
+pub use files::copy_dir;
+
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -54,20 +59,6 @@ pub fn write(dir: &Path, rel: &str, text: &str) {
 }
 
 /// The repository's example policy directory.
-/// Copies the directory `from` (files and folders) to `to`.
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 pub fn example_policies() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
 }

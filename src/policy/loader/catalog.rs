@@ -3,7 +3,7 @@
 //!
 //! A reload derives its catalog from the last good one: the ids of files that went or
 //! changed are taken out and those of files that came or changed are put in, on a
-//! persistent map that shares everything else with the served catalog, so the cost
+//! copy-on-write map that shares everything else with the served catalog, so the cost
 //! follows what changed and not the size of the set. Finding an id used twice needs only
 //! the new files' ids; when there is one, the whole directory is walked in order so that
 //! each problem names the first use, as a build from nothing would.
@@ -15,7 +15,8 @@ use cedar_policy::{Effect, PolicyId, PolicySet};
 use super::policies::{Item, ParsedFile, ParsedPolicy};
 use crate::policy::{
     FastMap, FastSet, LoadError, Location, Problem,
-    index::{IndexEntry, PersistentMap, Slot, file_of, file_slots, position_of},
+    cow_map::CowMap,
+    index::{IndexEntry, Slot, file_of, file_slots, position_of},
 };
 
 /// The policies and templates of one build, by id, each in its parsed file.
@@ -27,7 +28,7 @@ pub(crate) struct Catalog {
     by_key: FastMap<u64, (u32, u32)>,
     /// Each item's slot, by id as Cedar displays it (looked up by the `&str` a decision
     /// names a policy by, with no copy).
-    by_id: PersistentMap<Box<str>, Slot>,
+    by_id: CowMap<Box<str>, Slot>,
     /// Items (policies and templates), and static policies among them.
     items: u32,
     statics: u32,
@@ -80,7 +81,7 @@ impl Catalog {
                 }
                 by_id
             }
-            None => PersistentMap::default(),
+            None => CowMap::default(),
         };
         let mut clash = false;
         let new_files = files

@@ -185,10 +185,9 @@ pub fn build_cached(
     // The index is derived from the last good build's: what changed is taken out and put
     // in, the rest shared. Cedar's whole policy set is not built here (see
     // `Snapshot::policies`).
-    let index = match cache.built() {
-        Some((_, prior)) => prior.updated(&change.gone, &change.removed, &change.added),
-        None => PolicyIndex::default().updated(&change.gone, &change.removed, &change.added),
-    };
+    let empty = PolicyIndex::default();
+    let prior = cache.built().map_or(&empty, |(_, index)| index);
+    let index = prior.updated(&change.gone, &change.removed, &change.added);
     let catalog = Arc::new(catalog);
     cache.keep_built(catalog.clone(), index.clone());
     Ok(Loaded {
