@@ -16,7 +16,9 @@ mod support;
 use std::{hint::black_box, path::PathBuf};
 
 use cedar_pdp::{
-    engine::{CanonicalContext, ContextInput, Engine, EngineOptions, EntitiesInput, Query},
+    engine::{
+        CanonicalContext, ContextInput, Engine, EngineOptions, EntitiesInput, EntityInput, Query,
+    },
     policy::{LoadOptions, Snapshot, load_dir},
 };
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -138,5 +140,66 @@ fn tenants(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, example, tenants);
+/// The shape sidecars send, on the rotating set of 10,000 policies: 100 questions with
+/// context about a document the store does not hold, which the call sends, decided as one
+/// batch (the entities checked and merged once, a slice and an evaluation per item) and
+/// one question alone, sending the same document.
+fn batch(c: &mut Criterion) {
+    const ITEMS: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    support::rotating_dir(dir.path(), 10_000);
+    let snapshot = load(dir.path());
+    let incoming = || {
+        EntitiesInput::Typed(vec![EntityInput {
+            uid: uid(r#"Doc::"incoming""#),
+            attrs: vec![],
+            parents: vec![uid(r#"Tenant::"t0""#)],
+            tags: vec![],
+        }])
+    };
+    let question = |i: usize| {
+        let action = if i.is_multiple_of(2) { "read" } else { "write" };
+        let level = cedar_policy::RestrictedExpression::new_long(2);
+        let context = cedar_policy::Context::from_pairs([("level".to_owned(), level)]).unwrap();
+        Query {
+            principal: uid(&format!(r#"User::"u{i}""#)),
+            action: uid(&format!(r#"Action::"{action}""#)),
+            resource: uid(r#"Doc::"incoming""#),
+            context: ContextInput::Canonical(CanonicalContext::built(
+                b"level=2".as_slice().into(),
+                context,
+            )),
+        }
+    };
+    // Made once: the server builds a question from its message without parsing text.
+    let questions: Vec<Query> = (0..ITEMS).map(question).collect();
+    let question = |i: usize| questions[i].clone();
+    let mut group = c.benchmark_group("batch shape, 10,000 policies");
+    let engine = engine(4096);
+    group.bench_function("100 items sharing a call entity", |b| {
+        b.iter(|| {
+            let entities = engine.entities(&snapshot, incoming()).unwrap();
+            let requests: Vec<_> = (0..ITEMS)
+                .map(|i| engine.request(&snapshot, question(i)).unwrap())
+                .collect();
+            let store = engine.store(&snapshot, entities, &requests).unwrap();
+            let allowed = requests
+                .iter()
+                .filter(|r| engine.decide_request(&snapshot, &store, r).allowed())
+                .count();
+            black_box(allowed)
+        })
+    });
+    group.bench_function("one item with the entity", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % ITEMS;
+            let decided = engine.decide(&snapshot, incoming(), question(i)).unwrap();
+            black_box(decided.allowed())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, example, tenants, batch);
 criterion_main!(benches);

@@ -231,7 +231,7 @@ fn random_policy(rng: &mut Rng, i: usize) -> String {
 
 fn query(rng: &mut Rng) -> Query {
     let uid = |s: String| EntityUid::from_str(&s).unwrap();
-    let principal = rng.choose(&["u0", "u1", "u2", "u3", "u4", "u5", "ghost"]);
+    let principal = rng.choose(&["u0", "u1", "u2", "u3", "u4", "u5", "ghost", "unew"]);
     let resource = rng.choose(&[
         "Doc::\"d0\"",
         "Doc::\"d1\"",
@@ -253,6 +253,49 @@ fn query(rng: &mut Rng) -> Query {
     }
 }
 
+/// What a call that may only add entities sends: new ones only, reaching into the store
+/// (a user in stored groups, a group under a stored one, a folder under a stored one, a
+/// document in a stored or a new folder), so that the ancestors a new entity has
+/// through stored ones matter to the answer.
+fn sent_new(rng: &mut Rng) -> Vec<serde_json::Value> {
+    let mut list = Vec::new();
+    if rng.chance(60) {
+        let mut parents: Vec<_> = (0..1 + rng.below(2))
+            .map(|_| uid_json("Group", rng.choose(&GROUPS[..4])))
+            .collect();
+        if rng.chance(30) {
+            parents.push(uid_json("Group", "gnew"));
+        }
+        list.push(serde_json::json!({
+            "uid": uid_json("User", "unew"), "attrs": {"level": rng.below(5) as i64},
+            "parents": parents
+        }));
+    }
+    if rng.chance(40) {
+        list.push(serde_json::json!({
+            "uid": uid_json("Group", "gnew"), "attrs": {},
+            "parents": [uid_json("Group", rng.choose(&GROUPS[..4]))]
+        }));
+    }
+    let folder = if rng.chance(40) {
+        list.push(serde_json::json!({
+            "uid": uid_json("Folder", "fnew"), "attrs": {"admins": []},
+            "parents": [uid_json("Folder", rng.choose(FOLDERS))]
+        }));
+        "fnew"
+    } else {
+        rng.choose(FOLDERS)
+    };
+    if rng.chance(70) {
+        list.push(serde_json::json!({
+            "uid": uid_json("Doc", "dnew"),
+            "attrs": {"owner": entity_ref("User", rng.choose(&["u0", "u1", "unew"]))},
+            "parents": [uid_json("Folder", folder)]
+        }));
+    }
+    list
+}
+
 #[test]
 fn a_call_merged_over_its_slice_of_the_store_decides_as_over_the_whole_store() {
     use cedar_pdp::config::RequestEntities;
@@ -265,6 +308,8 @@ fn a_call_merged_over_its_slice_of_the_store_decides_as_over_the_whole_store() {
         })
     };
     let (mut decisions, mut allowed, mut errored) = (0usize, 0usize, 0usize);
+    // Decisions of calls that added new entities only, joined with the slice.
+    let mut joined = 0usize;
     // Calls that replace stored entities too (the merge's hardest case), and calls that
     // may only add entities (the default: merged in one pass with the slice).
     let modes = [RequestEntities::Replace, RequestEntities::Add];
@@ -287,7 +332,13 @@ fn a_call_merged_over_its_slice_of_the_store_decides_as_over_the_whole_store() {
             .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{text}"));
         let snapshot = store.current();
         for _ in 0..20 {
-            let call = serde_json::to_string(&sent(&mut rng)).unwrap();
+            let new_only = mode == RequestEntities::Add && rng.chance(60);
+            let call = if new_only {
+                sent_new(&mut rng)
+            } else {
+                sent(&mut rng)
+            };
+            let call = serde_json::to_string(&call).unwrap();
             let queries: Vec<Query> = (0..1 + rng.below(4)).map(|_| query(&mut rng)).collect();
             let mut about = format!(
                 "seed {seed}, {mode:?}\npolicies:\n{text}\nstored: {stored}\nsent: {call}\n"
@@ -309,6 +360,7 @@ fn a_call_merged_over_its_slice_of_the_store_decides_as_over_the_whole_store() {
                     decisions += 1;
                     allowed += usize::from(decision.allowed());
                     errored += usize::from(!decision.errors().is_empty());
+                    joined += usize::from(new_only);
                 }
             }
             // All of them as one batch: one store built for all.
@@ -332,6 +384,7 @@ fn a_call_merged_over_its_slice_of_the_store_decides_as_over_the_whole_store() {
     // The cases were varied: allows, denies and errors all came up, and most calls were
     // decided (not refused).
     assert!(decisions > 5_000, "{decisions} decisions");
+    assert!(joined > 1_000, "{joined} decisions adding new entities");
     assert!(allowed > decisions / 20, "{allowed} of {decisions} allowed");
     assert!(
         allowed < decisions * 19 / 20,

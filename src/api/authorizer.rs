@@ -3,15 +3,19 @@
 //! [`Question`]s ([`Converter`]), [`Decider`] answers them (and counts and audits), and
 //! each [`Decision`] becomes an `IsAuthorizedResponse`; a [`Refusal`] becomes a status.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use prost::Message as _;
+use serde_json::{Map, Value as Json};
 use tonic::{Request, Response, Status};
 
 use super::{callers::CallerPolicy, convert::Converter, request_id, status::to_status};
 use crate::{
     config::Limits,
-    decide::{Api, Call, Decider, Decision, EntitiesInput, Kept, PoolError, Question, Refusal},
+    decide::{
+        Api, Call, ContextInput, Decider, Decision, EntitiesInput, Kept, PoolError, Question,
+        Refusal,
+    },
     policy::{PolicyStore, Snapshot},
     proto::cedarpdp::v1::{self as pb, authorizer_server},
     telemetry::trace,
@@ -173,14 +177,40 @@ impl AuthorizerService {
         let entities: Result<EntitiesInput, Refusal> = self
             .convert
             .entities(&request.entities, request.entities_json);
-        let items = request.items.into_iter().map(|item| {
-            self.question(
+        // The items of a call often carry one context (that of the call a sidecar
+        // checks): a typed context equal to the item's before is converted once.
+        let mut last: Option<Converted> = None;
+        let items = request.items.into_iter().map(move |item| {
+            let typed_only = item.context_json.is_empty() && !item.context.is_empty();
+            if typed_only
+                && let Some(last) = &last
+                && last.typed == item.context
+            {
+                let query =
+                    self.convert
+                        .query_in(item.principal, item.action, item.resource, || {
+                            Ok(last.context.clone())
+                        })?;
+                return Ok(Question {
+                    query,
+                    recorded_context: last.recorded.clone(),
+                });
+            }
+            let question = self.question(
                 item.principal,
                 item.action,
                 item.resource,
                 &item.context,
                 item.context_json,
-            )
+            )?;
+            if typed_only {
+                last = Some(Converted {
+                    typed: item.context,
+                    context: question.query.context.clone(),
+                    recorded: question.recorded_context.clone(),
+                });
+            }
+            Ok(question)
         });
         let decisions = self.decider.decide_batch(call, snapshot, entities, items)?;
         Ok(pb::BatchIsAuthorizedResponse {
@@ -192,6 +222,13 @@ impl AuthorizerService {
             policy_version: snapshot.version().to_owned(),
         })
     }
+}
+
+/// A batch item's typed context and what converting it gave.
+struct Converted {
+    typed: HashMap<String, pb::Value>,
+    context: ContextInput,
+    recorded: Map<String, Json>,
 }
 
 impl AuthorizerService {

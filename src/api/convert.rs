@@ -126,15 +126,30 @@ impl Converter {
         context: &HashMap<String, pb::Value>,
         context_json: String,
     ) -> Result<Query, Refusal> {
+        self.query_in(principal, action, resource, || {
+            self.context(context, context_json)
+        })
+    }
+
+    /// [`Converter::query`] with the context converted by `context` (once the uids
+    /// converted: errors come in the same order).
+    pub(crate) fn query_in(
+        &self,
+        principal: Option<pb::EntityUid>,
+        action: Option<pb::EntityUid>,
+        resource: Option<pb::EntityUid>,
+        context: impl FnOnce() -> Result<ContextInput, Refusal>,
+    ) -> Result<Query, Refusal> {
         Ok(Query {
             principal: self.required_uid(&Path::Root("principal"), principal.as_ref())?,
             action: self.required_uid(&Path::Root("action"), action.as_ref())?,
             resource: self.required_uid(&Path::Root("resource"), resource.as_ref())?,
-            context: self.context(context, context_json)?,
+            context: context()?,
         })
     }
 
-    fn context(
+    /// A request's context, typed or JSON (not both).
+    pub(crate) fn context(
         &self,
         typed: &HashMap<String, pb::Value>,
         json: String,

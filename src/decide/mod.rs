@@ -33,7 +33,7 @@ pub use crate::engine::{
 pub use crate::telemetry::metrics::{Api, Reason};
 use crate::{
     config::{Config, same_caller},
-    engine::{Engine, EngineOptions},
+    engine::{CheckedContexts, Engine, EngineOptions},
     policy::Snapshot,
     telemetry::{AuditLog, Metrics, OncePerSecond},
 };
@@ -667,6 +667,7 @@ impl Decider {
         let mut requests = Vec::with_capacity(items.len());
         let mut decisions = Vec::with_capacity(if stored_only { items.len() } else { 0 });
         let mut asked = Vec::with_capacity(items.len());
+        let mut checked = CheckedContexts::default();
         for (i, item) in items.enumerate() {
             let within = |e: Refusal| e.within(&format!("items[{i}]"));
             let question = item.map_err(within)?;
@@ -680,7 +681,9 @@ impl Decider {
                 let decision = self.engine.decide_stored(snapshot, question.query);
                 decisions.push(decision.map_err(within)?);
             } else {
-                let request = self.engine.request(snapshot, question.query);
+                let request = self
+                    .engine
+                    .request_among(snapshot, question.query, &mut checked);
                 requests.push(request.map_err(within)?);
             }
         }

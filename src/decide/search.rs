@@ -346,7 +346,7 @@ impl Decider {
         match self.engine.request(snapshot, query) {
             Ok(built) => Ok(self
                 .engine
-                .decide_request(snapshot, snapshot.entities(), &built)
+                .decide_request(snapshot, &snapshot.entities().into(), &built)
                 .allowed()),
             Err(_) if matches!(request.searched, Searched::Actions { .. }) => Ok(false),
             Err(refusal) => Err(refusal),

@@ -19,7 +19,7 @@ use std::{
 use cedar_policy::{Entities, Entity, EntityUid, EvalResult, Request, Schema};
 
 use super::{EngineOptions, EntitiesInput, EntityInput, Refusal, RequestEntities, json};
-use crate::policy::{FastSet, Snapshot, describe, hierarchy, json_entity_uids};
+use crate::policy::{FastMap, FastSet, Slot, Snapshot, describe, hierarchy, json_entity_uids};
 
 /// A call's own entities, checked and validated on their own, not yet merged over the
 /// store (see [`merge`]).
@@ -46,6 +46,52 @@ impl CallEntities {
     /// Whether the call sent none: it is decided against the stored entities alone.
     pub fn sent_none(&self) -> bool {
         self.own.is_none()
+    }
+}
+
+/// The entities one call's requests are decided against (see [`merge`]), with the
+/// policies the merge found each request's scope can match: deciding a request then
+/// need not look them up again.
+#[derive(Debug)]
+pub struct Store<'s> {
+    entities: Cow<'s, Entities>,
+    /// By the request's principal, action and resource: the slots of the policies whose
+    /// scope can match it with the ancestors in `entities` (as
+    /// `PolicyIndex::chosen` with `only_if_worth_it` gives them), `None` for the whole set.
+    picked: FastMap<[EntityUid; 3], Option<Box<[Slot]>>>,
+}
+
+impl<'s> Store<'s> {
+    /// The entities.
+    pub fn entities(&self) -> &Entities {
+        &self.entities
+    }
+
+    /// What the merge picked for a request for `uids`, if it looked.
+    pub(super) fn picked(&self, uids: [&EntityUid; 3]) -> Option<Option<&[Slot]>> {
+        if self.picked.is_empty() {
+            return None;
+        }
+        let key = uids.map(Clone::clone);
+        self.picked.get(&key).map(Option::as_deref)
+    }
+}
+
+impl<'s> From<&'s Entities> for Store<'s> {
+    fn from(entities: &'s Entities) -> Self {
+        Self {
+            entities: Cow::Borrowed(entities),
+            picked: FastMap::default(),
+        }
+    }
+}
+
+impl From<Entities> for Store<'_> {
+    fn from(entities: Entities) -> Self {
+        Self {
+            entities: Cow::Owned(entities),
+            picked: FastMap::default(),
+        }
     }
 }
 
@@ -183,7 +229,7 @@ pub(super) fn merge<'s>(
     call: CallEntities,
     requests: &[Request],
     options: &EngineOptions,
-) -> Result<Cow<'s, Entities>, Refusal> {
+) -> Result<Store<'s>, Refusal> {
     let CallEntities {
         field,
         own,
@@ -192,7 +238,7 @@ pub(super) fn merge<'s>(
         steps,
     } = call;
     let Some(own) = own else {
-        return Ok(Cow::Borrowed(snapshot.entities()));
+        return Ok(Store::from(snapshot.entities()));
     };
     let stored = snapshot.entities();
     let invalid =
@@ -227,7 +273,7 @@ pub(super) fn merge<'s>(
     };
     if snapshot.entity_count() <= options.slice_entities_over {
         // The clone shares every stored entity.
-        return over(stored.clone(), None).map(Cow::Owned);
+        return over(stored.clone(), None).map(Store::from);
     }
     let mut reach = Reach::new(stored, &own);
     for request in requests {
@@ -250,42 +296,105 @@ pub(super) fn merge<'s>(
     }
     reach.run();
     let build = |reach: &Reach<'_>| -> Result<Entities, Refusal> {
-        let copied = reach.copied.iter().map(|&e| e.clone());
         if !replace {
-            // New entities only (a stored one was refused above): the slice and them in
-            // one pass of Cedar's closure, rather than the slice and then an upsert that
-            // repairs it (which walks the whole slice for every entity sent: most of the
-            // time of a batch whose items reach many stored entities).
-            let new = own
-                .iter()
-                .filter(|e| stored.get(&e.uid()).is_none())
-                .cloned();
-            return Entities::from_entities(copied.chain(new), None).map_err(invalid);
+            // New entities only (a stored one was refused above): the slice and them
+            // joined with the closure completed for the new ones alone, rather than the
+            // slice and then an upsert that repairs it (which walks the whole slice for
+            // every entity sent), or Cedar working out the closure of the whole slice
+            // again (most of the time of a batch whose items reach many stored entities).
+            let new = own.iter().filter(|e| stored.get(&e.uid()).is_none());
+            return joined(stored, &reach.copied, new, field);
         }
+        let copied = reach.copied.iter().map(|&e| e.clone());
         let slice = Entities::from_entities(copied, None).map_err(invalid)?;
         over(slice, Some(stored))
     };
     let slice = build(&reach)?;
     let before = reach.copied.len();
+    // The policies each request can match, kept for deciding it: the ancestors of its
+    // principal, action and resource are all in `slice` already, so what is added below
+    // (the entities those policies name) changes none of them.
+    let mut picked = FastMap::default();
     for request in requests {
         let (Some(p), Some(a), Some(r)) =
             (request.principal(), request.action(), request.resource())
         else {
             continue;
         };
-        let literals = snapshot
-            .index()
-            .literals([p, a, r], &slice, options.slice_policies);
+        let index = snapshot.index();
+        if !options.slice_policies {
+            for uid in index.literals([p, a, r], &slice, false) {
+                reach.add(uid.clone());
+            }
+            continue;
+        }
+        let key = [p.clone(), a.clone(), r.clone()];
+        if picked.contains_key(&key) {
+            continue;
+        }
+        let (chosen, literals) = index.pick([p, a, r], &slice);
         for uid in literals {
             reach.add(uid.clone());
         }
+        picked.insert(key, chosen);
     }
     reach.run();
-    if reach.copied.len() == before {
-        Ok(Cow::Owned(slice))
+    let entities = if reach.copied.len() == before {
+        slice
     } else {
-        build(&reach).map(Cow::Owned)
-    }
+        build(&reach)?
+    };
+    Ok(Store {
+        entities: Cow::Owned(entities),
+        picked,
+    })
+}
+
+/// Stored entities `copied` from `stored` and a call's `new` entities (none stored), in
+/// one store, without Cedar working out the closure again.
+///
+/// Both are closed already: a stored entity's ancestors are the whole store's closure, and
+/// the call's entities were built into an `Entities` of their own, closed among
+/// themselves. What a new entity lacks are the ancestors of its stored ancestors, which
+/// are added here from the store. A stored entity never has a new one among its ancestors
+/// (a call may not define an entity the store names: see `admit`, and this is never used
+/// with `"replace"`), so its closure stays right; and so the union is closed, as Cedar
+/// would have worked it out (the differential in `tests/entity_slicing.rs` checks it).
+fn joined<'a>(
+    stored: &Entities,
+    copied: &[&Entity],
+    new: impl Iterator<Item = &'a Entity>,
+    field: &str,
+) -> Result<Entities, Refusal> {
+    use cedar_policy_core::{
+        ast,
+        entities::{self as core, NoEntitiesSchema, TCComputation},
+        extensions::Extensions,
+    };
+    let new = new.map(|entity| {
+        let mut entity: ast::Entity = entity.as_ref().clone();
+        let outside: Vec<ast::EntityUID> = entity
+            .ancestors()
+            .filter_map(|uid| stored.ancestors(&EntityUid::from(uid.clone())))
+            .flatten()
+            .map(|uid| uid.as_ref().clone())
+            .collect();
+        for uid in outside {
+            entity.add_indirect_ancestor(uid);
+        }
+        entity
+    });
+    let all = copied.iter().map(|e| e.as_ref().clone()).chain(new);
+    // Only a uid given twice could fail here, and none is: a stored entity is copied
+    // once, and a new one is not stored.
+    core::Entities::from_entities(
+        all,
+        None::<&NoEntitiesSchema>,
+        TCComputation::AssumeAlreadyComputed,
+        Extensions::all_available(),
+    )
+    .map(Entities::from)
+    .map_err(|e| Refusal::invalid(field, describe(&e)))
 }
 
 /// Closure steps (see `hierarchy::closure`) up to which new entities are merged through

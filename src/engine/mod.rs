@@ -28,16 +28,15 @@ pub mod slice;
 #[path = "../../tests/common/rng.rs"]
 mod rng;
 
-use std::borrow::Cow;
-
 use cedar_policy::{
     AuthorizationError, Authorizer, Context, Effect as PolicyEffect, Entities, EntityUid,
     PolicySet, Request, RestrictedExpression,
 };
 
 pub use decision::{Decision, Effect, PolicyError};
-pub use entities::CallEntities;
+pub use entities::{CallEntities, Store};
 pub use refusal::Refusal;
+pub use request::CheckedContexts;
 
 use self::{
     cache::{DecisionCache, QuestionKey},
@@ -268,7 +267,7 @@ impl Engine {
             return Ok(decision);
         }
         let request = self.request(snapshot, query)?;
-        let decision = self.decide_request(snapshot, snapshot.entities(), &request);
+        let decision = self.decide_request(snapshot, &snapshot.entities().into(), &request);
         if let Some(key) = key {
             self.cache.keep(snapshot.version(), key, &decision);
         }
@@ -314,7 +313,18 @@ impl Engine {
     /// The Cedar request for `query`, validated against the snapshot's schema when
     /// requests are validated.
     pub fn request(&self, snapshot: &Snapshot, query: Query) -> Result<Request, Refusal> {
-        request::build(snapshot, query, &self.options)
+        request::build(snapshot, query, &self.options, None)
+    }
+
+    /// [`Engine::request`] for one of the requests of a call: a context `checked` holds
+    /// as validated for the same action (an earlier item's) is not validated again.
+    pub fn request_among(
+        &self,
+        snapshot: &Snapshot,
+        query: Query,
+        checked: &mut CheckedContexts,
+    ) -> Result<Request, Refusal> {
+        request::build(snapshot, query, &self.options, Some(checked))
     }
 
     /// The context `json` (Cedar JSON) of requests for `action` on `snapshot`, read once
@@ -338,7 +348,7 @@ impl Engine {
         snapshot: &'s Snapshot,
         entities: CallEntities,
         requests: &[Request],
-    ) -> Result<Cow<'s, Entities>, Refusal> {
+    ) -> Result<Store<'s>, Refusal> {
         entities::merge(snapshot, entities, requests, &self.options)
     }
 
@@ -347,9 +357,10 @@ impl Engine {
     pub fn decide_request(
         &self,
         snapshot: &Snapshot,
-        entities: &Entities,
+        store: &Store<'_>,
         request: &Request,
     ) -> Decision {
+        let entities = store.entities();
         let (Some(principal), Some(action), Some(resource)) =
             (request.principal(), request.action(), request.resource())
         else {
@@ -357,14 +368,16 @@ impl Engine {
             return self.evaluate(snapshot.policies(), entities, request);
         };
         let policies = if self.options.slice_policies {
-            self.slicer.slice(
-                snapshot.version(),
-                snapshot.index(),
-                snapshot,
-                [principal, action, resource],
-                entities,
-                true,
-            )
+            let (version, index) = (snapshot.version(), snapshot.index());
+            let uids = [principal, action, resource];
+            match store.picked(uids) {
+                Some(picked) => self
+                    .slicer
+                    .slice_picked(version, index, snapshot, uids, entities, picked),
+                None => self
+                    .slicer
+                    .slice(version, index, snapshot, uids, entities, true),
+            }
         } else {
             Slice::Whole(snapshot.policies())
         };

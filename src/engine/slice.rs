@@ -130,7 +130,41 @@ impl Slicer {
     ) -> Slice<'s> {
         let built = full.whole_if_built().is_some();
         let worth_it = only_if_worth_it && built;
-        let Some(chosen) = index.chosen([principal, action, resource], entities, worth_it) else {
+        let chosen = index.chosen([principal, action, resource], entities, worth_it);
+        self.cut(version, index, full, chosen.as_deref(), only_if_worth_it)
+    }
+
+    /// [`Slicer::slice`] (only if worth it) when what the index picks for the request is
+    /// known already: `picked`, from [`PolicyIndex::pick`] with entities that give its
+    /// principal, action and resource the same ancestors as `entities`.
+    pub fn slice_picked<'s>(
+        &self,
+        version: &str,
+        index: &PolicyIndex,
+        full: &'s (impl PolicySource + ?Sized),
+        uids: [&EntityUid; 3],
+        entities: &Entities,
+        picked: Option<&[Slot]>,
+    ) -> Slice<'s> {
+        if full.whole_if_built().is_none() {
+            // `pick` chose as if the whole set were built: while it is not, a slice is
+            // taken even where the whole set would be cheaper (see `slice`).
+            return self.slice(version, index, full, uids, entities, true);
+        }
+        self.cut(version, index, full, picked, true)
+    }
+
+    /// The slice of `full` of the policies at `chosen` (`None`: the whole set).
+    fn cut<'s>(
+        &self,
+        version: &str,
+        index: &PolicyIndex,
+        full: &'s (impl PolicySource + ?Sized),
+        chosen: Option<&[Slot]>,
+        only_if_worth_it: bool,
+    ) -> Slice<'s> {
+        let built = full.whole_if_built().is_some();
+        let Some(chosen) = chosen else {
             return Slice::Whole(full.whole());
         };
         // Not built yet and most of a large set can match: one build of the whole set,
@@ -143,7 +177,7 @@ impl Slicer {
             return Slice::Whole(full.whole());
         }
         let cacheable = chosen.len() <= CACHED_SLICE_POLICIES;
-        if cacheable && let Some(set) = self.cached(version, &chosen) {
+        if cacheable && let Some(set) = self.cached(version, chosen) {
             return Slice::Part(set);
         }
         let policies: Option<Vec<Policy>> = chosen
@@ -157,7 +191,7 @@ impl Slicer {
         };
         let set = Arc::new(set);
         if cacheable {
-            self.keep(version, chosen.into_boxed_slice(), set.clone());
+            self.keep(version, chosen.into(), set.clone());
         }
         Slice::Part(set)
     }

@@ -473,18 +473,35 @@ impl PolicyIndex {
     /// can look up in the entity store by name.
     pub fn literals<'i>(
         &'i self,
-        [principal, action, resource]: [&EntityUid; 3],
+        uids: [&EntityUid; 3],
         entities: &Entities,
         sliced: bool,
     ) -> Box<dyn Iterator<Item = &'i EntityUid> + 'i> {
-        let chosen = if sliced {
-            self.candidates([principal, action, resource], entities, true)
+        if sliced {
+            self.pick(uids, entities).1
         } else {
-            None
-        };
-        match chosen {
-            Some(chosen) => Box::new(chosen.into_iter().flat_map(|m| m.entry.literals.iter())),
-            None => Box::new(self.literals.keys()),
+            Box::new(self.literals.keys())
+        }
+    }
+
+    /// What [`PolicyIndex::chosen`] picks (with `only_if_worth_it`) for a request, `None`
+    /// for the whole set, and [`PolicyIndex::literals`] for it (sliced): both from one
+    /// look at the index.
+    #[allow(clippy::type_complexity)]
+    pub fn pick<'i>(
+        &'i self,
+        uids: [&EntityUid; 3],
+        entities: &Entities,
+    ) -> (
+        Option<Box<[Slot]>>,
+        Box<dyn Iterator<Item = &'i EntityUid> + 'i>,
+    ) {
+        match self.candidates(uids, entities, true) {
+            Some(chosen) => (
+                Some(chosen.iter().map(|m| m.slot).collect()),
+                Box::new(chosen.into_iter().flat_map(|m| m.entry.literals.iter())),
+            ),
+            None => (None, Box::new(self.literals.keys())),
         }
     }
 
