@@ -17,7 +17,8 @@ use std::{hint::black_box, path::PathBuf};
 
 use cedar_pdp::{
     engine::{
-        CanonicalContext, ContextInput, Engine, EngineOptions, EntitiesInput, EntityInput, Query,
+        CanonicalContext, CheckedContexts, ContextInput, Engine, EngineOptions, EntitiesInput,
+        EntityInput, Query,
     },
     policy::{LoadOptions, Snapshot, load_dir},
 };
@@ -142,8 +143,8 @@ fn tenants(c: &mut Criterion) {
 
 /// The shape sidecars send, on the rotating set of 10,000 policies: 100 questions with
 /// context about a document the store does not hold, which the call sends, decided as one
-/// batch (the entities checked and merged once, a slice and an evaluation per item) and
-/// one question alone, sending the same document.
+/// batch (the entities checked and merged once, a shared context validated once, a slice
+/// and an evaluation per item) and one question alone, sending the same document.
 fn batch(c: &mut Criterion) {
     const ITEMS: usize = 100;
     let dir = tempfile::tempdir().unwrap();
@@ -179,8 +180,13 @@ fn batch(c: &mut Criterion) {
     group.bench_function("100 items sharing a call entity", |b| {
         b.iter(|| {
             let entities = engine.entities(&snapshot, incoming()).unwrap();
+            // As the server builds a batch's requests: a shared context validated once.
+            let mut checked = CheckedContexts::default();
             let requests: Vec<_> = (0..ITEMS)
-                .map(|i| engine.request(&snapshot, question(i)).unwrap())
+                .map(|i| {
+                    let request = engine.request_among(&snapshot, question(i), &mut checked);
+                    request.unwrap()
+                })
                 .collect();
             let store = engine.store(&snapshot, entities, &requests).unwrap();
             let allowed = requests

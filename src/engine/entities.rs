@@ -19,7 +19,9 @@ use std::{
 use cedar_policy::{Entities, Entity, EntityUid, EvalResult, Request, Schema};
 
 use super::{EngineOptions, EntitiesInput, EntityInput, Refusal, RequestEntities, json};
-use crate::policy::{FastMap, FastSet, Slot, Snapshot, describe, hierarchy, json_entity_uids};
+use crate::policy::{
+    CACHED_SLICE_POLICIES, FastMap, FastSet, Slot, Snapshot, describe, hierarchy, json_entity_uids,
+};
 
 /// A call's own entities, checked and validated on their own, not yet merged over the
 /// store (see [`merge`]).
@@ -57,7 +59,8 @@ pub struct Store<'s> {
     entities: Cow<'s, Entities>,
     /// By the request's principal, action and resource: the slots of the policies whose
     /// scope can match it with the ancestors in `entities` (as
-    /// `PolicyIndex::chosen` with `only_if_worth_it` gives them), `None` for the whole set.
+    /// `PolicyIndex::chosen` with `only_if_worth_it` gives them), `None` for the whole set;
+    /// at most `CACHED_SLICE_POLICIES` slots each (a larger pick is not kept).
     picked: FastMap<[EntityUid; 3], Option<Box<[Slot]>>>,
 }
 
@@ -336,7 +339,14 @@ pub(super) fn merge<'s>(
         for uid in literals {
             reach.add(uid.clone());
         }
-        picked.insert(key, chosen);
+        // Only small picks are kept (those the slicer keeps too): a batch of items that
+        // each match most of a large set would otherwise hold all their lists at once.
+        if chosen
+            .as_ref()
+            .is_none_or(|c| c.len() <= CACHED_SLICE_POLICIES)
+        {
+            picked.insert(key, chosen);
+        }
     }
     reach.run();
     let entities = if reach.copied.len() == before {
