@@ -311,10 +311,16 @@ fn a_call_merged_over_its_slice_of_the_store_decides_as_over_the_whole_store() {
     // Decisions of calls that added new entities only, joined with the slice.
     let mut joined = 0usize;
     // Calls that replace stored entities too (the merge's hardest case), and calls that
-    // may only add entities (the default: merged in one pass with the slice).
+    // may only add entities (the default: joined with the slice, their closure completed
+    // from the store's).
     let modes = [RequestEntities::Replace, RequestEntities::Add];
     for (seed, mode) in (1..=150u64).flat_map(|seed| modes.map(|mode| (seed, mode))) {
         let (sliced, whole) = (engine(0, mode), engine(usize::MAX, mode));
+        // The store sliced, every policy evaluated: what all the policies name is copied.
+        let every_policy = Engine::new(EngineOptions {
+            slice_policies: false,
+            ..sliced.options().clone()
+        });
         let mut rng = Rng::new(seed);
         let dir = tempfile::tempdir().unwrap();
         let mut text = String::new();
@@ -356,6 +362,8 @@ fn a_call_merged_over_its_slice_of_the_store_decides_as_over_the_whole_store() {
                 let expected = whole.decide(&snapshot, input(), q.clone());
                 let got = sliced.decide(&snapshot, input(), q.clone());
                 assert_eq!(got, expected, "{about}");
+                let got = every_policy.decide(&snapshot, input(), q.clone());
+                assert_eq!(got, expected, "every policy: {about}");
                 if let Ok(decision) = &expected {
                     decisions += 1;
                     allowed += usize::from(decision.allowed());

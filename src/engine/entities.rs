@@ -318,19 +318,22 @@ pub(super) fn merge<'s>(
     // principal, action and resource are all in `slice` already, so what is added below
     // (the entities those policies name) changes none of them.
     let mut picked = FastMap::default();
-    for request in requests {
+    let index = snapshot.index();
+    let sliced = if options.slice_policies {
+        requests
+    } else {
+        // Every request is decided with every policy: what all of them name.
+        for uid in index.all_literals() {
+            reach.add(uid.clone());
+        }
+        &[]
+    };
+    for request in sliced {
         let (Some(p), Some(a), Some(r)) =
             (request.principal(), request.action(), request.resource())
         else {
             continue;
         };
-        let index = snapshot.index();
-        if !options.slice_policies {
-            for uid in index.literals([p, a, r], &slice, false) {
-                reach.add(uid.clone());
-            }
-            continue;
-        }
         let key = [p.clone(), a.clone(), r.clone()];
         if picked.contains_key(&key) {
             continue;

@@ -480,8 +480,13 @@ impl PolicyIndex {
         if sliced {
             self.pick(uids, entities).1
         } else {
-            Box::new(self.literals.keys())
+            Box::new(self.all_literals())
         }
+    }
+
+    /// The entities named in the conditions of every policy.
+    pub fn all_literals(&self) -> impl Iterator<Item = &EntityUid> {
+        self.literals.keys()
     }
 
     /// What [`PolicyIndex::chosen`] picks (with `only_if_worth_it`) for a request, `None`
@@ -501,7 +506,7 @@ impl PolicyIndex {
                 Some(chosen.iter().map(|m| m.slot).collect()),
                 Box::new(chosen.into_iter().flat_map(|m| m.entry.literals.iter())),
             ),
-            None => (None, Box::new(self.literals.keys())),
+            None => (None, Box::new(self.all_literals())),
         }
     }
 

@@ -459,6 +459,28 @@ fn an_index_carried_across_reloads_answers_as_one_built_fresh() {
 /// match all three, gets the slice of those few instead, with the same answer, and does
 /// not wait for (or build) the whole set. One that most of the set can match waits for
 /// the one shared build.
+/// The slice `slicer` takes of `snapshot` for `request` (uids as text), no entities
+/// stored, and Cedar's answer on it.
+fn ask_on<'s>(
+    slicer: &Slicer,
+    snapshot: &'s crate::policy::Snapshot,
+    request: [&str; 3],
+) -> (Slice<'s>, (bool, Vec<String>, Vec<String>)) {
+    let [p, a, r] = request.map(|text| EntityUid::from_str(text).expect("a test uid"));
+    let entities = Entities::empty();
+    let slice = slicer.slice(
+        snapshot.version(),
+        snapshot.index(),
+        snapshot,
+        [&p, &a, &r],
+        &entities,
+        true,
+    );
+    let request = Request::new(p, a, r, Context::empty(), None).unwrap();
+    let answer = answer(&Authorizer::new().is_authorized(&request, &slice, &entities));
+    (slice, answer)
+}
+
 #[test]
 fn a_request_before_the_whole_set_is_built_takes_a_slice_rather_than_wait() {
     use crate::policy::{LoadOptions, build, read_dir};
@@ -480,23 +502,8 @@ fn a_request_before_the_whole_set_is_built_takes_a_slice_rather_than_wait() {
     let snapshot = build(&read, &LoadOptions::default())
         .expect("valid")
         .snapshot;
-    let uid = |text: &str| EntityUid::from_str(text).expect("a test uid");
-    let entities = Entities::empty();
     let slicer = Slicer::new();
-    let ask = |p: &str, a: &str, r: &str| {
-        let (p, a, r) = (uid(p), uid(a), uid(r));
-        let slice = slicer.slice(
-            snapshot.version(),
-            snapshot.index(),
-            &snapshot,
-            [&p, &a, &r],
-            &entities,
-            true,
-        );
-        let request = Request::new(p, a, r, Context::empty(), None).unwrap();
-        let answer = answer(&Authorizer::new().is_authorized(&request, &slice, &entities));
-        (slice, answer)
-    };
+    let ask = |p: &str, a: &str, r: &str| ask_on(&slicer, &snapshot, [p, a, r]);
     let u0_reads = || ask(r#"User::"u0""#, r#"Action::"read""#, r#"Doc::"d0""#);
 
     assert!(
@@ -533,19 +540,8 @@ fn a_request_before_the_whole_set_is_built_takes_a_slice_rather_than_wait() {
     let mostly = build(&read, &LoadOptions::default())
         .expect("valid")
         .snapshot;
-    let (p, a, r) = (
-        uid(r#"User::"u0""#),
-        uid(r#"Action::"read""#),
-        uid(r#"Doc::"d0""#),
-    );
-    let slice = slicer.slice(
-        mostly.version(),
-        mostly.index(),
-        &mostly,
-        [&p, &a, &r],
-        &entities,
-        true,
-    );
+    let u0 = [r#"User::"u0""#, r#"Action::"read""#, r#"Doc::"d0""#];
+    let (slice, _) = ask_on(&slicer, &mostly, u0);
     assert!(matches!(slice, Slice::Whole(set) if set.num_of_policies() == 300));
     assert!(mostly.policies_if_built().is_some());
 }
