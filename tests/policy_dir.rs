@@ -1302,3 +1302,106 @@ fn an_entity_after_a_string_element_is_still_located_at_its_own_line() {
         "{problems:?}"
     );
 }
+
+/// The snapshot keeps each policy without what only its text form needs (an `@id` that
+/// is its only annotation, Cedar's copy of its text): it must decide as Cedar's own
+/// parse of the file does, with the same reasons and the same errors at the same places
+/// in the text, and keep every other annotation.
+#[test]
+fn a_served_policy_decides_and_errs_as_its_text_and_keeps_its_other_annotations() {
+    use std::str::FromStr;
+
+    use cedar_policy::{
+        AuthorizationError::PolicyEvaluationError, Authorizer, Context, Entities, EntityUid,
+        PolicySet, Request,
+    };
+    let text = "@id(\"lone\")\n\
+                permit(principal == User::\"a\", action, resource) when { context.n > 1 };\n\
+                @id(\"advised\")\n@advice(\"ask first\")\n\
+                forbid(principal, action, resource) when { context.stop };\n\
+                permit(principal, action == Action::\"read\", resource) when { resource.missing == 1 };\n";
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.cedar", text);
+    let loaded = load_with(dir.path(), &options(PolicyValidation::Off));
+    let served = loaded.snapshot.policies();
+    let annotations = |id: &str| {
+        let mut found: Vec<(String, String)> = served
+            .policy(&PolicyId::new(id))
+            .unwrap()
+            .annotations()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        found.sort();
+        found
+    };
+    assert_eq!(annotations("lone"), Vec::<(String, String)>::new());
+    assert_eq!(
+        annotations("advised"),
+        [
+            ("advice".to_owned(), "ask first".to_owned()),
+            ("id".to_owned(), "advised".to_owned())
+        ]
+    );
+    // Cedar names a parsed text's policies policy0, policy1, …; the loader by @id or
+    // file and position.
+    let own = PolicySet::from_str(text).unwrap();
+    let named = |id: &str| match id {
+        "policy0" => "lone".to_owned(),
+        "policy1" => "advised".to_owned(),
+        "policy2" => "p.2".to_owned(),
+        other => other.to_owned(),
+    };
+    let answer = |set: &PolicySet, request: &Request, rename: &dyn Fn(&str) -> String| {
+        let response = Authorizer::new().is_authorized(request, set, &Entities::empty());
+        let mut reasons: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(|id| rename(id.as_ref()))
+            .collect();
+        reasons.sort();
+        // (policy, message, where in the text: offset and length of each label)
+        type Erred = (String, String, Vec<(usize, usize)>);
+        let mut errors: Vec<Erred> = response
+            .diagnostics()
+            .errors()
+            .map(|PolicyEvaluationError(e)| {
+                let at = miette::Diagnostic::labels(e.inner())
+                    .into_iter()
+                    .flatten()
+                    .map(|l| (l.offset(), l.len()))
+                    .collect();
+                (rename(e.policy_id().as_ref()), e.inner().to_string(), at)
+            })
+            .collect();
+        errors.sort();
+        (response.decision(), reasons, errors)
+    };
+    let uid = |s: &str| EntityUid::from_str(s).unwrap();
+    let contexts = [
+        r#"{"n": 2, "stop": false}"#,
+        r#"{"n": 0, "stop": true}"#,
+        r#"{"n": "two", "stop": false}"#,
+        r#"{}"#,
+    ];
+    let mut decided = 0;
+    for context in contexts {
+        for action in ["Action::\"read\"", "Action::\"write\""] {
+            let request = Request::new(
+                uid("User::\"a\""),
+                uid(action),
+                uid("Doc::\"d\""),
+                Context::from_json_str(context, None).unwrap(),
+                None,
+            )
+            .unwrap();
+            let theirs = answer(&own, &request, &named);
+            let ours = answer(served, &request, &|id| id.to_owned());
+            assert_eq!(ours, theirs, "{context} {action}");
+            decided += theirs.2.iter().filter(|(_, _, at)| !at.is_empty()).count();
+        }
+    }
+    assert!(
+        decided >= 4,
+        "the requests make policies err, at places in the text"
+    );
+}

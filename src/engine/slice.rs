@@ -22,7 +22,7 @@ use crate::policy::{CACHED_SLICE_POLICIES, FastMap, PolicyIndex, Slot, Snapshot}
 /// whole set.
 pub trait PolicySource {
     /// The static policy at `slot` of the index.
-    fn policy(&self, slot: Slot) -> Option<&Policy>;
+    fn policy(&self, slot: Slot) -> Option<Policy>;
     /// The whole set (built now if it is not yet).
     fn whole(&self) -> &PolicySet;
     /// The whole set if it is built already.
@@ -30,7 +30,7 @@ pub trait PolicySource {
 }
 
 impl PolicySource for Snapshot {
-    fn policy(&self, slot: Slot) -> Option<&Policy> {
+    fn policy(&self, slot: Slot) -> Option<Policy> {
         Snapshot::policy(self, slot)
     }
 
@@ -47,8 +47,8 @@ impl PolicySource for Snapshot {
 /// lookup walks the set, which tests can afford).
 #[cfg(test)]
 impl PolicySource for PolicySet {
-    fn policy(&self, slot: Slot) -> Option<&Policy> {
-        self.policies().nth(usize::try_from(slot).ok()?)
+    fn policy(&self, slot: Slot) -> Option<Policy> {
+        self.policies().nth(usize::try_from(slot).ok()?).cloned()
     }
 
     fn whole(&self) -> &PolicySet {
@@ -180,10 +180,7 @@ impl Slicer {
         if cacheable && let Some(set) = self.cached(version, chosen) {
             return Slice::Part(set);
         }
-        let policies: Option<Vec<Policy>> = chosen
-            .iter()
-            .map(|&slot| full.policy(slot).cloned())
-            .collect();
+        let policies: Option<Vec<Policy>> = chosen.iter().map(|&slot| full.policy(slot)).collect();
         // Neither can fail (the index was built from `full`, whose ids are distinct), and
         // the whole set is always right.
         let Some(Ok(set)) = policies.map(PolicySet::from_policies) else {

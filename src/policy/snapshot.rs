@@ -87,7 +87,7 @@ impl Snapshot {
     }
 
     /// The static policy at `slot` of [`Snapshot::index`].
-    pub fn policy(&self, slot: Slot) -> Option<&Policy> {
+    pub fn policy(&self, slot: Slot) -> Option<Policy> {
         self.catalog.policy(slot)
     }
 

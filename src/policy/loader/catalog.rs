@@ -138,11 +138,8 @@ impl Catalog {
     }
 
     /// The static policy at `slot`.
-    pub(crate) fn policy(&self, slot: Slot) -> Option<&cedar_policy::Policy> {
-        match &self.at(slot)?.0.item {
-            Item::Policy(policy) => Some(policy),
-            Item::Template(_) => None,
-        }
+    pub(crate) fn policy(&self, slot: Slot) -> Option<cedar_policy::Policy> {
+        self.at(slot)?.0.item.policy()
     }
 
     /// Cedar's policy set of every item, in directory and text order.
@@ -189,7 +186,9 @@ impl Catalog {
                 let at = number;
                 number += 1;
                 match &p.item {
-                    Item::Policy(policy) => Some((displayed(&p.id), policy.effect(), p.named, at)),
+                    Item::Policy(policy) => {
+                        Some((displayed(&p.id), policy.template().effect(), p.named, at))
+                    }
                     Item::Template(_) => None,
                 }
             })
