@@ -18,45 +18,116 @@
 //! unconstrained ones), and keeps those whose other two constraints also match. Template
 //! links are not read from a policy directory; a set that had one would be served whole.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    borrow::Borrow,
+    collections::HashSet,
+    hash::{Hash, Hasher},
+    sync::Arc,
+};
 
 use super::cow_map::CowMap;
 
-use cedar_policy::{
-    ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
-    ResourceConstraint,
-};
+use cedar_policy::{Entities, EntityTypeName, EntityUid, Policy, PolicySet};
+use cedar_policy_core::ast;
+use ref_cast::RefCast;
+
+/// An entity a policy names, shared with the policy's own parsed scope (Cedar keeps each
+/// scope entity behind an `Arc`): the index's entries and keys hold a pointer to it
+/// rather than a copy (120 bytes each, three or more per policy). Hashed and compared as
+/// Cedar's entity uid, so that the maps keyed by it are looked up by a request's uid.
+#[derive(Debug, Clone)]
+struct Named(Arc<ast::EntityUID>);
+
+impl Named {
+    /// The entity, as Cedar's API names it.
+    fn uid(&self) -> &EntityUid {
+        EntityUid::ref_cast(&self.0)
+    }
+}
+
+impl From<&EntityUid> for Named {
+    fn from(uid: &EntityUid) -> Self {
+        Self(Arc::new(inner(uid).clone()))
+    }
+}
+
+impl PartialEq for Named {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Named {}
+
+impl Hash for Named {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.as_ref().hash(state);
+    }
+}
+
+impl Borrow<ast::EntityUID> for Named {
+    fn borrow(&self) -> &ast::EntityUID {
+        &self.0
+    }
+}
+
+/// The key a request's `uid` is looked up by in the maps keyed by [`Named`].
+fn inner(uid: &EntityUid) -> &ast::EntityUID {
+    uid.as_ref()
+}
 
 /// A principal or resource constraint.
 #[derive(Debug, Clone)]
 enum EntityScope {
     Any,
-    Eq(EntityUid),
-    In(EntityUid),
+    Eq(Named),
+    In(Named),
     Is(EntityTypeName),
-    IsIn(EntityTypeName, EntityUid),
+    IsIn(EntityTypeName, Named),
 }
 
-impl From<PrincipalConstraint> for EntityScope {
-    fn from(c: PrincipalConstraint) -> Self {
-        match c {
-            PrincipalConstraint::Any => Self::Any,
-            PrincipalConstraint::Eq(e) => Self::Eq(e),
-            PrincipalConstraint::In(e) => Self::In(e),
-            PrincipalConstraint::Is(t) => Self::Is(t),
-            PrincipalConstraint::IsIn(t, e) => Self::IsIn(t, e),
+impl EntityScope {
+    /// The constraint as Cedar parsed it, sharing the entity it names.
+    fn of(constraint: &ast::PrincipalOrResourceConstraint) -> Self {
+        use ast::{EntityReference::EUID, PrincipalOrResourceConstraint as C};
+        let ty = |t: &Arc<ast::EntityType>| EntityTypeName::from(t.as_ref().clone());
+        match constraint {
+            C::Any => Self::Any,
+            C::Eq(EUID(e)) => Self::Eq(Named(e.clone())),
+            C::In(EUID(e)) => Self::In(Named(e.clone())),
+            C::Is(t) => Self::Is(ty(t)),
+            C::IsIn(t, EUID(e)) => Self::IsIn(ty(t), Named(e.clone())),
+            // A slot, which only a template has (templates are not indexed). Should one
+            // ever get here, `Any` keeps the policy in every pick: slower, never wrong.
+            C::Eq(_) | C::In(_) | C::IsIn(..) => Self::Any,
         }
     }
 }
 
-impl From<ResourceConstraint> for EntityScope {
-    fn from(c: ResourceConstraint) -> Self {
-        match c {
-            ResourceConstraint::Any => Self::Any,
-            ResourceConstraint::Eq(e) => Self::Eq(e),
-            ResourceConstraint::In(e) => Self::In(e),
-            ResourceConstraint::Is(t) => Self::Is(t),
-            ResourceConstraint::IsIn(t, e) => Self::IsIn(t, e),
+/// An action constraint.
+#[derive(Debug, Clone)]
+enum ActionScope {
+    Any,
+    Eq(Named),
+    In(Box<[Named]>),
+}
+
+impl ActionScope {
+    /// The constraint as Cedar parsed it, sharing the entities it names.
+    fn of(constraint: &ast::ActionConstraint) -> Self {
+        #[allow(
+            unreachable_patterns,
+            reason = "Cedar has one more variant with its `tolerant-ast` feature"
+        )]
+        match constraint {
+            ast::ActionConstraint::Any => Self::Any,
+            ast::ActionConstraint::Eq(e) => Self::Eq(Named(e.clone())),
+            ast::ActionConstraint::In(list) => {
+                Self::In(list.iter().map(|e| Named(e.clone())).collect())
+            }
+            // A constraint that failed to parse never reaches a snapshot; `Any` keeps
+            // such a policy in every pick.
+            _ => Self::Any,
         }
     }
 }
@@ -84,31 +155,33 @@ impl<'a> Subject<'a> {
     }
 
     /// `self in e`: itself or an ancestor.
-    fn within(&self, e: &EntityUid) -> bool {
-        e == self.uid || self.ancestors.contains(e)
+    fn within(&self, e: &Named) -> bool {
+        e.uid() == self.uid || self.ancestors.contains(e.uid())
     }
 
     fn matches(&self, scope: &EntityScope) -> bool {
         match scope {
             EntityScope::Any => true,
-            EntityScope::Eq(e) => e == self.uid,
+            EntityScope::Eq(e) => e.uid() == self.uid,
             EntityScope::In(e) => self.within(e),
             EntityScope::Is(t) => self.uid.type_name() == t,
             EntityScope::IsIn(t, e) => self.uid.type_name() == t && self.within(e),
         }
     }
 
-    fn matches_action(&self, scope: &ActionConstraint) -> bool {
+    fn matches_action(&self, scope: &ActionScope) -> bool {
         match scope {
-            ActionConstraint::Any => true,
-            ActionConstraint::Eq(e) => e == self.uid,
-            ActionConstraint::In(list) => list.iter().any(|e| self.within(e)),
+            ActionScope::Any => true,
+            ActionScope::Eq(e) => e.uid() == self.uid,
+            ActionScope::In(list) => list.iter().any(|e| self.within(e)),
         }
     }
 
     /// The entity and its ancestors, the keys `==` and `in` lists are found under.
-    fn keys(&self) -> impl Iterator<Item = &EntityUid> {
-        std::iter::once(self.uid).chain(self.ancestors.iter().copied())
+    fn keys(&self) -> impl Iterator<Item = &ast::EntityUID> {
+        std::iter::once(self.uid)
+            .chain(self.ancestors.iter().copied())
+            .map(inner)
     }
 }
 
@@ -154,11 +227,11 @@ type List = Arc<[Member]>;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum ListKey {
     Any(Side),
-    Eq(Side, EntityUid),
-    Within(Side, EntityUid),
+    Eq(Side, Named),
+    Within(Side, Named),
     Is(Side, EntityTypeName),
     ActionAny,
-    ActionBy(EntityUid),
+    ActionBy(Named),
 }
 
 /// Which scope constraint a list belongs to.
@@ -185,9 +258,9 @@ impl ListKey {
             Self::of_scope(Side::Resource, &entry.resource),
         ];
         match &entry.action {
-            ActionConstraint::Any => keys.push(Self::ActionAny),
-            ActionConstraint::Eq(e) => keys.push(Self::ActionBy(e.clone())),
-            ActionConstraint::In(list) => keys.extend(list.iter().cloned().map(Self::ActionBy)),
+            ActionScope::Any => keys.push(Self::ActionAny),
+            ActionScope::Eq(e) => keys.push(Self::ActionBy(e.clone())),
+            ActionScope::In(list) => keys.extend(list.iter().cloned().map(Self::ActionBy)),
         }
         keys
     }
@@ -198,9 +271,9 @@ impl ListKey {
 struct SideIndex {
     any: Option<List>,
     /// `==` e, by e.
-    eq: CowMap<EntityUid, List>,
+    eq: CowMap<Named, List>,
     /// `in` e and `is T in` e, by e.
-    within: CowMap<EntityUid, List>,
+    within: CowMap<Named, List>,
     /// `is T`, by T.
     is: CowMap<EntityTypeName, List>,
 }
@@ -210,7 +283,7 @@ impl SideIndex {
     /// them only if it cannot match).
     fn lists<'s>(&'s self, subject: &Subject<'_>) -> Vec<&'s [Member]> {
         let mut lists: Vec<&[Member]> = self.any.as_deref().into_iter().collect();
-        lists.extend(self.eq.get(subject.uid).map(|l| &**l));
+        lists.extend(self.eq.get(inner(subject.uid)).map(|l| &**l));
         lists.extend(self.is.get(subject.uid.type_name()).map(|l| &**l));
         lists.extend(
             subject
@@ -233,16 +306,16 @@ pub struct PolicyIndex {
     resource: SideIndex,
     /// Action constraints: unconstrained, and by each entity `==` or `in` names.
     action_any: Option<List>,
-    action_by: CowMap<EntityUid, List>,
+    action_by: CowMap<Named, List>,
     /// Static policies indexed.
     len: usize,
     /// False when the set holds template-linked policies: it is then served whole.
     usable: bool,
     /// The entities the conditions of the policies name, each with how many name it
     /// (templates' links, in a set that has them, counted once).
-    literals: CowMap<EntityUid, u32>,
+    literals: CowMap<Named, u32>,
     /// Every entity the policies name, in their scope or conditions, counted likewise.
-    named: CowMap<EntityUid, u32>,
+    named: CowMap<Named, u32>,
 }
 
 /// What the index needs of one static policy: its scope, the entities its conditions
@@ -251,22 +324,25 @@ pub struct PolicyIndex {
 #[derive(Debug, Clone)]
 pub struct IndexEntry {
     principal: EntityScope,
-    action: ActionConstraint,
+    action: ActionScope,
     resource: EntityScope,
-    literals: Box<[EntityUid]>,
+    literals: Box<[Named]>,
     permit: bool,
 }
 
 impl IndexEntry {
     /// The entry of `policy` (a static policy).
     pub fn new(policy: &Policy) -> Self {
-        Self {
-            principal: EntityScope::from(policy.principal_constraint()),
-            action: policy.action_constraint(),
-            resource: EntityScope::from(policy.resource_constraint()),
-            literals: condition_literals(policy),
+        let body = AsRef::<ast::Policy>::as_ref(policy).template();
+        let mut entry = Self {
+            principal: EntityScope::of(body.principal_constraint().as_inner()),
+            action: ActionScope::of(body.action_constraint()),
+            resource: EntityScope::of(body.resource_constraint().as_inner()),
+            literals: Box::default(),
             permit: policy.effect() == cedar_policy::Effect::Permit,
-        }
+        };
+        entry.literals = condition_literals(policy, &entry);
+        entry
     }
 
     /// Whether the policy permits (else it forbids).
@@ -276,22 +352,33 @@ impl IndexEntry {
 
     /// Every entity the policy names, in its scope or its conditions.
     pub fn named(&self) -> impl Iterator<Item = &EntityUid> {
-        fn side(scope: &EntityScope) -> Option<&EntityUid> {
+        self.scope_named()
+            .chain(self.literals.iter())
+            .map(Named::uid)
+    }
+
+    /// The entities the policy's scope names.
+    fn scope_named(&self) -> impl Iterator<Item = &Named> {
+        fn side(scope: &EntityScope) -> Option<&Named> {
             match scope {
                 EntityScope::Eq(e) | EntityScope::In(e) | EntityScope::IsIn(_, e) => Some(e),
                 EntityScope::Any | EntityScope::Is(_) => None,
             }
         }
-        let action: &[EntityUid] = match &self.action {
-            ActionConstraint::Any => &[],
-            ActionConstraint::Eq(e) => std::slice::from_ref(e),
-            ActionConstraint::In(list) => list,
+        let action: &[Named] = match &self.action {
+            ActionScope::Any => &[],
+            ActionScope::Eq(e) => std::slice::from_ref(e),
+            ActionScope::In(list) => list,
         };
         side(&self.principal)
             .into_iter()
             .chain(side(&self.resource))
             .chain(action)
-            .chain(self.literals.iter())
+    }
+
+    /// Like [`IndexEntry::named`], sharing the entities (for counting them in the index).
+    fn named_shared(&self) -> impl Iterator<Item = &Named> {
+        self.scope_named().chain(self.literals.iter())
     }
 }
 
@@ -345,8 +432,8 @@ impl PolicyIndex {
         let mut index = Self::default().updated(&FastSet::default(), &[], &entries);
         index.usable = usable;
         for uid in link_literals {
-            if !index.literals.contains_key(&uid) {
-                index.literals.insert(uid, 1);
+            if !index.literals.contains_key(inner(&uid)) {
+                index.literals.insert(Named::from(&uid), 1);
             }
         }
         index
@@ -376,7 +463,7 @@ impl PolicyIndex {
             for uid in entry.literals.iter() {
                 release(&mut next.literals, uid);
             }
-            for uid in entry.named() {
+            for uid in entry.named_shared() {
                 release(&mut next.named, uid);
             }
         }
@@ -390,7 +477,7 @@ impl PolicyIndex {
             for uid in entry.literals.iter() {
                 hold(&mut next.literals, uid);
             }
-            for uid in entry.named() {
+            for uid in entry.named_shared() {
                 hold(&mut next.named, uid);
             }
         }
@@ -464,7 +551,7 @@ impl PolicyIndex {
 
     /// Whether some policy names `uid` (in its scope or its conditions).
     pub fn names(&self, uid: &EntityUid) -> bool {
-        self.named.contains_key(uid)
+        self.named.contains_key(inner(uid))
     }
 
     /// The entities named in the conditions of the policies [`PolicyIndex::chosen`] picks
@@ -486,7 +573,7 @@ impl PolicyIndex {
 
     /// The entities named in the conditions of every policy.
     pub fn all_literals(&self) -> impl Iterator<Item = &EntityUid> {
-        self.literals.keys()
+        self.literals.keys().map(Named::uid)
     }
 
     /// What [`PolicyIndex::chosen`] picks (with `only_if_worth_it`) for a request, `None`
@@ -504,7 +591,11 @@ impl PolicyIndex {
         match self.candidates(uids, entities, true) {
             Some(chosen) => (
                 Some(chosen.iter().map(|m| m.slot).collect()),
-                Box::new(chosen.into_iter().flat_map(|m| m.entry.literals.iter())),
+                Box::new(
+                    chosen
+                        .into_iter()
+                        .flat_map(|m| m.entry.literals.iter().map(Named::uid)),
+                ),
             ),
             None => (None, Box::new(self.all_literals())),
         }
@@ -633,10 +724,12 @@ impl PolicyIndex {
                 EntityScope::Any => Anchor::Any,
                 EntityScope::Is(t) if t == searched => Anchor::Any,
                 EntityScope::Is(_) => continue,
-                EntityScope::Eq(e) if e.type_name() == searched => Anchor::Eq(e.clone()),
+                EntityScope::Eq(e) if e.uid().type_name() == searched => {
+                    Anchor::Eq(e.uid().clone())
+                }
                 EntityScope::Eq(_) => continue,
-                EntityScope::In(e) => Anchor::In(e.clone()),
-                EntityScope::IsIn(t, e) if t == searched => Anchor::In(e.clone()),
+                EntityScope::In(e) => Anchor::In(e.uid().clone()),
+                EntityScope::IsIn(t, e) if t == searched => Anchor::In(e.uid().clone()),
                 EntityScope::IsIn(..) => continue,
             };
             if anchor == Anchor::Any {
@@ -651,7 +744,7 @@ impl PolicyIndex {
 }
 
 /// One more of what names `uid` in `counts`.
-fn hold(counts: &mut CowMap<EntityUid, u32>, uid: &EntityUid) {
+fn hold(counts: &mut CowMap<Named, u32>, uid: &Named) {
     match counts.get_mut(uid) {
         Some(n) => *n += 1,
         None => {
@@ -661,7 +754,7 @@ fn hold(counts: &mut CowMap<EntityUid, u32>, uid: &EntityUid) {
 }
 
 /// One fewer of what names `uid` in `counts`; the last one takes it out.
-fn release(counts: &mut CowMap<EntityUid, u32>, uid: &EntityUid) {
+fn release(counts: &mut CowMap<Named, u32>, uid: &Named) {
     match counts.get_mut(uid) {
         Some(n) if *n > 1 => *n -= 1,
         Some(_) => {
@@ -675,30 +768,16 @@ fn release(counts: &mut CowMap<EntityUid, u32>, uid: &EntityUid) {
 /// literals of the whole condition, scope included; one occurrence of each scope entity
 /// is taken away (should Cedar ever not repeat a scope entity there, this keeps more
 /// than needed, which is only slower).
-fn condition_literals(policy: &Policy) -> Box<[EntityUid]> {
+fn condition_literals(policy: &Policy, entry: &IndexEntry) -> Box<[Named]> {
     let mut literals = policy.entity_literals();
     if literals.is_empty() {
         return Box::default();
     }
-    let mut scope: Vec<EntityUid> = Vec::new();
-    for side in [
-        EntityScope::from(policy.principal_constraint()),
-        EntityScope::from(policy.resource_constraint()),
-    ] {
-        if let EntityScope::Eq(e) | EntityScope::In(e) | EntityScope::IsIn(_, e) = side {
-            scope.push(e);
-        }
-    }
-    match policy.action_constraint() {
-        ActionConstraint::Any => {}
-        ActionConstraint::Eq(e) => scope.push(e),
-        ActionConstraint::In(list) => scope.extend(list),
-    }
-    for e in &scope {
-        if let Some(at) = literals.iter().position(|l| l == e) {
+    for e in entry.scope_named() {
+        if let Some(at) = literals.iter().position(|l| l == e.uid()) {
             literals.swap_remove(at);
         }
     }
     let unique: HashSet<EntityUid> = literals.into_iter().collect();
-    unique.into_iter().collect()
+    unique.iter().map(Named::from).collect()
 }
