@@ -554,6 +554,13 @@ impl PolicyIndex {
         self.named.contains_key(inner(uid))
     }
 
+    /// Every entity the static policies name, in their scope or their conditions, once
+    /// each: what Cedar's `entity_literals` gives for each policy, without building the
+    /// policy set.
+    pub fn named_entities(&self) -> impl Iterator<Item = &EntityUid> {
+        self.named.keys().map(Named::uid)
+    }
+
     /// The entities named in the conditions of the policies [`PolicyIndex::chosen`] picks
     /// for this request (of every policy when `sliced` is false, or when the slice would be
     /// the whole set): with the request's own entities, all that evaluating those policies

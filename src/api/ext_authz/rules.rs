@@ -591,16 +591,14 @@ impl ExtAuthz {
                     .is_some_and(|action| !action.is_literal() || action.render(|_| None) == id)
             })
         };
-        let named = snapshot
-            .policies()
-            .policies()
-            .flat_map(|policy| policy.entity_literals())
-            .chain(
-                snapshot
-                    .schema()
-                    .into_iter()
-                    .flat_map(|schema| schema.actions().cloned()),
-            );
+        // From the index: Cedar's whole policy set of a large directory is built only
+        // when a call needs it, and a startup check must not build it.
+        let named = snapshot.index().named_entities().cloned().chain(
+            snapshot
+                .schema()
+                .into_iter()
+                .flat_map(|schema| schema.actions().cloned()),
+        );
         let mut unmapped: Vec<String> = named
             .filter(|uid| uid.type_name() == &self.action_type)
             .map(|uid| uid.id().unescaped().to_owned())

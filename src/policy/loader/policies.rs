@@ -259,7 +259,19 @@ pub(super) fn parse_one(rel: String, text: String) -> ParsedFile {
         };
     }
     let starts = policy_starts(&text);
-    let pieces = match parse_pieces(&rel, &text, &starts) {
+    let stem = rel.strip_suffix(".cedar").unwrap_or(&rel);
+    let lines = Lines::new(&text);
+    let located = |pos: usize| match starts.get(pos) {
+        Some(&offset) => lines.locate(rel.clone(), offset),
+        None => Location::file(rel.clone()),
+    };
+    // Ids, locations and index entries, piece by piece as each is parsed (on several
+    // threads), so that Cedar's whole parse of a piece is let go before most others are
+    // parsed: the load's peak stays near what is kept.
+    let identified = parse_pieces(&rel, &text, &starts, &|piece: Piece| {
+        identify(&piece, stem, &located)
+    });
+    let pieces = match identified {
         Ok(pieces) => pieces,
         Err(found) => {
             return ParsedFile {
@@ -271,17 +283,8 @@ pub(super) fn parse_one(rel: String, text: String) -> ParsedFile {
             };
         }
     };
-    let stem = rel.strip_suffix(".cedar").unwrap_or(&rel);
-    let lines = Lines::new(&text);
-    let located = |pos: usize| match starts.get(pos) {
-        Some(&offset) => lines.locate(rel.clone(), offset),
-        None => Location::file(rel.clone()),
-    };
-    // Ids, locations and index entries, piece by piece on several threads like the parse.
     let mut policies = Vec::with_capacity(starts.len());
-    for (piece_policies, piece_problems) in
-        cache::in_parallel(pieces, |piece| identify(&piece, stem, &located))
-    {
+    for (piece_policies, piece_problems) in pieces {
         policies.extend(piece_policies);
         problems.extend(piece_problems);
     }
@@ -372,14 +375,21 @@ struct Piece {
 /// generated file of 100,000 policies loads as fast as the same policies in many files.
 /// Should a piece not parse, or not hold the policies it should, the whole text is
 /// parsed as one: syntax problems are then located and worded as for any file.
-fn parse_pieces(rel: &str, text: &str, starts: &[usize]) -> Result<Vec<Piece>, Vec<Problem>> {
+/// Each piece is handed to `each` as soon as it parsed, and what it makes is returned in
+/// text order.
+fn parse_pieces<R: Send>(
+    rel: &str,
+    text: &str,
+    starts: &[usize],
+    each: &(dyn Fn(Piece) -> R + Sync),
+) -> Result<Vec<R>, Vec<Problem>> {
     let whole = || {
         parse_file(rel, text).map(|set| {
-            vec![Piece {
+            vec![each(Piece {
                 first: 0,
                 offset: 0,
                 set,
-            }]
+            })]
         })
     };
     let per = PIECE_POLICIES;
@@ -425,13 +435,15 @@ fn parse_pieces(rel: &str, text: &str, starts: &[usize]) -> Result<Vec<Piece>, V
         PolicySet::from_str(&text[from..to])
             .ok()
             .filter(|set| set.num_of_policies() + set.num_of_templates() == expected)
-            .map(|set| Piece {
-                first,
-                offset: from,
-                set,
+            .map(|set| {
+                each(Piece {
+                    first,
+                    offset: from,
+                    set,
+                })
             })
     });
-    match parsed.into_iter().collect::<Option<Vec<Piece>>>() {
+    match parsed.into_iter().collect::<Option<Vec<R>>>() {
         Some(pieces) => Ok(pieces),
         None => whole(),
     }

@@ -931,7 +931,8 @@ fn grpc_method_actions_no_route_produces_are_found_for_the_upgrade_warning() {
         dir.path().join("p.cedar"),
         "forbid(principal, action == Action::\"/pkg.Admin/Delete\", resource);\n\
          permit(principal, action in [Action::\"read\", Action::\"/docs/x\"], resource);\n\
-         permit(principal, action == Other::Action::\"/pkg.Admin/Get\", resource);\n",
+         permit(principal, action == Other::Action::\"/pkg.Admin/Get\", resource);\n\
+         permit(principal, action, resource) when { action == Action::\"/pkg.Admin/List\" };\n",
     )
     .unwrap();
     let snapshot = crate::policy::load_dir(dir.path(), &crate::policy::LoadOptions::default())
@@ -940,14 +941,24 @@ fn grpc_method_actions_no_route_produces_are_found_for_the_upgrade_warning() {
     // Check once gave a gRPC call the action `/pkg.Admin/Delete` by itself.
     assert_eq!(
         ExtAuthz::default().unmapped_grpc_actions(&snapshot),
-        ["/pkg.Admin/Delete"]
+        ["/pkg.Admin/Delete", "/pkg.Admin/List"]
     );
-    for routes in [
-        "[[routes]]\npath = \"/{service}/{rpc}\"\naction = \"{path}\"\n",
-        "[[routes]]\npath = \"/pkg.Admin/Delete\"\naction = \"/pkg.Admin/Delete\"\n",
+    // A check at startup: it must not build Cedar's set of every policy, which a large
+    // directory builds only when a call needs it.
+    assert!(snapshot.policies_if_built().is_none());
+    for (routes, unmapped) in [
+        (
+            "[[routes]]\npath = \"/{service}/{rpc}\"\naction = \"{path}\"\n",
+            &[][..],
+        ),
+        (
+            "[[routes]]\npath = \"/pkg.Admin/Delete\"\naction = \"/pkg.Admin/Delete\"\n",
+            &["/pkg.Admin/List"][..],
+        ),
     ] {
-        assert!(
-            compiled(routes).unmapped_grpc_actions(&snapshot).is_empty(),
+        assert_eq!(
+            compiled(routes).unmapped_grpc_actions(&snapshot),
+            unmapped,
             "{routes}"
         );
     }
