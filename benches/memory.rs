@@ -4,9 +4,9 @@
 //! policy is added, and once the server says it reloaded, its resident set again and its
 //! peak (VmHWM). Linux only.
 //!
-//! Beside each, the floor Cedar sets: the heap its own parse of the same policy text
-//! holds (`PolicySet::from_str`, counted by this benchmark's allocator), which any server
-//! keeping the policies parsed holds at least.
+//! Beside each, for comparison, the heap Cedar's own parse of the same policy text holds
+//! (`PolicySet::from_str`, counted by this benchmark's allocator): what a server keeping
+//! Cedar's policy set as parsed would hold for the policies alone.
 //!
 //! Run: `cargo bench --bench memory` (optionally `-- <policies>`, default 40000 and
 //! 100000).
