@@ -10,6 +10,8 @@ server under load"), written into the directory given (default: the current one)
   sent document, and one such item as an IsAuthorized call, on the rotating 10,000-policy
   set of the load benchmark (written to rotating/, the same set `benches/support`
   generates)
+- stored.bin: IsAuthorized on the same set about a stored user and document (u7 writes
+  d7, allowed), sending no entities: the call `latency.py` paces
 
 A gRPC request body is a 5-byte frame header (no compression, big-endian length), then
 the protobuf message, encoded here by hand.
@@ -119,6 +121,9 @@ def main(out):
 
     write("batch.bin", framed(field(1, sent) + b"".join(field(3, item(i)) for i in range(100))))
     write("item.bin", framed(item(0) + field(5, sent)))
+    stored = (field(1, uid("User", "u7")) + field(2, uid("Action", "write"))
+              + field(3, uid("Doc", "d7")) + field(4, level))
+    write("stored.bin", framed(stored))
 
 
 if __name__ == "__main__":
