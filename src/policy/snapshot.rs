@@ -48,6 +48,10 @@ pub struct Snapshot {
 impl Snapshot {
     /// Cedar's set of every policy (and unlinked template), with their ids.
     ///
+    /// Its policies are Cedar's parsed form, kept without what only printing needs:
+    /// printed, a policy is Cedar's rendering of it, without an `@id` that was its only
+    /// annotation, not the file's text (which [`Snapshot::policy_location`] points at).
+    ///
     /// Built on first use and then kept: a reload serves the new snapshot as soon as its
     /// index is ready (a decision mostly needs only the few policies the index picks, see
     /// [`Snapshot::policy`]), and the store builds this right after for a set of up to

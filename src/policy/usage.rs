@@ -70,7 +70,9 @@ enum Slots {
 
 impl PolicyUsage {
     /// Zero counts for every static policy of `set` (templates decide nothing until
-    /// linked, and links are policies).
+    /// linked, and links are policies), for a set not read from a policy directory: a
+    /// snapshot's policies no longer carry an `@id` that was their only annotation (the
+    /// snapshot's own counts come from its catalog, which knows).
     pub fn new(set: &PolicySet) -> Self {
         let policies: Vec<(String, bool, bool)> = set
             .policies()

@@ -382,6 +382,36 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_syntax_error_in_one_piece_of_a_large_file_is_reported_as_for_the_whole_text() {
+        let n = 6 * super::super::policies::PIECE_POLICIES;
+        let bad = 3 * super::super::policies::PIECE_POLICIES + 17;
+        let text: String = (0..n)
+            .map(|k| {
+                if k == bad {
+                    format!("@id(\"p{k}\")\npermit(principal, action, resource) when {{ 1 + }};\n")
+                } else {
+                    format!(
+                        "@id(\"p{k}\")\nforbid(principal == User::\"u{k}\", action, resource);\n"
+                    )
+                }
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "big.cedar", &text);
+        let Err(crate::policy::LoadError::Invalid(problems)) = build(
+            &read_dir(dir.path(), 1 << 30).unwrap(),
+            &LoadOptions::default(),
+        ) else {
+            panic!("the syntax error is refused");
+        };
+        let whole = super::super::parse_problems("big.cedar", &text);
+        assert!(!whole.is_empty());
+        let shown = |p: &[Problem]| p.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(shown(&problems), shown(&whole));
+        assert_eq!(problems[0].location.line, Some(2 * bad + 2), "{problems:?}");
+    }
+
     /// The policies a request from `User::"alice"` to read `Doc::"d"` meets: Cedar's
     /// answer on `set`.
     fn alice_reads(set: &PolicySet) -> cedar_policy::Decision {

@@ -431,8 +431,14 @@ fn parse_pieces<R: Send>(
             (first, end - first, from, to)
         })
         .collect();
+    // Once a piece fails, the whole text is parsed again: the others are not worth
+    // parsing (nor keeping what they make until then).
+    let failed = std::sync::atomic::AtomicBool::new(false);
     let parsed = cache::in_parallel(ranges, |(first, expected, from, to)| {
-        PolicySet::from_str(&text[from..to])
+        if failed.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let piece = PolicySet::from_str(&text[from..to])
             .ok()
             .filter(|set| set.num_of_policies() + set.num_of_templates() == expected)
             .map(|set| {
@@ -441,7 +447,11 @@ fn parse_pieces<R: Send>(
                     offset: from,
                     set,
                 })
-            })
+            });
+        if piece.is_none() {
+            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        piece
     });
     match parsed.into_iter().collect::<Option<Vec<R>>>() {
         Some(pieces) => Ok(pieces),
