@@ -8,6 +8,11 @@
 //! (`PolicySet::from_str`, counted by this benchmark's allocator): what a server keeping
 //! Cedar's policy set as parsed would hold for the policies alone.
 //!
+//! Then where the heap goes, counted the same way in this process: what the loader holds
+//! for the directory (`load_dir`: the snapshot with the parse it keeps for the next
+//! reload), the scope index alone (`PolicyIndex::new` over Cedar's parse), and Cedar's
+//! policy set of every policy, which a snapshot builds only when a call needs it.
+//!
 //! Run: `cargo bench --bench memory` (optionally `-- <policies>`, default 40000 and
 //! 100000).
 
@@ -29,6 +34,7 @@ fn main() {
         "{:<12} {:>12} {:>16} {:>12} {:>18}",
         "policies", "VmRSS MiB", "after reload MiB", "VmHWM MiB", "Cedar's parse MiB"
     );
+    let mut heaps = Vec::new();
     for n in sizes {
         let dir = tempfile::tempdir().unwrap();
         tenant_dir(dir.path(), n);
@@ -78,5 +84,20 @@ fn main() {
         println!("{n:<12} {rss:>12.1} {reloaded:>16.1} {peak:>12.1} {floor:>18.1}");
         let _ = child.kill();
         let _ = child.wait();
+        let set = set.unwrap();
+        let (_index, index) = held_by(|| cedar_pdp::policy::PolicyIndex::new(&set));
+        drop(set);
+        let options = cedar_pdp::policy::LoadOptions::default();
+        let (loaded, loader) = held_by(|| cedar_pdp::policy::load_dir(dir.path(), &options));
+        let snapshot = loaded.expect("the directory loads").snapshot;
+        let (_, whole) = held_by(|| snapshot.policies().policies().count());
+        heaps.push((n, loader, index, whole));
+    }
+    println!(
+        "\n{:<12} {:>16} {:>16} {:>20}",
+        "policies", "loader heap MiB", "index heap MiB", "whole set heap MiB"
+    );
+    for (n, loader, index, whole) in heaps {
+        println!("{n:<12} {loader:>16.1} {index:>16.1} {whole:>20.1}");
     }
 }

@@ -17,6 +17,7 @@ use std::{
 };
 
 use cedar_policy::{Entities, Entity, EntityUid, EvalResult, Request, Schema};
+use ref_cast::RefCast;
 
 use super::{EngineOptions, EntitiesInput, EntityInput, Refusal, RequestEntities, json};
 use crate::policy::{
@@ -388,7 +389,7 @@ fn joined<'a>(
         let mut entity: ast::Entity = entity.as_ref().clone();
         let outside: Vec<ast::EntityUID> = entity
             .ancestors()
-            .filter_map(|uid| stored.ancestors(&EntityUid::from(uid.clone())))
+            .filter_map(|uid| stored.ancestors(EntityUid::ref_cast(uid)))
             .flatten()
             .map(|uid| uid.as_ref().clone())
             .collect();

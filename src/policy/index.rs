@@ -350,13 +350,6 @@ impl IndexEntry {
         self.permit
     }
 
-    /// Every entity the policy names, in its scope or its conditions.
-    pub fn named(&self) -> impl Iterator<Item = &EntityUid> {
-        self.scope_named()
-            .chain(self.literals.iter())
-            .map(Named::uid)
-    }
-
     /// The entities the policy's scope names.
     fn scope_named(&self) -> impl Iterator<Item = &Named> {
         fn side(scope: &EntityScope) -> Option<&Named> {
@@ -376,8 +369,8 @@ impl IndexEntry {
             .chain(action)
     }
 
-    /// Like [`IndexEntry::named`], sharing the entities (for counting them in the index).
-    fn named_shared(&self) -> impl Iterator<Item = &Named> {
+    /// Every entity the policy names, in its scope or its conditions.
+    fn named(&self) -> impl Iterator<Item = &Named> {
         self.scope_named().chain(self.literals.iter())
     }
 }
@@ -463,7 +456,7 @@ impl PolicyIndex {
             for uid in entry.literals.iter() {
                 release(&mut next.literals, uid);
             }
-            for uid in entry.named_shared() {
+            for uid in entry.named() {
                 release(&mut next.named, uid);
             }
         }
@@ -477,7 +470,7 @@ impl PolicyIndex {
             for uid in entry.literals.iter() {
                 hold(&mut next.literals, uid);
             }
-            for uid in entry.named_shared() {
+            for uid in entry.named() {
                 hold(&mut next.named, uid);
             }
         }
@@ -561,30 +554,15 @@ impl PolicyIndex {
         self.named.keys().map(Named::uid)
     }
 
-    /// The entities named in the conditions of the policies [`PolicyIndex::chosen`] picks
-    /// for this request (of every policy when `sliced` is false, or when the slice would be
-    /// the whole set): with the request's own entities, all that evaluating those policies
-    /// can look up in the entity store by name.
-    pub fn literals<'i>(
-        &'i self,
-        uids: [&EntityUid; 3],
-        entities: &Entities,
-        sliced: bool,
-    ) -> Box<dyn Iterator<Item = &'i EntityUid> + 'i> {
-        if sliced {
-            self.pick(uids, entities).1
-        } else {
-            Box::new(self.all_literals())
-        }
-    }
-
     /// The entities named in the conditions of every policy.
     pub fn all_literals(&self) -> impl Iterator<Item = &EntityUid> {
         self.literals.keys().map(Named::uid)
     }
 
     /// What [`PolicyIndex::chosen`] picks (with `only_if_worth_it`) for a request, `None`
-    /// for the whole set, and [`PolicyIndex::literals`] for it (sliced): both from one
+    /// for the whole set, and the entities the conditions of the picked policies name (of
+    /// every policy for the whole set): with the request's own entities, all that
+    /// evaluating those policies can look up in the entity store by name. Both from one
     /// look at the index.
     #[allow(clippy::type_complexity)]
     pub fn pick<'i>(

@@ -295,7 +295,8 @@ fn observed(snapshot: &crate::policy::Snapshot) -> Vec<String> {
                     ));
                 }
                 let mut literals: Vec<String> = index
-                    .literals(request, entities, true)
+                    .pick(request, entities)
+                    .1
                     .map(ToString::to_string)
                     .collect();
                 literals.sort();
@@ -321,11 +322,7 @@ fn observed(snapshot: &crate::policy::Snapshot) -> Vec<String> {
     }
     let mut all: Vec<String> = snapshot
         .index()
-        .literals(
-            [&uid(PRINCIPALS[0]), &uid(ACTIONS[0]), &uid(RESOURCES[0])],
-            entities,
-            false,
-        )
+        .all_literals()
         .map(ToString::to_string)
         .collect();
     all.sort();
